@@ -1,0 +1,26 @@
+# Two commands do all set-up on a fresh machine: `make run` and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SNAPSHOTS ?= snapshots
+
+.PHONY: run test bench lint clean
+
+$(BIN)/geo-snapshot: pyproject.toml constraints.txt
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
+	touch $@
+
+# The embedded default: build the sample snapshot and answer a sample query (Shenzhen, Nanshan).
+run: $(BIN)/geo-snapshot
+	$(BIN)/geo-snapshot build --source data/sample --out $(SNAPSHOTS)
+	$(BIN)/geo-snapshot query --snapshots $(SNAPSHOTS) --lat 22.5329 --lng 113.9305 --max-pois 5
+
+test: $(BIN)/geo-snapshot
+	$(BIN)/python -m pytest -q
+
+bench: $(BIN)/geo-snapshot
+	$(BIN)/python bench/build_bench.py
+
+clean:
+	rm -rf $(VENV) $(SNAPSHOTS) .pytest_cache

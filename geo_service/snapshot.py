@@ -1,0 +1,278 @@
+"""The snapshot format: sorted flat arrays plus a manifest, written atomically and opened memory-mapped.
+
+Layout of SNAPSHOTS_DIR:
+    <seq>/manifest.json   format, version, seq, grid, counts, screening, sha256 of every file
+    <seq>/*.npy           the row arrays, sorted by (cell, task), opened with mmap_mode="r"
+    <seq>/tasks.json      the task table (rows point into it by position)
+    <seq>/districts.json  the district table
+    CURRENT               the live seq, replaced by rename
+    .lock                 flock held while a writer allocates a seq and publishes
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import shutil
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+
+from geo_service.grid import Grid, GridError, grid_from_params
+
+FORMAT = "geodrop-snapshot"
+VERSION = 1
+# Row arrays: name -> dtype. Every array has one entry per (POI, task) row.
+ROW_ARRAYS: dict[str, str] = {
+    "cells": "<i8",
+    "task_index": "<i4",
+    "poi_ids": "<i8",
+    "lats": "<f8",
+    "lngs": "<f8",
+}
+TABLES = ("tasks.json", "districts.json")
+_TMP_PREFIX = ".tmp-"
+
+
+class SnapshotError(Exception):
+    """A snapshot that cannot be written, found or trusted."""
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """An opened, verified snapshot: read-only memory-mapped rows and its small tables."""
+
+    path: Path
+    manifest: dict[str, Any]
+    grid: Grid
+    cells: npt.NDArray[np.int64]
+    task_index: npt.NDArray[np.int32]
+    poi_ids: npt.NDArray[np.int64]
+    lats: npt.NDArray[np.float64]
+    lngs: npt.NDArray[np.float64]
+    tasks: list[dict[str, Any]]
+    districts: list[dict[str, Any]]
+
+    @property
+    def seq(self) -> int:
+        return int(self.manifest["seq"])
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sha256(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+@contextmanager
+def _locked(root: Path) -> Iterator[None]:
+    root.mkdir(parents=True, exist_ok=True)
+    with (root / ".lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def list_seqs(root: Path) -> list[int]:
+    """Return the seqs of the published snapshot folders, oldest first."""
+    if not root.is_dir():
+        return []
+    return sorted(int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def current_seq(root: Path) -> int | None:
+    """Return the seq CURRENT points at, or None before the first publish."""
+    try:
+        text = (root / "CURRENT").read_text().strip()
+    except FileNotFoundError:
+        return None
+    if not text.isdigit():
+        raise SnapshotError(f"{root / 'CURRENT'}: not a snapshot seq: {text[:40]!r}")
+    return int(text)
+
+
+def _point_current(root: Path, seq: int) -> None:
+    tmp = root / f"CURRENT.{os.getpid()}.tmp"
+    with tmp.open("w") as f:
+        f.write(f"{seq}\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, root / "CURRENT")
+    _fsync_path(root)
+
+
+def _write_files(folder: Path, arrays: Mapping[str, np.ndarray], tables: Mapping[str, Any]) -> dict[str, Any]:
+    files: dict[str, Any] = {}
+    for name, dtype in ROW_ARRAYS.items():
+        path = folder / f"{name}.npy"
+        np.save(path, np.ascontiguousarray(arrays[name], dtype=dtype), allow_pickle=False)
+        files[path.name] = {"dtype": dtype, "rows": int(len(arrays[name]))}
+    for name in TABLES:
+        (folder / name).write_bytes(orjson.dumps(tables[name.removesuffix(".json")]))
+        files[name] = {}
+    for name, info in files.items():
+        path = folder / name
+        _fsync_path(path)
+        info.update(bytes=path.stat().st_size, sha256=_sha256(path))
+    return files
+
+
+def _remove_stale_tmp(root: Path) -> None:
+    # Only called under the lock: a tmp folder present then belongs to a writer that died.
+    for p in root.glob(f"{_TMP_PREFIX}*"):
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def write_snapshot(
+    root: Path,
+    arrays: Mapping[str, np.ndarray],
+    tables: Mapping[str, Any],
+    meta: Mapping[str, Any],
+    grid: Grid,
+    keep: int = 5,
+) -> dict[str, Any]:
+    """Write a snapshot beside the others, publish it by replacing CURRENT, and return its manifest.
+
+    Everything is written and fsynced in a temp folder first, so a crash at any point leaves the
+    live snapshot and CURRENT as they were.
+    """
+    lengths = {len(arrays[name]) for name in ROW_ARRAYS}
+    if len(lengths) != 1:
+        raise SnapshotError(f"row arrays differ in length: {sorted(lengths)}")
+    with _locked(root):
+        _remove_stale_tmp(root)
+        seq = max([*list_seqs(root), current_seq(root) or 0], default=0) + 1
+        tmp = root / f"{_TMP_PREFIX}{seq}-{os.getpid()}"
+        tmp.mkdir()
+        manifest = {
+            "format": FORMAT,
+            "version": VERSION,
+            "seq": seq,
+            "built_at": int(time.time()),
+            "grid": grid.params(),
+            **meta,
+            "files": _write_files(tmp, arrays, tables),
+        }
+        (tmp / "manifest.json").write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
+        _fsync_path(tmp / "manifest.json")
+        _fsync_path(tmp)
+        os.rename(tmp, root / str(seq))
+        _fsync_path(root)
+        _point_current(root, seq)
+        prune(root, keep)
+    return manifest
+
+
+def prune(root: Path, keep: int) -> list[int]:
+    """Delete all but the `keep` newest snapshots, never the live one; return the seqs removed."""
+    live = current_seq(root)
+    removable = [s for s in list_seqs(root) if s != live]
+    doomed = removable[: max(len(removable) - max(keep - 1, 0), 0)]
+    for seq in doomed:
+        shutil.rmtree(root / str(seq), ignore_errors=True)
+    return doomed
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    """Return a snapshot folder's manifest after checking its format and version."""
+    try:
+        manifest = orjson.loads((folder / "manifest.json").read_bytes())
+    except FileNotFoundError:
+        raise SnapshotError(f"{folder}: no manifest.json") from None
+    except orjson.JSONDecodeError as exc:
+        raise SnapshotError(f"{folder}/manifest.json: not JSON: {exc}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise SnapshotError(f"{folder}/manifest.json: not a {FORMAT} manifest")
+    if manifest.get("version") != VERSION:
+        raise SnapshotError(f"{folder}/manifest.json: format version {manifest.get('version')!r}, expected {VERSION}")
+    return manifest
+
+
+def _verify_files(folder: Path, manifest: dict[str, Any]) -> None:
+    files = manifest.get("files", {})
+    expected = {f"{n}.npy" for n in ROW_ARRAYS} | set(TABLES)
+    if set(files) != expected:
+        raise SnapshotError(f"{folder}: manifest lists {sorted(files)}, expected {sorted(expected)}")
+    for name, info in files.items():
+        path = folder / name
+        if not path.is_file() or path.stat().st_size != info["bytes"]:
+            raise SnapshotError(f"{folder}/{name}: missing or not {info['bytes']} bytes")
+        if _sha256(path) != info["sha256"]:
+            raise SnapshotError(f"{folder}/{name}: checksum mismatch")
+
+
+def _open_rows(folder: Path, manifest: dict[str, Any]) -> dict[str, np.ndarray]:
+    arrays = {}
+    for name, dtype in ROW_ARRAYS.items():
+        info = manifest["files"][f"{name}.npy"]
+        try:
+            arr = np.load(folder / f"{name}.npy", mmap_mode="r", allow_pickle=False)
+        except ValueError as exc:
+            raise SnapshotError(f"{folder}/{name}.npy: unreadable: {exc}") from None
+        if arr.dtype != np.dtype(dtype) or arr.ndim != 1 or len(arr) != info["rows"]:
+            raise SnapshotError(f"{folder}/{name}.npy: expected {info['rows']} rows of {dtype}, got {arr.shape} {arr.dtype}")
+        arrays[name] = arr
+    return arrays
+
+
+def open_snapshot(folder: Path, verify: bool = True) -> Snapshot:
+    """Open a snapshot folder read-only; with verify, check checksums, shapes and order first."""
+    manifest = read_manifest(folder)
+    if verify:
+        _verify_files(folder, manifest)
+    try:
+        grid = grid_from_params(manifest["grid"])
+    except (GridError, KeyError, TypeError, ValueError) as exc:
+        raise SnapshotError(f"{folder}/manifest.json: bad grid parameters: {exc}") from None
+    arrays = _open_rows(folder, manifest)
+    tasks = orjson.loads((folder / "tasks.json").read_bytes())
+    districts = orjson.loads((folder / "districts.json").read_bytes())
+    if verify:
+        cells, task_index = arrays["cells"], arrays["task_index"]
+        if len(cells) > 1 and not bool(np.all(cells[1:] >= cells[:-1])):
+            raise SnapshotError(f"{folder}/cells.npy: rows are not sorted by cell")
+        if len(task_index) and not 0 <= int(task_index.min()) <= int(task_index.max()) < len(tasks):
+            raise SnapshotError(f"{folder}/task_index.npy: points outside the {len(tasks)} tasks")
+    return Snapshot(folder, manifest, grid, tasks=tasks, districts=districts, **arrays)
+
+
+def open_current(root: Path, verify: bool = True) -> Snapshot:
+    """Open the snapshot CURRENT points at."""
+    seq = current_seq(root)
+    if seq is None:
+        raise SnapshotError(f"{root}: no CURRENT snapshot; run `geo-snapshot build` first")
+    return open_snapshot(root / str(seq), verify=verify)
+
+
+def rollback(root: Path, to_seq: int | None = None) -> int:
+    """Point CURRENT at an older verified snapshot (default: the newest one before the live one)."""
+    with _locked(root):
+        live = current_seq(root)
+        seqs = list_seqs(root)
+        if to_seq is None:
+            older = [s for s in seqs if live is None or s < live]
+            if not older:
+                raise SnapshotError(f"{root}: no snapshot older than {live} to roll back to")
+            to_seq = older[-1]
+        if to_seq not in seqs:
+            raise SnapshotError(f"{root}: no snapshot {to_seq}; have {seqs}")
+        open_snapshot(root / str(to_seq), verify=True)
+        _point_current(root, to_seq)
+    return to_seq
