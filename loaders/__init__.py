@@ -1,0 +1,1 @@
+"""geodrop's offline side: sources, validation, screening and the snapshot build."""

@@ -1,0 +1,229 @@
+"""`geo-snapshot`: build, inspect, query and roll back snapshots; make synthetic data; import to MySQL."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import orjson
+
+from geo_service.grid import Grid, GridError, H3Grid, SquareGrid, check_position
+from geo_service.nearby import TaskClock, nearby
+from geo_service.snapshot import SnapshotError, current_seq, list_seqs, open_current, open_snapshot, read_manifest, rollback
+from loaders.build import BuildSettings, build
+from loaders.errors import LoaderError
+from loaders.mysql_import import import_folder
+from loaders.records import FieldError, parse_time
+from loaders.sources import open_source
+from loaders.synth import write_synthetic
+
+DEFAULT_SNAPSHOTS = "snapshots"
+
+
+class TerminalProgress:
+    """Progress on stderr when it is a terminal: one rewritten line, at most twice a second."""
+
+    def __init__(self, stream: TextIO, enabled: bool) -> None:
+        self.stream = stream
+        self.enabled = enabled and stream.isatty()
+        self.started = time.monotonic()
+        self._last = 0.0
+
+    def __call__(self, stage: str, done: int) -> None:
+        now = time.monotonic()
+        if not self.enabled or (now - self._last < 0.5 and stage == "pois"):
+            return
+        self._last = now
+        rate = done / max(now - self.started, 1e-9)
+        self.stream.write(f"\r\033[K{stage}: {done:,}  ({rate / 1e6:.2f} M/s, {now - self.started:.1f} s)")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+
+
+def _grid(args: argparse.Namespace) -> Grid:
+    if args.grid == "h3":
+        return H3Grid(res=args.h3_res, radius=args.radius)
+    return SquareGrid(cell_m=args.cell_m, radius=args.radius)
+
+
+def summary(manifest: dict[str, Any], out: Path, seconds: float) -> str:
+    """Return the one-screen account of a published build."""
+    c, s = manifest["counts"], manifest["screening"]
+    zones = ", ".join(f"{z}: {n:,}" for z, n in s["excluded_by_zone"].items() if n) or "none"
+    outside = s["outside_district"]
+    lines = [
+        f"published snapshot {manifest['seq']} -> {out / str(manifest['seq'])}  ({seconds:.1f} s)",
+        f"source     {manifest['source']}",
+        f"grid       {' '.join(f'{k}={v}' for k, v in manifest['grid'].items())}",
+        f"pois       {c['pois_read']:,} read, {c['pois_kept']:,} kept, {c['pois_excluded']:,} in exclusion zones ({zones}), "
+        f"{c['pois_unused']:,} in sets no task uses",
+        f"rows       {c['rows']:,} (POI x task), sorted by cell",
+        f"tasks      {c['tasks']:,} in {c['districts']:,} districts; "
+        f"{len(outside)} with POIs outside their district ({sum(outside.values()):,} rows)",
+        f"skipped    {s['skipped_problems']:,} bad field(s)",
+    ]
+    lines += [f"           {e}" for e in s["skipped_examples"][:10]]
+    return "\n".join(lines)
+
+
+async def _run_build(settings: BuildSettings, progress: TerminalProgress) -> dict[str, Any]:
+    source = open_source(settings.source)
+    try:
+        return await build(settings, source, progress)
+    finally:
+        await source.close()
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    settings = BuildSettings(
+        source=args.source, out=Path(args.out), grid=_grid(args), skip_bad_rows=args.skip_bad_rows, keep=args.keep
+    )
+    progress = TerminalProgress(sys.stderr, not args.quiet)
+    try:
+        manifest = asyncio.run(_run_build(settings, progress))
+    finally:
+        progress.close()
+    if args.json:
+        sys.stdout.write(orjson.dumps(manifest, option=orjson.OPT_INDENT_2).decode() + "\n")
+    elif not args.quiet:
+        print(summary(manifest, settings.out, time.monotonic() - progress.started))
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    root = Path(args.snapshots)
+    live = current_seq(root)
+    seq = args.seq if args.seq is not None else live
+    if seq is None:
+        raise SnapshotError(f"{root}: no CURRENT snapshot and no --seq")
+    snapshot = open_snapshot(root / str(seq), verify=True) if args.verify else None
+    manifest = snapshot.manifest if snapshot else read_manifest(root / str(seq))
+    report = {"current": live, "snapshots": list_seqs(root), "verified": bool(snapshot), "manifest": manifest}
+    sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
+    return 0
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    check_position(args.lat, args.lng)
+    try:
+        now_s = int(time.time()) if args.at is None else parse_time({"at": args.at}, "at")
+    except FieldError as exc:
+        raise LoaderError(f"--at: {exc.reason}") from None
+    snapshot = open_current(Path(args.snapshots))
+    result = nearby(snapshot, TaskClock.of(snapshot.tasks), args.lat, args.lng, now_s, args.max_pois)
+    sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    seq = rollback(Path(args.snapshots), args.to)
+    print(f"CURRENT -> {seq}")
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    progress = TerminalProgress(sys.stderr, not args.quiet)
+    try:
+        counts = write_synthetic(Path(args.out), args.pois, args.seed, progress)
+    finally:
+        progress.close()
+    print(orjson.dumps(counts).decode())
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    progress = TerminalProgress(sys.stderr, not args.quiet)
+    try:
+        counts = asyncio.run(import_folder(Path(args.source), args.mysql, args.batch, progress))
+    finally:
+        progress.close()
+    print(orjson.dumps(counts).decode())
+    return 0
+
+
+def _add_grid_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--grid", choices=("square", "h3"), default="square",
+                   help="Cell shape: equal-area squares (default) or H3 hexagons.")
+    p.add_argument("--cell-m", type=float, default=100.0,
+                   help="Side of a square cell in metres, 10 to 10000 (default 100).")
+    p.add_argument("--h3-res", type=int, default=10, help="H3 resolution with --grid h3, 0 to 15 (default 10).")
+    p.add_argument("--radius", type=int, default=2,
+                   help="Window radius in cells: 2 gives the 5x5 window of 25 cells (default 2).")
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="geo-snapshot", description="Build and manage geodrop grid-cell snapshots.")
+    sub = top.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("build", help="Build a snapshot from a data folder or MySQL and publish it.",
+                       description="Stream the source, validate every row, drop POIs in exclusion zones, check "
+                       "POIs against their task's district, sort by grid cell and publish atomically. Bad rows fail "
+                       "the build (exit 2) and nothing is published, unless --skip-bad-rows.")
+    p.add_argument("--source", required=True,
+                   help="A data folder (districts.geojson, pois.csv, tasks.csv, task_prizes.csv, optional "
+                   "exclusions.geojson) or mysql://user:pass@host:port/db.")
+    p.add_argument("--out", default=DEFAULT_SNAPSHOTS,
+                   help="Snapshots folder: the new snapshot goes to OUT/<seq>/ and OUT/CURRENT points at it.")
+    _add_grid_options(p)
+    p.add_argument("--keep", type=int, default=5, help="How many newest snapshots to keep for rollback (default 5).")
+    p.add_argument("--skip-bad-rows", action="store_true",
+                   help="Drop bad rows (reported in the summary and manifest) instead of failing the build.")
+    p.add_argument("--json", action="store_true", help="Print the manifest as JSON instead of the summary.")
+    p.add_argument("--quiet", action="store_true", help="No progress line and no summary.")
+    p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("inspect", help="Show a snapshot's manifest and the snapshots on hand, as JSON.")
+    p.add_argument("--snapshots", default=DEFAULT_SNAPSHOTS, help="Snapshots folder (default ./snapshots).")
+    p.add_argument("--seq", type=int, help="Which snapshot (default: the one CURRENT points at).")
+    p.add_argument("--verify", action="store_true", help="Also check every file's checksum, shape and order.")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("query", help="Print, as JSON, what the service would return for a position.")
+    p.add_argument("--snapshots", default=DEFAULT_SNAPSHOTS, help="Snapshots folder (default ./snapshots).")
+    p.add_argument("--lat", type=float, required=True, help="Latitude in WGS84 degrees.")
+    p.add_argument("--lng", type=float, required=True, help="Longitude in WGS84 degrees.")
+    p.add_argument("--at", help="Time to judge task windows at: ISO-8601 with zone or epoch seconds (default now).")
+    p.add_argument("--max-pois", type=int, default=500, help="Cap on POIs returned (default 500).")
+    p.set_defaults(func=cmd_query)
+
+    p = sub.add_parser("rollback", help="Point CURRENT back at an older snapshot (verified first).")
+    p.add_argument("--snapshots", default=DEFAULT_SNAPSHOTS, help="Snapshots folder (default ./snapshots).")
+    p.add_argument("--to", type=int, help="The seq to go back to (default: the newest one before CURRENT).")
+    p.set_defaults(func=cmd_rollback)
+
+    p = sub.add_parser("synth", help="Write a seeded synthetic data folder of any size (streams; 10^3 to 10^8 POIs).")
+    p.add_argument("--out", required=True, help="Folder to write (created; existing files are replaced).")
+    p.add_argument("--pois", type=int, required=True, help="How many POIs to generate.")
+    p.add_argument("--seed", type=int, default=1, help="Random seed: the same seed gives the same files (default 1).")
+    p.add_argument("--quiet", action="store_true", help="No progress line.")
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("import", help="Load a data folder into MySQL tables (batched, idempotent: reruns replace).")
+    p.add_argument("--source", required=True, help="The data folder to import.")
+    p.add_argument("--mysql", required=True, help="Target database, mysql://user:pass@host:port/db.")
+    p.add_argument("--batch", type=int, default=5000, help="Rows per INSERT statement (default 5000).")
+    p.add_argument("--quiet", action="store_true", help="No progress line.")
+    p.set_defaults(func=cmd_import)
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; bad input of any kind exits 2 with a one-line-per-problem message."""
+    args = parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (LoaderError, SnapshotError, GridError) as exc:
+        print(f"geo-snapshot {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"geo-snapshot {args.command}: interrupted; nothing was published", file=sys.stderr)
+        return 130
