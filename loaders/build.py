@@ -93,10 +93,11 @@ async def read_tables(source: Source, errors: ErrorLog) -> Tables:
 
 @dataclass(slots=True)
 class PoiStream:
-    """What streaming the POIs leaves: the kept POIs, every POI set seen, and the counts."""
+    """What streaming the POIs leaves: the valid POIs, which fall in exclusion zones, the sets seen, the counts."""
 
     label: str
     pois: PoiColumns
+    in_zone: npt.NDArray[np.bool_]
     sets_seen: npt.NDArray[np.int64]
     read: int
     excluded_by_zone: dict[str, int]
@@ -106,6 +107,7 @@ async def stream_pois(source: Source, zones: list[Zone], errors: ErrorLog, progr
     """Validate and screen the POI stream chunk by chunk, keeping compact columns only."""
     parts: list[PoiColumns] = []
     sets: list[npt.NDArray[np.int64]] = []
+    drops: list[npt.NDArray[np.bool_]] = []
     counts: dict[str, int] = {z.zone_id: 0 for z in zones}
     read = 0
     label = f"{source.name}/pois"
@@ -113,21 +115,24 @@ async def stream_pois(source: Source, zones: list[Zone], errors: ErrorLog, progr
         label = chunk.source
         cols = parse_poi_chunk(chunk, errors)
         sets.append(np.unique(cols.poi_set_id))
-        parts.append(cols.take(~excluded(zones, cols.lat, cols.lng, counts)))
+        parts.append(cols)
+        drops.append(excluded(zones, cols.lat, cols.lng, counts))
         read += len(chunk)
         progress("pois", read)
     all_sets = np.unique(np.concatenate(sets)) if sets else np.empty(0, np.int64)
-    return PoiStream(label, PoiColumns.concat(parts), all_sets, read, counts)
+    drop = np.concatenate(drops) if drops else np.empty(0, np.bool_)
+    return PoiStream(label, PoiColumns.concat(parts), drop, all_sets, read, counts)
 
 
-def check_duplicate_pois(pois: PoiColumns, source: str, errors: ErrorLog) -> PoiColumns:
-    """Report every repeated poi_id after its first row, and drop the repeats."""
+def repeated_pois(pois: PoiColumns, source: str, errors: ErrorLog) -> npt.NDArray[np.bool_]:
+    """Report every repeated poi_id after its first row; return which POIs repeat an earlier one."""
     order = np.argsort(pois.poi_id, kind="stable")
     ids = pois.poi_id[order]
     repeat = np.zeros(len(ids), dtype=np.bool_)
     repeat[1:] = ids[1:] == ids[:-1]
+    out = np.zeros(len(ids), dtype=np.bool_)
     if not repeat.any():
-        return pois
+        return out
     first_row = pois.row[order][np.maximum.accumulate(np.where(~repeat, np.arange(len(ids)), 0))]
     where = np.flatnonzero(repeat)
     shown = [
@@ -135,9 +140,8 @@ def check_duplicate_pois(pois: PoiColumns, source: str, errors: ErrorLog) -> Poi
         for i in where[: max(errors.room, 0)]
     ]
     errors.add_many(shown, len(where))
-    keep = np.ones(len(ids), dtype=np.bool_)
-    keep[order[where]] = False
-    return pois.take(keep)
+    out[order[where]] = True
+    return out
 
 
 def check_poi_sets(tables: Tables, sets_seen: npt.NDArray[np.int64], errors: ErrorLog) -> None:
@@ -223,7 +227,7 @@ async def build(settings: BuildSettings, source: Source, progress: Progress) -> 
     tables = await read_tables(source, errors)
     progress("tables", len(tables.tasks))
     stream = await stream_pois(source, tables.zones, errors, progress)
-    pois = check_duplicate_pois(stream.pois, stream.label, errors)
+    pois = stream.pois.take(~(repeated_pois(stream.pois, stream.label, errors) | stream.in_zone))
     check_poi_sets(tables, stream.sets_seen, errors)
     if not settings.skip_bad_rows:
         errors.raise_if_any()

@@ -66,11 +66,15 @@ def _numeric(arr: pa.Array, integer: bool) -> tuple[np.ndarray, Mask]:
     return values.to_numpy(zero_copy_only=False), valid.to_numpy(zero_copy_only=False)
 
 
+def _reason(template: str, value: object) -> str:
+    return "missing" if value is None else template.format(value=value)
+
+
 def _report(chunk: PoiChunk, bad: Mask, field: str, reason: str, errors: ErrorLog) -> None:
     column = chunk.columns[field]
     where = np.flatnonzero(bad)
     first = [
-        RowError(chunk.source, chunk.first_row + i, field, reason.format(value=column[i].as_py()))
+        RowError(chunk.source, chunk.first_row + i, field, _reason(reason, column[i].as_py()))
         for i in where[: max(errors.room, 0)].tolist()
     ]
     errors.add_many(first, len(where))

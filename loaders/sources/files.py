@@ -60,11 +60,12 @@ class FolderSource:
                     include_columns=list(POI_FIELDS),
                     column_types={f: pa.string() for f in POI_FIELDS},
                     strings_can_be_null=True,
+                    null_values=[""],  # not arrow's default list, which would turn "nan" into a silent null
                 ),
             )
         except FileNotFoundError:
             raise SourceError(f"{path}: missing") from None
-        except pa.ArrowInvalid as exc:
+        except (pa.ArrowInvalid, pa.ArrowKeyError) as exc:
             raise SourceError(f"{path}: {exc}") from None
         row = 2  # line 1 is the header
         while True:
