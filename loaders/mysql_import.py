@@ -6,6 +6,7 @@ failed one leaves the database as it was.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from importlib.resources import files
 from pathlib import Path
@@ -76,8 +77,11 @@ async def import_folder(folder: Path, dsn: str, batch: int, progress: Callable[[
     counts = {table: len(rows) for table, rows in small.items()} | {"pois": 0}
     try:
         async with conn.cursor() as cur:
-            for statement in schema_statements():
-                await cur.execute(statement)
+            with warnings.catch_warnings():
+                # "Table already exists" notes from CREATE TABLE IF NOT EXISTS are expected on reruns.
+                warnings.simplefilter("ignore", pymysql.Warning)
+                for statement in schema_statements():
+                    await cur.execute(statement)
             for table in INSERTS:
                 await cur.execute(f"DELETE FROM {table}")
             for table, rows in small.items():
