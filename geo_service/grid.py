@@ -59,8 +59,8 @@ class Grid(Protocol):
 
     def cells_of(self, lat: FloatArray, lng: FloatArray) -> IntArray: ...
 
-    def window_ranges(self, lat: float, lng: float) -> IntArray:
-        """Return the window as sorted half-open id ranges, shape (n, 2)."""
+    def window_bounds(self, lat: float, lng: float) -> list[int]:
+        """Return the window as sorted half-open id ranges, flattened: [lo0, hi0, lo1, hi1, ...]."""
         ...
 
     def window_cells(self, lat: float, lng: float) -> list[int]: ...
@@ -121,15 +121,12 @@ class SquareGrid:
     def _row(self, lat: float) -> int:
         return min(int((lat + 90.0) / self.row_height_deg), self.n_rows - 1)
 
-    def _col(self, row: int, lng: float) -> int:
-        n = self._row_cols[row]
-        return int((lng + 180.0) / 360.0 * n) % n
-
     def cell_of(self, lat: float, lng: float) -> int:
         """Return the cell containing the point (O(1): two divisions and a table look-up)."""
         check_position(lat, lng)
         row = self._row(lat)
-        return row * self.max_cols + self._col(row, lng)
+        n = self._row_cols[row]
+        return row * self.max_cols + int((lng + 180.0) / 360.0 * n) % n
 
     def cells_of(self, lat: FloatArray, lng: FloatArray) -> IntArray:
         """Return the cells of many points; identical to cell_of point by point."""
@@ -138,28 +135,31 @@ class SquareGrid:
         cols = ((lng + 180.0) / 360.0 * n).astype(np.int64) % n
         return rows * self.max_cols + cols
 
-    def window_ranges(self, lat: float, lng: float) -> IntArray:
+    def window_bounds(self, lat: float, lng: float) -> list[int]:
+        # A plain list, not an array: this runs on every request and numpy's per-call cost on
+        # ten numbers is larger than the arithmetic.
         check_position(lat, lng)
         row = self._row(lat)
         r = self.radius
-        ranges: list[tuple[int, int]] = []
+        bounds: list[int] = []
         for wrow in range(max(row - r, 0), min(row + r, self.n_rows - 1) + 1):
             n = self._row_cols[wrow]
             base = wrow * self.max_cols
-            c = self._col(wrow, lng)
+            c = int((lng + 180.0) / 360.0 * n) % n
             lo, hi = c - r, c + r + 1
             if 2 * r + 1 >= n:
-                ranges.append((base, base + n))
+                bounds += (base, base + n)
             elif lo < 0:
-                ranges += [(base, base + hi), (base + n + lo, base + n)]
+                bounds += (base, base + hi, base + n + lo, base + n)
             elif hi > n:
-                ranges += [(base, base + hi - n), (base + lo, base + n)]
+                bounds += (base, base + hi - n, base + lo, base + n)
             else:
-                ranges.append((base + lo, base + hi))
-        return np.array(ranges, dtype=np.int64)
+                bounds += (base + lo, base + hi)
+        return bounds
 
     def window_cells(self, lat: float, lng: float) -> list[int]:
-        return [c for lo, hi in self.window_ranges(lat, lng).tolist() for c in range(lo, hi)]
+        bounds = self.window_bounds(lat, lng)
+        return [c for lo, hi in zip(bounds[::2], bounds[1::2]) for c in range(lo, hi)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,9 +197,8 @@ class H3Grid:
         # H3 ids fit in 63 bits (the top bit is reserved 0), so int64 holds them unchanged.
         return np.array(cells, dtype=np.int64)
 
-    def window_ranges(self, lat: float, lng: float) -> IntArray:
-        cells = np.array(self.window_cells(lat, lng), dtype=np.int64)
-        return np.stack([cells, cells + 1], axis=1)
+    def window_bounds(self, lat: float, lng: float) -> list[int]:
+        return [b for c in self.window_cells(lat, lng) for b in (c, c + 1)]
 
     def window_cells(self, lat: float, lng: float) -> list[int]:
         return sorted(h3.grid_disk(self.cell_of(lat, lng), self.radius))

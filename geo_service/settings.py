@@ -1,9 +1,25 @@
-"""Settings shared by the processes: database connection settings parsed from a DSN."""
+"""Process settings: frozen dataclasses loaded from defaults < TOML file < environment < CLI flags."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
+
+S = TypeVar("S")
+
+
+class SettingsError(ValueError):
+    """Settings that do not parse; lists every problem at once."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,3 +57,103 @@ class MySQLSettings:
     def redacted(self) -> str:
         """Return the DSN without its password, for messages and manifests."""
         return f"mysql://{self.user}@{self.host}:{self.port}/{self.database}"
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceSettings:
+    """geo_service settings. Env: GEODROP_SERVICE_<FIELD>; TOML: top-level keys named as the fields."""
+
+    snapshots: Path = field(default=Path("snapshots"), metadata=_help("Snapshots folder holding CURRENT and <seq>/."))
+    host: str = field(default="127.0.0.1", metadata=_help("Address to listen on."))
+    port: int = field(default=8080, metadata=_help("TCP port; all workers share it (SO_REUSEPORT)."))
+    workers: int = field(default=1, metadata=_help("Worker processes; they share the port and the mmap'd arrays."))
+    worker_id: int = field(default=0, metadata=_help("This worker's number (set by the parent; shown in /healthz)."))
+    poll_interval_s: float = field(default=1.0, metadata=_help("How often to check CURRENT for a new snapshot."))
+    max_pois: int = field(default=300, metadata=_help("Cap on POIs per /v1/nearby answer; `truncated` says it cut."))
+    next_poll_ms: int = field(default=5000, metadata=_help("Poll interval told to clients when the service is idle."))
+    max_next_poll_ms: int = field(default=60000, metadata=_help("Upper bound of the poll interval under load."))
+    busy_inflight: int = field(default=256, metadata=_help("In-flight requests above which clients are slowed."))
+    shed_inflight: int = field(default=2048, metadata=_help("In-flight requests above which requests get 503."))
+    busy_lag_ms: float = field(default=20.0, metadata=_help("Event-loop lag above which clients are slowed."))
+    shed_lag_ms: float = field(default=500.0, metadata=_help("Event-loop lag above which requests get 503."))
+    max_query_bytes: int = field(default=2048, metadata=_help("Longest accepted query string (414 beyond)."))
+    admin_token: str = field(default="", repr=False,
+                             metadata=_help("Bearer token for POST /v1/admin/reload; empty disables the route."))
+    shutdown_timeout_s: float = field(default=5.0, metadata=_help("Grace period for requests in flight at shutdown."))
+    access_log: bool = field(default=False, metadata=_help("Log every request (quiet by default)."))
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not 0 < self.port < 65536:
+            problems.append(f"port: must be in [1, 65535]; got {self.port}")
+        if not 1 <= self.workers <= 64:
+            problems.append(f"workers: must be in [1, 64]; got {self.workers}")
+        if self.max_pois < 1:
+            problems.append(f"max_pois: must be at least 1; got {self.max_pois}")
+        if not 0 < self.next_poll_ms <= self.max_next_poll_ms:
+            problems.append("next_poll_ms: must be positive and at most max_next_poll_ms")
+        if not 0 < self.busy_inflight < self.shed_inflight:
+            problems.append("busy_inflight: must be positive and below shed_inflight")
+        if not 0 < self.busy_lag_ms < self.shed_lag_ms:
+            problems.append("busy_lag_ms: must be positive and below shed_lag_ms")
+        if self.poll_interval_s <= 0:
+            problems.append("poll_interval_s: must be positive")
+        if problems:
+            raise SettingsError(problems)
+
+
+def _convert(name: str, kind: Any, value: Any) -> Any:
+    if isinstance(kind, types.UnionType):
+        kind = next(k for k in typing.get_args(kind) if k is not type(None))
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            return str(value).lower() in ("1", "true", "yes", "on")
+        raise ValueError(f"{name}: should be true or false; got {value!r}")
+    if kind in (int, float) and isinstance(value, bool):
+        raise ValueError(f"{name}: should be {kind.__name__}; got {value!r}")
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: should be {getattr(kind, '__name__', kind)}; got {value!r}") from None
+
+
+def load_settings(cls: type[S], prefix: str, toml_path: Path | None, env: Mapping[str, str],
+                  overrides: Mapping[str, Any] | None = None) -> S:
+    """Return settings from defaults < TOML file < env (PREFIX + FIELD) < overrides; raise SettingsError."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    raw: dict[str, Any] = {}
+    problems: list[str] = []
+    if toml_path is not None:
+        try:
+            raw |= tomllib.loads(toml_path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            problems.append(f"{toml_path}: {exc}")
+        problems += [f"{toml_path}: unknown setting {k!r}" for k in raw if k not in names]
+    raw |= {name: env[prefix + name.upper()] for name in names if prefix + name.upper() in env}
+    raw |= {k: v for k, v in (overrides or {}).items() if v is not None}
+    values = {}
+    for name, value in raw.items():
+        if name in names:
+            try:
+                values[name] = _convert(name, hints[name], value)
+            except ValueError as exc:
+                problems.append(str(exc))
+    if problems:
+        raise SettingsError(problems)
+    return cls(**values)
+
+
+def documented(cls: type) -> list[tuple[str, Any, str]]:
+    """Return (name, default, help) for every settings field, for --help and the docs."""
+    out = []
+    for f in fields(cls):
+        default = f.default if f.default is not MISSING else None
+        out.append((f.name, default, f.metadata.get("help", "")))
+    return out

@@ -13,7 +13,7 @@ from typing import Any, TextIO
 import orjson
 
 from geo_service.grid import Grid, GridError, H3Grid, SquareGrid, check_position
-from geo_service.nearby import TaskClock, nearby
+from geo_service.nearby import Lookup, answer
 from geo_service.snapshot import SnapshotError, current_seq, list_seqs, open_current, open_snapshot, read_manifest, rollback
 from loaders.build import BuildSettings, build
 from loaders.errors import LoaderError
@@ -118,8 +118,8 @@ def cmd_query(args: argparse.Namespace) -> int:
         now_s = int(time.time()) if args.at is None else parse_time({"at": args.at}, "at")
     except FieldError as exc:
         raise LoaderError(f"--at: {exc.reason}") from None
-    snapshot = open_current(Path(args.snapshots))
-    result = nearby(snapshot, TaskClock.of(snapshot.tasks), args.lat, args.lng, now_s, args.max_pois)
+    lookup = Lookup(open_current(Path(args.snapshots)))
+    result = answer(lookup, lookup.table.status(now_s), args.lat, args.lng, args.max_pois)
     sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
     return 0
 

@@ -83,9 +83,10 @@ def test_square_window_wraps_across_the_antimeridian() -> None:
     east = grid.window_cells(10.0, 179.9995)
     assert grid.cell_of(10.0, -179.9995) in east
     assert grid.cell_of(10.0, 180.0) == grid.cell_of(10.0, -180.0)
-    ranges = grid.window_ranges(10.0, 179.9995)
-    assert len(ranges) == 10  # each of the 5 rows split in two at the antimeridian
-    assert np.all(ranges[:, 0] < ranges[:, 1])
+    bounds = grid.window_bounds(10.0, 179.9995)
+    assert len(bounds) == 20  # each of the 5 rows split in two ranges at the antimeridian
+    assert all(lo < hi for lo, hi in zip(bounds[::2], bounds[1::2]))
+    assert bounds == sorted(bounds)
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ import pytest
 import shapely
 
 from geo_service.grid import SquareGrid
-from geo_service.nearby import TaskClock, nearby
+from geo_service.nearby import Lookup, answer
 from geo_service.snapshot import open_current
 from loaders.records import parse_time
 from tests.conftest import SAMPLE
@@ -65,15 +65,16 @@ def test_task_table_carries_windows_flags_and_prizes(sample_snapshots: Path) -> 
 
 def test_query_returns_every_active_poi_within_reach_and_nothing_outside_the_window(sample_snapshots: Path) -> None:
     snap = open_current(sample_snapshots)
-    clock = TaskClock.of(snap.tasks)
-    active = clock.active(NOW_S)
+    lookup = Lookup(snap)
+    status = lookup.table.status(NOW_S)
+    active = np.frombuffer(status.active, dtype=np.uint8).astype(bool)
     assert 0 < active.sum() < len(snap.tasks)  # some tasks are disabled, upcoming or ended
     rng = np.random.default_rng(11)
     hits = 0
     for i in rng.choice(len(snap.cells), 300, replace=False):
         lat = float(snap.lats[i]) + rng.normal(0, 0.001)
         lng = float(snap.lngs[i]) + rng.normal(0, 0.001)
-        result = nearby(snap, clock, lat, lng, NOW_S, max_pois=10**6)
+        result = answer(lookup, status, lat, lng, max_pois=10**6)
         got = {(p["poi_id"], p["task_id"]) for p in result["pois"]}
         near = (haversine_m(lat, lng, snap.lats, snap.lngs) <= snap.grid.reach_m) & active[snap.task_index]
         want = {(int(p), snap.tasks[int(t)]["task_id"]) for p, t in zip(snap.poi_ids[near], snap.task_index[near])}
@@ -89,8 +90,10 @@ def test_query_cap_cuts_the_list_and_says_so(sample_snapshots: Path) -> None:
     snap = open_current(sample_snapshots)
     i = int(np.argmax(np.bincount(np.searchsorted(np.unique(snap.cells), snap.cells))))
     lat, lng = float(snap.lats[i]), float(snap.lngs[i])
-    full = nearby(snap, TaskClock.of(snap.tasks), lat, lng, NOW_S, max_pois=10**6)
-    cut = nearby(snap, TaskClock.of(snap.tasks), lat, lng, NOW_S, max_pois=3)
+    lookup = Lookup(snap)
+    status = lookup.table.status(NOW_S)
+    full = answer(lookup, status, lat, lng, max_pois=10**6)
+    cut = answer(lookup, status, lat, lng, max_pois=3)
     assert len(full["pois"]) > 3 and not full["truncated"]
     assert len(cut["pois"]) == 3 and cut["truncated"]
 

@@ -1,0 +1,89 @@
+"""The HTTP error contract: ApiError classes carry status and code; one middleware makes every error body.
+
+Body: {"error": {"status": 400, "code": "invalid_param", "message": "...", "field": "lat"}}.
+status, code and message are always present; field is present when one input is at fault.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from http import HTTPStatus
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+log = logging.getLogger("geodrop.http")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ApiError(Exception):
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, message: str, field: str | None = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        self.headers = headers or {}
+
+
+class InvalidParam(ApiError):
+    status, code = 400, "invalid_param"
+
+
+class MissingParam(ApiError):
+    status, code = 400, "missing_param"
+
+
+class QueryTooLong(ApiError):
+    status, code = 414, "query_too_long"
+
+
+class Unauthorized(ApiError):
+    status, code = 401, "invalid_token"
+
+
+class NotFound(ApiError):
+    status, code = 404, "not_found"
+
+
+class SnapshotUnavailable(ApiError):
+    status, code = 503, "snapshot_unavailable"
+
+
+class Overloaded(ApiError):
+    status, code = 503, "overloaded"
+
+
+# Router and protocol errors keep their status; these give them a stable code.
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large", 414: "query_too_long",
+               400: "bad_request", 401: "invalid_token", 403: "forbidden", 503: "unavailable"}
+
+
+def error_body(status: int, code: str, message: str, field: str | None = None) -> bytes:
+    """Return the one error body shape as JSON bytes."""
+    error: dict[str, Any] = {"status": status, "code": code, "message": message}
+    if field is not None:
+        error["field"] = field
+    return orjson.dumps({"error": error})
+
+
+def error_response(status: int, code: str, message: str, field: str | None = None,
+                   headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, body=error_body(status, code, message, field),
+                        content_type="application/json", headers=headers)
+
+
+def from_exception(request: web.Request, exc: BaseException) -> web.Response:
+    """Translate any exception into the error shape; unexpected ones are logged, never shown."""
+    if isinstance(exc, ApiError):
+        return error_response(exc.status, exc.code, exc.message, exc.field, exc.headers)
+    if isinstance(exc, web.HTTPException):
+        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        phrase = HTTPStatus(exc.status).phrase if exc.status in HTTPStatus._value2member_map_ else exc.reason
+        message = f"{request.method} {request.path}: {phrase}"
+        return error_response(exc.status, _HTTP_CODES.get(exc.status, "http_error"), message, headers=headers)
+    log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc)
+    return error_response(500, "internal_error", "internal error; it has been logged")
