@@ -11,16 +11,18 @@ $(BIN)/geo-snapshot: pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
 	touch $@
 
-# The embedded default: build the sample snapshot and answer a sample query (Shenzhen, Nanshan).
+# The embedded default: build the sample snapshot (Shenzhen) and serve it on 127.0.0.1:8080.
 run: $(BIN)/geo-snapshot
 	$(BIN)/geo-snapshot build --source data/sample --out $(SNAPSHOTS)
-	$(BIN)/geo-snapshot query --snapshots $(SNAPSHOTS) --lat 22.5329 --lng 113.9305 --max-pois 5
+	@echo "serving: curl 'http://127.0.0.1:8080/v1/nearby?lat=22.5329&lng=113.9305'  (Ctrl-C stops)"
+	$(BIN)/geo-service serve --snapshots $(SNAPSHOTS) --workers 2
 
 test: $(BIN)/geo-snapshot
 	$(BIN)/python -m pytest -q
 
 bench: $(BIN)/geo-snapshot
 	$(BIN)/python bench/build_bench.py
+	$(BIN)/python bench/nearby_bench.py
 
 clean:
 	rm -rf $(VENV) $(SNAPSHOTS) .pytest_cache

@@ -62,17 +62,19 @@ _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large
                400: "bad_request", 401: "invalid_token", 403: "forbidden", 503: "unavailable"}
 
 
-def error_body(status: int, code: str, message: str, field: str | None = None) -> bytes:
+def error_body(status: int, code: str, message: str, field: str | None = None, details: Any = None) -> bytes:
     """Return the one error body shape as JSON bytes."""
     error: dict[str, Any] = {"status": status, "code": code, "message": message}
     if field is not None:
         error["field"] = field
+    if details is not None:
+        error["details"] = details
     return orjson.dumps({"error": error})
 
 
 def error_response(status: int, code: str, message: str, field: str | None = None,
-                   headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(status=status, body=error_body(status, code, message, field),
+                   headers: dict[str, str] | None = None, details: Any = None) -> web.Response:
+    return web.Response(status=status, body=error_body(status, code, message, field, details),
                         content_type="application/json", headers=headers)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,8 +12,12 @@ import orjson
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-# Square districts tile this box (roughly mainland China's populated latitudes).
-REGION = (20.0, 100.0, 44.0, 124.0)  # lat0, lng0, lat1, lng1
+# City-sized square districts on a lattice over this corner (roughly mainland China's latitudes):
+# a fixed size keeps POI density city-like (~50 per km²) whatever the total.
+ORIGIN = (20.0, 100.0)  # lat, lng of the first district's south-west corner
+DISTRICT_DEG = 0.2  # about 22 km x 21 km at these latitudes
+PITCH_DEG = 0.44
+LATTICE = 55  # districts per lattice row: 55 x 0.44 deg spans 24 deg
 TASKS_PER_DISTRICT = 10
 POIS_PER_DISTRICT = 20_000
 MAX_DISTRICTS = 2_870  # as many as China's county-level districts
@@ -24,11 +27,11 @@ ENDS_AT = 1_830_297_600  # 2028-01-01T00:00:00Z
 
 
 def _districts(n: int) -> list[tuple[int, tuple[float, float, float, float]]]:
-    side = math.ceil(math.sqrt(n))
-    lat0, lng0, lat1, lng1 = REGION
-    h, w = (lat1 - lat0) / side, (lng1 - lng0) / side
-    return [(100000 + i, (lat0 + (i // side) * h, lng0 + (i % side) * w, lat0 + (i // side + 1) * h, lng0 + (i % side + 1) * w))
-            for i in range(n)]
+    out = []
+    for i in range(n):
+        lat, lng = ORIGIN[0] + (i // LATTICE) * PITCH_DEG, ORIGIN[1] + (i % LATTICE) * PITCH_DEG
+        out.append((100000 + i, (lat, lng, lat + DISTRICT_DEG, lng + DISTRICT_DEG)))
+    return out
 
 
 def _square(box: tuple[float, float, float, float]) -> dict[str, Any]:

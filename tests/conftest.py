@@ -1,15 +1,19 @@
-"""Shared fixtures: real data folders, real snapshots built by the real builder, real MariaDB."""
+"""Shared fixtures: real data folders, snapshots built by the real builder, real MariaDB, real servers."""
 
 from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pymysql
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
+from geo_service.app import create_app
+from geo_service.settings import ServiceSettings, load_settings
 from loaders.cli import main as snapshot_cli
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,3 +51,45 @@ def mysql_conn() -> Iterator[pymysql.connections.Connection]:
         yield conn
     finally:
         conn.close()
+
+
+@pytest.fixture(scope="session")
+def synth_100k(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A synthetic data folder of 10^5 POIs with one task disabled and one not started yet."""
+    from loaders.synth import write_synthetic
+    from tests.support.builders import set_csv_field
+
+    folder = tmp_path_factory.mktemp("synth") / "data"
+    write_synthetic(folder, 100_000, seed=42, progress=lambda stage, n: None)
+    set_csv_field(folder / "tasks.csv", 3, "enabled", "0")
+    set_csv_field(folder / "tasks.csv", 12, "starts_at", "2099-01-01T00:00:00Z")
+    set_csv_field(folder / "tasks.csv", 12, "ends_at", "2099-02-01T00:00:00Z")
+    return folder
+
+
+def build_into(source: Path, out: Path, *extra: str) -> None:
+    """Build and publish a snapshot with the real CLI, asserting it succeeded."""
+    assert snapshot_cli(["build", "--source", str(source), "--out", str(out), "--quiet", *extra]) == 0
+
+
+MakeClient = Callable[..., Awaitable[TestClient[Any, Any]]]
+
+
+def make_settings(**overrides: Any) -> ServiceSettings:
+    return load_settings(ServiceSettings, "GEODROP_SERVICE_", None, {}, overrides)
+
+
+@pytest.fixture
+async def make_client() -> AsyncIterator[MakeClient]:
+    """Start create_app(settings) on a loopback port; every client is closed at the end."""
+    clients: list[TestClient[Any, Any]] = []
+
+    async def start(snapshots: Path, **overrides: Any) -> TestClient[Any, Any]:
+        client = TestClient(TestServer(create_app(make_settings(snapshots=snapshots, **overrides)), host="127.0.0.1"))
+        await client.start_server()
+        clients.append(client)
+        return client
+
+    yield start
+    for client in clients:
+        await client.close()

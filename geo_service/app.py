@@ -1,0 +1,94 @@
+"""create_app: wiring only. Every resource is a cleanup context; all state lives under AppKeys."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import AsyncIterator
+from contextlib import suppress
+
+from aiohttp import web
+
+from geo_service.errors import Handler, Overloaded, QueryTooLong, from_exception
+from geo_service.handlers import ROUTES
+from geo_service.keys import load_key, metrics_key, settings_key, snapshot_key, watcher_key
+from geo_service.live import SnapshotHolder, Watcher
+from geo_service.load import LoadMonitor
+from geo_service.metrics import Metrics
+from geo_service.settings import ServiceSettings
+
+log = logging.getLogger("geodrop.service")
+# Health and metrics must answer even when the service sheds load: they are how operators see it.
+_NEVER_SHED = frozenset({"/healthz", "/metrics"})
+
+
+def _route_label(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+@web.middleware
+async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The one middleware: load shedding, query size, the error shape, and metrics."""
+    app = request.app
+    load = app[load_key]
+    started = time.perf_counter()
+    load.inflight += 1
+    try:
+        if len(request.query_string) > app[settings_key].max_query_bytes:
+            raise QueryTooLong(f"query string is {len(request.query_string)} bytes; the limit is "
+                               f"{app[settings_key].max_query_bytes}")
+        if load.overloaded() and request.path not in _NEVER_SHED:
+            load.shed += 1
+            raise Overloaded("the service is overloaded; retry after the time given",
+                             headers={"Retry-After": str(load.retry_after_s())})
+        response = await handler(request)
+    except Exception as exc:  # noqa: BLE001 - the one place every error becomes the JSON shape
+        response = from_exception(request, exc)
+    finally:
+        load.inflight -= 1
+    app[metrics_key].observe(_route_label(request), response.status, time.perf_counter() - started)
+    return response
+
+
+async def snapshot_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Load the live snapshot (if any), then watch CURRENT; SIGHUP forces a check."""
+    watcher = app[watcher_key]
+    outcome = await watcher.refresh()
+    if outcome["seq"] is None:
+        log.warning("no snapshot to serve yet; answering 503 until one is published",
+                    extra={"snapshots": str(app[settings_key].snapshots), "error": outcome["error"]})
+    task = asyncio.create_task(watcher.run(), name="snapshot-watcher")
+    loop = asyncio.get_running_loop()
+    with suppress(NotImplementedError, RuntimeError):
+        loop.add_signal_handler(signal.SIGHUP, watcher.wake)
+    yield
+    with suppress(NotImplementedError, RuntimeError):
+        loop.remove_signal_handler(signal.SIGHUP)
+    task.cancel()
+    with suppress(asyncio.CancelledError):
+        await task
+
+
+async def load_ctx(app: web.Application) -> AsyncIterator[None]:
+    task = asyncio.create_task(app[load_key].probe_lag(), name="lag-probe")
+    yield
+    task.cancel()
+    with suppress(asyncio.CancelledError):
+        await task
+
+
+def create_app(settings: ServiceSettings) -> web.Application:
+    """Return the geo_service application; nothing is opened until it starts."""
+    app = web.Application(middlewares=[guard])
+    holder = SnapshotHolder()
+    app[settings_key] = settings
+    app[snapshot_key] = holder
+    app[watcher_key] = Watcher(holder, settings.snapshots, settings.poll_interval_s)
+    app[load_key] = LoadMonitor(settings)
+    app[metrics_key] = Metrics()
+    app.cleanup_ctx.extend([load_ctx, snapshot_ctx])
+    app.add_routes(ROUTES)
+    return app

@@ -1,0 +1,104 @@
+"""Thin handlers: parse, call the core, encode; and the route table."""
+
+from __future__ import annotations
+
+import hmac
+import os
+import time
+
+from aiohttp import web
+
+from geo_service import __version__
+from geo_service.errors import NotFound, SnapshotUnavailable, Unauthorized, error_response
+from geo_service.keys import load_key, metrics_key, settings_key, snapshot_key, watcher_key
+from geo_service.nearby import answer
+from geo_service.openapi import openapi_spec
+from geo_service.params import position
+from geo_service.responses import etag_matches, json_response, not_modified
+
+
+async def nearby(request: web.Request) -> web.Response:
+    lat, lng = position(request.query)
+    app = request.app
+    live = app[snapshot_key].current(int(time.time()))
+    if live is None:
+        raise SnapshotUnavailable("no snapshot is loaded yet; try again shortly",
+                                  headers={"Retry-After": str(app[load_key].retry_after_s())})
+    key, bounds = live.lookup.window_key(lat, lng)
+    etag = f'W/"{live.lookup.seq}-{live.status.version:x}-{key & 0xFFFFFFFFFFFF:x}"'
+    next_poll_ms = app[load_key].next_poll_ms()
+    headers = {"ETag": etag, "X-Next-Poll-Ms": str(next_poll_ms)}
+    if etag_matches(request, etag):
+        return not_modified(etag, headers)
+    body = answer(live.lookup, live.status, lat, lng, app[settings_key].max_pois, bounds)
+    body["next_poll_ms"] = next_poll_ms
+    return json_response(body, headers=headers)
+
+
+def _health(app: web.Application) -> dict[str, object]:
+    holder, load, settings = app[snapshot_key], app[load_key], app[settings_key]
+    live = holder.live
+    now = time.time()
+    snapshot = None if live is None else {
+        "seq": live.lookup.seq,
+        "age_s": round(now - live.lookup.snapshot.manifest["built_at"], 1),
+        "loaded_s_ago": round(now - live.loaded_at, 1),
+    }
+    return {
+        "worker_id": settings.worker_id,
+        "pid": os.getpid(),
+        "version": __version__,
+        "snapshot": snapshot,
+        "status": {"source": "snapshot", "age_s": 0.0},
+        "snapshot_error": holder.last_error,
+        "load": {"inflight": load.inflight, "lag_ms": round(load.lag_ms, 2), "next_poll_ms": load.next_poll_ms()},
+    }
+
+
+async def healthz(request: web.Request) -> web.Response:
+    health = _health(request.app)
+    if health["snapshot"] is None:
+        return error_response(503, "snapshot_unavailable", "no snapshot is loaded", details=health)
+    return json_response({"ok": True, **health})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    app = request.app
+    holder, load = app[snapshot_key], app[load_key]
+    values = {
+        "snapshot_seq": ("gauge", "Seq of the live snapshot (0: none).", holder.live.lookup.seq if holder.live else 0),
+        "snapshot_swaps_total": ("counter", "Snapshots swapped in.", holder.swaps),
+        "snapshot_refused_total": ("counter", "Snapshots refused by verification.", holder.refused),
+        "shed_requests_total": ("counter", "Requests answered 503 because of load.", load.shed),
+        "inflight_requests": ("gauge", "Requests in flight.", load.inflight),
+        "event_loop_lag_ms": ("gauge", "Smoothed event-loop lag.", load.lag_ms),
+        "next_poll_ms": ("gauge", "Poll interval currently told to clients.", load.next_poll_ms()),
+    }
+    text = app[metrics_key].render({"worker": str(app[settings_key].worker_id)}, values)
+    return web.Response(text=text, content_type="text/plain", charset="utf-8", headers={"X-Version": "0.0.4"})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return json_response(openapi_spec())
+
+
+async def admin_reload(request: web.Request) -> web.Response:
+    token = request.app[settings_key].admin_token
+    if not token:
+        raise NotFound("admin reload is disabled (no admin_token set)")
+    given = request.headers.get("Authorization", "")
+    if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        raise Unauthorized("admin reload needs Authorization: Bearer <admin_token>")
+    outcome = await request.app[watcher_key].refresh(force=True)
+    if outcome["error"]:
+        return error_response(409, "snapshot_refused", f"snapshot refused; the live one stays: {outcome['error']}")
+    return json_response(outcome)
+
+
+ROUTES = [
+    web.get("/v1/nearby", nearby, allow_head=False),
+    web.get("/healthz", healthz, allow_head=False),
+    web.get("/metrics", metrics, allow_head=False),
+    web.get("/openapi.json", openapi, allow_head=False),
+    web.post("/v1/admin/reload", admin_reload),
+]

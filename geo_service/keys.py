@@ -1,0 +1,16 @@
+"""Every aiohttp AppKey the service uses."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from geo_service.live import SnapshotHolder, Watcher
+from geo_service.load import LoadMonitor
+from geo_service.metrics import Metrics
+from geo_service.settings import ServiceSettings
+
+settings_key = web.AppKey("settings_key", ServiceSettings)
+snapshot_key = web.AppKey("snapshot_key", SnapshotHolder)
+watcher_key = web.AppKey("watcher_key", Watcher)
+load_key = web.AppKey("load_key", LoadMonitor)
+metrics_key = web.AppKey("metrics_key", Metrics)

@@ -1,0 +1,110 @@
+"""The double buffer: the live snapshot + status pair, and the watcher that swaps in new snapshots.
+
+A new snapshot is opened and verified off the event loop beside the live one, then installed by
+one assignment; requests that already read `holder.live` finish on the pair they started with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from geo_service.nearby import Lookup, StatusView
+from geo_service.snapshot import SnapshotError, current_seq, open_snapshot
+
+log = logging.getLogger("geodrop.snapshot")
+
+
+@dataclass(frozen=True, slots=True)
+class Live:
+    """A snapshot and a status view computed for it: always read and replaced together."""
+
+    lookup: Lookup
+    status: StatusView
+    loaded_at: float
+
+
+@dataclass(slots=True)
+class SnapshotHolder:
+    """Holds the live pair; `live` is replaced by one assignment, never mutated."""
+
+    live: Live | None = None
+    swaps: int = 0
+    refused: int = 0
+    last_error: str | None = None
+    refused_seqs: set[int] = field(default_factory=set)
+
+    def install(self, lookup: Lookup, now_s: int) -> None:
+        self.live = Live(lookup, lookup.table.status(now_s), time.time())
+        self.swaps += 1
+
+    def current(self, now_s: int) -> Live | None:
+        """Return the live pair, first recomputing the status if a task window opened or closed."""
+        live = self.live
+        if live is not None and now_s >= live.status.valid_until:
+            live = Live(live.lookup, live.lookup.table.status(now_s), live.loaded_at)
+            self.live = live
+        return live
+
+
+def load_lookup(folder: Path) -> Lookup:
+    """Open, verify and prepare a snapshot folder (blocking: run it in a thread)."""
+    return Lookup(open_snapshot(folder, verify=True))
+
+
+class Watcher:
+    """Polls CURRENT, and reloads on SIGHUP or an admin call; one load at a time."""
+
+    def __init__(self, holder: SnapshotHolder, root: Path, poll_interval_s: float) -> None:
+        self.holder = holder
+        self.root = root
+        self.poll_interval_s = poll_interval_s
+        self._lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        """Check CURRENT now (the SIGHUP handler)."""
+        self._wake.set()
+
+    async def refresh(self, force: bool = False) -> dict[str, Any]:
+        """Load CURRENT if it names a snapshot not yet live; return what happened."""
+        async with self._lock:
+            holder = self.holder
+            try:
+                seq = current_seq(self.root)
+            except SnapshotError as exc:
+                return self._refuse(None, str(exc))
+            live_seq = holder.live.lookup.seq if holder.live else None
+            if seq is None or (seq == live_seq and not force) or (seq in holder.refused_seqs and not force):
+                return {"seq": live_seq, "swapped": False, "error": holder.last_error if seq != live_seq else None}
+            try:
+                lookup = await asyncio.to_thread(load_lookup, self.root / str(seq))
+            except (SnapshotError, OSError, ValueError) as exc:
+                return self._refuse(seq, str(exc))
+            holder.install(lookup, int(time.time()))
+            holder.last_error = None
+            log.info("snapshot swapped in", extra={"seq": seq, "previous": live_seq, "rows": len(lookup.snapshot.cells)})
+            return {"seq": seq, "swapped": True, "error": None}
+
+    def _refuse(self, seq: int | None, error: str) -> dict[str, Any]:
+        holder = self.holder
+        if seq is not None:
+            holder.refused_seqs.add(seq)
+        holder.refused += 1
+        holder.last_error = error
+        log.warning("snapshot refused; the live one stays", extra={"seq": seq, "error": error})
+        return {"seq": holder.live.lookup.seq if holder.live else None, "swapped": False, "error": error}
+
+    async def run(self) -> None:
+        """Poll until cancelled."""
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self.poll_interval_s)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            await self.refresh()

@@ -1,0 +1,46 @@
+"""Load tracking: requests in flight and event-loop lag drive the client poll interval and shedding."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from dataclasses import dataclass
+
+from geo_service.settings import ServiceSettings
+
+_PROBE_S = 0.05
+_EWMA = 0.3  # weight of the newest lag sample: reacts within a few probes, ignores one hiccup
+
+
+@dataclass(slots=True)
+class LoadMonitor:
+    settings: ServiceSettings
+    inflight: int = 0
+    lag_ms: float = 0.0
+    shed: int = 0
+
+    def pressure(self) -> float:
+        """Return load relative to the 'busy' thresholds: at most 1 means idle enough."""
+        s = self.settings
+        return max(self.inflight / s.busy_inflight, self.lag_ms / s.busy_lag_ms)
+
+    def next_poll_ms(self) -> int:
+        """Return the poll interval to tell clients: the base when idle, stretched with pressure."""
+        s = self.settings
+        return int(min(s.max_next_poll_ms, s.next_poll_ms * max(1.0, self.pressure())))
+
+    def overloaded(self) -> bool:
+        s = self.settings
+        return self.inflight > s.shed_inflight or self.lag_ms > s.shed_lag_ms
+
+    def retry_after_s(self) -> int:
+        return max(1, math.ceil(self.next_poll_ms() / 1000))
+
+    async def probe_lag(self) -> None:
+        """Measure how late the loop wakes a sleeper, until cancelled."""
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            await asyncio.sleep(_PROBE_S)
+            late_ms = max(0.0, (loop.time() - started - _PROBE_S) * 1000)
+            self.lag_ms = (1 - _EWMA) * self.lag_ms + _EWMA * late_ms

@@ -1,0 +1,56 @@
+"""Settings: precedence, conversion errors that name the field, unknown keys, and documentation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from geo_service.cli import main, parser
+from geo_service.settings import ServiceSettings, SettingsError, documented, load_settings
+
+P = "GEODROP_SERVICE_"
+
+
+def test_precedence_is_defaults_then_toml_then_env_then_flags(tmp_path: Path) -> None:
+    toml = tmp_path / "geo.toml"
+    toml.write_text('port = 9000\nmax_pois = 50\nsnapshots = "/srv/snaps"\naccess_log = true\n')
+    env = {P + "PORT": "9100", P + "MAX_POIS": "60"}
+    s = load_settings(ServiceSettings, P, toml, env, {"port": "9200"})
+    assert (s.port, s.max_pois, s.snapshots, s.access_log) == (9200, 60, Path("/srv/snaps"), True)
+    assert s.workers == 1  # default untouched
+
+
+def test_every_problem_is_named_at_once(tmp_path: Path) -> None:
+    toml = tmp_path / "geo.toml"
+    toml.write_text("prot = 9000\n")
+    with pytest.raises(SettingsError) as err:
+        load_settings(ServiceSettings, P, toml, {P + "WORKERS": "two", P + "ACCESS_LOG": "maybe"})
+    text = str(err.value)
+    assert "unknown setting 'prot'" in text and "workers: should be int" in text and "access_log" in text
+
+
+def test_cross_field_rules_are_checked() -> None:
+    with pytest.raises(SettingsError, match="busy_inflight"):
+        load_settings(ServiceSettings, P, None, {}, {"busy_inflight": 10, "shed_inflight": 5})
+
+
+def test_secret_stays_out_of_repr() -> None:
+    s = load_settings(ServiceSettings, P, None, {P + "ADMIN_TOKEN": "hunter2"})
+    assert s.admin_token == "hunter2" and "hunter2" not in repr(s)
+
+
+def test_every_setting_is_documented_and_has_a_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    for name, _, help_text in documented(ServiceSettings):
+        assert help_text.endswith("."), name
+    with pytest.raises(SystemExit):
+        parser().parse_args(["serve", "--help"])
+    text = capsys.readouterr().out
+    for name, _, _ in documented(ServiceSettings):
+        if name != "worker_id":
+            assert "--" + name.replace("_", "-") in text, name
+
+
+def test_bad_flag_values_exit_2_naming_the_setting(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "--port", "eighty"]) == 2
+    assert "port: should be int" in capsys.readouterr().err

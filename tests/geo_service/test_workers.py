@@ -1,0 +1,73 @@
+"""geo-service serve --workers 2 as operators run it: shared port, shared mmap'd snapshot, clean stop."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import orjson
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _get(url: str) -> dict:  # type: ignore[type-arg]
+    with urllib.request.urlopen(url, timeout=2) as resp:
+        return orjson.loads(resp.read())  # type: ignore[no-any-return]
+
+
+def test_two_workers_share_the_port_and_one_mapped_copy_of_the_snapshot(sample_snapshots: Path) -> None:
+    port = _free_port()
+    cmd = [sys.executable, "-m", "geo_service", "serve", "--snapshots", str(sample_snapshots),
+           "--port", str(port), "--workers", "2", "--log-level", "warning"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE)
+    try:
+        workers: dict[int, int] = {}
+        deadline = time.monotonic() + 30
+        while len(workers) < 2 and time.monotonic() < deadline:  # bounded
+            try:
+                health = _get(f"http://127.0.0.1:{port}/healthz")
+                workers[health["worker_id"]] = health["pid"]
+            except OSError:
+                time.sleep(0.1)
+        assert sorted(workers) == [0, 1]
+        body = _get(f"http://127.0.0.1:{port}/v1/nearby?lat=22.5329&lng=113.9305")
+        assert body["seq"] == 1 and body["pois"]
+        cells = str((sample_snapshots / "1" / "cells.npy").resolve())
+        inodes = set()
+        for pid in workers.values():
+            maps = Path(f"/proc/{pid}/maps").read_text().splitlines()
+            mapped = [line.split() for line in maps if line.endswith(cells)]
+            assert mapped, f"worker {pid} does not map {cells}"
+            assert all(fields[1].startswith("r") and fields[1][3] == "s" for fields in mapped)  # read-only, shared
+            inodes |= {fields[4] for fields in mapped}
+        assert len(inodes) == 1  # the same file, so one copy in the page cache
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    assert proc.returncode == 0
+    for pid in workers.values():
+        assert not Path(f"/proc/{pid}").exists() or _is_zombie(pid)
+    assert b"Traceback" not in (proc.stderr.read() if proc.stderr else b"")
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+    except OSError:
+        return True
+
+
+def test_serve_refuses_bad_settings_with_exit_2() -> None:
+    done = subprocess.run([sys.executable, "-m", "geo_service", "serve", "--workers", "0"],
+                          capture_output=True, text=True, timeout=30, env={**os.environ})
+    assert done.returncode == 2 and "workers: must be in [1, 64]" in done.stderr

@@ -1,0 +1,76 @@
+"""The HTTP error contract over every error path: status, JSON content type, and the three keys."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from geo_service.app import create_app
+from tests.conftest import MakeClient, make_settings
+
+N = "/v1/nearby"
+CASES: list[tuple[str, str, str, int, str, str | None]] = [
+    ("missing lat", "GET", f"{N}?lng=114", 400, "missing_param", "lat"),
+    ("missing both", "GET", N, 400, "missing_param", "lat"),
+    ("empty lat", "GET", f"{N}?lat=&lng=114", 400, "invalid_param", "lat"),
+    ("non-numeric lng", "GET", f"{N}?lat=22.5&lng=east", 400, "invalid_param", "lng"),
+    ("NaN", "GET", f"{N}?lat=nan&lng=114", 400, "invalid_param", "lat"),
+    ("infinite", "GET", f"{N}?lat=22.5&lng=inf", 400, "invalid_param", "lng"),
+    ("overflow", "GET", f"{N}?lat=1e999&lng=114", 400, "invalid_param", "lat"),
+    ("lat out of range", "GET", f"{N}?lat=91&lng=114", 400, "invalid_param", "lat"),
+    ("lng out of range", "GET", f"{N}?lat=22.5&lng=-180.5", 400, "invalid_param", "lng"),
+    ("polar band", "GET", f"{N}?lat=86&lng=114", 400, "invalid_param", "lat"),
+    ("repeated lat", "GET", f"{N}?lat=22.5&lat=22.6&lng=114", 400, "invalid_param", "lat"),
+    ("long query", "GET", f"{N}?lat=22.5&lng=114&pad=" + "x" * 5000, 414, "query_too_long", None),
+    ("POST nearby", "POST", f"{N}?lat=22.5&lng=114", 405, "method_not_allowed", None),
+    ("DELETE nearby", "DELETE", f"{N}?lat=22.5&lng=114", 405, "method_not_allowed", None),
+    ("unknown path", "GET", "/v2/nearby?lat=1&lng=1", 404, "not_found", None),
+    ("GET reload", "GET", "/v1/admin/reload", 405, "method_not_allowed", None),
+    ("reload without token", "POST", "/v1/admin/reload", 401, "invalid_token", None),
+]
+
+
+def assert_error_shape(status: int, headers: Any, body: dict[str, Any], code: str) -> None:
+    assert headers["Content-Type"].startswith("application/json")
+    error = body["error"]
+    assert {"status", "code", "message"} <= set(error)
+    assert error["status"] == status
+    assert error["code"] == code
+    assert isinstance(error["message"], str) and error["message"]
+
+
+@pytest.mark.parametrize(("method", "url", "status", "code", "field"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+async def test_every_error_has_the_one_json_shape(
+    make_client: MakeClient, sample_snapshots: Path, method: str, url: str, status: int, code: str, field: str | None
+) -> None:
+    client = await make_client(sample_snapshots, admin_token="s3cret")
+    resp = await client.request(method, url)
+    assert resp.status == status
+    body = await resp.json()
+    assert_error_shape(status, resp.headers, body, code)
+    assert body["error"].get("field") == field
+
+
+async def test_unavailable_snapshot_has_the_shape(make_client: MakeClient, tmp_path: Path) -> None:
+    client = await make_client(tmp_path)
+    resp = await client.get(f"{N}?lat=22.5&lng=114")
+    assert_error_shape(503, resp.headers, await resp.json(), "snapshot_unavailable")
+
+
+async def test_an_unhandled_exception_is_a_generic_500_that_leaks_nothing(sample_snapshots: Path) -> None:
+    app = create_app(make_settings(snapshots=sample_snapshots))
+
+    async def boom(request: web.Request) -> web.Response:
+        raise RuntimeError("secret internals")
+
+    app.router.add_get("/boom", boom)
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+        resp = await client.get("/boom")
+        body = await resp.json()
+        assert_error_shape(500, resp.headers, body, "internal_error")
+        assert "secret" not in str(body)
+        assert (await client.get(f"{N}?lat=22.5329&lng=113.9305")).status == 200  # still serving
