@@ -15,12 +15,18 @@ M_PER_DEG = EARTH_RADIUS_M * math.pi / 180.0
 # Square cells lose ground width toward the poles without bound; past this band (which holds every
 # populated place) a cell would stop being a square, so positions there are refused, not served.
 MAX_ABS_LAT = 85.0
+# A band's cells are widest at its equator-side edge, by tan(lat) * band height / R relative to its
+# poleward edge: 2 km bands keep that under 0.4% up to 85°, 5 km under 1%.
+_MAX_BAND_M = 2000.0
 # A great circle is shorter than the parallel arc between the same two points, by under 1e-8 of
 # the length at these scales; widening columns by this much keeps the reach guarantee exact.
 _ARC_MARGIN = 1e-6
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
+# (center cell, [lo0, hi0, lo1, hi1, ...] sorted half-open id ranges, [k_lo0, k_hi0, ...]): range i
+# holds the window's cells whose id % band_rows lies in [k_lo_i, k_hi_i], plus cells beside it.
+Window = tuple[int, list[int], list[int]]
 
 
 class GridError(ValueError):
@@ -59,8 +65,10 @@ class Grid(Protocol):
 
     def cells_of(self, lat: FloatArray, lng: FloatArray) -> IntArray: ...
 
-    def window_bounds(self, lat: float, lng: float) -> list[int]:
-        """Return the window as sorted half-open id ranges, flattened: [lo0, hi0, lo1, hi1, ...]."""
+    band_rows: int
+
+    def window(self, lat: float, lng: float) -> Window:
+        """Return the window: centre cell, id ranges to search, and which rows of each range count."""
         ...
 
     def window_cells(self, lat: float, lng: float) -> list[int]: ...
@@ -75,91 +83,110 @@ class Grid(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class SquareGrid:
-    """Rows of fixed latitude height; each row split into equal columns of at least cell_m ground width.
+    """Rows of fixed latitude height, grouped in bands that share one column count.
 
-    A row's column count is taken at its poleward edge, so every column is at least cell_m wide
-    everywhere in the row and a whole number of columns spans 360°: the window wraps cleanly
-    across the antimeridian. Cell id = row * max_cols + col (row-major int64), so one row of a
-    window is one or, across the antimeridian, two contiguous id ranges.
+    A band's column count is taken at its poleward edge, so every cell is at least cell_m wide
+    everywhere in the band (and wider by under 0.1% at its other edge below 85°), and a whole
+    number of columns spans 360°: windows wrap cleanly across the antimeridian.
+
+    Cell id = (band * max_cols + col) * band_rows + row_in_band: band-major, then column, then row.
+    The cells of a few adjacent columns across a whole band are then one contiguous id range, so a
+    5x5 window is one or two ranges of the sorted cell array (two bands at most when band_rows >=
+    2 * radius + 1) instead of five: fewer binary searches, and the rows found sit together in
+    memory. Those ranges also hold the band's rows outside the window, which the caller drops by
+    cell id.
     """
 
     cell_m: float = 100.0
     radius: int = 2
+    band_rows: int = 0  # 0: the largest band (up to 8 rows) that keeps cells within 1% of square
     row_height_deg: float = field(init=False)
     n_rows: int = field(init=False)
     max_cols: int = field(init=False)
-    row_cols: IntArray = field(init=False, repr=False, compare=False)
-    _row_cols: list[int] = field(init=False, repr=False, compare=False)
+    band_cols: IntArray = field(init=False, repr=False, compare=False)
+    _band_cols: list[int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if not 10.0 <= self.cell_m <= 10_000.0:
-            raise GridError("cell_m", f"must be in [10, 10000] metres; got {self.cell_m!r}")
+        if not 10.0 <= self.cell_m <= 1000.0:
+            raise GridError("cell_m", f"must be in [10, 1000] metres (use --grid h3 for coarser cells); got {self.cell_m!r}")
         if not 1 <= self.radius <= 10:
             raise GridError("radius", f"must be in [1, 10] cells; got {self.radius!r}")
+        if self.band_rows == 0:
+            object.__setattr__(self, "band_rows", max(2 * self.radius + 1, min(8, int(_MAX_BAND_M // self.cell_m))))
+        if not 2 * self.radius + 1 <= self.band_rows <= 64 or self.band_rows * self.cell_m > _MAX_BAND_M * 2.5:
+            raise GridError("band_rows", f"must be in [2 * radius + 1, 64] and span at most {_MAX_BAND_M * 2.5:g} m; "
+                                         f"got {self.band_rows!r}")
         height = self.cell_m / M_PER_DEG
         n_rows = math.ceil(180.0 / height)
-        rows = np.arange(n_rows, dtype=np.float64)
-        poleward = np.maximum(np.abs(rows * height - 90.0), np.abs((rows + 1) * height - 90.0))
-        poleward = np.minimum(poleward, 90.0)
+        edges = np.arange(0, n_rows + self.band_rows, self.band_rows, dtype=np.float64) * height - 90.0
+        edges = np.minimum(edges, 90.0)
+        poleward = np.maximum(np.abs(edges[:-1]), np.abs(edges[1:]))
         width_m = 360.0 * M_PER_DEG * np.cos(np.radians(poleward))
-        cols = np.floor(width_m / (self.cell_m * (1.0 + _ARC_MARGIN))).astype(np.int64)
-        cols = np.maximum(cols, 1)
+        cols = np.maximum(np.floor(width_m / (self.cell_m * (1.0 + _ARC_MARGIN))).astype(np.int64), 1)
         object.__setattr__(self, "row_height_deg", height)
         object.__setattr__(self, "n_rows", n_rows)
         object.__setattr__(self, "max_cols", int(cols.max()))
-        object.__setattr__(self, "row_cols", cols)
+        object.__setattr__(self, "band_cols", cols)
         # The scalar path reads a list: indexing a numpy array from Python costs ~10x more.
-        object.__setattr__(self, "_row_cols", cols.tolist())
+        object.__setattr__(self, "_band_cols", cols.tolist())
 
     @property
     def reach_m(self) -> float:
         return self.radius * self.cell_m
 
     def params(self) -> dict[str, Any]:
-        return {"kind": "square", "cell_m": self.cell_m, "radius": self.radius}
-
-    def _row(self, lat: float) -> int:
-        return min(int((lat + 90.0) / self.row_height_deg), self.n_rows - 1)
+        return {"kind": "square", "cell_m": self.cell_m, "radius": self.radius, "band_rows": self.band_rows}
 
     def cell_of(self, lat: float, lng: float) -> int:
-        """Return the cell containing the point (O(1): two divisions and a table look-up)."""
+        """Return the cell containing the point (O(1): a few divisions and a table look-up)."""
         check_position(lat, lng)
-        row = self._row(lat)
-        n = self._row_cols[row]
-        return row * self.max_cols + int((lng + 180.0) / 360.0 * n) % n
+        row = min(int((lat + 90.0) / self.row_height_deg), self.n_rows - 1)
+        band, k = divmod(row, self.band_rows)
+        n = self._band_cols[band]
+        return (band * self.max_cols + int((lng + 180.0) / 360.0 * n) % n) * self.band_rows + k
 
     def cells_of(self, lat: FloatArray, lng: FloatArray) -> IntArray:
         """Return the cells of many points; identical to cell_of point by point."""
         rows = np.minimum(((lat + 90.0) / self.row_height_deg).astype(np.int64), self.n_rows - 1)
-        n = self.row_cols[rows]
+        band, k = np.divmod(rows, self.band_rows)
+        n = self.band_cols[band]
         cols = ((lng + 180.0) / 360.0 * n).astype(np.int64) % n
-        return rows * self.max_cols + cols
+        return (band * self.max_cols + cols) * self.band_rows + k
 
-    def window_bounds(self, lat: float, lng: float) -> list[int]:
-        # A plain list, not an array: this runs on every request and numpy's per-call cost on
-        # ten numbers is larger than the arithmetic.
-        check_position(lat, lng)
-        row = self._row(lat)
-        r = self.radius
+    def window(self, lat: float, lng: float) -> Window:
+        # Runs on every request, so it is plain Python on floats and lists: numpy's per-call cost
+        # on a few numbers is larger than the arithmetic. NaN and infinities fail the range test.
+        if not (-MAX_ABS_LAT <= lat <= MAX_ABS_LAT and -180.0 <= lng <= 180.0):
+            check_position(lat, lng)
+        row = int((lat + 90.0) / self.row_height_deg)
+        x = (lng + 180.0) / 360.0
+        r, b_rows, max_cols = self.radius, self.band_rows, self.max_cols
+        center = 0
         bounds: list[int] = []
-        for wrow in range(max(row - r, 0), min(row + r, self.n_rows - 1) + 1):
-            n = self._row_cols[wrow]
-            base = wrow * self.max_cols
-            c = int((lng + 180.0) / 360.0 * n) % n
-            lo, hi = c - r, c + r + 1
-            if 2 * r + 1 >= n:
-                bounds += (base, base + n)
-            elif lo < 0:
-                bounds += (base, base + hi, base + n + lo, base + n)
-            elif hi > n:
-                bounds += (base, base + hi - n, base + lo, base + n)
-            else:
-                bounds += (base + lo, base + hi)
-        return bounds
+        rows: list[int] = []
+        # Rows row-r..row+r all exist: the served band of latitudes stops well short of the poles.
+        for band in range((row - r) // b_rows, (row + r) // b_rows + 1):
+            n = self._band_cols[band]
+            c = int(x * n) % n
+            first = band * b_rows
+            if band == row // b_rows:
+                center = (band * max_cols + c) * b_rows + row - first
+            k_span = (max(row - r - first, 0), min(row + r - first, b_rows - 1))
+            base = band * max_cols
+            if c >= r and c + r < n:
+                cols = (c - r, c + r + 1)
+            elif 2 * r + 1 >= n:
+                cols = (0, n)
+            elif c < r:  # the window wraps west across the antimeridian
+                cols = (0, c + r + 1, n + c - r, n)
+            else:  # it wraps east
+                cols = (0, c + r + 1 - n, c - r, n)
+            bounds += [(base + col) * b_rows for col in cols]
+            rows += k_span * (len(cols) // 2)
+        return center, bounds, rows
 
     def window_cells(self, lat: float, lng: float) -> list[int]:
-        bounds = self.window_bounds(lat, lng)
-        return [c for lo, hi in zip(bounds[::2], bounds[1::2]) for c in range(lo, hi)]
+        return cells_in(self.window(lat, lng), self.band_rows)
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +195,7 @@ class H3Grid:
 
     res: int = 10
     radius: int = 2
+    band_rows: int = 1  # every cell is its own range: nothing beside the window to drop
 
     def __post_init__(self) -> None:
         if not 0 <= self.res <= 15:
@@ -197,18 +225,31 @@ class H3Grid:
         # H3 ids fit in 63 bits (the top bit is reserved 0), so int64 holds them unchanged.
         return np.array(cells, dtype=np.int64)
 
-    def window_bounds(self, lat: float, lng: float) -> list[int]:
-        return [b for c in self.window_cells(lat, lng) for b in (c, c + 1)]
+    def window(self, lat: float, lng: float) -> Window:
+        center = self.cell_of(lat, lng)
+        cells = sorted(h3.grid_disk(center, self.radius))
+        return center, [b for c in cells for b in (c, c + 1)], [0, 0] * len(cells)
 
     def window_cells(self, lat: float, lng: float) -> list[int]:
-        return sorted(h3.grid_disk(self.cell_of(lat, lng), self.radius))
+        return cells_in(self.window(lat, lng), self.band_rows)
+
+
+def cells_in(window: Window, band_rows: int) -> list[int]:
+    """Return the window's cells, in id order."""
+    _, bounds, rows = window
+    return [
+        col + k
+        for lo, hi, k_lo, k_hi in zip(bounds[::2], bounds[1::2], rows[::2], rows[1::2])
+        for col in range(lo, hi, band_rows)
+        for k in range(k_lo, k_hi + 1)
+    ]
 
 
 def grid_from_params(params: dict[str, Any]) -> Grid:
     """Rebuild the grid a snapshot's manifest describes."""
     kind = params.get("kind")
     if kind == "square":
-        return SquareGrid(cell_m=float(params["cell_m"]), radius=int(params["radius"]))
+        return SquareGrid(cell_m=float(params["cell_m"]), radius=int(params["radius"]), band_rows=int(params["band_rows"]))
     if kind == "h3":
         return H3Grid(res=int(params["h3_res"]), radius=int(params["radius"]))
     raise GridError("grid", f"unknown grid kind {kind!r}")

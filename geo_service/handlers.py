@@ -24,13 +24,14 @@ async def nearby(request: web.Request) -> web.Response:
     if live is None:
         raise SnapshotUnavailable("no snapshot is loaded yet; try again shortly",
                                   headers={"Retry-After": str(app[load_key].retry_after_s())})
-    key, bounds = live.lookup.window_key(lat, lng)
-    etag = f'W/"{live.lookup.seq}-{live.status.version:x}-{key & 0xFFFFFFFFFFFF:x}"'
+    window = live.lookup.grid.window(lat, lng)
+    # hash() of a tuple of ints is not salted, so every worker makes the same ETag for a window.
+    etag = f'W/"{live.lookup.seq}-{live.status.version:x}-{hash((window[0], *window[1])) & 0xFFFFFFFFFFFF:x}"'
     next_poll_ms = app[load_key].next_poll_ms()
     headers = {"ETag": etag, "X-Next-Poll-Ms": str(next_poll_ms)}
     if etag_matches(request, etag):
         return not_modified(etag, headers)
-    body = answer(live.lookup, live.status, lat, lng, app[settings_key].max_pois, bounds)
+    body = answer(live.lookup, live.status, lat, lng, app[settings_key].max_pois, window)
     body["next_poll_ms"] = next_poll_ms
     return json_response(body, headers=headers)
 

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from geo_service.grid import Window, cells_in
 from geo_service.snapshot import Snapshot
 
 NEVER = 2**62
@@ -96,14 +97,15 @@ def _task_view(task: dict[str, Any], override: TaskOverride | None) -> dict[str,
     }
 
 
+Row = tuple[int, int, float, float]  # (task_index, poi_id, lat, lng), as stored
+
+
 @dataclass(frozen=True, slots=True)
 class NearbyResult:
-    """The answer for one position, ready to serialise."""
+    """What a lookup found: the window, the rows of active tasks in it, and whether the cap cut them."""
 
-    center_cell: int
-    cells: list[int]
-    pois: list[dict[str, Any]]
-    tasks: list[dict[str, Any]]
+    window: Window
+    rows: list[Row]
     truncated: bool
 
 
@@ -115,52 +117,42 @@ class Lookup:
         self.seq = snapshot.seq
         self.grid = snapshot.grid
         self.table = TaskTable(snapshot.tasks)
-        self._task_ids = [t["task_id"] for t in snapshot.tasks]
+        self.task_ids = [t["task_id"] for t in snapshot.tasks]
 
-    def window_key(self, lat: float, lng: float) -> tuple[int, list[int]]:
-        """Return a deterministic key of the window (for ETags) and its id bounds."""
-        bounds = self.grid.window_bounds(lat, lng)
-        return hash(tuple(bounds)), bounds
-
-    def find(self, lat: float, lng: float, status: StatusView, max_pois: int,
-             bounds: list[int] | None = None) -> NearbyResult:
-        """Return the active POIs in the window around (lat, lng), at most max_pois of them."""
-        snap = self.snapshot
-        bounds = bounds if bounds is not None else self.grid.window_bounds(lat, lng)
+    def find(self, lat: float, lng: float, status: StatusView, max_pois: int, window: Window | None = None) -> NearbyResult:
+        """Return the rows of active tasks in the window around (lat, lng), at most max_pois of them."""
+        window = window if window is not None else self.grid.window(lat, lng)
+        _, bounds, k_spans = window
+        snap, active, b = self.snapshot, status.active, self.grid.band_rows
         positions = np.searchsorted(snap.cells, bounds).tolist()
-        active, task_ids = status.active, self._task_ids
-        pois: list[dict[str, Any]] = []
-        seen: dict[int, None] = {}
-        truncated = False
-        for a, b in zip(positions[::2], positions[1::2]):
-            if a == b:
+        found: list[Row] = []
+        for i in range(0, len(positions), 2):
+            lo, hi = positions[i], positions[i + 1]
+            if lo == hi:
                 continue
-            rows = zip(snap.task_index[a:b].tolist(), snap.poi_ids[a:b].tolist(),
-                       snap.lats[a:b].tolist(), snap.lngs[a:b].tolist())
-            for t, poi_id, plat, plng in rows:
-                if not active[t]:
-                    continue
-                if len(pois) == max_pois:
-                    truncated = True
+            k_lo, k_hi = k_spans[i], k_spans[i + 1]
+            # Filter on cell and task first; fetch the payload only for the rows kept.
+            tasks = snap.task_index[lo:hi].tolist()
+            keep = [j for j, (c, t) in enumerate(zip(snap.cells[lo:hi].tolist(), tasks)) if k_lo <= c % b <= k_hi and active[t]]
+            if keep:
+                ids, lats, lngs = snap.poi_ids[lo:hi].tolist(), snap.lats[lo:hi].tolist(), snap.lngs[lo:hi].tolist()
+                found += [(tasks[j], ids[j], lats[j], lngs[j]) for j in keep]
+                if len(found) > max_pois:
                     break
-                pois.append({"poi_id": poi_id, "task_id": task_ids[t], "lat": plat, "lng": plng})
-                seen[t] = None
-            if truncated:
-                break
-        cells = [c for lo, hi in zip(bounds[::2], bounds[1::2]) for c in range(lo, hi)]
-        tasks = [status.views[t] for t in seen]
-        return NearbyResult(self.grid.cell_of(lat, lng), cells, pois, tasks, truncated)  # type: ignore[arg-type]
+        truncated = len(found) > max_pois
+        return NearbyResult(window, found[:max_pois] if truncated else found, truncated)
 
 
 def answer(lookup: Lookup, status: StatusView, lat: float, lng: float, max_pois: int,
-           bounds: list[int] | None = None) -> dict[str, Any]:
+           window: Window | None = None) -> dict[str, Any]:
     """Return the /v1/nearby body without the load-dependent fields (what `geo-snapshot query` prints)."""
-    found = lookup.find(lat, lng, status, max_pois, bounds)
+    found = lookup.find(lat, lng, status, max_pois, window)
+    task_ids, views = lookup.task_ids, status.views
     return {
         "seq": lookup.seq,
-        "center_cell": found.center_cell,
-        "cells": found.cells,
-        "pois": found.pois,
-        "tasks": found.tasks,
+        "center_cell": found.window[0],
+        "cells": cells_in(found.window, lookup.grid.band_rows),
+        "pois": [{"poi_id": p, "task_id": task_ids[t], "lat": a, "lng": b} for t, p, a, b in found.rows],
+        "tasks": [views[t] for t in dict.fromkeys(r[0] for r in found.rows)],
         "truncated": found.truncated,
     }

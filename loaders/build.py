@@ -191,12 +191,13 @@ def sorted_arrays(pois: PoiColumns, rows: Rows, grid: Grid) -> dict[str, np.ndar
     cells = grid.cells_of(pois.lat, pois.lng)[rows.poi_pos]
     poi_ids = pois.poi_id[rows.poi_pos]
     perm = np.lexsort((poi_ids, rows.task_index, cells))
+    positions = rows.poi_pos[perm]
     return {
         "cells": cells[perm],
         "task_index": rows.task_index[perm],
         "poi_ids": poi_ids[perm],
-        "lats": pois.lat[rows.poi_pos][perm],
-        "lngs": pois.lng[rows.poi_pos][perm],
+        "lats": pois.lat[positions],
+        "lngs": pois.lng[positions],
     }
 
 

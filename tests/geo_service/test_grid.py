@@ -43,6 +43,15 @@ def test_square_window_is_25_distinct_cells(lat: float) -> None:
         assert grid.cell_of(lat, float(lng)) in cells
 
 
+@pytest.mark.parametrize("lat", [22.0 + i * 0.0009 for i in range(10)])
+def test_square_window_spans_at_most_two_bands(lat: float) -> None:
+    grid = SquareGrid(cell_m=100.0, radius=2)
+    _, bounds, _ = grid.window(lat, 114.0)
+    assert len(bounds) in (2, 4)
+    cells = grid.window_cells(lat, 114.0)
+    assert all(any(lo <= c < hi for lo, hi in zip(bounds[::2], bounds[1::2])) for c in cells)
+
+
 def test_h3_window_is_the_disk() -> None:
     grid = H3Grid(res=10, radius=2)
     cells = grid.window_cells(22.53, 113.93)
@@ -52,7 +61,7 @@ def test_h3_window_is_the_disk() -> None:
 
 def _ground_sides(grid: SquareGrid, lat: float, lng: float) -> tuple[float, float]:
     row = int((lat + 90.0) / grid.row_height_deg)
-    n = int(grid.row_cols[row])
+    n = int(grid.band_cols[row // grid.band_rows])
     south = row * grid.row_height_deg - 90.0
     west = math.floor((lng + 180.0) / 360.0 * n) * 360.0 / n - 180.0
     mid = south + grid.row_height_deg / 2
@@ -64,7 +73,9 @@ def _ground_sides(grid: SquareGrid, lat: float, lng: float) -> tuple[float, floa
 @pytest.mark.parametrize("cell_m", [50.0, 100.0, 1000.0])
 def test_square_cells_have_equal_ground_sides_at_every_latitude(cell_m: float) -> None:
     grid = SquareGrid(cell_m=cell_m)
-    sides = [s for lat in LATITUDES + [-33.9, 80.0, 84.9] for s in _ground_sides(grid, lat, 12.3)]
+    # Rows at every position inside a band: the band shares the column count of its poleward row.
+    lats = [lat + i * grid.row_height_deg for lat in LATITUDES + [-33.9, 80.0, 84.9] for i in range(grid.band_rows)]
+    sides = [s for lat in lats for s in _ground_sides(grid, lat, 12.3)]
     assert max(sides) / min(sides) < 1.01
     assert all(abs(s - cell_m) / cell_m < 0.01 for s in sides)
 
@@ -83,8 +94,9 @@ def test_square_window_wraps_across_the_antimeridian() -> None:
     east = grid.window_cells(10.0, 179.9995)
     assert grid.cell_of(10.0, -179.9995) in east
     assert grid.cell_of(10.0, 180.0) == grid.cell_of(10.0, -180.0)
-    bounds = grid.window_bounds(10.0, 179.9995)
-    assert len(bounds) == 20  # each of the 5 rows split in two ranges at the antimeridian
+    center, bounds, _ = grid.window(10.0, 179.9995)
+    assert center == grid.cell_of(10.0, 179.9995)
+    assert len(bounds) in (4, 8)  # each band's columns split in two ranges at the antimeridian
     assert all(lo < hi for lo, hi in zip(bounds[::2], bounds[1::2]))
     assert bounds == sorted(bounds)
 
@@ -100,7 +112,7 @@ def test_out_of_range_positions_are_refused(grid: Grid, lat: float, lng: float, 
     assert err.value.field == field
 
 
-@pytest.mark.parametrize("bad", [{"cell_m": 5.0}, {"cell_m": 20_000.0}, {"radius": 0}])
+@pytest.mark.parametrize("bad", [{"cell_m": 5.0}, {"cell_m": 2000.0}, {"radius": 0}, {"radius": 4, "band_rows": 8}, {"cell_m": 500.0, "band_rows": 20}])
 def test_square_grid_refuses_bad_parameters(bad: dict[str, float]) -> None:
     with pytest.raises(GridError):
         SquareGrid(**bad)  # type: ignore[arg-type]

@@ -1,0 +1,166 @@
+"""Benchmark the nearby path: in-process lookups at 10^6 and 10^7 POIs, then HTTP against a bare aiohttp handler.
+
+    .venv/bin/python bench/nearby_bench.py [--sizes 1000000 10000000] [--seconds 10] [--connections 64]
+
+In-process: `Lookup.find` (window, binary search, status filter, POI list) timed one call at a
+time over 20,000 positions near random POIs, after a warm-up pass; median, p99 and calls/s.
+HTTP (needs wrk: apt-get install wrk): `geo-service serve --workers 2` on the largest snapshot and
+bench/minimal_server.py (2 workers, a fixed body of the median answer size), each loaded by
+`wrk -t2 -c64` with the same positions, alternated twice; medians of the two rounds and the ratio.
+Both the servers and wrk share this machine's cores, as they would in any one-box run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+from geo_service.nearby import Lookup, answer
+from geo_service.snapshot import open_current
+
+PY = sys.executable
+WORKDIR = Path("bench/out")
+LUA = """
+local points = {%s}
+local i = 0
+request = function()
+  i = i + 1
+  local p = points[(i %% #points) + 1]
+  return wrk.format("GET", "/v1/nearby?lat=" .. p[1] .. "&lng=" .. p[2])
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("RESULT %%d %%d %%d %%d %%d\\n", summary.requests, summary.duration,
+    latency:percentile(50), latency:percentile(99), e.connect + e.read + e.write + e.timeout + e.status))
+end
+"""
+
+
+def ensure_snapshot(n: int) -> Path:
+    data, snaps = WORKDIR / f"synth-{n}", WORKDIR / f"snaps-{n}"
+    if not (data / "pois.csv").exists():
+        subprocess.run([PY, "-m", "loaders", "synth", "--out", str(data), "--pois", str(n), "--quiet"], check=True,
+                       stdout=subprocess.DEVNULL)
+    if not (snaps / "CURRENT").exists():
+        subprocess.run([PY, "-m", "loaders", "build", "--source", str(data), "--out", str(snaps), "--quiet"], check=True)
+    return snaps
+
+
+def positions(lookup: Lookup, count: int, seed: int = 7) -> list[tuple[float, float]]:
+    """Positions where players stand: near random POIs, up to ~200 m away."""
+    snap = lookup.snapshot
+    rng = np.random.default_rng(seed)
+    idx = rng.choice(len(snap.cells), count)
+    lats = np.round(snap.lats[idx] + rng.uniform(-0.002, 0.002, count), 6)
+    lngs = np.round(snap.lngs[idx] + rng.uniform(-0.002, 0.002, count), 6)
+    return list(zip(lats.tolist(), lngs.tolist()))
+
+
+def bench_inprocess(n: int) -> tuple[Lookup, list[tuple[float, float]]]:
+    lookup = Lookup(open_current(ensure_snapshot(n)))
+    status = lookup.table.status(int(time.time()))
+    points = positions(lookup, 20_000)
+    find, clock = lookup.find, time.perf_counter_ns
+    for lat, lng in points:  # warm-up: page in what the positions touch
+        find(lat, lng, status, 300)
+    times = []
+    found = 0
+    for lat, lng in points:
+        t = clock()
+        result = find(lat, lng, status, 300)
+        times.append(clock() - t)
+        found += len(result.rows)
+    us = np.array(times) / 1000
+    print(f"lookup   {n:>12,} POIs  median {np.median(us):6.1f} us  p99 {np.percentile(us, 99):6.1f} us  "
+          f"{1e6 / us.mean():>9,.0f} lookups/s  ({found / len(points):.1f} POIs per answer)", flush=True)
+    return lookup, points
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_ready(url: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:  # bounded
+        try:
+            urllib.request.urlopen(url, timeout=1).read()
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise SystemExit(f"server at {url} did not come up")
+
+
+def run_wrk(port: int, script: Path, seconds: int, connections: int) -> dict[str, float]:
+    out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "-s", str(script), f"http://127.0.0.1:{port}"],
+                         capture_output=True, text=True, check=True).stdout
+    line = next(x for x in out.splitlines() if x.startswith("RESULT"))
+    requests, duration_us, p50, p99, errors = map(int, line.split()[1:])
+    return {"rps": requests / (duration_us / 1e6), "p50_ms": p50 / 1000, "p99_ms": p99 / 1000, "errors": errors}
+
+
+def bench_http(lookup: Lookup, points: list[tuple[float, float]], snaps: Path, seconds: int, connections: int) -> None:
+    if shutil.which("wrk") is None:
+        print("http     skipped: wrk is not installed (apt-get install wrk)")
+        return
+    status = lookup.table.status(int(time.time()))
+    sizes = [len(orjson.dumps({**answer(lookup, status, a, b, 300), "next_poll_ms": 5000})) for a, b in points[:2000]]
+    size = int(statistics.median(sizes))
+    with tempfile.TemporaryDirectory() as tmp:
+        script = Path(tmp) / "points.lua"
+        script.write_text(LUA % ",".join(f"{{{a},{b}}}" for a, b in points[:5000]))
+        ours_port, bare_port = free_port(), free_port()
+        ours = subprocess.Popen([PY, "-m", "geo_service", "serve", "--snapshots", str(snaps), "--port", str(ours_port),
+                                 "--workers", "2", "--log-level", "warning"])
+        bare = subprocess.Popen([PY, "bench/minimal_server.py", "--port", str(bare_port), "--workers", "2", "--size", str(size)])
+        try:
+            wait_ready(f"http://127.0.0.1:{ours_port}/healthz")
+            wait_ready(f"http://127.0.0.1:{bare_port}/v1/nearby")
+            rounds: dict[str, list[dict[str, float]]] = {"nearby": [], "minimal": []}
+            for _ in range(2):
+                rounds["minimal"].append(run_wrk(bare_port, script, seconds, connections))
+                rounds["nearby"].append(run_wrk(ours_port, script, seconds, connections))
+        finally:
+            for proc in (ours, bare):
+                proc.terminate()
+                proc.wait(timeout=30)
+    med = {k: {m: statistics.median(r[m] for r in v) for m in v[0]} for k, v in rounds.items()}
+    for name in ("minimal", "nearby"):
+        m = med[name]
+        print(f"http     {name:<8} {m['rps']:>9,.0f} req/s  p50 {m['p50_ms']:5.2f} ms  p99 {m['p99_ms']:5.2f} ms  "
+              f"errors {m['errors']:.0f}  (body ~{size} B, 2 workers, {connections} connections)", flush=True)
+    print(f"http     ratio nearby/minimal throughput: {med['nearby']['rps'] / med['minimal']['rps']:.2f}")
+    print("raw " + json.dumps(rounds))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="*", default=[1_000_000, 10_000_000], help="Snapshot sizes in POIs.")
+    ap.add_argument("--seconds", type=int, default=10, help="Seconds per wrk run.")
+    ap.add_argument("--connections", type=int, default=64, help="wrk connections.")
+    ap.add_argument("--no-http", action="store_true", help="Only the in-process lookups.")
+    args = ap.parse_args()
+    WORKDIR.mkdir(parents=True, exist_ok=True)
+    last = None
+    for n in args.sizes:
+        last = (*bench_inprocess(n), WORKDIR / f"snaps-{n}")
+    if last and not args.no_http:
+        bench_http(*last, args.seconds, args.connections)
+
+
+if __name__ == "__main__":
+    main()
