@@ -26,3 +26,8 @@ bench: $(BIN)/geo-snapshot
 
 clean:
 	rm -rf $(VENV) $(SNAPSHOTS) .pytest_cache
+
+lint: $(BIN)/geo-snapshot
+	$(BIN)/pip install --quiet -c constraints.txt ruff mypy
+	$(BIN)/ruff check .
+	$(BIN)/mypy --ignore-missing-imports geo_service loaders

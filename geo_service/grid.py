@@ -59,13 +59,15 @@ def position_mask(lat: FloatArray, lng: FloatArray) -> tuple[npt.NDArray[np.bool
 class Grid(Protocol):
     """What the loader and the service need of a grid."""
 
-    radius: int
+    @property
+    def radius(self) -> int: ...
+
+    @property
+    def band_rows(self) -> int: ...
 
     def cell_of(self, lat: float, lng: float) -> int: ...
 
     def cells_of(self, lat: FloatArray, lng: FloatArray) -> IntArray: ...
-
-    band_rows: int
 
     def window(self, lat: float, lng: float) -> Window:
         """Return the window: centre cell, id ranges to search, and which rows of each range count."""
@@ -173,6 +175,7 @@ class SquareGrid:
                 center = (band * max_cols + c) * b_rows + row - first
             k_span = (max(row - r - first, 0), min(row + r - first, b_rows - 1))
             base = band * max_cols
+            cols: tuple[int, ...]
             if c >= r and c + r < n:
                 cols = (c - r, c + r + 1)
             elif 2 * r + 1 >= n:

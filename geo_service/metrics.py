@@ -40,7 +40,8 @@ class Metrics:
         for route, hist in sorted(self.latency.items()):
             lines += _histogram_lines(base, route, hist)
         for name, (kind, help_text, value) in values.items():
-            lines += [f"# HELP geodrop_{name} {help_text}", f"# TYPE geodrop_{name} {kind}", f"geodrop_{name}{{{base}}} {value:g}"]
+            lines += [f"# HELP geodrop_{name} {help_text}", f"# TYPE geodrop_{name} {kind}",
+                      f"geodrop_{name}{{{base}}} {value:g}"]
         return "\n".join(lines) + "\n"
 
 

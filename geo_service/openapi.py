@@ -28,8 +28,9 @@ def _error(description: str) -> dict[str, Any]:
 
 
 def _coordinate(name: str, lo: int, hi: int, note: str) -> dict[str, Any]:
-    return {"name": name, "in": "query", "required": True, "description": f"WGS84 degrees in [{lo}, {hi}]{note}; given once.",
-            "schema": {"type": "number", "minimum": lo, "maximum": hi}}
+    schema = {"type": "number", "minimum": lo, "maximum": hi}
+    description = f"WGS84 degrees in [{lo}, {hi}]{note}; given once."
+    return {"name": name, "in": "query", "required": True, "schema": schema, "description": description}
 
 
 NEARBY = {
@@ -39,8 +40,10 @@ NEARBY = {
         "seq": {"type": "integer", "description": "The snapshot this answer comes from."},
         "center_cell": {"type": "integer"},
         "cells": {"type": "array", "items": {"type": "integer"}, "description": "The window's cells (25 for 5x5)."},
-        "pois": {"type": "array", "items": {"type": "object", "required": ["poi_id", "task_id", "lat", "lng"], "properties": {
-            "poi_id": {"type": "integer"}, "task_id": {"type": "integer"}, "lat": {"type": "number"}, "lng": {"type": "number"}}}},
+        "pois": {"type": "array", "items": {
+            "type": "object", "required": ["poi_id", "task_id", "lat", "lng"], "properties": {
+                "poi_id": {"type": "integer"}, "task_id": {"type": "integer"},
+                "lat": {"type": "number"}, "lng": {"type": "number"}}}},
         "tasks": {"type": "array", "items": {"type": "object", "properties": {
             "task_id": {"type": "integer"}, "name": {"type": "string"}, "district_code": {"type": "integer"},
             "status": {"type": "string", "enum": ["active"]}, "ends_at": {"type": "string", "format": "date-time"},
@@ -63,14 +66,16 @@ def openapi_spec() -> dict[str, Any]:
             "/v1/nearby": {"get": {
                 "summary": "Active tasks' POIs in the window around a position (the map-polling endpoint).",
                 "parameters": [
-                    _coordinate("lat", -90, 90, "; beyond ±85 is outside the served band"), _coordinate("lng", -180, 180, ""),
+                    _coordinate("lat", -90, 90, "; beyond ±85 is outside the served band"),
+                    _coordinate("lng", -180, 180, ""),
                     {"name": "If-None-Match", "in": "header", "required": False, "schema": {"type": "string"},
                      "description": "An ETag from an earlier answer: 304 if nothing changed."}],
                 "responses": {
                     "200": {"description": "The answer; ETag and X-Next-Poll-Ms headers.",
                             "content": {"application/json": {"schema": NEARBY}}},
                     "304": {"description": "Unchanged since the ETag given in If-None-Match."},
-                    "400": _error("A parameter is missing (missing_param), repeated, not a number or out of range (invalid_param)."),
+                    "400": _error("A parameter is missing (missing_param), or repeated, not a number or out of range "
+                                  "(invalid_param)."),
                     "405": _error("Wrong method (method_not_allowed)."),
                     "414": _error("Query string too long (query_too_long)."),
                     "503": busy}}},
@@ -84,7 +89,8 @@ def openapi_spec() -> dict[str, Any]:
                 "summary": "Load CURRENT now, verify it and swap it in.",
                 "security": [{"admin": []}],
                 "responses": {
-                    "200": {"description": "{seq, swapped, error: null}.", "content": {"application/json": {"schema": {"type": "object"}}}},
+                    "200": {"description": "{seq, swapped, error: null}.",
+                            "content": {"application/json": {"schema": {"type": "object"}}}},
                     "401": _error("Missing or wrong bearer token (invalid_token)."),
                     "404": _error("Admin reload disabled: no admin_token configured (not_found)."),
                     "409": _error("The snapshot failed verification and was refused (snapshot_refused).")}}},

@@ -54,7 +54,9 @@ def _parse(rows: Iterable[SourceRow], parse: Callable[[SourceRow], R], errors: E
     return parsed
 
 
-def _unique(pairs: list[tuple[SourceRow, R]], key: Callable[[R], Any], field_name: str, errors: ErrorLog) -> list[tuple[SourceRow, R]]:
+def _unique(
+    pairs: list[tuple[SourceRow, R]], key: Callable[[R], Any], field_name: str, errors: ErrorLog
+) -> list[tuple[SourceRow, R]]:
     seen: dict[Any, int] = {}
     kept = []
     for row, record in pairs:
@@ -74,7 +76,8 @@ async def read_tables(source: Source, errors: ErrorLog) -> Tables:
     zones = _parse(await source.rows("zones"), lambda r: parse_zone(r.fields, r.geometry), errors)
     zones = _unique(zones, lambda z: z.zone_id, "id", errors)
     tables = Tables(districts={d.code: d for _, d in districts}, zones=[z for _, z in zones])
-    tasks = _unique(_parse(await source.rows("tasks"), lambda r: parse_task(r.fields), errors), lambda t: t.task_id, "task_id", errors)
+    tasks = _parse(await source.rows("tasks"), lambda r: parse_task(r.fields), errors)
+    tasks = _unique(tasks, lambda t: t.task_id, "task_id", errors)
     for row, task in tasks:
         if task.district_code in tables.districts:
             tables.tasks.append((row, task))

@@ -88,9 +88,9 @@ async def import_folder(folder: Path, dsn: str, batch: int, progress: Callable[[
                 await _insert(cur, table, rows, batch)
             async for chunk in source.poi_chunks():
                 cols = parse_poi_chunk(chunk, errors)
-                rows = list(zip(cols.poi_id.tolist(), cols.poi_set_id.tolist(), cols.lat.tolist(), cols.lng.tolist()))
-                await _insert(cur, "pois", rows, batch)
-                counts["pois"] += len(rows)
+                poi_rows = list(zip(cols.poi_id.tolist(), cols.poi_set_id.tolist(), cols.lat.tolist(), cols.lng.tolist()))
+                await _insert(cur, "pois", poi_rows, batch)
+                counts["pois"] += len(poi_rows)
                 progress("import", counts["pois"])
         errors.raise_if_any()
         await conn.commit()

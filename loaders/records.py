@@ -90,7 +90,7 @@ def parse_number(row: Row, field: str, lo: float, hi: float = math.inf) -> float
     if _missing(value):
         raise FieldError(field, "missing")
     try:
-        number = float(value)
+        number = float(value)  # type: ignore[arg-type]  # whatever float() refuses is reported below
     except (TypeError, ValueError):
         raise FieldError(field, f"not a number ({str(value)[:40]!r})") from None
     if not math.isfinite(number) or not lo <= number <= hi:

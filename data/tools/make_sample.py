@@ -86,7 +86,7 @@ def main(cnmaps: Path, out: Path) -> None:
     (out / "exclusions.geojson").write_bytes(orjson.dumps({"type": "FeatureCollection", "features": zones}))
     pois, tasks, prizes = [], [], []
     poi_id = 10_000_000
-    for d, feat in enumerate(feats):
+    for feat in feats:
         code, name = feat["properties"]["code"], feat["properties"]["name"]
         geom = shapely.from_geojson(orjson.dumps(feat["geometry"]))
         pts = points_inside(geom, POIS_PER_DISTRICT, rng)

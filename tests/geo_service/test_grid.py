@@ -112,7 +112,9 @@ def test_out_of_range_positions_are_refused(grid: Grid, lat: float, lng: float, 
     assert err.value.field == field
 
 
-@pytest.mark.parametrize("bad", [{"cell_m": 5.0}, {"cell_m": 2000.0}, {"radius": 0}, {"radius": 4, "band_rows": 8}, {"cell_m": 500.0, "band_rows": 20}])
+@pytest.mark.parametrize(
+    "bad", [{"cell_m": 5.0}, {"cell_m": 2000.0}, {"radius": 0}, {"radius": 4, "band_rows": 8}, {"cell_m": 500.0, "band_rows": 20}]
+)
 def test_square_grid_refuses_bad_parameters(bad: dict[str, float]) -> None:
     with pytest.raises(GridError):
         SquareGrid(**bad)  # type: ignore[arg-type]

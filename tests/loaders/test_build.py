@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import orjson
-import pytest
 import shapely
 
 from geo_service.grid import SquareGrid

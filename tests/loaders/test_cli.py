@@ -26,7 +26,8 @@ def _published(data: Path, out: Path) -> None:
 
 Edit = Callable[[Path], None]
 CASES: list[tuple[str, Edit, str]] = [
-    ("non-numeric lat", lambda d: set_csv_field(d / "pois.csv", 1042, "lat", "4O.1"), "pois.csv:1042: lat: not a number ('4O.1')"),
+    ("non-numeric lat", lambda d: set_csv_field(d / "pois.csv", 1042, "lat", "4O.1"),
+     "pois.csv:1042: lat: not a number ('4O.1')"),
     ("out-of-range lat", lambda d: set_csv_field(d / "pois.csv", 17, "lat", "95.5"), "pois.csv:17: lat: 95.5 is outside"),
     ("out-of-range lng", lambda d: set_csv_field(d / "pois.csv", 18, "lng", "-181"), "pois.csv:18: lng: -181 is outside"),
     ("NaN lng", lambda d: set_csv_field(d / "pois.csv", 19, "lng", "nan"), "pois.csv:19: lng: not a number ('nan')"),
