@@ -53,7 +53,11 @@ class SnapshotHolder:
 
 def load_lookup(folder: Path) -> Lookup:
     """Open, verify and prepare a snapshot folder (blocking: run it in a thread)."""
-    return Lookup(open_snapshot(folder, verify=True))
+    lookup = Lookup(open_snapshot(folder, verify=True))
+    # The first lookup compiles (or loads from numba's cache) the row filter: do it here, off the
+    # event loop, not in the first player's request.
+    lookup.find(0.0, 0.0, lookup.table.status(0), 1)
+    return lookup
 
 
 class Watcher:

@@ -1,8 +1,9 @@
 """The pure nearby lookup: snapshot + task status + position -> the window's active POIs and tasks.
 
-Nothing here knows HTTP. The per-request path is one vectorised binary search for all window
-rows, then plain Python over the few rows found; task status is precomputed into a bytes table
-so the filter is one index per row, not a string of small numpy calls.
+Nothing here knows HTTP. The per-request path is the window arithmetic, one compiled pass that
+binary-searches the window's id ranges and keeps the rows of the window whose task is active,
+then three gathers for the payload. Task status is precomputed into a flag per task whenever it
+changes, so the filter is one index per row.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import numba
 import numpy as np
 import numpy.typing as npt
 
@@ -44,7 +46,7 @@ class StatusView:
     window: until then the view is exact without recomputing.
     """
 
-    active: bytes
+    active: npt.NDArray[np.uint8]
     views: tuple[dict[str, Any] | None, ...]
     version: int
     valid_until: int
@@ -76,8 +78,8 @@ class TaskTable:
                 active[i] = override.enabled and not exhausted
             views.append(_task_view(task, override) if active[i] else None)
         future = np.concatenate([self.starts_at[self.starts_at > now_s], self.ends_at[self.ends_at > now_s]])
-        flags = active.astype(np.uint8).tobytes()
-        version = zlib.crc32(repr([v and v.get("remaining") for v in views]).encode(), zlib.crc32(flags))
+        flags = active.astype(np.uint8)
+        version = zlib.crc32(repr([v and v.get("remaining") for v in views]).encode(), zlib.crc32(flags.tobytes()))
         return StatusView(flags, tuple(views), version, int(future.min()) if len(future) else NEVER)
 
 
@@ -97,15 +99,16 @@ def _task_view(task: dict[str, Any], override: TaskOverride | None) -> dict[str,
     }
 
 
-Row = tuple[int, int, float, float]  # (task_index, poi_id, lat, lng), as stored
-
-
 @dataclass(frozen=True, slots=True)
 class NearbyResult:
-    """What a lookup found: the window, the rows of active tasks in it, and whether the cap cut them."""
+    """What a lookup found: the window, the rows of active tasks in it, and whether the cap cut them.
+
+    Row i is ids[i] = [task_index, poi_id] and coords[i] = [lat, lng].
+    """
 
     window: Window
-    rows: list[Row]
+    ids: list[list[int]]
+    coords: list[list[float]]
     truncated: bool
 
 
@@ -122,25 +125,52 @@ class Lookup:
     def find(self, lat: float, lng: float, status: StatusView, max_pois: int, window: Window | None = None) -> NearbyResult:
         """Return the rows of active tasks in the window around (lat, lng), at most max_pois of them."""
         window = window if window is not None else self.grid.window(lat, lng)
-        _, bounds, k_spans = window
-        snap, active, b = self.snapshot, status.active, self.grid.band_rows
-        positions = np.searchsorted(snap.cells, bounds).tolist()
-        found: list[Row] = []
-        for i in range(0, len(positions), 2):
-            lo, hi = positions[i], positions[i + 1]
-            if lo == hi:
-                continue
-            k_lo, k_hi = k_spans[i], k_spans[i + 1]
-            # Filter on cell and task first; fetch the payload only for the rows kept.
-            tasks = snap.task_index[lo:hi].tolist()
-            keep = [j for j, (c, t) in enumerate(zip(snap.cells[lo:hi].tolist(), tasks)) if k_lo <= c % b <= k_hi and active[t]]
-            if keep:
-                ids, lats, lngs = snap.poi_ids[lo:hi].tolist(), snap.lats[lo:hi].tolist(), snap.lngs[lo:hi].tolist()
-                found += [(tasks[j], ids[j], lats[j], lngs[j]) for j in keep]
-                if len(found) > max_pois:
+        snap = self.snapshot
+        ids, coords, truncated = select_rows(
+            snap.cells, snap.task_index, snap.poi_ids, snap.lats, snap.lngs,
+            np.array(window[1] + window[2], dtype=np.int64), status.active, self.grid.band_rows, max_pois,
+        )
+        return NearbyResult(window, ids.tolist(), coords.tolist(), truncated)
+
+
+@numba.njit(nogil=True, cache=True)
+def select_rows(
+    cells: npt.NDArray[np.int64], task_index: npt.NDArray[np.int32], poi_ids: npt.NDArray[np.int64],
+    lats: npt.NDArray[np.float64], lngs: npt.NDArray[np.float64], window: npt.NDArray[np.int64],
+    active: npt.NDArray[np.uint8], band_rows: int, limit: int,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], bool]:
+    """Return the window's rows whose task is active, at most `limit`, as ([task_index, poi_id] rows,
+    [lat, lng] rows), and whether more exist. `window` is the grid window's bounds then its k spans.
+
+    Compiled because it is the one per-row loop on the request path: CPython spends ~0.3 µs a
+    row on this work here, and a window scans a few dozen rows.
+    """  # pragma: no cover - compiled; exercised through Lookup.find
+    half = window.size // 2
+    positions = np.empty(limit, np.int64)
+    n = 0
+    truncated = False
+    for i in range(0, half, 2):
+        lo = np.searchsorted(cells, window[i])
+        hi = np.searchsorted(cells, window[i + 1])
+        k_lo, k_hi = window[half + i], window[half + i + 1]
+        for j in range(lo, hi):
+            k = cells[j] % band_rows
+            if k_lo <= k <= k_hi and active[task_index[j]]:
+                if n == limit:
+                    truncated = True
                     break
-        truncated = len(found) > max_pois
-        return NearbyResult(window, found[:max_pois] if truncated else found, truncated)
+                positions[n] = j
+                n += 1
+        if truncated:
+            break
+    # Two 2-D outputs, not four columns: each array returned costs a boxing and a tolist.
+    ids = np.empty((n, 2), np.int64)
+    coords = np.empty((n, 2), np.float64)
+    for m in range(n):
+        j = positions[m]
+        ids[m, 0], ids[m, 1] = task_index[j], poi_ids[j]
+        coords[m, 0], coords[m, 1] = lats[j], lngs[j]
+    return ids, coords, truncated
 
 
 def answer(lookup: Lookup, status: StatusView, lat: float, lng: float, max_pois: int,
@@ -152,7 +182,7 @@ def answer(lookup: Lookup, status: StatusView, lat: float, lng: float, max_pois:
         "seq": lookup.seq,
         "center_cell": found.window[0],
         "cells": cells_in(found.window, lookup.grid.band_rows),
-        "pois": [{"poi_id": p, "task_id": task_ids[t], "lat": a, "lng": b} for t, p, a, b in found.rows],
-        "tasks": [views[t] for t in dict.fromkeys(r[0] for r in found.rows)],
+        "pois": [{"poi_id": p, "task_id": task_ids[t], "lat": a, "lng": b} for (t, p), (a, b) in zip(found.ids, found.coords)],
+        "tasks": [views[t] for t in dict.fromkeys(t for t, _ in found.ids)],
         "truncated": found.truncated,
     }
