@@ -7,7 +7,8 @@ time over 20,000 positions near random POIs, five passes after a warm-up pass; m
 all calls, the quietest pass's median, and calls/s.
 HTTP (needs wrk: apt-get install wrk): `geo-service serve --workers 2` on the largest snapshot and
 bench/minimal_server.py (2 workers, a fixed body of the median answer size), each loaded by
-`wrk -t2 -c64` with the same positions, alternated twice; medians of the two rounds and the ratio.
+`wrk -t2 -c64` cycling through the same 20,000 positions, alternated twice; medians of the two
+rounds and the ratio.
 Both the servers and wrk share this machine's cores, as they would in any one-box run.
 """
 
@@ -131,7 +132,7 @@ def bench_http(lookup: Lookup, points: list[tuple[float, float]], snaps: Path, s
     size = int(statistics.median(sizes))
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / "points.lua"
-        script.write_text(LUA % ",".join(f"{{{a},{b}}}" for a, b in points[:5000]))
+        script.write_text(LUA % ",".join(f"{{{a},{b}}}" for a, b in points))
         ours_port, bare_port = free_port(), free_port()
         ours = subprocess.Popen([PY, "-m", "geo_service", "serve", "--snapshots", str(snaps), "--port", str(ours_port),
                                  "--workers", "2", "--log-level", "warning"])
