@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -11,12 +12,15 @@ from contextlib import suppress
 
 from aiohttp import web
 
+from geo_service.claims import RateLimiter
 from geo_service.errors import Handler, Overloaded, QueryTooLong, from_exception
 from geo_service.handlers import ROUTES
-from geo_service.keys import load_key, metrics_key, settings_key, snapshot_key, watcher_key
+from geo_service.keys import ledger_key, limiter_key, load_key, metrics_key, rng_key, settings_key, snapshot_key, watcher_key
+from geo_service.ledger import Ledger, LedgerError, open_ledger
 from geo_service.live import SnapshotHolder, Watcher
 from geo_service.load import LoadMonitor
 from geo_service.metrics import Metrics
+from geo_service.nearby import Lookup
 from geo_service.settings import ServiceSettings
 
 log = logging.getLogger("geodrop.service")
@@ -72,6 +76,24 @@ async def snapshot_ctx(app: web.Application) -> AsyncIterator[None]:
         await task
 
 
+async def ledger_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Open the ledger; it connects lazily, so a database that is down does not stop /v1/nearby."""
+    ledger = app[ledger_key]
+    yield
+    await ledger.close()
+
+
+async def seed_counters(ledger: Ledger, lookup: Lookup) -> None:
+    """Create the counters of a snapshot's tasks before it goes live (a no-op for existing ones)."""
+    counters = [(t["task_id"], p["prize_type"], p["quota"]) for t in lookup.snapshot.tasks for p in t["prizes"]]
+    try:
+        await ledger.seed(counters)
+    except LedgerError as exc:
+        # Nearby must not depend on the ledger: serve the snapshot; its new tasks answer
+        # no_prize_left until a later load seeds them.
+        log.warning("could not seed prize counters", extra={"seq": lookup.seq, "error": str(exc)})
+
+
 async def load_ctx(app: web.Application) -> AsyncIterator[None]:
     task = asyncio.create_task(app[load_key].probe_lag(), name="lag-probe")
     yield
@@ -86,9 +108,14 @@ def create_app(settings: ServiceSettings) -> web.Application:
     holder = SnapshotHolder()
     app[settings_key] = settings
     app[snapshot_key] = holder
-    app[watcher_key] = Watcher(holder, settings.snapshots, settings.poll_interval_s)
+    ledger = open_ledger(settings.ledger_dsn)
+    app[ledger_key] = ledger
+    app[limiter_key] = RateLimiter(share=1.0 / settings.workers)
+    app[rng_key] = random.Random()
+    app[watcher_key] = Watcher(holder, settings.snapshots, settings.poll_interval_s,
+                               on_load=lambda lookup: seed_counters(ledger, lookup))
     app[load_key] = LoadMonitor(settings)
     app[metrics_key] = Metrics()
-    app.cleanup_ctx.extend([load_ctx, snapshot_ctx])
+    app.cleanup_ctx.extend([load_ctx, ledger_ctx, snapshot_ctx])
     app.add_routes(ROUTES)
     return app

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import multiprocessing as mp
 import os
@@ -17,8 +18,10 @@ from typing import Any
 from aiohttp import web
 
 from geo_service.app import create_app
+from geo_service.ledger import Difference, LedgerError, open_ledger
 from geo_service.logs import configure_logging
 from geo_service.settings import ServiceSettings, SettingsError, documented, load_settings
+from geo_service.tokens import mint
 
 ENV_PREFIX = "GEODROP_SERVICE_"
 log = logging.getLogger("geodrop.service")
@@ -86,35 +89,88 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="geo-service", description="geodrop's map-polling service.")
-    sub = top.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser(
-        "serve", help="Serve /v1/nearby on the live snapshot.",
-        description=f"Settings come from defaults < --config TOML < environment ({ENV_PREFIX}<FIELD>) < these flags.")
-    serve.add_argument("--config", type=Path, help="TOML file of settings (keys named as the flags, with underscores).")
-    serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
-                       help="Log level of the JSON log lines on stderr (default info; requests are not logged).")
+def _settings_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="TOML file of settings (keys named as the flags, with underscores).")
     for name, default, help_text in documented(ServiceSettings):
         if name == "worker_id":
             continue
         if isinstance(default, bool):
-            serve.add_argument(_flag(name), dest=name, action="store_const", const=True, help=f"{help_text} (default off)")
+            p.add_argument(_flag(name), dest=name, action="store_const", const=True, help=f"{help_text} (default off)")
         else:
-            shown = "(set)" if name == "admin_token" else default
-            serve.add_argument(_flag(name), dest=name, help=f"{help_text} (default {shown})")
+            shown = "(set)" if name in ("admin_token", "token_secret", "ledger") else default
+            p.add_argument(_flag(name), dest=name, help=f"{help_text} (default {shown})")
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="geo-service", description="geodrop's map-polling and claims service.",
+                                  epilog=f"Settings come from defaults < --config TOML < environment ({ENV_PREFIX}<FIELD>) "
+                                  "< flags.")
+    sub = top.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="Serve /v1/nearby and /v1/claims on the live snapshot.")
+    serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
+                       help="Log level of the JSON log lines on stderr (default info; requests are not logged).")
+    _settings_flags(serve)
+    token = sub.add_parser("token", help="Mint a player token (for tests and demos), signed with token_secret.")
+    token.add_argument("--user", required=True, help="The player's user id: 1-64 of A-Z a-z 0-9 _ -.")
+    _settings_flags(token)
+    ledger = sub.add_parser("ledger", help="Ledger maintenance.")
+    ledger_sub = ledger.add_subparsers(dest="ledger_command", required=True)
+    reconcile = ledger_sub.add_parser(
+        "reconcile", help="Compare prize counters with won claims; exit 1 if any differ.",
+        description="Print every counter whose issued count differs from its won claim rows, and exit 1 if any "
+                    "does (0 when clean). With --repair, set each such counter to its claims' count.")
+    reconcile.add_argument("--repair", action="store_true", help="Set differing counters to their claims' count.")
+    _settings_flags(reconcile)
     return top
+
+
+def _load(args: argparse.Namespace) -> ServiceSettings:
+    overrides = {name: getattr(args, name, None) for name, _, _ in documented(ServiceSettings) if name != "worker_id"}
+    return load_settings(ServiceSettings, ENV_PREFIX, args.config, os.environ, overrides)
+
+
+def cmd_token(settings: ServiceSettings, args: argparse.Namespace) -> int:
+    try:
+        print(mint(args.user, settings.token_secret, int(time.time()) + settings.token_ttl_s))
+    except ValueError as exc:
+        print(f"geo-service token: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+async def _reconcile(dsn: str, repair: bool) -> list[Difference]:
+    ledger = open_ledger(dsn)
+    try:
+        return await ledger.reconcile(repair)
+    finally:
+        await ledger.close()
+
+
+def cmd_reconcile(settings: ServiceSettings, args: argparse.Namespace) -> int:
+    try:
+        diffs = asyncio.run(_reconcile(settings.ledger_dsn, args.repair))
+    except LedgerError as exc:
+        print(f"geo-service ledger reconcile: {exc}", file=sys.stderr)
+        return 2
+    for d in diffs:
+        print(f"task {d.task_id} {d.prize_type}: counter issued {d.issued}, won claims {d.won_claims}"
+              + ("  (repaired)" if args.repair else ""))
+    print(f"{len(diffs)} counter(s) differ from their claims" if diffs else "counters match claims")
+    return 1 if diffs else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    overrides = {name: getattr(args, name, None) for name, _, _ in documented(ServiceSettings) if name != "worker_id"}
     try:
-        settings = load_settings(ServiceSettings, ENV_PREFIX, args.config, os.environ, overrides)
+        settings = _load(args)
     except SettingsError as exc:
         for problem in exc.problems:
             print(f"geo-service: {problem}", file=sys.stderr)
         return 2
+    if args.command == "token":
+        return cmd_token(settings, args)
+    if args.command == "ledger":
+        return cmd_reconcile(settings, args)
     configure_logging(args.log_level)
     if settings.workers == 1:
         run_worker(settings, args.log_level)

@@ -49,6 +49,22 @@ class NotFound(ApiError):
     status, code = 404, "not_found"
 
 
+class InvalidJson(ApiError):
+    status, code = 400, "invalid_json"
+
+
+class PoiNotInTask(ApiError):
+    status, code = 422, "poi_not_in_task"
+
+
+class ClaimsDisabled(ApiError):
+    status, code = 503, "claims_disabled"
+
+
+class LedgerUnavailable(ApiError):
+    status, code = 503, "ledger_unavailable"
+
+
 class SnapshotUnavailable(ApiError):
     status, code = 503, "snapshot_unavailable"
 

@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import hmac
+import logging
 import os
 import time
 
 from aiohttp import web
 
 from geo_service import __version__
-from geo_service.errors import NotFound, SnapshotUnavailable, Unauthorized, error_response
-from geo_service.keys import load_key, metrics_key, settings_key, snapshot_key, watcher_key
+from geo_service.claims import ClaimRules, process_claim
+from geo_service.errors import ClaimsDisabled, LedgerUnavailable, NotFound, SnapshotUnavailable, Unauthorized, error_response
+from geo_service.keys import ledger_key, limiter_key, load_key, metrics_key, rng_key, settings_key, snapshot_key, watcher_key
+from geo_service.ledger import LedgerError
 from geo_service.nearby import answer
 from geo_service.openapi import openapi_spec
-from geo_service.params import position
+from geo_service.params import claim_body, position
 from geo_service.responses import etag_matches, json_response, not_modified
+from geo_service.tokens import TokenError, verify
+
+log = logging.getLogger("geodrop.claims")
 
 
 async def nearby(request: web.Request) -> web.Response:
@@ -34,6 +40,40 @@ async def nearby(request: web.Request) -> web.Response:
     body = answer(live.lookup, live.status, lat, lng, app[settings_key].max_pois, window)
     body["next_poll_ms"] = next_poll_ms
     return json_response(body, headers=headers)
+
+
+async def claim(request: web.Request) -> web.Response:
+    app = request.app
+    settings = app[settings_key]
+    if not settings.token_secret:
+        raise ClaimsDisabled("claims are off: no token_secret is configured")
+    user_id = _player(request, settings.token_secret)
+    body = claim_body(await request.read())
+    now = time.time()
+    live = app[snapshot_key].current(int(now))
+    if live is None:
+        raise SnapshotUnavailable("no snapshot is loaded yet; try again shortly")
+    rules = ClaimRules(settings.catch_radius_m, settings.win_cap, settings.max_speed_mps)
+    try:
+        outcome = await process_claim(live.lookup, live.status, app[ledger_key], app[limiter_key], app[rng_key],
+                                      user_id, body, rules, now)
+    except LedgerError as exc:
+        log.warning("claim failed: ledger unavailable", extra={"claim_id": body.claim_id, "error": str(exc)})
+        raise LedgerUnavailable("the ledger is unreachable; the claim changed nothing, retry it with the same claim_id",
+                                headers={"Retry-After": "1"}) from exc
+    answer_body = {"claim_id": outcome.claim_id, "outcome": outcome.outcome}
+    answer_body |= {k: v for k, v in (("prize_type", outcome.prize_type), ("reason", outcome.reason)) if v is not None}
+    return json_response(answer_body)
+
+
+def _player(request: web.Request, secret: str) -> str:
+    header = request.headers.get("Authorization", "")
+    if not header.startswith("Bearer "):
+        raise Unauthorized("claims need Authorization: Bearer <player token>")
+    try:
+        return verify(header.removeprefix("Bearer ").strip(), secret, time.time())
+    except TokenError as exc:
+        raise Unauthorized(str(exc)) from None
 
 
 def _health(app: web.Application) -> dict[str, object]:
@@ -101,5 +141,6 @@ ROUTES = [
     web.get("/healthz", healthz, allow_head=False),
     web.get("/metrics", metrics, allow_head=False),
     web.get("/openapi.json", openapi, allow_head=False),
+    web.post("/v1/claims", claim),
     web.post("/v1/admin/reload", admin_reload),
 ]

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import random
+
 from aiohttp import web
 
+from geo_service.claims import RateLimiter
+from geo_service.ledger import Ledger
 from geo_service.live import SnapshotHolder, Watcher
 from geo_service.load import LoadMonitor
 from geo_service.metrics import Metrics
@@ -14,3 +18,6 @@ snapshot_key = web.AppKey("snapshot_key", SnapshotHolder)
 watcher_key = web.AppKey("watcher_key", Watcher)
 load_key = web.AppKey("load_key", LoadMonitor)
 metrics_key = web.AppKey("metrics_key", Metrics)
+ledger_key = web.AppKey("ledger_key", Ledger)
+limiter_key = web.AppKey("limiter_key", RateLimiter)
+rng_key = web.AppKey("rng_key", random.Random)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,10 +64,12 @@ def load_lookup(folder: Path) -> Lookup:
 class Watcher:
     """Polls CURRENT, and reloads on SIGHUP or an admin call; one load at a time."""
 
-    def __init__(self, holder: SnapshotHolder, root: Path, poll_interval_s: float) -> None:
+    def __init__(self, holder: SnapshotHolder, root: Path, poll_interval_s: float,
+                 on_load: Callable[[Lookup], Awaitable[None]] | None = None) -> None:
         self.holder = holder
         self.root = root
         self.poll_interval_s = poll_interval_s
+        self.on_load = on_load
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
 
@@ -89,6 +92,8 @@ class Watcher:
                 lookup = await asyncio.to_thread(load_lookup, self.root / str(seq))
             except (SnapshotError, OSError, ValueError) as exc:
                 return self._refuse(seq, str(exc))
+            if self.on_load is not None:
+                await self.on_load(lookup)
             holder.install(lookup, int(time.time()))
             holder.last_error = None
             log.info("snapshot swapped in", extra={"seq": seq, "previous": live_seq, "rows": len(lookup.snapshot.cells)})

@@ -99,6 +99,9 @@ def _task_view(task: dict[str, Any], override: TaskOverride | None) -> dict[str,
     }
 
 
+Row = tuple[int, int, float, float]  # (task_index, poi_id, lat, lng)
+
+
 @dataclass(frozen=True, slots=True)
 class NearbyResult:
     """What a lookup found: the window, the rows of active tasks in it, and whether the cap cut them.
@@ -121,6 +124,24 @@ class Lookup:
         self.grid = snapshot.grid
         self.table = TaskTable(snapshot.tasks)
         self.task_ids = [t["task_id"] for t in snapshot.tasks]
+        self.task_position = {task_id: i for i, task_id in enumerate(self.task_ids)}
+
+    def poi_rows(self, poi_id: int) -> list[Row]:
+        """Return every row of a POI (one per task that uses it) by binary search on poi_order."""
+        snap = self.snapshot
+        ids, order = snap.poi_ids, snap.poi_order
+        lo, hi = 0, len(order)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if ids[order[mid]] < poi_id:
+                lo = mid + 1
+            else:
+                hi = mid
+        rows: list[Row] = []
+        while lo < len(order) and ids[j := int(order[lo])] == poi_id:
+            rows.append((int(snap.task_index[j]), poi_id, float(snap.lats[j]), float(snap.lngs[j])))
+            lo += 1
+        return rows
 
     def find(self, lat: float, lng: float, status: StatusView, max_pois: int, window: Window | None = None) -> NearbyResult:
         """Return the rows of active tasks in the window around (lat, lng), at most max_pois of them."""

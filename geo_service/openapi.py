@@ -56,6 +56,23 @@ NEARBY = {
 }
 
 
+CLAIM = {
+    "type": "object",
+    "required": ["claim_id", "task_id", "poi_id", "lat", "lng"],
+    "properties": {
+        "claim_id": {"type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,64}$", "description": "Client-chosen idempotency key."},
+        "task_id": {"type": "integer"}, "poi_id": {"type": "integer"},
+        "lat": {"type": "number", "minimum": -85, "maximum": 85}, "lng": {"type": "number", "minimum": -180, "maximum": 180},
+    },
+}
+OUTCOME = {
+    "type": "object",
+    "required": ["claim_id", "outcome"],
+    "properties": {"claim_id": {"type": "string"}, "outcome": {"type": "string"}, "prize_type": {"type": "string"},
+                   "reason": {"type": "string"}},
+}
+
+
 def openapi_spec() -> dict[str, Any]:
     """Return the service's OpenAPI document."""
     busy = _error("Overloaded (code overloaded) or no snapshot loaded (code snapshot_unavailable); see Retry-After.")
@@ -79,6 +96,21 @@ def openapi_spec() -> dict[str, Any]:
                     "405": _error("Wrong method (method_not_allowed)."),
                     "414": _error("Query string too long (query_too_long)."),
                     "503": busy}}},
+            "/v1/claims": {"post": {
+                "summary": "Catch an envelope at a POI: checks, weighted draw with fallback, exact quotas.",
+                "security": [{"player": []}],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": CLAIM}}},
+                "responses": {
+                    "200": {"description": "The outcome: won (with prize_type), no_prize_left, cap_reached, too_far, "
+                                           "task_inactive or implausible_movement (with reason). A retried claim_id "
+                                           "returns its first outcome.",
+                            "content": {"application/json": {"schema": OUTCOME}}},
+                    "400": _error("Body not a JSON object (invalid_json); a field missing (missing_param) or of the "
+                                  "wrong type or range (invalid_param)."),
+                    "401": _error("No, forged or expired player token (invalid_token)."),
+                    "404": _error("Unknown task or POI in the live snapshot (not_found)."),
+                    "422": _error("The POI does not belong to the task (poi_not_in_task)."),
+                    "503": _error("Claims off (claims_disabled), ledger down (ledger_unavailable) or no snapshot.")}}},
             "/healthz": {"get": {"summary": "Live snapshot seq and age, status age, load, worker id.", "responses": {
                 "200": {"description": "Serving.", "content": {"application/json": {"schema": {"type": "object"}}}},
                 "503": _error("No snapshot loaded (snapshot_unavailable); details holds the health report.")}}},
@@ -97,6 +129,7 @@ def openapi_spec() -> dict[str, Any]:
         },
         "components": {
             "schemas": {"Error": ERROR},
-            "securitySchemes": {"admin": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {"admin": {"type": "http", "scheme": "bearer"},
+                                "player": {"type": "http", "scheme": "bearer", "description": "geo-service token"}},
         },
     }

@@ -1,13 +1,19 @@
-"""Query parameters to typed values, or InvalidParam/MissingParam naming the field."""
+"""Query parameters and JSON bodies to typed values, or InvalidParam/MissingParam naming the field."""
 
 from __future__ import annotations
 
 import math
+import re
+from dataclasses import dataclass
+from typing import Any
 
+import orjson
 from multidict import MultiMapping
 
-from geo_service.errors import InvalidParam, MissingParam
+from geo_service.errors import InvalidJson, InvalidParam, MissingParam
 from geo_service.grid import GridError, check_position
+
+_CLAIM_ID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 
 def one_value(query: MultiMapping[str], name: str) -> str:
@@ -20,23 +26,64 @@ def one_value(query: MultiMapping[str], name: str) -> str:
     return values[0]
 
 
+def _in_range(name: str, value: float, shown: object, lo: float, hi: float) -> float:
+    if not math.isfinite(value) or not lo <= value <= hi:
+        raise InvalidParam(f"{name} must be a number in [{lo:g}, {hi:g}]; got {str(shown)[:40]!r}", field=name)
+    return value
+
+
 def coordinate(query: MultiMapping[str], name: str, lo: float, hi: float) -> float:
     text = one_value(query, name).strip()
     try:
         value = float(text)
     except ValueError:
         value = math.nan
-    if not math.isfinite(value) or not lo <= value <= hi:
-        raise InvalidParam(f"{name} must be a number in [{lo:g}, {hi:g}]; got {text[:40]!r}", field=name)
-    return value
+    return _in_range(name, value, text, lo, hi)
 
 
-def position(query: MultiMapping[str]) -> tuple[float, float]:
-    """Return (lat, lng) from the query, checked against the grid's served band."""
-    lat = coordinate(query, "lat", -90.0, 90.0)
-    lng = coordinate(query, "lng", -180.0, 180.0)
+def _served(lat: float, lng: float) -> tuple[float, float]:
     try:
         check_position(lat, lng)
     except GridError as exc:
         raise InvalidParam(f"{exc.field} {exc.reason}", field=exc.field) from None
     return lat, lng
+
+
+def position(query: MultiMapping[str]) -> tuple[float, float]:
+    """Return (lat, lng) from the query, checked against the grid's served band."""
+    return _served(coordinate(query, "lat", -90.0, 90.0), coordinate(query, "lng", -180.0, 180.0))
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimBody:
+    claim_id: str
+    task_id: int
+    poi_id: int
+    lat: float
+    lng: float
+
+
+def _field(body: dict[str, Any], name: str, kinds: tuple[type, ...], what: str) -> Any:
+    if name not in body:
+        raise MissingParam(f"{name} is required", field=name)
+    value = body[name]
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        raise InvalidParam(f"{name} must be {what}; got {type(value).__name__}", field=name)
+    return value
+
+
+def claim_body(raw: bytes) -> ClaimBody:
+    """Parse and check a claim's JSON body."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise InvalidJson("the body must be a JSON object") from None
+    if not isinstance(body, dict):
+        raise InvalidJson("the body must be a JSON object")
+    claim_id = _field(body, "claim_id", (str,), "a string")
+    if not _CLAIM_ID_RE.fullmatch(claim_id):
+        raise InvalidParam("claim_id must be 1-64 characters of A-Z a-z 0-9 _ . : -", field="claim_id")
+    task_id, poi_id = (_field(body, name, (int,), "an integer") for name in ("task_id", "poi_id"))
+    lat = _in_range("lat", float(_field(body, "lat", (int, float), "a number")), body["lat"], -90.0, 90.0)
+    lng = _in_range("lng", float(_field(body, "lng", (int, float), "a number")), body["lng"], -180.0, 180.0)
+    return ClaimBody(claim_id, task_id, poi_id, *_served(lat, lng))

@@ -81,6 +81,17 @@ class ServiceSettings:
     busy_lag_ms: float = field(default=20.0, metadata=_help("Event-loop lag above which clients are slowed."))
     shed_lag_ms: float = field(default=500.0, metadata=_help("Event-loop lag above which requests get 503."))
     max_query_bytes: int = field(default=2048, metadata=_help("Longest accepted query string (414 beyond)."))
+    data_dir: Path = field(default=Path("var"), metadata=_help("Folder for the service's own files (the default ledger)."))
+    ledger: str = field(default="", repr=False,
+                        metadata=_help("Ledger DSN: sqlite:///PATH or mysql://user:pass@host:port/db "
+                                       "(empty: sqlite:///<data_dir>/ledger.sqlite3)."))
+    token_secret: str = field(default="", repr=False,
+                              metadata=_help("HMAC secret of player tokens; empty disables POST /v1/claims."))
+    token_ttl_s: int = field(default=86400, metadata=_help("Lifetime of tokens minted by `geo-service token`."))
+    catch_radius_m: float = field(default=50.0, metadata=_help("How close (great-circle) a player must be to a POI."))
+    win_cap: int = field(default=5, metadata=_help("Most wins one player may take from one task."))
+    max_speed_mps: float = field(default=30.0,
+                                 metadata=_help("Fastest plausible movement between a player's claims, m/s."))
     admin_token: str = field(default="", repr=False,
                              metadata=_help("Bearer token for POST /v1/admin/reload; empty disables the route."))
     shutdown_timeout_s: float = field(default=5.0, metadata=_help("Grace period for requests in flight at shutdown."))
@@ -100,10 +111,18 @@ class ServiceSettings:
             problems.append("busy_inflight: must be positive and below shed_inflight")
         if not 0 < self.busy_lag_ms < self.shed_lag_ms:
             problems.append("busy_lag_ms: must be positive and below shed_lag_ms")
+        if self.catch_radius_m <= 0 or self.win_cap < 1 or self.max_speed_mps <= 0:
+            problems.append("catch_radius_m, win_cap and max_speed_mps: must be positive")
+        if self.ledger and not self.ledger.startswith(("sqlite:///", "mysql://")):
+            problems.append("ledger: must be sqlite:///PATH or mysql://user:pass@host:port/db")
         if self.poll_interval_s <= 0:
             problems.append("poll_interval_s: must be positive")
         if problems:
             raise SettingsError(problems)
+
+    @property
+    def ledger_dsn(self) -> str:
+        return self.ledger or f"sqlite:///{self.data_dir / 'ledger.sqlite3'}"
 
 
 def _convert(name: str, kind: Any, value: Any) -> Any:

@@ -38,6 +38,7 @@ ROW_ARRAYS: dict[str, np.dtype[Any]] = {
     "poi_ids": np.dtype("<i8"),
     "lats": np.dtype("<f8"),
     "lngs": np.dtype("<f8"),
+    "poi_order": np.dtype("<i8"),  # row positions in poi_id order: finds a claimed POI by id
 }
 TABLES = ("tasks.json", "districts.json")
 _TMP_PREFIX = ".tmp-"
@@ -59,6 +60,7 @@ class Snapshot:
     poi_ids: npt.NDArray[np.int64]
     lats: npt.NDArray[np.float64]
     lngs: npt.NDArray[np.float64]
+    poi_order: npt.NDArray[np.int64]
     tasks: list[dict[str, Any]]
     districts: list[dict[str, Any]]
 
@@ -253,6 +255,10 @@ def open_snapshot(folder: Path, verify: bool = True) -> Snapshot:
             raise SnapshotError(f"{folder}/cells.npy: rows are not sorted by cell")
         if len(task_index) and not 0 <= int(task_index.min()) <= int(task_index.max()) < len(tasks):
             raise SnapshotError(f"{folder}/task_index.npy: points outside the {len(tasks)} tasks")
+        by_poi = arrays["poi_order"]
+        if len(by_poi) and not (0 <= int(by_poi.min()) and int(by_poi.max()) < len(cells)
+                                and bool(np.all(np.diff(arrays["poi_ids"][by_poi]) >= 0))):
+            raise SnapshotError(f"{folder}/poi_order.npy: not the rows in poi_id order")
     return Snapshot(folder, manifest, grid, tasks=tasks, districts=districts, **arrays)
 
 

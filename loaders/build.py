@@ -201,6 +201,7 @@ def sorted_arrays(pois: PoiColumns, rows: Rows, grid: Grid) -> dict[str, np.ndar
         "poi_ids": poi_ids[perm],
         "lats": pois.lat[positions],
         "lngs": pois.lng[positions],
+        "poi_order": np.argsort(poi_ids[perm], kind="stable"),
     }
 
 

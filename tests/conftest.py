@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,36 @@ def synth_100k(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+LEDGER_TABLES = ("claims", "prize_counters", "user_wins", "user_positions")
+
+
+@pytest.fixture(params=["sqlite", "mysql"])
+def ledger_dsn(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty ledger on each backend: a SQLite file, or the real MariaDB with its ledger tables dropped."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+    conn = request.getfixturevalue("mysql_conn")
+    with conn.cursor() as cur:
+        for table in LEDGER_TABLES:
+            cur.execute(f"DROP TABLE IF EXISTS {table}")
+    conn.commit()
+    return MYSQL_DSN
+
+
+def ledger_rows(dsn: str, sql: str) -> list[tuple[Any, ...]]:
+    """Run a read-only query on a ledger, outside the service."""
+    if dsn.startswith("sqlite:///"):
+        with sqlite3.connect(dsn.removeprefix("sqlite:///")) as conn:
+            return conn.execute(sql).fetchall()
+    conn = pymysql.connect(host="127.0.0.1", port=3306, user="root", password="", database="test")
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql)
+            return list(cur.fetchall())
+    finally:
+        conn.close()
+
+
 def build_into(source: Path, out: Path, *extra: str) -> None:
     """Build and publish a snapshot with the real CLI, asserting it succeeded."""
     assert snapshot_cli(["build", "--source", str(source), "--out", str(out), "--quiet", *extra]) == 0
@@ -80,11 +111,12 @@ def make_settings(**overrides: Any) -> ServiceSettings:
 
 
 @pytest.fixture
-async def make_client() -> AsyncIterator[MakeClient]:
-    """Start create_app(settings) on a loopback port; every client is closed at the end."""
+async def make_client(tmp_path: Path) -> AsyncIterator[MakeClient]:
+    """Start create_app(settings) on a loopback port (ledger in tmp_path); every client is closed at the end."""
     clients: list[TestClient[Any, Any]] = []
 
     async def start(snapshots: Path, **overrides: Any) -> TestClient[Any, Any]:
+        overrides.setdefault("data_dir", tmp_path / f"var{len(clients)}")
         client = TestClient(TestServer(create_app(make_settings(snapshots=snapshots, **overrides)), host="127.0.0.1"))
         await client.start_server()
         clients.append(client)

@@ -22,8 +22,9 @@ def _arrays(n: int, seed: int = 0) -> dict[str, np.ndarray]:
     task_index = rng.integers(0, 3, n).astype(np.int32)
     cells = GRID.cells_of(lats, lngs)
     perm = np.lexsort((task_index, cells))
-    return {"cells": cells[perm], "task_index": task_index[perm], "poi_ids": np.arange(n)[perm],
-            "lats": lats[perm], "lngs": lngs[perm]}
+    poi_ids = np.arange(n)[perm]
+    return {"cells": cells[perm], "task_index": task_index[perm], "poi_ids": poi_ids,
+            "lats": lats[perm], "lngs": lngs[perm], "poi_order": np.argsort(poi_ids)}
 
 
 TABLES = {"tasks": [{"task_id": i + 1} for i in range(3)], "districts": [{"code": 440305}]}

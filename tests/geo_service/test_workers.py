@@ -25,10 +25,10 @@ def _get(url: str) -> dict:  # type: ignore[type-arg]
         return orjson.loads(resp.read())  # type: ignore[no-any-return]
 
 
-def test_two_workers_share_the_port_and_one_mapped_copy_of_the_snapshot(sample_snapshots: Path) -> None:
+def test_two_workers_share_the_port_and_one_mapped_copy_of_the_snapshot(sample_snapshots: Path, tmp_path: Path) -> None:
     port = _free_port()
-    cmd = [sys.executable, "-m", "geo_service", "serve", "--snapshots", str(sample_snapshots),
-           "--port", str(port), "--workers", "2", "--log-level", "warning"]
+    cmd = [sys.executable, "-m", "geo_service", "serve", "--snapshots", str(sample_snapshots), "--port", str(port),
+           "--workers", "2", "--log-level", "warning", "--data-dir", str(tmp_path)]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE)
     try:
         workers: dict[int, int] = {}

@@ -11,7 +11,7 @@ import shapely
 
 from geo_service.grid import SquareGrid
 from geo_service.nearby import Lookup, answer
-from geo_service.snapshot import open_current
+from geo_service.snapshot import ROW_ARRAYS, open_current
 from loaders.records import parse_time
 from tests.conftest import SAMPLE
 from tests.support.builders import csv_records
@@ -114,7 +114,7 @@ def test_build_is_deterministic(tmp_path: Path, sample_snapshots: Path) -> None:
 
     assert main(["build", "--source", str(SAMPLE), "--out", str(tmp_path), "--quiet"]) == 0
     a, b = open_current(sample_snapshots), open_current(tmp_path)
-    for name in ("cells", "task_index", "poi_ids", "lats", "lngs"):
+    for name in ROW_ARRAYS:
         assert np.array_equal(getattr(a, name), getattr(b, name)), name
     assert a.tasks == b.tasks
     assert time.time() - b.manifest["built_at"] < 120

@@ -34,3 +34,30 @@ def folder_state(out: Path) -> tuple[str | None, list[str]]:
     """Return what a snapshots folder publishes: CURRENT's text and every entry but the lock."""
     current = (out / "CURRENT").read_text() if (out / "CURRENT").exists() else None
     return current, sorted(p.name for p in out.iterdir() if p.name != ".lock") if out.exists() else []
+
+
+def write_claims_data(folder: Path, quotas: dict[str, int], pois: int = 50, rate_per_s: str = "") -> None:
+    """A one-district data folder for claims: task 1 on set 1 (quotas as given), task 2 on set 2.
+
+    POIs sit on a line in Nanshan, 5 m apart; set 2 has one POI 100 m north of the line.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    sample = Path(__file__).resolve().parents[2] / "data" / "sample"
+    doc = orjson.loads((sample / "districts.geojson").read_bytes())
+    doc["features"] = [f for f in doc["features"] if f["properties"]["code"] == 440305]
+    (folder / "districts.geojson").write_bytes(orjson.dumps(doc))
+    rows = [[1000 + i, 1, 22.5329, round(113.9305 + i * 0.00005, 6)] for i in range(pois)]
+    rows.append([9000, 2, 22.5338, 113.9305])
+    _write(folder / "pois.csv", ["poi_id", "poi_set_id", "lat", "lng"], rows)
+    _write(folder / "tasks.csv", ["task_id", "name", "district_code", "poi_set_id", "starts_at", "ends_at", "enabled"],
+           [[1, "claims test", 440305, 1, "2020-01-01T00:00:00Z", "2099-01-01T00:00:00Z", 1],
+            [2, "other task", 440305, 2, "2020-01-01T00:00:00Z", "2099-01-01T00:00:00Z", 1]])
+    _write(folder / "task_prizes.csv", ["task_id", "prize_type", "quota", "weight", "rate_per_s"],
+           [[1, prize, quota, 1, rate_per_s] for prize, quota in quotas.items()] + [[2, "cash", 10, 1, ""]])
+
+
+def _write(path: Path, header: list[str], rows: list[list[Any]]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)

@@ -1,0 +1,129 @@
+"""The shared ledger: MySQL/MariaDB through an aiomysql pool, for many service hosts."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import aiomysql
+import pymysql
+
+from geo_service.ledger import (
+    MYSQL,
+    SCHEMA,
+    SEED_COLUMNS,
+    ClaimRequest,
+    Difference,
+    LedgerError,
+    Outcome,
+    Plan,
+    claim_plan,
+    outcome_plan,
+    reconcile_plan,
+)
+from geo_service.settings import MySQLSettings
+
+_DUPLICATE_KEY = 1062
+_RETRYABLE = {1205, 1213}  # lock wait timeout, deadlock: InnoDB rolled the transaction back; run it again
+_ATTEMPTS = 10
+
+
+class MySQLLedger:
+    def __init__(self, settings: MySQLSettings, pool_size: int = 10) -> None:
+        self.settings = settings
+        self.pool_size = pool_size
+        self._pool: aiomysql.Pool | None = None
+        self._lock = asyncio.Lock()
+
+    async def _get_pool(self) -> aiomysql.Pool:
+        async with self._lock:
+            if self._pool is None:
+                s = self.settings
+                pool = await aiomysql.create_pool(host=s.host, port=s.port, user=s.user, password=s.password, db=s.database,
+                                                  minsize=1, maxsize=self.pool_size, autocommit=False, connect_timeout=5)
+                async with pool.acquire() as conn, conn.cursor() as cur:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", pymysql.Warning)  # "already exists" notes on restart
+                        for statement in SCHEMA:
+                            await cur.execute(statement)
+                    await conn.commit()
+                self._pool = pool
+            return self._pool
+
+    async def _run(self, make_plan: Callable[[], Plan]) -> Any:
+        try:
+            return await self._attempts(make_plan)
+        except (pymysql.err.MySQLError, OSError) as exc:
+            raise LedgerError(f"mysql ledger {self.settings.redacted}: {exc}") from exc
+
+    async def _attempts(self, make_plan: Callable[[], Plan]) -> Any:
+        pool = await self._get_pool()
+        for attempt in range(_ATTEMPTS):  # bounded retries of deadlocks and unique-key clashes
+            async with pool.acquire() as conn:
+                try:
+                    return await self._drive(conn, make_plan())
+                except pymysql.err.IntegrityError as exc:
+                    await conn.rollback()
+                    if exc.args[0] != _DUPLICATE_KEY:
+                        raise
+                except pymysql.err.OperationalError as exc:
+                    await conn.rollback()
+                    if exc.args[0] not in _RETRYABLE or attempt == _ATTEMPTS - 1:
+                        raise
+                    await asyncio.sleep(random.uniform(0.002, 0.01) * (attempt + 1))  # jitter: no lockstep retries
+                except BaseException:
+                    await conn.rollback()
+                    raise
+        raise RuntimeError("ledger transaction kept conflicting")
+
+    @staticmethod
+    async def _drive(conn: aiomysql.Connection, plan: Plan) -> Any:
+        await conn.begin()
+        async with conn.cursor() as cur:
+            result: Any = None
+            try:
+                while True:
+                    statement = plan.send(result)
+                    rowcount = await cur.execute(statement.sql.replace("?", "%s"), statement.params)
+                    if statement.fetch == "one":
+                        result = await cur.fetchone()
+                    elif statement.fetch == "all":
+                        result = await cur.fetchall()
+                    else:
+                        result = rowcount
+            except StopIteration as done:
+                await conn.commit()
+                return done.value
+
+    async def seed(self, counters: Sequence[tuple[int, str, int]]) -> None:
+        rows = [(*c, 0) for c in counters]
+        sql = MYSQL.insert_ignore("prize_counters", SEED_COLUMNS).replace("?", "%s")
+        try:
+            pool = await self._get_pool()
+            async with pool.acquire() as conn, conn.cursor() as cur:
+                for start in range(0, len(rows), 1000):
+                    await cur.executemany(sql, rows[start : start + 1000])
+                await conn.commit()
+        except (pymysql.err.MySQLError, OSError) as exc:
+            raise LedgerError(f"mysql ledger {self.settings.redacted}: {exc}") from exc
+
+    async def outcome_of(self, claim_id: str) -> Outcome | None:
+        outcome: Outcome | None = await self._run(lambda: outcome_plan(claim_id))
+        return outcome
+
+    async def claim(self, request: ClaimRequest, draw: Sequence[str], win_cap: int, max_speed_mps: float) -> Outcome:
+        outcome: Outcome = await self._run(lambda: claim_plan(request, draw, win_cap, max_speed_mps, MYSQL))
+        return outcome
+
+    async def reconcile(self, repair: bool) -> list[Difference]:
+        diffs: list[Difference] = await self._run(lambda: reconcile_plan(repair))
+        return diffs
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            await self._pool.wait_closed()
+            self._pool = None

@@ -1,0 +1,114 @@
+"""The embedded ledger: one SQLite file in WAL mode, shared by every worker process on the host."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from geo_service.ledger import (
+    SCHEMA,
+    SEED_COLUMNS,
+    SQLITE,
+    ClaimRequest,
+    Difference,
+    LedgerError,
+    Outcome,
+    Plan,
+    claim_plan,
+    outcome_plan,
+    reconcile_plan,
+)
+
+T = TypeVar("T")
+_BUSY_TIMEOUT_MS = 10_000
+
+
+def run_plan(conn: sqlite3.Connection, make_plan: Callable[[], Plan]) -> Any:
+    """Run a plan in one IMMEDIATE transaction (writers queue on the file lock, no lost updates)."""
+    for _ in range(2):  # bounded: a unique-key clash means another writer committed this claim first
+        plan = make_plan()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result: Any = None
+            while True:
+                statement = plan.send(result)
+                cur = conn.execute(statement.sql, statement.params)
+                if statement.fetch == "one":
+                    result = cur.fetchone()
+                elif statement.fetch == "all":
+                    result = cur.fetchall()
+                else:
+                    result = cur.rowcount
+        except StopIteration as done:
+            conn.execute("COMMIT")
+            return done.value
+        except sqlite3.IntegrityError:
+            conn.execute("ROLLBACK")
+            continue
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    raise sqlite3.IntegrityError("claim kept clashing on its unique key")
+
+
+class SQLiteLedger:
+    """Runs each transaction on one thread of its own, so the event loop never blocks on the file lock."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger")
+        self._conn: sqlite3.Connection | None = None
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode: a commit survives a process crash; only a power cut may lose the last ones.
+            conn.execute("PRAGMA synchronous=NORMAL")
+            for statement in SCHEMA:
+                conn.execute(statement)
+            self._conn = conn
+        return self._conn
+
+    async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._pool, lambda: work(self._connection()))
+        except sqlite3.Error as exc:
+            raise LedgerError(f"sqlite ledger {self.path}: {exc}") from exc
+
+    async def seed(self, counters: Sequence[tuple[int, str, int]]) -> None:
+        def insert(conn: sqlite3.Connection) -> None:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany(SQLITE.insert_ignore("prize_counters", SEED_COLUMNS), [(*c, 0) for c in counters])
+            conn.execute("COMMIT")
+
+        await self._run(insert)
+
+    async def outcome_of(self, claim_id: str) -> Outcome | None:
+        outcome: Outcome | None = await self._run(lambda conn: run_plan(conn, lambda: outcome_plan(claim_id)))
+        return outcome
+
+    async def claim(self, request: ClaimRequest, draw: Sequence[str], win_cap: int, max_speed_mps: float) -> Outcome:
+        outcome: Outcome = await self._run(
+            lambda conn: run_plan(conn, lambda: claim_plan(request, draw, win_cap, max_speed_mps, SQLITE)))
+        return outcome
+
+    async def reconcile(self, repair: bool) -> list[Difference]:
+        diffs: list[Difference] = await self._run(lambda conn: run_plan(conn, lambda: reconcile_plan(repair)))
+        return diffs
+
+    async def close(self) -> None:
+        def shut(conn: sqlite3.Connection) -> None:
+            conn.close()
+
+        if self._conn is not None:
+            await self._run(shut)
+            self._conn = None
+        self._pool.shutdown(wait=True)
+
