@@ -3,6 +3,8 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 SNAPSHOTS ?= snapshots
+# The embedded default's token secret: for a laptop demo only; production sets its own.
+DEMO_SECRET ?= geodrop-demo-only
 
 .PHONY: run test bench lint clean
 
@@ -15,7 +17,8 @@ $(BIN)/geo-snapshot: pyproject.toml constraints.txt
 run: $(BIN)/geo-snapshot
 	$(BIN)/geo-snapshot build --source data/sample --out $(SNAPSHOTS)
 	@echo "serving: curl 'http://127.0.0.1:8080/v1/nearby?lat=22.5329&lng=113.9305'  (Ctrl-C stops)"
-	$(BIN)/geo-service serve --snapshots $(SNAPSHOTS) --workers 2
+	@echo "claims:  TOKEN=\$$($(BIN)/geo-service token --user demo --token-secret $(DEMO_SECRET))"
+	$(BIN)/geo-service serve --snapshots $(SNAPSHOTS) --workers 2 --token-secret $(DEMO_SECRET)
 
 test: $(BIN)/geo-snapshot
 	$(BIN)/python -m pytest -q
@@ -23,6 +26,7 @@ test: $(BIN)/geo-snapshot
 bench: $(BIN)/geo-snapshot
 	$(BIN)/python bench/build_bench.py
 	$(BIN)/python bench/nearby_bench.py
+	$(BIN)/python bench/claims_bench.py
 
 clean:
 	rm -rf $(VENV) $(SNAPSHOTS) .pytest_cache

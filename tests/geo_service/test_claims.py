@@ -14,7 +14,7 @@ import pytest
 from geo_service.claims import RateLimiter, draw_order
 from geo_service.tokens import mint
 from tests.conftest import MakeClient, build_into, ledger_rows
-from tests.support.builders import write_claims_data
+from tests.support.builders import OTHER_POI, write_claims_data
 
 SECRET = "test-secret"
 POI = {"task_id": 1, "poi_id": 1000, "lat": 22.5329, "lng": 113.9305}
@@ -87,7 +87,7 @@ BAD: list[tuple[str, dict[str, Any], Any, int, str]] = [
     ("bad claim id", auth("bob"), {"claim_id": "no spaces", **POI}, 400, "invalid_param"),
     ("unknown task", auth("bob"), {"claim_id": "x", **POI, "task_id": 77}, 404, "not_found"),
     ("unknown poi", auth("bob"), {"claim_id": "x", **POI, "poi_id": 77}, 404, "not_found"),
-    ("poi of another task", auth("bob"), {"claim_id": "x", **POI, "poi_id": 9000}, 422, "poi_not_in_task"),
+    ("poi of another task", auth("bob"), {"claim_id": "x", **POI, "poi_id": OTHER_POI}, 422, "poi_not_in_task"),
     ("10 km away", auth("bob"), {"claim_id": "x", **POI, "lat": 22.6229}, 200, "too_far"),
 ]
 

@@ -36,24 +36,36 @@ def folder_state(out: Path) -> tuple[str | None, list[str]]:
     return current, sorted(p.name for p in out.iterdir() if p.name != ".lock") if out.exists() else []
 
 
-def write_claims_data(folder: Path, quotas: dict[str, int], pois: int = 50, rate_per_s: str = "") -> None:
-    """A one-district data folder for claims: task 1 on set 1 (quotas as given), task 2 on set 2.
+OTHER_POI = 900_000_000  # the extra task's one POI: beyond any claim_poi id
 
-    POIs sit on a line in Nanshan, 5 m apart; set 2 has one POI 100 m north of the line.
+
+def claim_poi(task_id: int, i: int) -> tuple[int, float, float]:
+    """Return (poi_id, lat, lng) of POI i of task task_id in write_claims_data's layout."""
+    row, col = divmod(task_id - 1, 40)
+    return task_id * 1000 + i, round(22.5329 + row * 0.002, 6), round(113.9305 + col * 0.001 + i * 0.00005, 6)
+
+
+def write_claims_data(folder: Path, quotas: dict[str, int], pois: int = 50, rate_per_s: str = "", tasks: int = 1) -> None:
+    """A one-district data folder for claims: tasks 1..tasks on sets 1..tasks (quotas as given), and one
+    more task on its own set. Each task's POIs sit on a line in Nanshan, 5 m apart (claim_poi); the
+    extra task has one POI, OTHER_POI, 100 m north of task 1's line.
     """
     folder.mkdir(parents=True, exist_ok=True)
     sample = Path(__file__).resolve().parents[2] / "data" / "sample"
     doc = orjson.loads((sample / "districts.geojson").read_bytes())
     doc["features"] = [f for f in doc["features"] if f["properties"]["code"] == 440305]
     (folder / "districts.geojson").write_bytes(orjson.dumps(doc))
-    rows = [[1000 + i, 1, 22.5329, round(113.9305 + i * 0.00005, 6)] for i in range(pois)]
-    rows.append([9000, 2, 22.5338, 113.9305])
+    other = tasks + 1
+    rows = [[*claim_poi(t, i)[:1], t, *claim_poi(t, i)[1:]] for t in range(1, tasks + 1) for i in range(pois)]
+    rows.append([OTHER_POI, other, 22.5338, 113.9305])
+    window = ["2020-01-01T00:00:00Z", "2099-01-01T00:00:00Z", 1]
     _write(folder / "pois.csv", ["poi_id", "poi_set_id", "lat", "lng"], rows)
     _write(folder / "tasks.csv", ["task_id", "name", "district_code", "poi_set_id", "starts_at", "ends_at", "enabled"],
-           [[1, "claims test", 440305, 1, "2020-01-01T00:00:00Z", "2099-01-01T00:00:00Z", 1],
-            [2, "other task", 440305, 2, "2020-01-01T00:00:00Z", "2099-01-01T00:00:00Z", 1]])
+           [[t, f"claims test {t}", 440305, t, *window] for t in range(1, tasks + 1)]
+           + [[other, "other task", 440305, other, *window]])
     _write(folder / "task_prizes.csv", ["task_id", "prize_type", "quota", "weight", "rate_per_s"],
-           [[1, prize, quota, 1, rate_per_s] for prize, quota in quotas.items()] + [[2, "cash", 10, 1, ""]])
+           [[t, prize, quota, 1, rate_per_s] for t in range(1, tasks + 1) for prize, quota in quotas.items()]
+           + [[other, "cash", 10, 1, ""]])
 
 
 def _write(path: Path, header: list[str], rows: list[list[Any]]) -> None:
