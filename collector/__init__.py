@@ -1,1 +1,1 @@
-"""geodrop's collector: district-level remaining counts for the dashboard feed (not built yet)."""
+"""geodrop's collector: district-level remaining counts, task status and the dashboard feed."""

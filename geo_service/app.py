@@ -13,24 +13,30 @@ from contextlib import suppress
 from aiohttp import web
 
 from geo_service.claims import RateLimiter
-from geo_service.errors import Handler, Overloaded, QueryTooLong, from_exception
+from geo_service.errors import ApiError, Handler, Overloaded, QueryTooLong, from_exception, respond
 from geo_service.handlers import ROUTES
-from geo_service.keys import ledger_key, limiter_key, load_key, metrics_key, rng_key, settings_key, snapshot_key, watcher_key
+from geo_service.keys import (
+    ledger_key,
+    limiter_key,
+    load_key,
+    metrics_key,
+    rng_key,
+    settings_key,
+    snapshot_key,
+    status_key,
+    watcher_key,
+)
 from geo_service.ledger import Ledger, LedgerError, open_ledger
 from geo_service.live import SnapshotHolder, Watcher
 from geo_service.load import LoadMonitor
-from geo_service.metrics import Metrics
+from geo_service.metrics import Metrics, route_label
 from geo_service.nearby import Lookup
 from geo_service.settings import ServiceSettings
+from geo_service.status import StatusPoller
 
 log = logging.getLogger("geodrop.service")
 # Health and metrics must answer even when the service sheds load: they are how operators see it.
 _NEVER_SHED = frozenset({"/healthz", "/metrics"})
-
-
-def _route_label(request: web.Request) -> str:
-    resource = request.match_info.route.resource
-    return resource.canonical if resource is not None else "unmatched"
 
 
 @web.middleware
@@ -48,12 +54,12 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
             load.shed += 1
             raise Overloaded("the service is overloaded; retry after the time given",
                              headers={"Retry-After": str(load.retry_after_s())})
-        response = await handler(request)
-    except Exception as exc:  # noqa: BLE001 - the one place every error becomes the JSON shape
+        response = await respond(request, handler)
+    except ApiError as exc:
         response = from_exception(request, exc)
     finally:
         load.inflight -= 1
-    app[metrics_key].observe(_route_label(request), response.status, time.perf_counter() - started)
+    app[metrics_key].observe(route_label(request), response.status, time.perf_counter() - started)
     return response
 
 
@@ -94,6 +100,17 @@ async def seed_counters(ledger: Ledger, lookup: Lookup) -> None:
         log.warning("could not seed prize counters", extra={"seq": lookup.seq, "error": str(exc)})
 
 
+async def status_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Poll the collector for task status, if one is configured."""
+    poller = app[status_key]
+    task = asyncio.create_task(poller.run(), name="status-poller") if poller.url else None
+    yield
+    if task is not None:
+        task.cancel()
+        with suppress(asyncio.CancelledError):
+            await task
+
+
 async def load_ctx(app: web.Application) -> AsyncIterator[None]:
     task = asyncio.create_task(app[load_key].probe_lag(), name="lag-probe")
     yield
@@ -116,6 +133,7 @@ def create_app(settings: ServiceSettings) -> web.Application:
                                on_load=lambda lookup: seed_counters(ledger, lookup))
     app[load_key] = LoadMonitor(settings)
     app[metrics_key] = Metrics()
-    app.cleanup_ctx.extend([load_ctx, ledger_ctx, snapshot_ctx])
+    app[status_key] = StatusPoller(settings.collector.rstrip("/"), holder, settings.status_poll_s)
+    app.cleanup_ctx.extend([load_ctx, ledger_ctx, snapshot_ctx, status_ctx])
     app.add_routes(ROUTES)
     return app

@@ -12,7 +12,6 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -20,7 +19,7 @@ from aiohttp import web
 from geo_service.app import create_app
 from geo_service.ledger import Difference, LedgerError, open_ledger
 from geo_service.logs import configure_logging
-from geo_service.settings import ServiceSettings, SettingsError, documented, load_settings
+from geo_service.settings import ServiceSettings, SettingsError, add_settings_flags, settings_from_args
 from geo_service.tokens import mint
 
 ENV_PREFIX = "GEODROP_SERVICE_"
@@ -85,22 +84,6 @@ def supervise(settings: ServiceSettings, log_level: str) -> int:
     return 0
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def _settings_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=Path, help="TOML file of settings (keys named as the flags, with underscores).")
-    for name, default, help_text in documented(ServiceSettings):
-        if name == "worker_id":
-            continue
-        if isinstance(default, bool):
-            p.add_argument(_flag(name), dest=name, action="store_const", const=True, help=f"{help_text} (default off)")
-        else:
-            shown = "(set)" if name in ("admin_token", "token_secret", "ledger") else default
-            p.add_argument(_flag(name), dest=name, help=f"{help_text} (default {shown})")
-
-
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="geo-service", description="geodrop's map-polling and claims service.",
                                   epilog=f"Settings come from defaults < --config TOML < environment ({ENV_PREFIX}<FIELD>) "
@@ -109,10 +92,10 @@ def parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="Serve /v1/nearby and /v1/claims on the live snapshot.")
     serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
                        help="Log level of the JSON log lines on stderr (default info; requests are not logged).")
-    _settings_flags(serve)
+    add_settings_flags(serve, ServiceSettings)
     token = sub.add_parser("token", help="Mint a player token (for tests and demos), signed with token_secret.")
     token.add_argument("--user", required=True, help="The player's user id: 1-64 of A-Z a-z 0-9 _ -.")
-    _settings_flags(token)
+    add_settings_flags(token, ServiceSettings)
     ledger = sub.add_parser("ledger", help="Ledger maintenance.")
     ledger_sub = ledger.add_subparsers(dest="ledger_command", required=True)
     reconcile = ledger_sub.add_parser(
@@ -120,13 +103,8 @@ def parser() -> argparse.ArgumentParser:
         description="Print every counter whose issued count differs from its won claim rows, and exit 1 if any "
                     "does (0 when clean). With --repair, set each such counter to its claims' count.")
     reconcile.add_argument("--repair", action="store_true", help="Set differing counters to their claims' count.")
-    _settings_flags(reconcile)
+    add_settings_flags(reconcile, ServiceSettings)
     return top
-
-
-def _load(args: argparse.Namespace) -> ServiceSettings:
-    overrides = {name: getattr(args, name, None) for name, _, _ in documented(ServiceSettings) if name != "worker_id"}
-    return load_settings(ServiceSettings, ENV_PREFIX, args.config, os.environ, overrides)
 
 
 def cmd_token(settings: ServiceSettings, args: argparse.Namespace) -> int:
@@ -162,7 +140,7 @@ def cmd_reconcile(settings: ServiceSettings, args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        settings = _load(args)
+        settings = settings_from_args(ServiceSettings, ENV_PREFIX, args, os.environ)
     except SettingsError as exc:
         for problem in exc.problems:
             print(f"geo-service: {problem}", file=sys.stderr)

@@ -94,6 +94,14 @@ def error_response(status: int, code: str, message: str, field: str | None = Non
                         content_type="application/json", headers=headers)
 
 
+async def respond(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Run a handler; any exception becomes the error shape (the core of every error middleware)."""
+    try:
+        return await handler(request)
+    except Exception as exc:  # noqa: BLE001 - the one place every error becomes the JSON shape
+        return from_exception(request, exc)
+
+
 def from_exception(request: web.Request, exc: BaseException) -> web.Response:
     """Translate any exception into the error shape; unexpected ones are logged, never shown."""
     if isinstance(exc, ApiError):

@@ -12,7 +12,17 @@ from aiohttp import web
 from geo_service import __version__
 from geo_service.claims import ClaimRules, process_claim
 from geo_service.errors import ClaimsDisabled, LedgerUnavailable, NotFound, SnapshotUnavailable, Unauthorized, error_response
-from geo_service.keys import ledger_key, limiter_key, load_key, metrics_key, rng_key, settings_key, snapshot_key, watcher_key
+from geo_service.keys import (
+    ledger_key,
+    limiter_key,
+    load_key,
+    metrics_key,
+    rng_key,
+    settings_key,
+    snapshot_key,
+    status_key,
+    watcher_key,
+)
 from geo_service.ledger import LedgerError
 from geo_service.nearby import answer
 from geo_service.openapi import openapi_spec
@@ -39,6 +49,7 @@ async def nearby(request: web.Request) -> web.Response:
         return not_modified(etag, headers)
     body = answer(live.lookup, live.status, lat, lng, app[settings_key].max_pois, window)
     body["next_poll_ms"] = next_poll_ms
+    body["status_age_s"] = app[status_key].age_s()
     return json_response(body, headers=headers)
 
 
@@ -76,6 +87,13 @@ def _player(request: web.Request, secret: str) -> str:
         raise Unauthorized(str(exc)) from None
 
 
+def _status_health(app: web.Application) -> dict[str, object]:
+    poller = app[status_key]
+    if not poller.url:
+        return {"source": "snapshot", "age_s": 0.0}
+    return {"source": "collector", "age_s": poller.age_s(), "failures": poller.failures, "last_error": poller.last_error}
+
+
 def _health(app: web.Application) -> dict[str, object]:
     holder, load, settings = app[snapshot_key], app[load_key], app[settings_key]
     live = holder.live
@@ -90,7 +108,7 @@ def _health(app: web.Application) -> dict[str, object]:
         "pid": os.getpid(),
         "version": __version__,
         "snapshot": snapshot,
-        "status": {"source": "snapshot", "age_s": 0.0},
+        "status": _status_health(app),
         "snapshot_error": holder.last_error,
         "load": {"inflight": load.inflight, "lag_ms": round(load.lag_ms, 2), "next_poll_ms": load.next_poll_ms()},
     }

@@ -12,6 +12,7 @@ from geo_service.live import SnapshotHolder, Watcher
 from geo_service.load import LoadMonitor
 from geo_service.metrics import Metrics
 from geo_service.settings import ServiceSettings
+from geo_service.status import StatusPoller
 
 settings_key = web.AppKey("settings_key", ServiceSettings)
 snapshot_key = web.AppKey("snapshot_key", SnapshotHolder)
@@ -21,3 +22,4 @@ metrics_key = web.AppKey("metrics_key", Metrics)
 ledger_key = web.AppKey("ledger_key", Ledger)
 limiter_key = web.AppKey("limiter_key", RateLimiter)
 rng_key = web.AppKey("rng_key", random.Random)
+status_key = web.AppKey("status_key", StatusPoller)

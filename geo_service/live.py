@@ -9,12 +9,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from geo_service.nearby import Lookup, StatusView
+from geo_service.nearby import Lookup, StatusView, TaskOverride
 from geo_service.snapshot import SnapshotError, current_seq, open_snapshot
 
 log = logging.getLogger("geodrop.snapshot")
@@ -38,18 +38,29 @@ class SnapshotHolder:
     refused: int = 0
     last_error: str | None = None
     refused_seqs: set[int] = field(default_factory=set)
+    # The collector's latest view of the tasks (kill switch, what is left), or None without one.
+    overrides: Mapping[int, TaskOverride] | None = None
 
     def install(self, lookup: Lookup, now_s: int) -> None:
-        self.live = Live(lookup, lookup.table.status(now_s), time.time())
+        self.live = Live(lookup, lookup.table.status(now_s, self.overrides), time.time())
         self.swaps += 1
 
     def current(self, now_s: int) -> Live | None:
         """Return the live pair, first recomputing the status if a task window opened or closed."""
         live = self.live
         if live is not None and now_s >= live.status.valid_until:
-            live = Live(live.lookup, live.lookup.table.status(now_s), live.loaded_at)
+            live = Live(live.lookup, live.lookup.table.status(now_s, self.overrides), live.loaded_at)
             self.live = live
         return live
+
+    async def apply_overrides(self, overrides: Mapping[int, TaskOverride], now_s: int) -> None:
+        """Take a new collector view: recompute the live status beside it (in a thread), then swap."""
+        self.overrides = overrides
+        live = self.live
+        if live is not None:
+            status = await asyncio.to_thread(live.lookup.table.status, now_s, overrides)
+            if self.live is live:  # a snapshot swapped in meanwhile already used these overrides
+                self.live = Live(live.lookup, status, live.loaded_at)
 
 
 def load_lookup(folder: Path) -> Lookup:

@@ -52,6 +52,8 @@ NEARBY = {
                 "remaining": {"type": ["integer", "null"], "description": "Null until a collector reports it."}}}}}}},
         "truncated": {"type": "boolean", "description": "True when the POI cap cut the list."},
         "next_poll_ms": {"type": "integer", "description": "Wait this long before polling again (rises under load)."},
+        "status_age_s": {"type": ["number", "null"],
+                         "description": "Age of the collector's task status in use; null without a collector."},
     },
 }
 

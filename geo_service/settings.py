@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import tomllib
 import types
 import typing
@@ -81,6 +82,9 @@ class ServiceSettings:
     busy_lag_ms: float = field(default=20.0, metadata=_help("Event-loop lag above which clients are slowed."))
     shed_lag_ms: float = field(default=500.0, metadata=_help("Event-loop lag above which requests get 503."))
     max_query_bytes: int = field(default=2048, metadata=_help("Longest accepted query string (414 beyond)."))
+    collector: str = field(default="", metadata=_help("Collector base URL for task status, e.g. http://127.0.0.1:8081 "
+                                                      "(empty: the snapshot's windows and flags only)."))
+    status_poll_s: float = field(default=1.0, metadata=_help("How often to poll the collector for task status."))
     data_dir: Path = field(default=Path("var"), metadata=_help("Folder for the service's own files (the default ledger)."))
     ledger: str = field(default="", repr=False,
                         metadata=_help("Ledger DSN: sqlite:///PATH or mysql://user:pass@host:port/db "
@@ -176,3 +180,26 @@ def documented(cls: type) -> list[tuple[str, Any, str]]:
         default = f.default if f.default is not MISSING else None
         out.append((f.name, default, f.metadata.get("help", "")))
     return out
+
+
+# Set by the supervising process, never by operators: no flag.
+_INTERNAL = frozenset({"worker_id"})
+
+
+def add_settings_flags(parser: argparse.ArgumentParser, cls: type) -> None:
+    """Add --config and one flag per settings field (help and default from the field)."""
+    parser.add_argument("--config", type=Path, help="TOML file of settings (keys named as the flags, with underscores).")
+    for f in fields(cls):
+        if f.name in _INTERNAL:
+            continue
+        flag, help_text = "--" + f.name.replace("_", "-"), f.metadata.get("help", "")
+        if isinstance(f.default, bool):
+            parser.add_argument(flag, dest=f.name, action="store_const", const=True, help=f"{help_text} (default off)")
+        else:
+            parser.add_argument(flag, dest=f.name, help=f"{help_text} (default {f.default if f.repr else '(secret)'})")
+
+
+def settings_from_args(cls: type[S], prefix: str, args: argparse.Namespace, env: Mapping[str, str]) -> S:
+    """Return settings from defaults < args.config TOML < env < the flags add_settings_flags made."""
+    overrides = {f.name: getattr(args, f.name, None) for f in fields(cls) if f.name not in _INTERNAL}  # type: ignore[arg-type]
+    return load_settings(cls, prefix, args.config, env, overrides)

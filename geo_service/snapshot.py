@@ -237,6 +237,14 @@ def _open_rows(folder: Path, manifest: dict[str, Any]) -> dict[str, np.ndarray]:
     return arrays
 
 
+def read_tables(folder: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Return a snapshot folder's task and district tables (no arrays mapped)."""
+    try:
+        return orjson.loads((folder / "tasks.json").read_bytes()), orjson.loads((folder / "districts.json").read_bytes())
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise SnapshotError(f"{folder}: unreadable tables: {exc}") from None
+
+
 def open_snapshot(folder: Path, verify: bool = True) -> Snapshot:
     """Open a snapshot folder read-only; with verify, check checksums, shapes and order first."""
     manifest = read_manifest(folder)
@@ -247,8 +255,7 @@ def open_snapshot(folder: Path, verify: bool = True) -> Snapshot:
     except (GridError, KeyError, TypeError, ValueError) as exc:
         raise SnapshotError(f"{folder}/manifest.json: bad grid parameters: {exc}") from None
     arrays = _open_rows(folder, manifest)
-    tasks = orjson.loads((folder / "tasks.json").read_bytes())
-    districts = orjson.loads((folder / "districts.json").read_bytes())
+    tasks, districts = read_tables(folder)
     if verify:
         cells, task_index = arrays["cells"], arrays["task_index"]
         if len(cells) > 1 and not bool(np.all(cells[1:] >= cells[:-1])):

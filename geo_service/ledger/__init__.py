@@ -52,6 +52,14 @@ class Difference:
 
 
 @dataclass(frozen=True, slots=True)
+class LedgerState:
+    """Counters as (task_id, prize_type, quota, issued) rows, and the tasks switched off."""
+
+    counters: list[tuple[int, str, int, int]]
+    disabled: frozenset[int]
+
+
+@dataclass(frozen=True, slots=True)
 class Statement:
     sql: str  # "?" placeholders; backends translate
     params: tuple[Any, ...] = ()
@@ -96,6 +104,14 @@ class Ledger(Protocol):
 
     async def reconcile(self, repair: bool) -> list[Difference]:
         """Return counters that differ from their won claims; with repair, set them to the claims' count."""
+        ...
+
+    async def read_state(self) -> LedgerState:
+        """Return every counter and every task flag, as of one moment (what the collector aggregates)."""
+        ...
+
+    async def set_enabled(self, task_id: int, enabled: bool) -> None:
+        """Set a task's kill switch (the collector applies it on its next tick)."""
         ...
 
     async def close(self) -> None: ...
@@ -167,6 +183,18 @@ def outcome_plan(claim_id: str) -> Plan:
 SEED_COLUMNS = ("task_id", "prize_type", "quota", "issued")
 
 
+def read_state_plan() -> Plan:
+    counters = yield Statement("SELECT task_id, prize_type, quota, issued FROM prize_counters", fetch="all")
+    disabled = yield Statement("SELECT task_id FROM task_flags WHERE enabled = 0", fetch="all")
+    return LedgerState([(int(t), str(p), int(q), int(i)) for t, p, q, i in counters], frozenset(int(t) for (t,) in disabled))
+
+
+def set_enabled_plan(task_id: int, enabled: bool, dialect: Dialect) -> Plan:
+    yield Statement(dialect.insert_ignore("task_flags", ("task_id", "enabled")), (task_id, int(enabled)))
+    yield Statement("UPDATE task_flags SET enabled = ? WHERE task_id = ?", (int(enabled), task_id))
+    return None
+
+
 def reconcile_plan(repair: bool) -> Plan:
     """Compare every counter with its won claims; with repair, set issued to that count."""
     rows = yield Statement(
@@ -192,6 +220,7 @@ SCHEMA = [
     "CREATE INDEX IF NOT EXISTS claims_task_prize ON claims (task_id, prize_type, outcome)",
     "CREATE TABLE IF NOT EXISTS user_wins (user_id VARCHAR(64) NOT NULL, task_id BIGINT NOT NULL, "
     "wins INT NOT NULL, PRIMARY KEY (user_id, task_id))",
+    "CREATE TABLE IF NOT EXISTS task_flags (task_id BIGINT NOT NULL PRIMARY KEY, enabled INT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS user_positions (user_id VARCHAR(64) NOT NULL PRIMARY KEY, lat DOUBLE NOT NULL, "
     "lng DOUBLE NOT NULL, at_s DOUBLE NOT NULL)",
 ]

@@ -18,11 +18,14 @@ from geo_service.ledger import (
     ClaimRequest,
     Difference,
     LedgerError,
+    LedgerState,
     Outcome,
     Plan,
     claim_plan,
     outcome_plan,
+    read_state_plan,
     reconcile_plan,
+    set_enabled_plan,
 )
 from geo_service.settings import MySQLSettings
 
@@ -121,6 +124,13 @@ class MySQLLedger:
     async def reconcile(self, repair: bool) -> list[Difference]:
         diffs: list[Difference] = await self._run(lambda: reconcile_plan(repair))
         return diffs
+
+    async def read_state(self) -> LedgerState:
+        state: LedgerState = await self._run(read_state_plan)
+        return state
+
+    async def set_enabled(self, task_id: int, enabled: bool) -> None:
+        await self._run(lambda: set_enabled_plan(task_id, enabled, MYSQL))
 
     async def close(self) -> None:
         if self._pool is not None:

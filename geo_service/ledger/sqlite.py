@@ -16,22 +16,26 @@ from geo_service.ledger import (
     ClaimRequest,
     Difference,
     LedgerError,
+    LedgerState,
     Outcome,
     Plan,
     claim_plan,
     outcome_plan,
+    read_state_plan,
     reconcile_plan,
+    set_enabled_plan,
 )
 
 T = TypeVar("T")
 _BUSY_TIMEOUT_MS = 10_000
 
 
-def run_plan(conn: sqlite3.Connection, make_plan: Callable[[], Plan]) -> Any:
-    """Run a plan in one IMMEDIATE transaction (writers queue on the file lock, no lost updates)."""
+def run_plan(conn: sqlite3.Connection, make_plan: Callable[[], Plan], write: bool = True) -> Any:
+    """Run a plan in one transaction: IMMEDIATE for writers (they queue on the file lock, no lost
+    updates), deferred for readers (WAL gives them a consistent snapshot without blocking writers)."""
     for _ in range(2):  # bounded: a unique-key clash means another writer committed this claim first
         plan = make_plan()
-        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
         try:
             result: Any = None
             while True:
@@ -102,6 +106,13 @@ class SQLiteLedger:
     async def reconcile(self, repair: bool) -> list[Difference]:
         diffs: list[Difference] = await self._run(lambda conn: run_plan(conn, lambda: reconcile_plan(repair)))
         return diffs
+
+    async def read_state(self) -> LedgerState:
+        state: LedgerState = await self._run(lambda conn: run_plan(conn, read_state_plan, write=False))
+        return state
+
+    async def set_enabled(self, task_id: int, enabled: bool) -> None:
+        await self._run(lambda conn: run_plan(conn, lambda: set_enabled_plan(task_id, enabled, SQLITE)))
 
     async def close(self) -> None:
         def shut(conn: sqlite3.Connection) -> None:

@@ -1,0 +1,17 @@
+"""Every aiohttp AppKey the collector uses."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from collector.feed import Feed
+from collector.settings import CollectorSettings
+from collector.ticker import Ticker
+from collector.views import ViewHolder
+from geo_service.metrics import Metrics
+
+settings_key = web.AppKey("settings_key", CollectorSettings)
+views_key = web.AppKey("views_key", ViewHolder)
+ticker_key = web.AppKey("ticker_key", Ticker)
+feed_key = web.AppKey("feed_key", Feed)
+metrics_key = web.AppKey("metrics_key", Metrics)

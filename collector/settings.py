@@ -1,0 +1,39 @@
+"""Collector settings: one frozen dataclass, loaded like the service's."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from geo_service.settings import SettingsError
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+@dataclass(frozen=True, slots=True)
+class CollectorSettings:
+    """geo-collector settings. Env: GEODROP_COLLECTOR_<FIELD>; TOML: top-level keys named as the fields."""
+
+    snapshots: Path = field(default=Path("snapshots"), metadata=_help("Snapshots folder: task and district tables."))
+    ledger: str = field(default="sqlite:///var/ledger.sqlite3", repr=False,
+                        metadata=_help("Ledger DSN to read: sqlite:///PATH or mysql://user:pass@host:port/db."))
+    host: str = field(default="127.0.0.1", metadata=_help("Address to listen on."))
+    port: int = field(default=8081, metadata=_help("TCP port of the views."))
+    tick_floor_s: float = field(default=1.0, metadata=_help("Shortest tick interval (the normal pace)."))
+    tick_ceiling_s: float = field(default=30.0, metadata=_help("Longest tick interval when the database is slow or down."))
+    slow_read_s: float = field(default=0.5, metadata=_help("A ledger read slower than this lengthens the interval."))
+    preview_horizon_s: int = field(default=86400, metadata=_help("How far ahead /v1/previews looks for tasks starting."))
+    stream_heartbeat_s: float = field(default=15.0, metadata=_help("Idle time after which the stream sends a comment."))
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not 0 < self.tick_floor_s <= self.tick_ceiling_s:
+            problems.append("tick_floor_s: must be positive and at most tick_ceiling_s")
+        if self.slow_read_s <= 0 or self.preview_horizon_s <= 0 or self.stream_heartbeat_s <= 0:
+            problems.append("slow_read_s, preview_horizon_s and stream_heartbeat_s: must be positive")
+        if not self.ledger.startswith(("sqlite:///", "mysql://")):
+            problems.append("ledger: must be sqlite:///PATH or mysql://user:pass@host:port/db")
+        if problems:
+            raise SettingsError(problems)
