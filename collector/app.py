@@ -18,6 +18,7 @@ from collector.views import ViewHolder
 from geo_service.errors import Handler, respond
 from geo_service.ledger import open_ledger
 from geo_service.metrics import Metrics, route_label
+from loaders.sources.mysql import MySQLSource
 
 
 @web.middleware
@@ -38,7 +39,7 @@ async def ticker_ctx(app: web.Application) -> AsyncIterator[None]:
     task.cancel()
     with suppress(asyncio.CancelledError):
         await task
-    await ticker.ledger.close()
+    await ticker.close()
 
 
 async def close_streams(app: web.Application) -> None:
@@ -56,7 +57,7 @@ def create_app(settings: CollectorSettings) -> web.Application:
     app[ticker_key] = Ticker(
         ledger=open_ledger(settings.ledger), snapshots=settings.snapshots, holder=holder,
         floor_s=settings.tick_floor_s, ceiling_s=settings.tick_ceiling_s, slow_read_s=settings.slow_read_s,
-        on_swap=feed.publish,
+        on_swap=feed.publish, source=MySQLSource.from_dsn(settings.source) if settings.source else None,
     )
     app.cleanup_ctx.append(ticker_ctx)
     app.on_shutdown.append(close_streams)

@@ -19,6 +19,8 @@ class CollectorSettings:
     snapshots: Path = field(default=Path("snapshots"), metadata=_help("Snapshots folder: task and district tables."))
     ledger: str = field(default="sqlite:///var/ledger.sqlite3", repr=False,
                         metadata=_help("Ledger DSN to read: sqlite:///PATH or mysql://user:pass@host:port/db."))
+    source: str = field(default="", repr=False,
+                        metadata=_help("MySQL source DSN whose tasks.enabled column also switches tasks off (optional)."))
     host: str = field(default="127.0.0.1", metadata=_help("Address to listen on."))
     port: int = field(default=8081, metadata=_help("TCP port of the views."))
     tick_floor_s: float = field(default=1.0, metadata=_help("Shortest tick interval (the normal pace)."))
@@ -33,6 +35,8 @@ class CollectorSettings:
             problems.append("tick_floor_s: must be positive and at most tick_ceiling_s")
         if self.slow_read_s <= 0 or self.preview_horizon_s <= 0 or self.stream_heartbeat_s <= 0:
             problems.append("slow_read_s, preview_horizon_s and stream_heartbeat_s: must be positive")
+        if self.source and not self.source.startswith("mysql://"):
+            problems.append("source: must be mysql://user:pass@host:port/db (or empty)")
         if not self.ledger.startswith(("sqlite:///", "mysql://")):
             problems.append("ledger: must be sqlite:///PATH or mysql://user:pass@host:port/db")
         if problems:

@@ -8,13 +8,22 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from collector.views import View, ViewHolder, build_view
-from geo_service.ledger import Ledger, LedgerError
+from geo_service.ledger import Ledger, LedgerError, LedgerState
 from geo_service.snapshot import SnapshotError, current_seq, read_tables
+from loaders.errors import LoaderError
 
 log = logging.getLogger("geodrop.collector")
+
+
+class DisabledSource(Protocol):
+    """A source database whose own column switches tasks off (MySQL tasks.enabled)."""
+
+    async def disabled_task_ids(self) -> frozenset[int]: ...
+
+    async def close(self) -> None: ...
 
 
 @dataclass(slots=True)
@@ -32,8 +41,10 @@ class Ticker:
     """One owner of the views: each tick builds a whole new view, then installs it by assignment."""
 
     def __init__(self, *, ledger: Ledger, snapshots: Path, holder: ViewHolder, floor_s: float, ceiling_s: float,
-                 slow_read_s: float, on_swap: Callable[[list[dict[str, Any]]], None]) -> None:
+                 slow_read_s: float, on_swap: Callable[[list[dict[str, Any]]], None],
+                 source: DisabledSource | None = None) -> None:
         self.ledger = ledger
+        self.source = source
         self.snapshots = snapshots
         self.holder = holder
         self.floor_s = floor_s
@@ -64,7 +75,9 @@ class Ticker:
         try:
             seq, tasks, districts = self._snapshot_tables()
             state = await self.ledger.read_state()
-        except (LedgerError, SnapshotError) as exc:
+            if self.source is not None:
+                state = LedgerState(state.counters, state.disabled | await self.source.disabled_task_ids())
+        except (LedgerError, SnapshotError, LoaderError) as exc:
             h.failures += 1
             self._slower(str(exc))
             log.warning("tick failed; keeping the last view", extra={"error": str(exc), "interval_s": h.interval_s})
@@ -81,6 +94,11 @@ class Ticker:
             h.interval_s = max(self.floor_s, h.interval_s / 2)
             h.last_error = None
         return view
+
+    async def close(self) -> None:
+        await self.ledger.close()
+        if self.source is not None:
+            await self.source.close()
 
     async def run(self) -> None:
         """Tick until cancelled."""

@@ -88,6 +88,19 @@ class MySQLSource:
         except pymysql.err.MySQLError as exc:
             raise SourceError(f"{label}: {exc}") from None
 
+    async def disabled_task_ids(self) -> frozenset[int]:
+        """Return the tasks whose `enabled` column is 0 (the collector's kill switch on a MySQL source)."""
+        conn = await self._connection()
+        try:
+            async with conn.cursor() as cur:
+                await cur.execute("SELECT task_id FROM tasks WHERE enabled = 0")
+                rows = await cur.fetchall()
+            await conn.commit()  # end the read, so the next tick sees new changes
+        except (pymysql.err.MySQLError, OSError) as exc:
+            await self.close()  # reconnect next time
+            raise SourceError(f"{self._label('tasks')}: {exc}") from None
+        return frozenset(int(t) for (t,) in rows)
+
     async def close(self) -> None:
         if self._conn is not None:
             self._conn.close()

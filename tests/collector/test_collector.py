@@ -185,3 +185,26 @@ async def _event(resp: Any) -> dict[str, Any]:
         line = (await resp.content.readline()).decode()
         if line.startswith("data: "):
             return orjson.loads(line[6:])  # type: ignore[no-any-return]
+
+
+async def test_the_mysql_source_enabled_column_switches_a_task_off(
+    make_collector: Any, mysql_conn: Any, tmp_path: Path
+) -> None:
+    from loaders.cli import main as snapshot_cli
+    from tests.conftest import MYSQL_DSN, SAMPLE
+
+    assert await asyncio.to_thread(snapshot_cli, ["import", "--source", str(SAMPLE), "--mysql", MYSQL_DSN, "--quiet"]) == 0
+    snaps = tmp_path / "snaps"
+    await asyncio.to_thread(build_into, SAMPLE, snaps)
+    collector = await make_collector(snaps, f"sqlite:///{tmp_path / 'l.sqlite3'}", source=MYSQL_DSN, tick_floor_s=0.05)
+    before = {t[0]: t[2] for t in (await (await collector.get("/v1/tasks/status")).json())["tasks"]}
+    assert before[44030501] == "active"
+    with mysql_conn.cursor() as cur:
+        cur.execute("UPDATE tasks SET enabled = 0 WHERE task_id = 44030501")
+    mysql_conn.commit()
+
+    async def switched_off() -> bool:
+        status = await (await collector.get("/v1/tasks/status")).json()
+        return {t[0]: t[2] for t in status["tasks"]}[44030501] == "disabled"
+
+    await _until(switched_off)
