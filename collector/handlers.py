@@ -8,11 +8,11 @@ import time
 import orjson
 from aiohttp import web
 
+from collector.aggregate import UPCOMING
 from collector.keys import feed_key, metrics_key, settings_key, ticker_key, views_key
 from collector.openapi import openapi_spec
 from collector.views import View
 from geo_service.errors import InvalidParam, NotFound, SnapshotUnavailable, error_response
-from geo_service.nearby import iso_utc
 from geo_service.params import one_value
 from geo_service.responses import etag_matches, json_response, not_modified
 
@@ -53,26 +53,16 @@ async def district(request: web.Request) -> web.Response:
     totals = next((d for d in view.districts if d["code"] == code), None)
     if totals is None:
         raise NotFound(f"no district {code}", field="code")
-    tasks = [
-        {"task_id": t["task_id"], "name": t["name"], "status": view.statuses[t["task_id"]].status,
-         "starts_at": iso_utc(t["starts_at"]), "ends_at": iso_utc(t["ends_at"]),
-         "remaining": view.statuses[t["task_id"]].remaining}
-        for t in view.tasks if t["district_code"] == code
-    ]
+    tasks = [view.task(i) for i in view.tasks_of(code)]
     return json_response({"version": view.version, **totals, "task_list": tasks})
 
 
 async def previews(request: web.Request) -> web.Response:
     view = _view(request)
     code = _district_code(one_value(request.query, "district"))
-    now = time.time()
-    horizon = now + request.app[settings_key].preview_horizon_s
-    soon = [
-        {"task_id": t["task_id"], "name": t["name"], "starts_at": iso_utc(t["starts_at"]), "ends_at": iso_utc(t["ends_at"]),
-         "prizes": [{"prize_type": p["prize_type"], "quota": p["quota"]} for p in t["prizes"]]}
-        for t in view.tasks
-        if t["district_code"] == code and now < t["starts_at"] <= horizon and view.statuses[t["task_id"]].status == "upcoming"
-    ]
+    horizon = time.time() + request.app[settings_key].preview_horizon_s
+    soon = [view.task(i) for i in view.tasks_of(code)
+            if view.status[i] == UPCOMING and view.index.tasks[i]["starts_at"] <= horizon]
     return json_response({"version": view.version, "district": code, "tasks": sorted(soon, key=lambda t: t["starts_at"])})
 
 

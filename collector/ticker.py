@@ -8,22 +8,22 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
+from collector.aggregate import Aggregator
 from collector.views import View, ViewHolder, build_view
 from geo_service.ledger import Ledger, LedgerError, LedgerState
 from geo_service.snapshot import SnapshotError, current_seq, read_tables
 from loaders.errors import LoaderError
+from loaders.sources.mysql import MySQLSource
 
 log = logging.getLogger("geodrop.collector")
-
-
-class DisabledSource(Protocol):
-    """A source database whose own column switches tasks off (MySQL tasks.enabled)."""
-
-    async def disabled_task_ids(self) -> frozenset[int]: ...
-
-    async def close(self) -> None: ...
+# A claim stamps changed_at when its statement runs and commits a little later; reading from a
+# margin before the previous read catches commits that were in flight then.
+DELTA_MARGIN_S = 10.0
+# Every so often read everything anyway: heals any change a delta could have missed (clock skew
+# between service hosts beyond the margin, a manual UPDATE that did not touch changed_at).
+FULL_READ_EVERY_S = 60.0
 
 
 @dataclass(slots=True)
@@ -42,7 +42,7 @@ class Ticker:
 
     def __init__(self, *, ledger: Ledger, snapshots: Path, holder: ViewHolder, floor_s: float, ceiling_s: float,
                  slow_read_s: float, on_swap: Callable[[list[dict[str, Any]]], None],
-                 source: DisabledSource | None = None) -> None:
+                 source: MySQLSource | None = None) -> None:
         self.ledger = ledger
         self.source = source
         self.snapshots = snapshots
@@ -52,16 +52,24 @@ class Ticker:
         self.slow_read_s = slow_read_s
         self.on_swap = on_swap
         self.health = TickHealth(interval_s=floor_s)
-        self._tables: tuple[int, list[dict[str, Any]], list[dict[str, Any]]] | None = None
+        self._index: Aggregator | None = None
+        self._full_read_at = 0.0  # wall time the last complete read started
+        self._read_at = 0.0  # wall time the last read started
 
-    def _snapshot_tables(self) -> tuple[int, list[dict[str, Any]], list[dict[str, Any]]]:
+    def _aggregator(self) -> Aggregator:
         seq = current_seq(self.snapshots)
         if seq is None:
             raise SnapshotError(f"{self.snapshots}: no CURRENT snapshot")
-        if self._tables is None or self._tables[0] != seq:
-            tasks, districts = read_tables(self.snapshots / str(seq))
-            self._tables = (seq, tasks, districts)
-        return self._tables
+        if self._index is None or self._index.seq != seq:
+            self._index = Aggregator(seq, *read_tables(self.snapshots / str(seq)))
+            self._full_read_at = 0.0  # a new task table starts from a complete read
+        return self._index
+
+    def _since(self, now: float) -> float | None:
+        """Return the cut of a delta read, or None when this tick reads everything."""
+        if now - self._full_read_at >= FULL_READ_EVERY_S:
+            return None
+        return self._read_at - DELTA_MARGIN_S
 
     def _slower(self, error: str | None) -> None:
         h = self.health
@@ -72,18 +80,24 @@ class Ticker:
         """Read, aggregate and swap once; on a failure keep the last view and back off."""
         h = self.health
         started = time.monotonic()
+        read_at = time.time()
         try:
-            seq, tasks, districts = self._snapshot_tables()
-            state = await self.ledger.read_state()
+            index = await asyncio.to_thread(self._aggregator)
+            since = self._since(read_at)
+            state = await self.ledger.read_state(since)
             if self.source is not None:
-                state = LedgerState(state.counters, state.disabled | await self.source.disabled_task_ids())
+                state = LedgerState(state.counters, state.disabled | await self.source.disabled_task_ids(), state.complete)
         except (LedgerError, SnapshotError, LoaderError) as exc:
             h.failures += 1
+            self._full_read_at = 0.0  # after a failure, read everything again
             self._slower(str(exc))
             log.warning("tick failed; keeping the last view", extra={"error": str(exc), "interval_s": h.interval_s})
             return None
         h.last_read_s = time.monotonic() - started
-        view = await asyncio.to_thread(build_view, seq, tasks, districts, state, int(time.time()))
+        self._read_at = read_at
+        if since is None:
+            self._full_read_at = read_at
+        view = await asyncio.to_thread(self._build, index, state)
         self.on_swap(self.holder.install(view))
         h.ticks += 1
         h.last_tick_s = time.monotonic() - started
@@ -94,6 +108,11 @@ class Ticker:
             h.interval_s = max(self.floor_s, h.interval_s / 2)
             h.last_error = None
         return view
+
+    @staticmethod
+    def _build(index: Aggregator, state: LedgerState) -> View:
+        index.apply(state)
+        return build_view(index, int(time.time()))
 
     async def close(self) -> None:
         await self.ledger.close()

@@ -7,44 +7,61 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import orjson
 
-from collector.aggregate import TaskStatus, district_totals, task_statuses
-from geo_service.ledger import LedgerState
+from collector.aggregate import STATUSES, Aggregator, IntArray
+from geo_service.nearby import iso_utc
+
+_STATUS_NAMES = np.array(STATUSES, dtype=object)
 
 
 @dataclass(frozen=True, slots=True)
 class View:
-    """One consistent picture: task statuses, district totals, and their encoded bodies."""
+    """One consistent picture: statuses and remaining counts of every task, district totals, encoded bodies."""
 
     version: str
     seq: int
     built_at: float
-    tasks: list[dict[str, Any]]  # the snapshot's task table
-    statuses: dict[int, TaskStatus]
+    index: Aggregator  # only its per-snapshot tables are read through a view
+    status: IntArray  # status code per task position
+    remaining: IntArray  # tasks x prize types, -1 where a task lacks the prize
     districts: list[dict[str, Any]]
     status_body: bytes  # GET /v1/tasks/status, encoded once per view: what every service polls
     districts_body: bytes  # GET /v1/districts
 
+    def task(self, i: int) -> dict[str, Any]:
+        """Return task position i with its status and what is left of each prize."""
+        t = self.index.tasks[i]
+        left = {p: int(r) for p, r in zip(self.index.prize_types, self.remaining[i].tolist()) if r >= 0}
+        return {"task_id": t["task_id"], "name": t["name"], "status": STATUSES[int(self.status[i])],
+                "starts_at": iso_utc(t["starts_at"]), "ends_at": iso_utc(t["ends_at"]), "remaining": left}
 
-def build_view(seq: int, tasks: list[dict[str, Any]], districts: list[dict[str, Any]], state: LedgerState,
-               now_s: int) -> View:
-    """Aggregate a ledger state against a snapshot's tables into a complete view."""
-    statuses = task_statuses(tasks, state, now_s)
-    totals = district_totals(statuses, districts)
-    compact = [[s.task_id, s.enabled, s.status, s.remaining] for s in statuses]
-    content = orjson.dumps([seq, compact])
-    version = f"{seq}-{zlib.crc32(content):08x}"  # content-derived: unchanged data keeps its version
+    def tasks_of(self, district_code: int) -> list[int]:
+        """Return the task positions of a district."""
+        codes = [d["code"] for d in self.index.districts]
+        if district_code not in codes:
+            return []
+        return np.flatnonzero(self.index.district_of == codes.index(district_code)).tolist()  # type: ignore[no-any-return]
+
+
+def build_view(index: Aggregator, now_s: int) -> View:
+    """Aggregate the index's current counts into a complete view."""
+    status = index.statuses(now_s)
+    remaining = index.remaining_matrix()
+    enabled = (status != STATUSES.index("disabled")).tolist()
+    totals = index.district_totals(status)
+    columns = {"task_id": index.task_ids, "enabled": enabled, "status": _STATUS_NAMES[status].tolist(),
+               "remaining": remaining}
+    content = orjson.dumps([index.seq, columns], option=orjson.OPT_SERIALIZE_NUMPY)
+    version = f"{index.seq}-{zlib.crc32(content):08x}"  # content-derived: unchanged data keeps its version
     built_at = time.time()
     return View(
-        version=version,
-        seq=seq,
-        built_at=built_at,
-        tasks=tasks,
-        statuses={s.task_id: s for s in statuses},
+        version=version, seq=index.seq, built_at=built_at, index=index, status=status, remaining=remaining,
         districts=totals,
-        status_body=orjson.dumps({"version": version, "seq": seq, "built_at": built_at, "tasks": compact}),
-        districts_body=orjson.dumps({"version": version, "seq": seq, "districts": totals}),
+        status_body=orjson.dumps({"version": version, "seq": index.seq, "built_at": built_at,
+                                  "prize_types": index.prize_types, "tasks": columns}, option=orjson.OPT_SERIALIZE_NUMPY),
+        districts_body=orjson.dumps({"version": version, "seq": index.seq, "districts": totals}),
     )
 
 

@@ -124,7 +124,7 @@ async def make_client(tmp_path: Path) -> AsyncIterator[MakeClient]:
 
     yield start
     for client in clients:
-        await client.close()
+        await _close(client)
 
 
 @pytest.fixture
@@ -145,4 +145,16 @@ async def make_collector() -> AsyncIterator[Callable[..., Awaitable[TestClient[A
 
     yield start
     for client in clients:
-        await client.close()
+        await _close(client)
+
+
+async def _close(client: TestClient[Any, Any]) -> None:
+    """Close a test server; if it hangs, show every task's stack instead of hanging the suite."""
+    import asyncio
+
+    try:
+        await asyncio.wait_for(client.close(), timeout=60)
+    except TimeoutError:
+        for task in asyncio.all_tasks():
+            task.print_stack()
+        raise

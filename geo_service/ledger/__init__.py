@@ -9,6 +9,7 @@ increment `issued < quota` committed together with its claim row, or nothing at 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -57,6 +58,7 @@ class LedgerState:
 
     counters: list[tuple[int, str, int, int]]
     disabled: frozenset[int]
+    complete: bool = True  # False: only the counters changed since a given time
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,8 +108,9 @@ class Ledger(Protocol):
         """Return counters that differ from their won claims; with repair, set them to the claims' count."""
         ...
 
-    async def read_state(self) -> LedgerState:
-        """Return every counter and every task flag, as of one moment (what the collector aggregates)."""
+    async def read_state(self, since: float | None = None) -> LedgerState:
+        """Return the counters (all, or those changed at or after `since`) and every task flag, as of one
+        moment: what the collector aggregates."""
         ...
 
     async def set_enabled(self, task_id: int, enabled: bool) -> None:
@@ -166,8 +169,9 @@ def _draw(r: ClaimRequest, draw: Sequence[str], win_cap: int, dialect: Dialect) 
                     (r.task_id,), fetch="all")
     for prize_type in draw:
         won = yield Statement(
-            "UPDATE prize_counters SET issued = issued + 1 WHERE task_id = ? AND prize_type = ? AND issued < quota",
-            (r.task_id, prize_type),
+            "UPDATE prize_counters SET issued = issued + 1, changed_at = ? "
+            "WHERE task_id = ? AND prize_type = ? AND issued < quota",
+            (r.at_s, r.task_id, prize_type),
         )
         if won:
             return Outcome(r.claim_id, "won", prize_type)
@@ -180,13 +184,18 @@ def outcome_plan(claim_id: str) -> Plan:
     return None if row is None else Outcome(claim_id, row[0], row[1], row[2])
 
 
-SEED_COLUMNS = ("task_id", "prize_type", "quota", "issued")
+SEED_COLUMNS = ("task_id", "prize_type", "quota", "issued", "changed_at")
 
 
-def read_state_plan() -> Plan:
-    counters = yield Statement("SELECT task_id, prize_type, quota, issued FROM prize_counters", fetch="all")
+def read_state_plan(since: float | None) -> Plan:
+    if since is None:
+        counters = yield Statement("SELECT task_id, prize_type, quota, issued FROM prize_counters", fetch="all")
+    else:
+        counters = yield Statement("SELECT task_id, prize_type, quota, issued FROM prize_counters WHERE changed_at >= ?",
+                                   (since,), fetch="all")
     disabled = yield Statement("SELECT task_id FROM task_flags WHERE enabled = 0", fetch="all")
-    return LedgerState([(int(t), str(p), int(q), int(i)) for t, p, q, i in counters], frozenset(int(t) for (t,) in disabled))
+    return LedgerState([(int(t), str(p), int(q), int(i)) for t, p, q, i in counters], frozenset(int(t) for (t,) in disabled),
+                       complete=since is None)
 
 
 def set_enabled_plan(task_id: int, enabled: bool, dialect: Dialect) -> Plan:
@@ -206,14 +215,17 @@ def reconcile_plan(repair: bool) -> Plan:
     diffs = [Difference(int(t), str(p), int(i), int(n)) for t, p, i, n in rows if int(i) != int(n)]
     if repair:
         for d in diffs:
-            yield Statement("UPDATE prize_counters SET issued = ? WHERE task_id = ? AND prize_type = ?",
-                            (d.won_claims, d.task_id, d.prize_type))
+            yield Statement("UPDATE prize_counters SET issued = ?, changed_at = ? WHERE task_id = ? AND prize_type = ?",
+                            (d.won_claims, time.time(), d.task_id, d.prize_type))
     return diffs
 
 
 SCHEMA = [
+    # changed_at lets the collector read only what changed since its last tick.
     "CREATE TABLE IF NOT EXISTS prize_counters (task_id BIGINT NOT NULL, prize_type VARCHAR(40) NOT NULL, "
-    "quota BIGINT NOT NULL, issued BIGINT NOT NULL DEFAULT 0, PRIMARY KEY (task_id, prize_type))",
+    "quota BIGINT NOT NULL, issued BIGINT NOT NULL DEFAULT 0, changed_at DOUBLE NOT NULL DEFAULT 0, "
+    "PRIMARY KEY (task_id, prize_type))",
+    "CREATE INDEX IF NOT EXISTS prize_counters_changed ON prize_counters (changed_at)",
     "CREATE TABLE IF NOT EXISTS claims (claim_id VARCHAR(64) NOT NULL PRIMARY KEY, user_id VARCHAR(64) NOT NULL, "
     "task_id BIGINT NOT NULL, poi_id BIGINT NOT NULL, prize_type VARCHAR(40) NULL, outcome VARCHAR(32) NOT NULL, "
     "reason VARCHAR(80) NULL, created_at DOUBLE NOT NULL)",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -102,7 +103,8 @@ class MySQLLedger:
                 return done.value
 
     async def seed(self, counters: Sequence[tuple[int, str, int]]) -> None:
-        rows = [(*c, 0) for c in counters]
+        now = time.time()
+        rows = [(*c, 0, now) for c in counters]
         sql = MYSQL.insert_ignore("prize_counters", SEED_COLUMNS).replace("?", "%s")
         try:
             pool = await self._get_pool()
@@ -125,8 +127,8 @@ class MySQLLedger:
         diffs: list[Difference] = await self._run(lambda: reconcile_plan(repair))
         return diffs
 
-    async def read_state(self) -> LedgerState:
-        state: LedgerState = await self._run(read_state_plan)
+    async def read_state(self, since: float | None = None) -> LedgerState:
+        state: LedgerState = await self._run(lambda: read_state_plan(since))
         return state
 
     async def set_enabled(self, task_id: int, enabled: bool) -> None:
@@ -134,6 +136,11 @@ class MySQLLedger:
 
     async def close(self) -> None:
         if self._pool is not None:
-            self._pool.close()
-            await self._pool.wait_closed()
-            self._pool = None
+            pool, self._pool = self._pool, None
+            pool.close()
+            try:
+                await asyncio.wait_for(pool.wait_closed(), timeout=5)
+            except TimeoutError:
+                # A connection taken by a cancelled transaction is never given back: drop them all.
+                pool.terminate()
+                await pool.wait_closed()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -89,7 +90,8 @@ class SQLiteLedger:
     async def seed(self, counters: Sequence[tuple[int, str, int]]) -> None:
         def insert(conn: sqlite3.Connection) -> None:
             conn.execute("BEGIN IMMEDIATE")
-            conn.executemany(SQLITE.insert_ignore("prize_counters", SEED_COLUMNS), [(*c, 0) for c in counters])
+            now = time.time()
+            conn.executemany(SQLITE.insert_ignore("prize_counters", SEED_COLUMNS), [(*c, 0, now) for c in counters])
             conn.execute("COMMIT")
 
         await self._run(insert)
@@ -107,8 +109,8 @@ class SQLiteLedger:
         diffs: list[Difference] = await self._run(lambda conn: run_plan(conn, lambda: reconcile_plan(repair)))
         return diffs
 
-    async def read_state(self) -> LedgerState:
-        state: LedgerState = await self._run(lambda conn: run_plan(conn, read_state_plan, write=False))
+    async def read_state(self, since: float | None = None) -> LedgerState:
+        state: LedgerState = await self._run(lambda conn: run_plan(conn, lambda: read_state_plan(since), write=False))
         return state
 
     async def set_enabled(self, task_id: int, enabled: bool) -> None:

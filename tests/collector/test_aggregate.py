@@ -1,51 +1,77 @@
-"""Aggregation, checked against a plain recomputation from the same inputs."""
+"""Aggregation, checked against a plain per-task recomputation from the same inputs."""
 
 from __future__ import annotations
 
 import random
+from typing import Any
 
-from collector.aggregate import STATUSES, district_totals, task_statuses
+from collector.aggregate import STATUSES, Aggregator
 from geo_service.ledger import LedgerState
 
 NOW = 1_800_000_000
+DISTRICTS = [{"code": 440300 + k, "name": f"d{k}"} for k in range(7)]
 
 
-def _tasks(n: int, rng: random.Random) -> list[dict]:  # type: ignore[type-arg]
+def _tasks(n: int, rng: random.Random) -> list[dict[str, Any]]:
     tasks = []
     for i in range(1, n + 1):
         starts = NOW + rng.choice([-10_000, -10, 10, 10_000])
-        tasks.append({"task_id": i, "district_code": 440300 + i % 7, "enabled": rng.random() > 0.1,
+        prizes = [p for p in ("cash", "coupon", "voucher") if rng.random() < 0.7] or ["cash"]
+        tasks.append({"task_id": i, "name": f"t{i}", "district_code": 440300 + i % 7, "enabled": rng.random() > 0.1,
                       "starts_at": starts, "ends_at": starts + rng.choice([5, 20_000]),
-                      "prizes": [{"prize_type": "cash", "quota": rng.randint(0, 50)},
-                                 {"prize_type": "coupon", "quota": rng.randint(0, 50)}]})
+                      "prizes": [{"prize_type": p, "quota": rng.randint(0, 50)} for p in prizes]})
     return tasks
 
 
-def test_statuses_follow_the_precedence_ended_disabled_upcoming_exhausted_active() -> None:
+def _expected(tasks: list[dict[str, Any]], left: dict[tuple[int, str], int], disabled: frozenset[int]) -> dict[int, str]:
+    out = {}
+    for t in tasks:
+        enabled = t["enabled"] and t["task_id"] not in disabled
+        total = sum(left[(t["task_id"], p["prize_type"])] for p in t["prizes"])
+        out[t["task_id"]] = ("ended" if NOW >= t["ends_at"] else "disabled" if not enabled else
+                             "upcoming" if NOW < t["starts_at"] else "exhausted" if total == 0 else "active")
+    return out
+
+
+def test_full_and_delta_reads_give_the_statuses_and_counts_of_a_plain_recomputation() -> None:
     rng = random.Random(5)
     tasks = _tasks(400, rng)
+    agg = Aggregator(1, tasks, DISTRICTS)
     counters = [(t["task_id"], p["prize_type"], p["quota"], rng.randint(0, p["quota"])) for t in tasks for p in t["prizes"]]
+    counters = [(t, p, q, q if t % 9 == 0 else i) for t, p, q, i in counters]  # every 9th task fully issued
+    counters.append((9999, "cash", 10, 3))  # a counter of a task no longer in the snapshot is ignored
     disabled = frozenset(rng.sample(range(1, 401), 30))
-    out = {s.task_id: s for s in task_statuses(tasks, LedgerState(counters, disabled), NOW)}
-    issued = {(t, p): i for t, p, _, i in counters}
-    for t in tasks:
-        left = {p["prize_type"]: p["quota"] - issued[(t["task_id"], p["prize_type"])] for p in t["prizes"]}
-        enabled = t["enabled"] and t["task_id"] not in disabled
-        expected = ("ended" if NOW >= t["ends_at"] else "disabled" if not enabled else
-                    "upcoming" if NOW < t["starts_at"] else "exhausted" if sum(left.values()) == 0 else "active")
-        assert out[t["task_id"]].status == expected
-        assert out[t["task_id"]].remaining == left
-    assert {s.status for s in out.values()} == set(STATUSES)
+    agg.apply(LedgerState(counters, disabled))
+    left = {(t, p): q - i for t, p, q, i in counters}
+    for _ in range(2):
+        status = agg.statuses(NOW)
+        got = {int(task_id): STATUSES[int(s)] for task_id, s in zip(agg.task_ids, status)}
+        assert got == _expected(tasks, left, disabled)
+        matrix = agg.remaining_matrix()
+        assert set(_expected(tasks, left, disabled).values()) == set(STATUSES)  # every status is exercised
+        for i, t in enumerate(tasks):
+            row = {p: int(v) for p, v in zip(agg.prize_types, matrix[i]) if v >= 0}
+            assert row == {p["prize_type"]: left[(t["task_id"], p["prize_type"])] for p in t["prizes"]}
+        # a delta read: some prizes run out, one task comes back
+        changed = [(t, p, q, q) for t, p, q, _ in rng.sample(counters[:-1], 60)]
+        agg.apply(LedgerState(changed, disabled - {next(iter(disabled))}, complete=False))
+        left |= {(t, p): 0 for t, p, _, _ in changed}
+        disabled = disabled - {next(iter(disabled))}
 
 
 def test_district_totals_count_what_can_still_be_won() -> None:
     rng = random.Random(9)
     tasks = _tasks(300, rng)
-    statuses = task_statuses(tasks, LedgerState([], frozenset()), NOW)
-    districts = [{"code": 440300 + k, "name": f"d{k}"} for k in range(7)]
-    for total in district_totals(statuses, districts):
-        mine = [s for s in statuses if s.district_code == total["code"]]
-        for prize in ("cash", "coupon"):
-            assert total["remaining"].get(prize, 0) == sum(
-                s.remaining[prize] for s in mine if s.status in ("active", "upcoming"))
+    agg = Aggregator(1, tasks, DISTRICTS)
+    status = agg.statuses(NOW)
+    by_id = {int(t): STATUSES[int(s)] for t, s in zip(agg.task_ids, status)}
+    for total in agg.district_totals(status):
+        mine = [t for t in tasks if t["district_code"] == total["code"]]
+        live = [t for t in mine if by_id[t["task_id"]] in ("active", "upcoming")]
+        expected: dict[str, int] = {}
+        for t in live:
+            for p in t["prizes"]:
+                expected[p["prize_type"]] = expected.get(p["prize_type"], 0) + p["quota"]
+        assert total["remaining"] == expected
         assert sum(total["tasks"].values()) == len(mine)
+        assert total["tasks"] == {s: sum(1 for t in mine if by_id[t["task_id"]] == s) for s in STATUSES}

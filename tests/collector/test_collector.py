@@ -96,9 +96,9 @@ async def test_kill_switch_and_exhaustion_hide_a_task_within_a_tick(
     service = await make_client(claims_world, token_secret=SECRET, ledger=ledger,
                                 collector=str(collector.make_url("")), status_poll_s=0.05)
     assert await _visible_tasks(service) == {1, 2}
-    done = subprocess.run([sys.executable, "-m", "collector", "task", "disable", "2", "--ledger", ledger],
-                          capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0
+    command = [sys.executable, "-m", "collector", "task", "disable", "2", "--ledger", ledger]
+    done = await asyncio.to_thread(subprocess.run, command, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
     await _until(lambda: _hidden(service, 2))
     for k in range(3):  # task 1's quota is 3: the third win exhausts it
         token = mint(f"w{k}", SECRET, int(time.time()) + 60)
@@ -106,8 +106,12 @@ async def test_kill_switch_and_exhaustion_hide_a_task_within_a_tick(
                                   json={"claim_id": f"x{k}", "task_id": 1, "poi_id": 1000, "lat": 22.5329, "lng": 113.9305})
         assert (await resp.json())["outcome"] == "won"
     await _until(lambda: _hidden(service, 1))
-    status = await (await collector.get("/v1/tasks/status")).json()
-    assert {t[0]: t[2] for t in status["tasks"]} == {1: "exhausted", 2: "disabled"}
+    assert await _statuses(collector) == {1: "exhausted", 2: "disabled"}
+
+
+async def _statuses(collector: Any) -> dict[int, str]:
+    columns = (await (await collector.get("/v1/tasks/status")).json())["tasks"]
+    return dict(zip(columns["task_id"], columns["status"]))
 
 
 async def _hidden(service: Any, task_id: int) -> bool:
@@ -197,14 +201,12 @@ async def test_the_mysql_source_enabled_column_switches_a_task_off(
     snaps = tmp_path / "snaps"
     await asyncio.to_thread(build_into, SAMPLE, snaps)
     collector = await make_collector(snaps, f"sqlite:///{tmp_path / 'l.sqlite3'}", source=MYSQL_DSN, tick_floor_s=0.05)
-    before = {t[0]: t[2] for t in (await (await collector.get("/v1/tasks/status")).json())["tasks"]}
-    assert before[44030501] == "active"
+    assert (await _statuses(collector))[44030501] == "active"
     with mysql_conn.cursor() as cur:
         cur.execute("UPDATE tasks SET enabled = 0 WHERE task_id = 44030501")
     mysql_conn.commit()
 
     async def switched_off() -> bool:
-        status = await (await collector.get("/v1/tasks/status")).json()
-        return {t[0]: t[2] for t in status["tasks"]}[44030501] == "disabled"
+        return (await _statuses(collector))[44030501] == "disabled"
 
     await _until(switched_off)
