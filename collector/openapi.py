@@ -36,7 +36,8 @@ def openapi_spec() -> dict[str, Any]:
                                          [_CODE_P], {**_NO_VIEW, "400": "Not a 6-digit code.", "404": "No such district."}),
             "/v1/previews": _get("Tasks of a district starting within the preview horizon.", [_DISTRICT_Q],
                                  {**_NO_VIEW, "400": "Missing or malformed district."}),
-            "/v1/tasks/status": _get("Compact status of every task: [task_id, enabled, status, {prize: remaining}].",
+            "/v1/tasks/status": _get("Every task, columnar: prize_types; tasks.task_id, .enabled, .status, .remaining "
+                                     "(tasks x prize types, -1 where a task lacks the prize).",
                                      [_ETAG_H], _NO_VIEW, conditional=True),
             "/v1/stream": {"get": {"summary": "Server-sent events: each district's totals now, then whenever they change.",
                                    "parameters": [{**_DISTRICT_Q, "required": False}],
