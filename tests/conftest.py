@@ -117,10 +117,7 @@ async def make_client(tmp_path: Path) -> AsyncIterator[MakeClient]:
 
     async def start(snapshots: Path, **overrides: Any) -> TestClient[Any, Any]:
         overrides.setdefault("data_dir", tmp_path / f"var{len(clients)}")
-        client = TestClient(TestServer(create_app(make_settings(snapshots=snapshots, **overrides)), host="127.0.0.1"))
-        await client.start_server()
-        clients.append(client)
-        return client
+        return await _serve(create_app(make_settings(snapshots=snapshots, **overrides)), clients)
 
     yield start
     for client in clients:
@@ -138,14 +135,19 @@ async def make_collector() -> AsyncIterator[Callable[..., Awaitable[TestClient[A
     async def start(snapshots: Path, ledger: str, **overrides: Any) -> TestClient[Any, Any]:
         settings = load_settings(CollectorSettings, "GEODROP_COLLECTOR_", None, {},
                                  {"snapshots": snapshots, "ledger": ledger, **overrides})
-        client = TestClient(TestServer(create_collector(settings), host="127.0.0.1"))
-        await client.start_server()
-        clients.append(client)
-        return client
+        return await _serve(create_collector(settings), clients)
 
     yield start
     for client in clients:
         await _close(client)
+
+
+async def _serve(app: Any, clients: list[TestClient[Any, Any]]) -> TestClient[Any, Any]:
+    """Start an app on a loopback port and remember its client for closing."""
+    client = TestClient(TestServer(app, host="127.0.0.1"))
+    await client.start_server()
+    clients.append(client)
+    return client
 
 
 async def _close(client: TestClient[Any, Any]) -> None:
