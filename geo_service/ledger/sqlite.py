@@ -97,7 +97,8 @@ class SQLiteLedger:
         await self._run(insert)
 
     async def outcome_of(self, claim_id: str) -> Outcome | None:
-        outcome: Outcome | None = await self._run(lambda conn: run_plan(conn, lambda: outcome_plan(claim_id)))
+        # A read: a deferred transaction, so looking up a retry never queues on the writers' lock.
+        outcome: Outcome | None = await self._run(lambda conn: run_plan(conn, lambda: outcome_plan(claim_id), write=False))
         return outcome
 
     async def claim(self, request: ClaimRequest, draw: Sequence[str], win_cap: int, max_speed_mps: float) -> Outcome:
