@@ -135,7 +135,7 @@ def bench_http(lookup: Lookup, points: list[tuple[float, float]], snaps: Path, s
         script.write_text(LUA % ",".join(f"{{{a},{b}}}" for a, b in points))
         ours_port, bare_port = free_port(), free_port()
         ours = subprocess.Popen([PY, "-m", "geo_service", "serve", "--snapshots", str(snaps), "--port", str(ours_port),
-                                 "--workers", "2", "--log-level", "warning"])
+                                 "--workers", "2", "--log-level", "warning", "--data-dir", tmp])
         bare = subprocess.Popen([PY, "bench/minimal_server.py", "--port", str(bare_port), "--workers", "2", "--size", str(size)])
         try:
             wait_ready(f"http://127.0.0.1:{ours_port}/healthz")
