@@ -1,15 +1,17 @@
 """Aggregation as arrays: a snapshot's tasks, the remaining count of every (task, prize) slot, and the
-statuses and district totals they give. Built once per snapshot; kept current from full or delta
-ledger reads, so a tick costs a few vectorised passes however many tasks there are."""
+statuses and district totals they give. Built once per snapshot; kept current from pages and deltas
+of ledger counters, so a tick costs a few vectorised passes however many tasks there are."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from geo_service.ledger import LedgerState
+from geo_service.ledger import Counters
+from geo_service.snapshot import read_tables
 
 STATUSES = ("active", "upcoming", "exhausted", "ended", "disabled")
 ACTIVE, UPCOMING, EXHAUSTED, ENDED, DISABLED = range(len(STATUSES))
@@ -17,12 +19,13 @@ IntArray = npt.NDArray[np.int64]
 
 
 class Aggregator:
-    """One snapshot's task table as arrays, and what is left of each of its prizes."""
+    """One snapshot's task table as arrays, and what is left of each of its prizes. It keeps no task
+    dicts: it is built in a child process and sent back whole, which columns make cheap."""
 
     def __init__(self, seq: int, tasks: list[dict[str, Any]], districts: list[dict[str, Any]]) -> None:
-        self.seq, self.tasks, self.districts = seq, tasks, districts
+        self.seq, self.districts = seq, districts
         self.task_ids = np.array([t["task_id"] for t in tasks], dtype=np.int64)
-        self.position = {t["task_id"]: i for i, t in enumerate(tasks)}
+        self.names = [t["name"] for t in tasks]
         district_index = {d["code"]: i for i, d in enumerate(districts)}
         self.district_of = np.array([district_index.get(t["district_code"], -1) for t in tasks], dtype=np.int64)
         self.starts_at = np.array([t["starts_at"] for t in tasks], dtype=np.int64)
@@ -39,28 +42,23 @@ class Aggregator:
         self._sorted_keys = keys[self._key_order]
         self._code = code
         self.remaining = self.slot_quota.copy()  # a prize with no counter yet has all its quota left
-        self.disabled: frozenset[int] = frozenset()
 
-    def apply(self, state: LedgerState) -> None:
-        """Take a ledger read: a complete one replaces every count, a delta updates the counters it holds."""
-        if state.complete:
-            self.remaining = self.slot_quota.copy()
-        self.disabled = state.disabled
-        if not state.counters or not len(self._sorted_keys):
+    def apply(self, counters: Counters) -> None:
+        """Take the counts of the counters read (a page or a delta); the others keep theirs."""
+        if not len(counters) or not len(self._sorted_keys):
             return
-        task_ids, prizes, quotas, issued = (list(c) for c in zip(*state.counters))
-        codes = np.array([self._code.get(p, -1) for p in prizes], dtype=np.int64)
-        keys = np.array(task_ids, dtype=np.int64) * len(self.prize_types) + codes
+        codes = np.array([self._code.get(p, -1) for p in counters.prize_type], dtype=np.int64)
+        keys = counters.task_id * len(self.prize_types) + codes
         pos = np.minimum(np.searchsorted(self._sorted_keys, keys), len(self._sorted_keys) - 1)
         known = (codes >= 0) & (self._sorted_keys[pos] == keys)  # counters of tasks not in this snapshot drop out
-        left = np.maximum(np.array(quotas, dtype=np.int64) - np.array(issued, dtype=np.int64), 0)
+        left = np.maximum(counters.left, 0)
         self.remaining[self._key_order[pos[known]]] = left[known]
 
-    def statuses(self, now_s: int) -> IntArray:
+    def statuses(self, now_s: int, disabled: frozenset[int]) -> IntArray:
         """Return each task's status code, by precedence: ended, disabled, upcoming, exhausted, active."""
-        left = np.bincount(self.slot_task, weights=self.remaining, minlength=len(self.tasks))
-        enabled = self.enabled & ~np.isin(self.task_ids, np.fromiter(self.disabled, dtype=np.int64))
-        status = np.full(len(self.tasks), ACTIVE, dtype=np.int64)
+        left = np.bincount(self.slot_task, weights=self.remaining, minlength=len(self.task_ids))
+        enabled = self.enabled & ~np.isin(self.task_ids, np.fromiter(disabled, dtype=np.int64))
+        status = np.full(len(self.task_ids), ACTIVE, dtype=np.int64)
         status[left == 0] = EXHAUSTED
         status[now_s < self.starts_at] = UPCOMING
         status[~enabled] = DISABLED
@@ -69,7 +67,7 @@ class Aggregator:
 
     def remaining_matrix(self) -> IntArray:
         """Return remaining per task (rows) and prize type (columns); -1 where a task lacks that prize."""
-        matrix = np.full((len(self.tasks), len(self.prize_types)), -1, dtype=np.int64)
+        matrix = np.full((len(self.task_ids), len(self.prize_types)), -1, dtype=np.int64)
         matrix[self.slot_task, self.slot_prize] = self.remaining
         return matrix
 
@@ -91,3 +89,8 @@ class Aggregator:
              "tasks": dict(zip(STATUSES, counts_l[i]))}
             for i, d in enumerate(self.districts)
         ]
+
+
+def load_index(folder: Path, seq: int) -> Aggregator:
+    """Return the index of the snapshot in `folder`, every prize at its full quota until counters arrive."""
+    return Aggregator(seq, *read_tables(folder))

@@ -57,7 +57,8 @@ def create_app(settings: CollectorSettings) -> web.Application:
     app[ticker_key] = Ticker(
         ledger=open_ledger(settings.ledger), snapshots=settings.snapshots, holder=holder,
         floor_s=settings.tick_floor_s, ceiling_s=settings.tick_ceiling_s, slow_read_s=settings.slow_read_s,
-        on_swap=feed.publish, source=MySQLSource.from_dsn(settings.source) if settings.source else None,
+        page_rows=settings.sweep_page_rows, sweep_every_s=settings.sweep_every_s, on_swap=feed.publish,
+        source=MySQLSource.from_dsn(settings.source) if settings.source else None,
     )
     app.cleanup_ctx.append(ticker_ctx)
     app.on_shutdown.append(close_streams)

@@ -62,7 +62,7 @@ async def previews(request: web.Request) -> web.Response:
     code = _district_code(one_value(request.query, "district"))
     horizon = time.time() + request.app[settings_key].preview_horizon_s
     soon = [view.task(i) for i in view.tasks_of(code)
-            if view.status[i] == UPCOMING and view.index.tasks[i]["starts_at"] <= horizon]
+            if view.status[i] == UPCOMING and view.index.starts_at[i] <= horizon]
     return json_response({"version": view.version, "district": code, "tasks": sorted(soon, key=lambda t: t["starts_at"])})
 
 
@@ -102,6 +102,8 @@ def _health(app: web.Application) -> dict[str, object]:
             "version": view.version, "seq": view.seq, "age_s": round(time.time() - view.built_at, 2)},
         "tick": {"interval_s": h.interval_s, "last_read_s": round(h.last_read_s, 4), "last_tick_s": round(h.last_tick_s, 4),
                  "ticks": h.ticks, "failures": h.failures, "last_error": h.last_error},
+        "sweep": {"complete_reads": h.sweeps, "last_started_s_ago": round(time.time() - h.swept_at, 1) if h.sweeps else None,
+                  "rows_read": h.sweep_rows},
         "stream_subscribers": app[feed_key].subscribers,
     }
 
@@ -122,6 +124,7 @@ async def metrics(request: web.Request) -> web.Response:
         "collector_last_tick_seconds": ("gauge", "Duration of the last whole tick.", h.last_tick_s),
         "collector_ticks_total": ("counter", "Ticks that swapped in a view.", h.ticks),
         "collector_tick_failures_total": ("counter", "Ticks that kept the last view.", h.failures),
+        "collector_sweeps_total": ("counter", "Complete reads of the counters finished.", h.sweeps),
         "collector_view_swaps_total": ("counter", "Views swapped in.", holder.swaps),
         "collector_stream_subscribers": ("gauge", "Open /v1/stream connections.", app[feed_key].subscribers),
     }

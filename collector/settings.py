@@ -26,6 +26,10 @@ class CollectorSettings:
     tick_floor_s: float = field(default=1.0, metadata=_help("Shortest tick interval (the normal pace)."))
     tick_ceiling_s: float = field(default=30.0, metadata=_help("Longest tick interval when the database is slow or down."))
     slow_read_s: float = field(default=0.5, metadata=_help("A ledger read slower than this lengthens the interval."))
+    sweep_page_rows: int = field(default=10_000, metadata=_help(
+        "Counters read per tick by the sweep, the complete read spread over ticks that fills a new snapshot's index."))
+    sweep_every_s: float = field(default=60.0, metadata=_help(
+        "How often the sweep re-reads every counter of the live snapshot (heals what a delta could miss)."))
     preview_horizon_s: int = field(default=86400, metadata=_help("How far ahead /v1/previews looks for tasks starting."))
     stream_heartbeat_s: float = field(default=15.0, metadata=_help("Idle time after which the stream sends a comment."))
 
@@ -33,8 +37,10 @@ class CollectorSettings:
         problems = []
         if not 0 < self.tick_floor_s <= self.tick_ceiling_s:
             problems.append("tick_floor_s: must be positive and at most tick_ceiling_s")
-        if self.slow_read_s <= 0 or self.preview_horizon_s <= 0 or self.stream_heartbeat_s <= 0:
-            problems.append("slow_read_s, preview_horizon_s and stream_heartbeat_s: must be positive")
+        if min(self.slow_read_s, self.sweep_page_rows, self.sweep_every_s, self.preview_horizon_s,
+               self.stream_heartbeat_s) <= 0:
+            problems.append("slow_read_s, sweep_page_rows, sweep_every_s, preview_horizon_s and stream_heartbeat_s: "
+                            "must be positive")
         if self.source and not self.source.startswith("mysql://"):
             problems.append("source: must be mysql://user:pass@host:port/db (or empty)")
         if not self.ledger.startswith(("sqlite:///", "mysql://")):

@@ -1,19 +1,28 @@
-"""The tick loop: read the ledger, aggregate in the spare buffer, swap; the interval follows the DB's pressure."""
+"""The tick loop: read the ledger, aggregate in the spare buffer, swap; the interval follows the DB's pressure.
+
+Each tick reads the counters changed since the previous read and every kill-switch flag, and one
+page of the sweep: a complete read of the counters in key order, spread over ticks so that no tick
+pays for a whole table. A sweep fills the index of a newly published snapshot before it goes live,
+and every `sweep_every_s` re-reads the live one, healing what a delta could have missed.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from collector.aggregate import Aggregator
+from collector.aggregate import Aggregator, load_index
 from collector.views import View, ViewHolder, build_view
-from geo_service.ledger import Ledger, LedgerError, LedgerState
-from geo_service.snapshot import SnapshotError, current_seq, read_tables
+from geo_service.ledger import Counters, Ledger, LedgerError, LedgerState
+from geo_service.snapshot import SnapshotError, current_seq
 from loaders.errors import LoaderError
 from loaders.sources.mysql import MySQLSource
 
@@ -21,9 +30,6 @@ log = logging.getLogger("geodrop.collector")
 # A claim stamps changed_at when its statement runs and commits a little later; reading from a
 # margin before the previous read catches commits that were in flight then.
 DELTA_MARGIN_S = 10.0
-# Every so often read everything anyway: heals any change a delta could have missed (clock skew
-# between service hosts beyond the margin, a manual UPDATE that did not touch changed_at).
-FULL_READ_EVERY_S = 60.0
 
 
 @dataclass(slots=True)
@@ -35,14 +41,36 @@ class TickHealth:
     ticks: int = 0
     failures: int = 0
     last_error: str | None = None
+    sweeps: int = 0  # complete reads finished
+    swept_at: float = 0.0  # wall time the last complete read started
+    sweep_rows: int = 0  # counters read so far by the running sweep
+
+
+@dataclass(slots=True)
+class Sweep:
+    """A complete read of the counters in key order into `index`, a page per tick."""
+
+    index: Aggregator
+    started_at: float
+    after: tuple[int, str] | None = None
+    rows: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Reads:
+    """What one tick read: the sweep's pages (the last one short when the sweep is done) and the delta."""
+
+    pages: list[Counters]
+    done: bool
+    state: LedgerState
 
 
 class Ticker:
     """One owner of the views: each tick builds a whole new view, then installs it by assignment."""
 
     def __init__(self, *, ledger: Ledger, snapshots: Path, holder: ViewHolder, floor_s: float, ceiling_s: float,
-                 slow_read_s: float, on_swap: Callable[[list[dict[str, Any]]], None],
-                 source: MySQLSource | None = None) -> None:
+                 slow_read_s: float, on_swap: Callable[[list[dict[str, Any]]], None], page_rows: int = 10_000,
+                 sweep_every_s: float = 60.0, source: MySQLSource | None = None) -> None:
         self.ledger = ledger
         self.source = source
         self.snapshots = snapshots
@@ -50,31 +78,79 @@ class Ticker:
         self.floor_s = floor_s
         self.ceiling_s = ceiling_s
         self.slow_read_s = slow_read_s
+        self.page_rows = page_rows
+        self.sweep_every_s = sweep_every_s
         self.on_swap = on_swap
         self.health = TickHealth(interval_s=floor_s)
-        self._index: Aggregator | None = None
-        self._full_read_at = 0.0  # wall time the last complete read started
-        self._read_at = 0.0  # wall time the last read started
+        self._live: Aggregator | None = None
+        self._sweep: Sweep | None = None
+        self._building: tuple[int, asyncio.Future[Aggregator]] | None = None
+        self._builder: ProcessPoolExecutor | None = None
+        self._refused_seq: int | None = None
+        self._read_at = 0.0  # wall time the last good read started
 
-    def _aggregator(self) -> Aggregator:
-        seq = current_seq(self.snapshots)
+    def _newest(self) -> Aggregator | None:
+        return self._sweep.index if self._sweep is not None else self._live
+
+    async def _follow_snapshot(self, now: float) -> None:
+        """Start a sweep into the index of a newly published snapshot. With nothing live yet the index is
+        built right here; beside a live one it is built in a child process, so that parsing the new
+        tables stalls neither the ticks nor the views' HTTP."""
+        seq = await asyncio.to_thread(current_seq, self.snapshots)
         if seq is None:
             raise SnapshotError(f"{self.snapshots}: no CURRENT snapshot")
-        if self._index is None or self._index.seq != seq:
-            self._index = Aggregator(seq, *read_tables(self.snapshots / str(seq)))
-            self._full_read_at = 0.0  # a new task table starts from a complete read
-        return self._index
+        newest = self._newest()
+        if (newest is not None and newest.seq == seq) or seq == self._refused_seq:
+            return
+        if self._live is None:
+            self._sweep = Sweep(await asyncio.to_thread(load_index, self.snapshots / str(seq), seq), now)
+            return
+        if self._building is not None:
+            built_seq, future = self._building
+            if not future.done():
+                return
+            self._building = None
+            if built_seq == seq:
+                self._adopt(seq, future, now)
+                return
+        if self._builder is None:
+            self._builder = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+        loop = asyncio.get_running_loop()
+        self._building = (seq, loop.run_in_executor(self._builder, load_index, self.snapshots / str(seq), seq))
 
-    def _since(self, now: float) -> float | None:
-        """Return the cut of a delta read, or None when this tick reads everything."""
-        if now - self._full_read_at >= FULL_READ_EVERY_S:
-            return None
-        return self._read_at - DELTA_MARGIN_S
+    def _adopt(self, seq: int, future: asyncio.Future[Aggregator], now: float) -> None:
+        try:
+            index = future.result()
+        except (SnapshotError, BrokenProcessPool, OSError) as exc:
+            # The live view goes on; this snapshot is not tried again until another is published.
+            self._refused_seq = seq
+            if isinstance(exc, BrokenProcessPool):
+                self._builder = None
+            log.warning("new snapshot's tables refused; the live view stays", extra={"seq": seq, "error": str(exc)})
+            return
+        self._sweep = Sweep(index, now)
 
     def _slower(self, error: str | None) -> None:
         h = self.health
         h.interval_s = min(self.ceiling_s, h.interval_s * 2)
         h.last_error = error
+
+    async def _read(self, now: float) -> Reads:
+        """Read the sweep's next page (every page while nothing is live yet), then the delta."""
+        sweep = self._sweep
+        pages: list[Counters] = []
+        done = False
+        if sweep is not None:
+            after = sweep.after
+            while not done and (not pages or self._live is None):
+                page = await self.ledger.read_page(after, self.page_rows)
+                pages.append(page)
+                after = page.last_key() or after
+                done = len(page) < self.page_rows
+        state = await self.ledger.read_state((self._read_at or now) - DELTA_MARGIN_S)
+        if self.source is not None:
+            state = LedgerState(state.counters, state.disabled | await self.source.disabled_task_ids())
+        return Reads(pages, done, state)
 
     async def tick(self) -> View | None:
         """Read, aggregate and swap once; on a failure keep the last view and back off."""
@@ -82,22 +158,20 @@ class Ticker:
         started = time.monotonic()
         read_at = time.time()
         try:
-            index = await asyncio.to_thread(self._aggregator)
-            since = self._since(read_at)
-            state = await self.ledger.read_state(since)
-            if self.source is not None:
-                state = LedgerState(state.counters, state.disabled | await self.source.disabled_task_ids(), state.complete)
+            await self._follow_snapshot(read_at)
+            if self._sweep is None and self._live is not None and read_at - h.swept_at >= self.sweep_every_s:
+                self._sweep = Sweep(self._live, read_at)
+            reads = await self._read(read_at)
         except (LedgerError, SnapshotError, LoaderError) as exc:
             h.failures += 1
-            self._full_read_at = 0.0  # after a failure, read everything again
             self._slower(str(exc))
             log.warning("tick failed; keeping the last view", extra={"error": str(exc), "interval_s": h.interval_s})
             return None
         h.last_read_s = time.monotonic() - started
         self._read_at = read_at
-        if since is None:
-            self._full_read_at = read_at
-        view = await asyncio.to_thread(self._build, index, state)
+        sweep = self._sweep
+        view = await asyncio.to_thread(self._advance, self._live, sweep, reads)
+        self._finish_sweep(reads)
         self.on_swap(self.holder.install(view))
         h.ticks += 1
         h.last_tick_s = time.monotonic() - started
@@ -109,15 +183,39 @@ class Ticker:
             h.last_error = None
         return view
 
+    def _finish_sweep(self, reads: Reads) -> None:
+        sweep, h = self._sweep, self.health
+        if sweep is None:
+            return
+        sweep.rows += sum(len(p) for p in reads.pages)
+        sweep.after = next((p.last_key() for p in reversed(reads.pages) if len(p)), sweep.after)
+        h.sweep_rows = sweep.rows
+        if reads.done:
+            self._live, self._sweep = sweep.index, None
+            h.sweeps += 1
+            h.swept_at = sweep.started_at
+
     @staticmethod
-    def _build(index: Aggregator, state: LedgerState) -> View:
-        index.apply(state)
-        return build_view(index, int(time.time()))
+    def _advance(live: Aggregator | None, sweep: Sweep | None, reads: Reads) -> View:
+        """Apply the reads to the indexes they concern; return the view of the one that serves now."""
+        if sweep is not None:
+            for page in reads.pages:
+                sweep.index.apply(page)
+            if sweep.index is not live:
+                sweep.index.apply(reads.state.counters)
+        if live is not None:
+            live.apply(reads.state.counters)
+        serving = sweep.index if sweep is not None and reads.done else live
+        assert serving is not None, "with nothing live, a tick reads its sweep to the end"
+        return build_view(serving, int(time.time()), reads.state.disabled)
 
     async def close(self) -> None:
         await self.ledger.close()
         if self.source is not None:
             await self.source.close()
+        if self._builder is not None:
+            await asyncio.to_thread(self._builder.shutdown, True, cancel_futures=True)
+            self._builder = None
 
     async def run(self) -> None:
         """Tick until cancelled."""

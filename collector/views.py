@@ -32,10 +32,11 @@ class View:
 
     def task(self, i: int) -> dict[str, Any]:
         """Return task position i with its status and what is left of each prize."""
-        t = self.index.tasks[i]
-        left = {p: int(r) for p, r in zip(self.index.prize_types, self.remaining[i].tolist()) if r >= 0}
-        return {"task_id": t["task_id"], "name": t["name"], "status": STATUSES[int(self.status[i])],
-                "starts_at": iso_utc(t["starts_at"]), "ends_at": iso_utc(t["ends_at"]), "remaining": left}
+        index = self.index
+        left = {p: int(r) for p, r in zip(index.prize_types, self.remaining[i].tolist()) if r >= 0}
+        return {"task_id": int(index.task_ids[i]), "name": index.names[i], "status": STATUSES[int(self.status[i])],
+                "starts_at": iso_utc(int(index.starts_at[i])), "ends_at": iso_utc(int(index.ends_at[i])),
+                "remaining": left}
 
     def tasks_of(self, district_code: int) -> list[int]:
         """Return the task positions of a district."""
@@ -45,9 +46,9 @@ class View:
         return np.flatnonzero(self.index.district_of == codes.index(district_code)).tolist()  # type: ignore[no-any-return]
 
 
-def build_view(index: Aggregator, now_s: int) -> View:
+def build_view(index: Aggregator, now_s: int, disabled: frozenset[int]) -> View:
     """Aggregate the index's current counts into a complete view."""
-    status = index.statuses(now_s)
+    status = index.statuses(now_s, disabled)
     remaining = index.remaining_matrix()
     enabled = (status != STATUSES.index("disabled")).tolist()
     totals = index.district_totals(status)

@@ -14,6 +14,9 @@ from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+import numpy as np
+import numpy.typing as npt
+
 EARTH_RADIUS_M = 6_371_008.8
 
 
@@ -53,12 +56,36 @@ class Difference:
 
 
 @dataclass(frozen=True, slots=True)
-class LedgerState:
-    """Counters as (task_id, prize_type, quota, issued) rows, and the tasks switched off."""
+class Counters:
+    """What is left of prize counters, as columns: the collector aggregates hundreds of thousands of them."""
 
-    counters: list[tuple[int, str, int, int]]
+    task_id: npt.NDArray[np.int64]
+    prize_type: list[str]
+    left: npt.NDArray[np.int64]  # quota minus issued
+
+    @classmethod
+    def from_rows(cls, rows: Sequence[tuple[int, str, int]]) -> Counters:
+        """Return the columns of (task_id, prize_type, quota - issued) rows."""
+        if not rows:
+            empty = np.empty(0, dtype=np.int64)
+            return cls(empty, [], empty)
+        task_id, prize_type, left = zip(*rows)
+        return cls(np.array(task_id, dtype=np.int64), [str(p) for p in prize_type], np.array(left, dtype=np.int64))
+
+    def __len__(self) -> int:
+        return len(self.prize_type)
+
+    def last_key(self) -> tuple[int, str] | None:
+        """Return the (task_id, prize_type) of the last row, where the next page of a key-order read starts."""
+        return (int(self.task_id[-1]), self.prize_type[-1]) if len(self) else None
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerState:
+    """The counters changed since a given time, and the tasks switched off."""
+
+    counters: Counters
     disabled: frozenset[int]
-    complete: bool = True  # False: only the counters changed since a given time
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,9 +135,13 @@ class Ledger(Protocol):
         """Return counters that differ from their won claims; with repair, set them to the claims' count."""
         ...
 
-    async def read_state(self, since: float | None = None) -> LedgerState:
-        """Return the counters (all, or those changed at or after `since`) and every task flag, as of one
-        moment: what the collector aggregates."""
+    async def read_state(self, since: float) -> LedgerState:
+        """Return the counters changed at or after `since` and every task flag, as of one moment."""
+        ...
+
+    async def read_page(self, after: tuple[int, str] | None, limit: int) -> Counters:
+        """Return up to `limit` counters in key order, starting after the (task_id, prize_type) key `after`:
+        a complete read in pieces, each cheap for the database and for the reader."""
         ...
 
     async def set_enabled(self, task_id: int, enabled: bool) -> None:
@@ -187,15 +218,25 @@ def outcome_plan(claim_id: str) -> Plan:
 SEED_COLUMNS = ("task_id", "prize_type", "quota", "issued", "changed_at")
 
 
-def read_state_plan(since: float | None) -> Plan:
-    if since is None:
-        counters = yield Statement("SELECT task_id, prize_type, quota, issued FROM prize_counters", fetch="all")
-    else:
-        counters = yield Statement("SELECT task_id, prize_type, quota, issued FROM prize_counters WHERE changed_at >= ?",
-                                   (since,), fetch="all")
+# One computed column rather than quota and issued: the MySQL client decodes every field in Python.
+_COUNTER_COLUMNS = "SELECT task_id, prize_type, quota - issued FROM prize_counters"
+
+
+def read_state_plan(since: float) -> Plan:
+    counters = yield Statement(f"{_COUNTER_COLUMNS} WHERE changed_at >= ?", (since,), fetch="all")
     disabled = yield Statement("SELECT task_id FROM task_flags WHERE enabled = 0", fetch="all")
-    return LedgerState([(int(t), str(p), int(q), int(i)) for t, p, q, i in counters], frozenset(int(t) for (t,) in disabled),
-                       complete=since is None)
+    return LedgerState(Counters.from_rows(counters), frozenset(int(t) for (t,) in disabled))
+
+
+def read_page_plan(after: tuple[int, str] | None, limit: int) -> Plan:
+    if after is None:
+        rows = yield Statement(f"{_COUNTER_COLUMNS} ORDER BY task_id, prize_type LIMIT ?", (limit,), fetch="all")
+    else:
+        # A range on the key's first column, not a row-value or OR comparison: both engines then walk
+        # the primary key from `after` and stop at the limit.
+        rows = yield Statement(f"{_COUNTER_COLUMNS} WHERE task_id >= ? AND NOT (task_id = ? AND prize_type <= ?) "
+                               "ORDER BY task_id, prize_type LIMIT ?", (after[0], after[0], after[1], limit), fetch="all")
+    return Counters.from_rows(rows)
 
 
 def set_enabled_plan(task_id: int, enabled: bool, dialect: Dialect) -> Plan:

@@ -17,6 +17,7 @@ from geo_service.ledger import (
     SCHEMA,
     SEED_COLUMNS,
     ClaimRequest,
+    Counters,
     Difference,
     LedgerError,
     LedgerState,
@@ -24,6 +25,7 @@ from geo_service.ledger import (
     Plan,
     claim_plan,
     outcome_plan,
+    read_page_plan,
     read_state_plan,
     reconcile_plan,
     set_enabled_plan,
@@ -127,9 +129,13 @@ class MySQLLedger:
         diffs: list[Difference] = await self._run(lambda: reconcile_plan(repair))
         return diffs
 
-    async def read_state(self, since: float | None = None) -> LedgerState:
+    async def read_state(self, since: float) -> LedgerState:
         state: LedgerState = await self._run(lambda: read_state_plan(since))
         return state
+
+    async def read_page(self, after: tuple[int, str] | None, limit: int) -> Counters:
+        page: Counters = await self._run(lambda: read_page_plan(after, limit))
+        return page
 
     async def set_enabled(self, task_id: int, enabled: bool) -> None:
         await self._run(lambda: set_enabled_plan(task_id, enabled, MYSQL))

@@ -15,6 +15,7 @@ from geo_service.ledger import (
     SEED_COLUMNS,
     SQLITE,
     ClaimRequest,
+    Counters,
     Difference,
     LedgerError,
     LedgerState,
@@ -22,6 +23,7 @@ from geo_service.ledger import (
     Plan,
     claim_plan,
     outcome_plan,
+    read_page_plan,
     read_state_plan,
     reconcile_plan,
     set_enabled_plan,
@@ -110,9 +112,13 @@ class SQLiteLedger:
         diffs: list[Difference] = await self._run(lambda conn: run_plan(conn, lambda: reconcile_plan(repair)))
         return diffs
 
-    async def read_state(self, since: float | None = None) -> LedgerState:
+    async def read_state(self, since: float) -> LedgerState:
         state: LedgerState = await self._run(lambda conn: run_plan(conn, lambda: read_state_plan(since), write=False))
         return state
+
+    async def read_page(self, after: tuple[int, str] | None, limit: int) -> Counters:
+        page: Counters = await self._run(lambda conn: run_plan(conn, lambda: read_page_plan(after, limit), write=False))
+        return page
 
     async def set_enabled(self, task_id: int, enabled: bool) -> None:
         await self._run(lambda conn: run_plan(conn, lambda: set_enabled_plan(task_id, enabled, SQLITE)))

@@ -6,7 +6,7 @@ import random
 from typing import Any
 
 from collector.aggregate import STATUSES, Aggregator
-from geo_service.ledger import LedgerState
+from geo_service.ledger import Counters
 
 NOW = 1_800_000_000
 DISTRICTS = [{"code": 440300 + k, "name": f"d{k}"} for k in range(7)]
@@ -33,7 +33,7 @@ def _expected(tasks: list[dict[str, Any]], left: dict[tuple[int, str], int], dis
     return out
 
 
-def test_full_and_delta_reads_give_the_statuses_and_counts_of_a_plain_recomputation() -> None:
+def test_pages_and_deltas_give_the_statuses_and_counts_of_a_plain_recomputation() -> None:
     rng = random.Random(5)
     tasks = _tasks(400, rng)
     agg = Aggregator(1, tasks, DISTRICTS)
@@ -41,10 +41,11 @@ def test_full_and_delta_reads_give_the_statuses_and_counts_of_a_plain_recomputat
     counters = [(t, p, q, q if t % 9 == 0 else i) for t, p, q, i in counters]  # every 9th task fully issued
     counters.append((9999, "cash", 10, 3))  # a counter of a task no longer in the snapshot is ignored
     disabled = frozenset(rng.sample(range(1, 401), 30))
-    agg.apply(LedgerState(counters, disabled))
+    for start in range(0, len(counters), 250):  # a complete read, page by page
+        agg.apply(Counters.from_rows([(t, p, q - i) for t, p, q, i in counters[start : start + 250]]))
     left = {(t, p): q - i for t, p, q, i in counters}
     for _ in range(2):
-        status = agg.statuses(NOW)
+        status = agg.statuses(NOW, disabled)
         got = {int(task_id): STATUSES[int(s)] for task_id, s in zip(agg.task_ids, status)}
         assert got == _expected(tasks, left, disabled)
         matrix = agg.remaining_matrix()
@@ -53,9 +54,9 @@ def test_full_and_delta_reads_give_the_statuses_and_counts_of_a_plain_recomputat
             row = {p: int(v) for p, v in zip(agg.prize_types, matrix[i]) if v >= 0}
             assert row == {p["prize_type"]: left[(t["task_id"], p["prize_type"])] for p in t["prizes"]}
         # a delta read: some prizes run out, one task comes back
-        changed = [(t, p, q, q) for t, p, q, _ in rng.sample(counters[:-1], 60)]
-        agg.apply(LedgerState(changed, disabled - {next(iter(disabled))}, complete=False))
-        left |= {(t, p): 0 for t, p, _, _ in changed}
+        changed = [(t, p, 0) for t, p, _, _ in rng.sample(counters[:-1], 60)]
+        agg.apply(Counters.from_rows(changed))
+        left |= {(t, p): 0 for t, p, _ in changed}
         disabled = disabled - {next(iter(disabled))}
 
 
@@ -63,7 +64,7 @@ def test_district_totals_count_what_can_still_be_won() -> None:
     rng = random.Random(9)
     tasks = _tasks(300, rng)
     agg = Aggregator(1, tasks, DISTRICTS)
-    status = agg.statuses(NOW)
+    status = agg.statuses(NOW, frozenset())
     by_id = {int(t): STATUSES[int(s)] for t, s in zip(agg.task_ids, status)}
     for total in agg.district_totals(status):
         mine = [t for t in tasks if t["district_code"] == total["code"]]
