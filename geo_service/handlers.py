@@ -24,7 +24,7 @@ from geo_service.keys import (
     watcher_key,
 )
 from geo_service.ledger import LedgerError
-from geo_service.nearby import answer
+from geo_service.nearby import encode_answer
 from geo_service.openapi import openapi_spec
 from geo_service.params import claim_body, position
 from geo_service.responses import etag_matches, json_response, not_modified
@@ -47,10 +47,9 @@ async def nearby(request: web.Request) -> web.Response:
     headers = {"ETag": etag, "X-Next-Poll-Ms": str(next_poll_ms)}
     if etag_matches(request, etag):
         return not_modified(etag, headers)
-    body = answer(live.lookup, live.status, lat, lng, app[settings_key].max_pois, window)
-    body["next_poll_ms"] = next_poll_ms
-    body["status_age_s"] = app[status_key].age_s()
-    return json_response(body, headers=headers)
+    body = encode_answer(live.lookup, live.status, lat, lng, app[settings_key].max_pois, window,
+                         {"next_poll_ms": next_poll_ms, "status_age_s": app[status_key].age_s()})
+    return web.Response(body=body, content_type="application/json", headers=headers)
 
 
 async def claim(request: web.Request) -> web.Response:

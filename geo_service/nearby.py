@@ -17,8 +17,9 @@ from typing import Any
 import numba
 import numpy as np
 import numpy.typing as npt
+import orjson
 
-from geo_service.grid import Window, cells_in
+from geo_service.grid import Window, cells_in, span_cells, window_array
 from geo_service.snapshot import Snapshot
 
 NEVER = 2**62
@@ -50,6 +51,14 @@ class StatusView:
     views: tuple[dict[str, Any] | None, ...]
     version: int
     valid_until: int
+    encoded: dict[int, bytes] = field(default_factory=dict, compare=False, repr=False)
+
+    def view_json(self, task: int) -> bytes:
+        """Return a task's view as JSON, encoded once per status view (a task shows in many answers)."""
+        data = self.encoded.get(task)
+        if data is None:
+            data = self.encoded[task] = orjson.dumps(self.views[task])
+        return data
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +133,8 @@ class Lookup:
         self.grid = snapshot.grid
         self.table = TaskTable(snapshot.tasks)
         self.task_ids = [t["task_id"] for t in snapshot.tasks]
+        self.task_id_array = np.array(self.task_ids, dtype=np.int64)
+        self.window_cells = (2 * self.grid.radius + 1) ** 2  # the most a window holds, on either grid
         self.task_position = {task_id: i for i, task_id in enumerate(self.task_ids)}
 
     def poi_rows(self, poi_id: int) -> list[Row]:
@@ -147,29 +158,25 @@ class Lookup:
         """Return the rows of active tasks in the window around (lat, lng), at most max_pois of them."""
         window = window if window is not None else self.grid.window(lat, lng)
         snap = self.snapshot
-        ids, coords, truncated = select_rows(
-            snap.cells, snap.task_index, snap.poi_ids, snap.lats, snap.lngs,
-            np.array(window[1] + window[2], dtype=np.int64), status.active, self.grid.band_rows, max_pois,
-        )
+        ids, coords, truncated = select_rows(snap.cells, snap.task_index, snap.poi_ids, snap.lats, snap.lngs,
+                                             window_array(window), status.active, self.grid.band_rows, max_pois)
         return NearbyResult(window, ids.tolist(), coords.tolist(), truncated)
 
 
 @numba.njit(nogil=True, cache=True)
-def select_rows(
-    cells: npt.NDArray[np.int64], task_index: npt.NDArray[np.int32], poi_ids: npt.NDArray[np.int64],
-    lats: npt.NDArray[np.float64], lngs: npt.NDArray[np.float64], window: npt.NDArray[np.int64],
+def _select(
+    cells: npt.NDArray[np.int64], task_index: npt.NDArray[np.int32], window: npt.NDArray[np.int64],
     active: npt.NDArray[np.uint8], band_rows: int, limit: int,
-) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], bool]:
-    """Return the window's rows whose task is active, at most `limit`, as ([task_index, poi_id] rows,
-    [lat, lng] rows), and whether more exist. `window` is the grid window's bounds then its k spans.
+) -> tuple[npt.NDArray[np.int64], bool]:  # pragma: no cover - compiled; exercised through Lookup.find
+    """Return the positions of the window's rows whose task is active, at most `limit`, and whether
+    more exist. `window` is a window_array: the grid window's bounds then its k spans.
 
     Compiled because it is the one per-row loop on the request path: CPython spends ~0.3 µs a
     row on this work here, and a window scans a few dozen rows.
-    """  # pragma: no cover - compiled; exercised through Lookup.find
+    """
     half = window.size // 2
     positions = np.empty(limit, np.int64)
     n = 0
-    truncated = False
     for i in range(0, half, 2):
         lo = np.searchsorted(cells, window[i])
         hi = np.searchsorted(cells, window[i + 1])
@@ -178,20 +185,145 @@ def select_rows(
             k = cells[j] % band_rows
             if k_lo <= k <= k_hi and active[task_index[j]]:
                 if n == limit:
-                    truncated = True
-                    break
+                    return positions[:n], True
                 positions[n] = j
                 n += 1
-        if truncated:
-            break
+    return positions[:n], False
+
+
+@numba.njit(nogil=True, cache=True)
+def select_rows(
+    cells: npt.NDArray[np.int64], task_index: npt.NDArray[np.int32], poi_ids: npt.NDArray[np.int64],
+    lats: npt.NDArray[np.float64], lngs: npt.NDArray[np.float64], window: npt.NDArray[np.int64],
+    active: npt.NDArray[np.uint8], band_rows: int, limit: int,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], bool]:  # pragma: no cover - compiled
+    """Return the selected rows as ([task_index, poi_id] rows, [lat, lng] rows) and whether the cap cut them."""
+    positions, truncated = _select(cells, task_index, window, active, band_rows, limit)
     # Two 2-D outputs, not four columns: each array returned costs a boxing and a tolist.
-    ids = np.empty((n, 2), np.int64)
-    coords = np.empty((n, 2), np.float64)
-    for m in range(n):
+    ids = np.empty((positions.size, 2), np.int64)
+    coords = np.empty((positions.size, 2), np.float64)
+    for m in range(positions.size):
         j = positions[m]
         ids[m, 0], ids[m, 1] = task_index[j], poi_ids[j]
         coords[m, 0], coords[m, 1] = lats[j], lngs[j]
     return ids, coords, truncated
+
+
+def _ascii(text: str) -> npt.NDArray[np.uint8]:
+    return np.frombuffer(text.encode(), dtype=np.uint8).copy()
+
+
+# The fixed parts of the JSON the compiled encoder writes (numba takes global arrays as constants).
+_CELLS, _POIS, _POI_ID = _ascii('"cells":['), _ascii('],"pois":['), _ascii('{"poi_id":')
+_TASK_ID, _LAT, _LNG = _ascii(',"task_id":'), _ascii(',"lat":'), _ascii(',"lng":')
+
+
+@numba.njit(nogil=True, cache=True)
+def _put(out: npt.NDArray[np.uint8], at: int, text: npt.NDArray[np.uint8]) -> int:  # pragma: no cover - compiled
+    out[at : at + text.size] = text
+    return at + text.size
+
+
+@numba.njit(nogil=True, cache=True)
+def _put_int(out: npt.NDArray[np.uint8], at: int, value: int) -> int:  # pragma: no cover - compiled
+    if value < 0:
+        out[at] = 45  # -
+        at += 1
+        value = -value
+    digits = 1
+    rest = value
+    while rest >= 10:
+        rest //= 10
+        digits += 1
+    for i in range(digits - 1, -1, -1):
+        out[at + i] = 48 + value % 10
+        value //= 10
+    return at + digits
+
+
+@numba.njit(nogil=True, cache=True)
+def _put_coord(out: npt.NDArray[np.uint8], at: int, x: float) -> int:  # pragma: no cover - compiled
+    """Write x as orjson would (its shortest round-trip form) if x has at most 6 decimals; else return -1.
+
+    x is then the double nearest a micro-degree value D / 10^6, whose decimal form is the shortest
+    that reads back as x: no other decimal of 6 places or fewer lies within half an ulp of it.
+    Below 1e-4 orjson may switch to exponents, so those take the general path too.
+    """
+    micro = np.rint(x * 1e6)
+    if micro / 1e6 != x or (x != 0.0 and abs(x) < 1e-4):
+        return -1
+    if x < 0.0 or (x == 0.0 and np.signbit(x)):
+        out[at] = 45  # -
+        at += 1
+        micro = -micro
+    whole, frac = divmod(int(micro), 1_000_000)
+    at = _put_int(out, at, whole)
+    out[at] = 46  # .
+    places = 6
+    while places > 1 and frac % 10 == 0:
+        frac //= 10
+        places -= 1
+    for i in range(places - 1, -1, -1):
+        out[at + 1 + i] = 48 + frac % 10
+        frac //= 10
+    return at + 1 + places
+
+
+@numba.njit(nogil=True, cache=True)
+def encode_rows(
+    cells: npt.NDArray[np.int64], task_index: npt.NDArray[np.int32], poi_ids: npt.NDArray[np.int64],
+    lats: npt.NDArray[np.float64], lngs: npt.NDArray[np.float64], task_ids: npt.NDArray[np.int64],
+    window: npt.NDArray[np.int64], active: npt.NDArray[np.uint8], band_rows: int,
+    out: npt.NDArray[np.uint8], tasks: npt.NDArray[np.int64],
+) -> tuple[int, int, bool, bool]:  # pragma: no cover - compiled
+    """Select like select_rows, at most tasks.size rows, and write the answer's `"cells":[...],"pois":[...]`
+    as JSON into `out` (sized by encode_size) and the rows' task positions, in order of first
+    appearance, into `tasks`.
+
+    Return (bytes written, tasks written, truncated, exact); exact is False when a coordinate needs
+    the general encoder. The caller's buffers spare the boxing of returned arrays (~1.5 µs each).
+    """
+    positions, truncated = _select(cells, task_index, window, active, band_rows, tasks.size)
+    window_cells = span_cells(window, band_rows)
+    n_tasks = 0
+    at = _put(out, 0, _CELLS)
+    for m in range(window_cells.size):
+        if m:
+            out[at] = 44  # ,
+            at += 1
+        at = _put_int(out, at, window_cells[m])
+    at = _put(out, at, _POIS)
+    for m in range(positions.size):
+        j = positions[m]
+        task = task_index[j]
+        if m:
+            out[at] = 44
+            at += 1
+        at = _put_int(out, _put(out, at, _POI_ID), poi_ids[j])
+        at = _put_int(out, _put(out, at, _TASK_ID), task_ids[task])
+        at = _put_coord(out, _put(out, at, _LAT), lats[j])
+        if at < 0:
+            return 0, 0, truncated, False
+        at = _put_coord(out, _put(out, at, _LNG), lngs[j])
+        if at < 0:
+            return 0, 0, truncated, False
+        out[at] = 125  # }
+        at += 1
+        seen = False
+        for q in range(n_tasks):  # a window holds a handful of tasks: a scan beats a set
+            if tasks[q] == task:
+                seen = True
+                break
+        if not seen:
+            tasks[n_tasks] = task
+            n_tasks += 1
+    out[at] = 93  # ]
+    return at + 1, n_tasks, truncated, True
+
+
+def encode_size(window_cells: int, max_pois: int) -> int:
+    """Return the bytes encode_rows may write: 20 digits and a comma a cell, 128 bytes a POI at most."""
+    return 32 + 21 * window_cells + 128 * max_pois
 
 
 def answer(lookup: Lookup, status: StatusView, lat: float, lng: float, max_pois: int,
@@ -207,3 +339,23 @@ def answer(lookup: Lookup, status: StatusView, lat: float, lng: float, max_pois:
         "tasks": [views[t] for t in dict.fromkeys(t for t, _ in found.ids)],
         "truncated": found.truncated,
     }
+
+
+def encode_answer(lookup: Lookup, status: StatusView, lat: float, lng: float, max_pois: int, window: Window,
+                  extra: Mapping[str, Any]) -> bytes:
+    """Return answer() with the `extra` fields as JSON bytes, written by the compiled encoder and each
+    task's cached view; coordinates it cannot write exactly fall back to orjson on answer()."""
+    snap = lookup.snapshot
+    out = np.empty(encode_size(lookup.window_cells, max_pois), np.uint8)
+    tasks = np.empty(max_pois, np.int64)
+    size, n_tasks, truncated, exact = encode_rows(
+        snap.cells, snap.task_index, snap.poi_ids, snap.lats, snap.lngs, lookup.task_id_array, window_array(window),
+        status.active, lookup.grid.band_rows, out, tasks)
+    if not exact:
+        return orjson.dumps({**answer(lookup, status, lat, lng, max_pois, window), **extra})
+    tail = orjson.dumps(extra)
+    return b"".join((
+        b'{"seq":%d,"center_cell":%d,' % (lookup.seq, window[0]), out[:size].tobytes(),
+        b',"tasks":[', b",".join([status.view_json(t) for t in tasks[:n_tasks].tolist()]),
+        b'],"truncated":true' if truncated else b'],"truncated":false', b"," + tail[1:] if extra else b"}",
+    ))

@@ -1,0 +1,80 @@
+"""The compiled answer encoder writes the same bytes as orjson on answer(), or hands over to it."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+
+from geo_service.nearby import Lookup, _put_coord, answer, encode_answer
+from geo_service.snapshot import open_current
+from tests.conftest import build_into
+from tests.support.builders import claim_poi, set_csv_field, write_claims_data
+
+NOW_S = 1_790_000_000
+
+
+def _coord(x: float) -> bytes | None:
+    out = np.zeros(64, np.uint8)
+    size = _put_coord(out, 0, x)
+    return None if size < 0 else out[:size].tobytes()
+
+
+def test_coordinates_of_up_to_six_decimals_are_written_as_orjson_writes_them() -> None:
+    rng = random.Random(3)
+    values = [0.0, -0.0, 0.5, -0.5, 180.0, -180.0, 90.0, 0.0001, -0.0001, 0.1, 99.000001, 1.000001, 22.5, 113.9305]
+    values += [round(rng.uniform(-180, 180), rng.randint(0, 6)) for _ in range(20_000)]
+    values += [rng.randint(-180_000_000, 180_000_000) / 1e6 for _ in range(20_000)]
+    for x in values:
+        assert _coord(x) == orjson.dumps(x), x
+
+
+def test_other_coordinates_are_refused_for_the_general_encoder() -> None:
+    rng = random.Random(4)
+    # More than 6 decimals, and magnitudes where orjson may write an exponent.
+    values = [22.53291234, 0.1234567, 1e-5, -1e-6, 5e-324, float(np.nextafter(22.5, 23.0))]
+    values += [rng.uniform(-180, 180) for _ in range(5_000)]
+    assert all(_coord(x) is None for x in values)
+
+
+@pytest.fixture(scope="module")
+def synth_lookup(synth_100k: Path, tmp_path_factory: pytest.TempPathFactory) -> Lookup:
+    out = tmp_path_factory.mktemp("synth-snaps")
+    build_into(synth_100k, out)
+    return Lookup(open_current(out))
+
+
+@pytest.mark.parametrize("max_pois", [300, 4])
+def test_answers_are_byte_for_byte_those_of_orjson(synth_lookup: Lookup, sample_snapshots: Path, max_pois: int) -> None:
+    rng = np.random.default_rng(5)
+    extra = {"next_poll_ms": 5000, "status_age_s": 1.25}
+    for lookup in (synth_lookup, Lookup(open_current(sample_snapshots))):
+        status = lookup.table.status(NOW_S)
+        snap = lookup.snapshot
+        seen_tasks = truncated = 0
+        for i in rng.choice(len(snap.cells), 1000):
+            lat, lng = float(snap.lats[i]) + rng.normal(0, 0.001), float(snap.lngs[i]) + rng.normal(0, 0.001)
+            window = lookup.grid.window(lat, lng)
+            want = orjson.dumps({**answer(lookup, status, lat, lng, max_pois, window), **extra})
+            assert encode_answer(lookup, status, lat, lng, max_pois, window, extra) == want
+            parsed = orjson.loads(want)
+            seen_tasks += len(parsed["tasks"])
+            truncated += parsed["truncated"]
+        assert seen_tasks > 1000 and (truncated > 100) == (max_pois == 4)
+
+
+def test_rows_with_longer_coordinates_take_the_general_encoder(tmp_path: Path) -> None:
+    data, snaps = tmp_path / "data", tmp_path / "snaps"
+    write_claims_data(data, {"cash": 5}, pois=3)
+    set_csv_field(data / "pois.csv", 3, "lat", "22.53290012345")  # task 1's second POI
+    build_into(data, snaps)
+    lookup = Lookup(open_current(snaps))
+    status = lookup.table.status(NOW_S)
+    _, lat, lng = claim_poi(1, 0)
+    window = lookup.grid.window(lat, lng)
+    body = encode_answer(lookup, status, lat, lng, 300, window, {"next_poll_ms": 1})
+    assert body == orjson.dumps({**answer(lookup, status, lat, lng, 300, window), "next_poll_ms": 1})
+    assert 22.53290012345 in {p["lat"] for p in orjson.loads(body)["pois"]}
