@@ -25,9 +25,10 @@ _ARC_MARGIN = 1e-6
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
-# (center cell, [lo0, hi0, lo1, hi1, ...] sorted half-open id ranges, [k_lo0, k_hi0, ...]): range i
-# holds the window's cells whose id % band_rows lies in [k_lo_i, k_hi_i], plus cells beside it.
-Window = tuple[int, list[int], list[int]]
+# (center cell, spans): spans is [lo0, hi0, lo1, hi1, ...] sorted half-open id ranges then
+# [k_lo0, k_hi0, ...]: range i holds the window's cells whose id % band_rows lies in
+# [k_lo_i, k_hi_i], plus cells beside it. One array, because compiled passes read it.
+Window = tuple[int, IntArray]
 
 
 class GridError(ValueError):
@@ -157,37 +158,10 @@ class SquareGrid:
         return (band * self.max_cols + cols) * self.band_rows + k
 
     def window(self, lat: float, lng: float) -> Window:
-        # Runs on every request, so it is plain Python on floats and lists: numpy's per-call cost
-        # on a few numbers is larger than the arithmetic. NaN and infinities fail the range test.
+        # NaN and infinities fail the range test.
         if not (-MAX_ABS_LAT <= lat <= MAX_ABS_LAT and -180.0 <= lng <= 180.0):
             check_position(lat, lng)
-        row = int((lat + 90.0) / self.row_height_deg)
-        x = (lng + 180.0) / 360.0
-        r, b_rows, max_cols = self.radius, self.band_rows, self.max_cols
-        center = 0
-        bounds: list[int] = []
-        rows: list[int] = []
-        # Rows row-r..row+r all exist: the served band of latitudes stops well short of the poles.
-        for band in range((row - r) // b_rows, (row + r) // b_rows + 1):
-            n = self._band_cols[band]
-            c = int(x * n) % n
-            first = band * b_rows
-            if band == row // b_rows:
-                center = (band * max_cols + c) * b_rows + row - first
-            k_span = (max(row - r - first, 0), min(row + r - first, b_rows - 1))
-            base = band * max_cols
-            cols: tuple[int, ...]
-            if c >= r and c + r < n:
-                cols = (c - r, c + r + 1)
-            elif 2 * r + 1 >= n:
-                cols = (0, n)
-            elif c < r:  # the window wraps west across the antimeridian
-                cols = (0, c + r + 1, n + c - r, n)
-            else:  # it wraps east
-                cols = (0, c + r + 1 - n, c - r, n)
-            bounds += [(base + col) * b_rows for col in cols]
-            rows += k_span * (len(cols) // 2)
-        return center, bounds, rows
+        return _square_window(lat, lng, self.row_height_deg, self.radius, self.band_rows, self.max_cols, self.band_cols)
 
     def window_cells(self, lat: float, lng: float) -> list[int]:
         return cells_in(self.window(lat, lng), self.band_rows)
@@ -232,25 +206,57 @@ class H3Grid:
     def window(self, lat: float, lng: float) -> Window:
         center = self.cell_of(lat, lng)
         cells = sorted(h3.grid_disk(center, self.radius))
-        return center, [b for c in cells for b in (c, c + 1)], [0, 0] * len(cells)
+        return center, np.array([b for c in cells for b in (c, c + 1)] + [0, 0] * len(cells), dtype=np.int64)
 
     def window_cells(self, lat: float, lng: float) -> list[int]:
         return cells_in(self.window(lat, lng), self.band_rows)
 
 
-def window_array(window: Window) -> IntArray:
-    """Return a window's bounds then its k spans as one array: what the compiled passes read."""
-    return np.array(window[1] + window[2], dtype=np.int64)
-
-
 def cells_in(window: Window, band_rows: int) -> list[int]:
     """Return the window's cells, in id order."""
-    return span_cells(window_array(window), band_rows).tolist()  # type: ignore[no-any-return]
+    return span_cells(window[1], band_rows).tolist()  # type: ignore[no-any-return]
+
+
+@numba.njit(nogil=True, cache=True)
+def _square_window(lat: float, lng: float, row_height_deg: float, r: int, b_rows: int, max_cols: int,
+                   band_cols: IntArray) -> Window:  # pragma: no cover - compiled
+    """Return the center cell and spans of the square window around a point in the served band."""
+    row = int((lat + 90.0) / row_height_deg)
+    x = (lng + 180.0) / 360.0
+    first_band, last_band = (row - r) // b_rows, (row + r) // b_rows
+    # Rows row-r..row+r all exist: the served band of latitudes stops well short of the poles.
+    bounds = np.empty(4 * (last_band - first_band + 1), np.int64)
+    k_spans = np.empty_like(bounds)
+    center = m = 0
+    for band in range(first_band, last_band + 1):
+        n = band_cols[band]
+        c = int(x * n) % n
+        first = band * b_rows
+        if band == row // b_rows:
+            center = (band * max_cols + c) * b_rows + row - first
+        k_lo, k_hi = max(row - r - first, 0), min(row + r - first, b_rows - 1)
+        if c >= r and c + r < n:
+            cols = (c - r, c + r + 1, 0, 0)
+        elif 2 * r + 1 >= n:
+            cols = (0, n, 0, 0)
+        elif c < r:  # the window wraps west across the antimeridian
+            cols = (0, c + r + 1, n + c - r, n)
+        else:  # it wraps east
+            cols = (0, c + r + 1 - n, c - r, n)
+        for i in range(0, 4, 2):
+            if cols[i + 1] > cols[i]:
+                bounds[m], bounds[m + 1] = (band * max_cols + cols[i]) * b_rows, (band * max_cols + cols[i + 1]) * b_rows
+                k_spans[m], k_spans[m + 1] = k_lo, k_hi
+                m += 2
+    spans = np.empty(2 * m, np.int64)
+    spans[:m] = bounds[:m]
+    spans[m:] = k_spans[:m]
+    return center, spans
 
 
 @numba.njit(nogil=True, cache=True)
 def span_cells(spans: IntArray, band_rows: int) -> IntArray:  # pragma: no cover - compiled
-    """Return the cells of a window_array, in id order: each id range's columns, each column's k span."""
+    """Return the cells of a window's spans, in id order: each id range's columns, each column's k span."""
     half = spans.size // 2
     count = 0
     for i in range(0, half, 2):

@@ -6,6 +6,7 @@ import hmac
 import logging
 import os
 import time
+import zlib
 
 from aiohttp import web
 
@@ -26,7 +27,7 @@ from geo_service.keys import (
 from geo_service.ledger import LedgerError
 from geo_service.nearby import encode_answer
 from geo_service.openapi import openapi_spec
-from geo_service.params import claim_body, position
+from geo_service.params import claim_body, request_position
 from geo_service.responses import etag_matches, json_response, not_modified
 from geo_service.tokens import TokenError, verify
 
@@ -34,15 +35,15 @@ log = logging.getLogger("geodrop.claims")
 
 
 async def nearby(request: web.Request) -> web.Response:
-    lat, lng = position(request.query)
+    lat, lng = request_position(request.query_string, lambda: request.query)
     app = request.app
     live = app[snapshot_key].current(int(time.time()))
     if live is None:
         raise SnapshotUnavailable("no snapshot is loaded yet; try again shortly",
                                   headers={"Retry-After": str(app[load_key].retry_after_s())})
     window = live.lookup.grid.window(lat, lng)
-    # hash() of a tuple of ints is not salted, so every worker makes the same ETag for a window.
-    etag = f'W/"{live.lookup.seq}-{live.status.version:x}-{hash((window[0], *window[1])) & 0xFFFFFFFFFFFF:x}"'
+    # A checksum of the spans, not hash(): every worker must make the same ETag for a window.
+    etag = f'W/"{live.lookup.seq}-{live.status.version:x}-{zlib.crc32(window[1].data):x}"'
     next_poll_ms = app[load_key].next_poll_ms()
     headers = {"ETag": etag, "X-Next-Poll-Ms": str(next_poll_ms)}
     if etag_matches(request, etag):

@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from geo_service.grid import Window, cells_in, span_cells, window_array
+from geo_service.grid import Window, cells_in, span_cells
 from geo_service.snapshot import Snapshot
 
 NEVER = 2**62
@@ -48,17 +48,18 @@ class StatusView:
     """
 
     active: npt.NDArray[np.uint8]
-    views: tuple[dict[str, Any] | None, ...]
+    # Every active task's view as JSON, end to end: task i's is views_json[view_offsets[i]:view_offsets[i + 1]]
+    # (empty for an inactive task). Encoded once per status, the compiled encoder copies them.
+    views_json: npt.NDArray[np.uint8]
+    view_offsets: npt.NDArray[np.int64]
+    longest_view: int
     version: int
     valid_until: int
-    encoded: dict[int, bytes] = field(default_factory=dict, compare=False, repr=False)
 
-    def view_json(self, task: int) -> bytes:
-        """Return a task's view as JSON, encoded once per status view (a task shows in many answers)."""
-        data = self.encoded.get(task)
-        if data is None:
-            data = self.encoded[task] = orjson.dumps(self.views[task])
-        return data
+    def view(self, task: int) -> dict[str, Any] | None:
+        """Return task position `task`'s public view (None unless active)."""
+        lo, hi = self.view_offsets[task], self.view_offsets[task + 1]
+        return orjson.loads(self.views_json[lo:hi].tobytes()) if hi > lo else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,17 +80,21 @@ class TaskTable:
         """Return the status view at now_s: enabled, inside the time window, and not exhausted."""
         overrides = overrides or {}
         active = self.enabled & (self.starts_at <= now_s) & (now_s < self.ends_at)
-        views: list[dict[str, Any] | None] = []
+        views: list[bytes] = []
         for i, task in enumerate(self.tasks):
             override = overrides.get(task["task_id"])
             if override is not None and active[i]:
                 exhausted = override.remaining is not None and not any(v > 0 for v in override.remaining.values())
                 active[i] = override.enabled and not exhausted
-            views.append(_task_view(task, override) if active[i] else None)
+            views.append(orjson.dumps(_task_view(task, override)) if active[i] else b"")
         future = np.concatenate([self.starts_at[self.starts_at > now_s], self.ends_at[self.ends_at > now_s]])
+        lengths = np.fromiter(map(len, views), dtype=np.int64, count=len(views))
+        offsets = np.zeros(len(views) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        blob = b"".join(views)
         flags = active.astype(np.uint8)
-        version = zlib.crc32(repr([v and v.get("remaining") for v in views]).encode(), zlib.crc32(flags.tobytes()))
-        return StatusView(flags, tuple(views), version, int(future.min()) if len(future) else NEVER)
+        return StatusView(flags, np.frombuffer(blob, dtype=np.uint8), offsets, int(lengths.max(initial=0)),
+                          zlib.crc32(blob, zlib.crc32(flags.tobytes())), int(future.min()) if len(future) else NEVER)
 
 
 def _task_view(task: dict[str, Any], override: TaskOverride | None) -> dict[str, Any]:
@@ -136,6 +141,14 @@ class Lookup:
         self.task_id_array = np.array(self.task_ids, dtype=np.int64)
         self.window_cells = (2 * self.grid.radius + 1) ** 2  # the most a window holds, on either grid
         self.task_position = {task_id: i for i, task_id in enumerate(self.task_ids)}
+        self._scratch = np.empty(0, np.uint8)
+
+    def scratch(self, size: int) -> npt.NDArray[np.uint8]:
+        """Return a reused buffer of at least `size` bytes for the encoder. Answers are encoded on the
+        event loop and copied out before it runs anything else, so one buffer serves them all."""
+        if self._scratch.size < size:
+            self._scratch = np.empty(size, np.uint8)
+        return self._scratch
 
     def poi_rows(self, poi_id: int) -> list[Row]:
         """Return every row of a POI (one per task that uses it) by binary search on poi_order."""
@@ -159,7 +172,7 @@ class Lookup:
         window = window if window is not None else self.grid.window(lat, lng)
         snap = self.snapshot
         ids, coords, truncated = select_rows(snap.cells, snap.task_index, snap.poi_ids, snap.lats, snap.lngs,
-                                             window_array(window), status.active, self.grid.band_rows, max_pois)
+                                             window[1], status.active, self.grid.band_rows, max_pois)
         return NearbyResult(window, ids.tolist(), coords.tolist(), truncated)
 
 
@@ -169,7 +182,7 @@ def _select(
     active: npt.NDArray[np.uint8], band_rows: int, limit: int,
 ) -> tuple[npt.NDArray[np.int64], bool]:  # pragma: no cover - compiled; exercised through Lookup.find
     """Return the positions of the window's rows whose task is active, at most `limit`, and whether
-    more exist. `window` is a window_array: the grid window's bounds then its k spans.
+    more exist. `window` is the grid window's spans: its id ranges then their k spans.
 
     Compiled because it is the one per-row loop on the request path: CPython spends ~0.3 µs a
     row on this work here, and a window scans a few dozen rows.
@@ -214,8 +227,9 @@ def _ascii(text: str) -> npt.NDArray[np.uint8]:
 
 
 # The fixed parts of the JSON the compiled encoder writes (numba takes global arrays as constants).
-_CELLS, _POIS, _POI_ID = _ascii('"cells":['), _ascii('],"pois":['), _ascii('{"poi_id":')
-_TASK_ID, _LAT, _LNG = _ascii(',"task_id":'), _ascii(',"lat":'), _ascii(',"lng":')
+_SEQ, _CENTER, _CELLS, _POIS = _ascii('{"seq":'), _ascii(',"center_cell":'), _ascii(',"cells":['), _ascii('],"pois":[')
+_POI_ID, _TASK_ID, _LAT, _LNG = _ascii('{"poi_id":'), _ascii(',"task_id":'), _ascii(',"lat":'), _ascii(',"lng":')
+_TASKS, _CUT, _WHOLE = _ascii('],"tasks":['), _ascii('],"truncated":true,'), _ascii('],"truncated":false,')
 
 
 @numba.njit(nogil=True, cache=True)
@@ -273,26 +287,27 @@ def _put_coord(out: npt.NDArray[np.uint8], at: int, x: float) -> int:  # pragma:
 def encode_rows(
     cells: npt.NDArray[np.int64], task_index: npt.NDArray[np.int32], poi_ids: npt.NDArray[np.int64],
     lats: npt.NDArray[np.float64], lngs: npt.NDArray[np.float64], task_ids: npt.NDArray[np.int64],
+    views_json: npt.NDArray[np.uint8], view_offsets: npt.NDArray[np.int64], seq: int, center: int,
     window: npt.NDArray[np.int64], active: npt.NDArray[np.uint8], band_rows: int,
     out: npt.NDArray[np.uint8], tasks: npt.NDArray[np.int64],
-) -> tuple[int, int, bool, bool]:  # pragma: no cover - compiled
-    """Select like select_rows, at most tasks.size rows, and write the answer's `"cells":[...],"pois":[...]`
-    as JSON into `out` (sized by encode_size) and the rows' task positions, in order of first
-    appearance, into `tasks`.
+) -> int:  # pragma: no cover - compiled
+    """Select like select_rows, at most tasks.size rows, and write the answer into `out` (sized by
+    encode_size) as JSON up to the comma after "truncated", with its tasks in order of first row.
 
-    Return (bytes written, tasks written, truncated, exact); exact is False when a coordinate needs
-    the general encoder. The caller's buffers spare the boxing of returned arrays (~1.5 µs each).
+    Return the bytes written, or -1 when a coordinate needs the general encoder. `tasks` is scratch.
     """
     positions, truncated = _select(cells, task_index, window, active, band_rows, tasks.size)
     window_cells = span_cells(window, band_rows)
-    n_tasks = 0
-    at = _put(out, 0, _CELLS)
+    at = _put_int(out, _put(out, 0, _SEQ), seq)
+    at = _put_int(out, _put(out, at, _CENTER), center)
+    at = _put(out, at, _CELLS)
     for m in range(window_cells.size):
         if m:
             out[at] = 44  # ,
             at += 1
         at = _put_int(out, at, window_cells[m])
     at = _put(out, at, _POIS)
+    n_tasks = 0
     for m in range(positions.size):
         j = positions[m]
         task = task_index[j]
@@ -303,10 +318,10 @@ def encode_rows(
         at = _put_int(out, _put(out, at, _TASK_ID), task_ids[task])
         at = _put_coord(out, _put(out, at, _LAT), lats[j])
         if at < 0:
-            return 0, 0, truncated, False
+            return -1
         at = _put_coord(out, _put(out, at, _LNG), lngs[j])
         if at < 0:
-            return 0, 0, truncated, False
+            return -1
         out[at] = 125  # }
         at += 1
         seen = False
@@ -317,45 +332,47 @@ def encode_rows(
         if not seen:
             tasks[n_tasks] = task
             n_tasks += 1
-    out[at] = 93  # ]
-    return at + 1, n_tasks, truncated, True
+    at = _put(out, at, _TASKS)
+    for q in range(n_tasks):
+        if q:
+            out[at] = 44
+            at += 1
+        at = _put(out, at, views_json[view_offsets[tasks[q]] : view_offsets[tasks[q] + 1]])
+    return _put(out, at, _CUT if truncated else _WHOLE)
 
 
-def encode_size(window_cells: int, max_pois: int) -> int:
-    """Return the bytes encode_rows may write: 20 digits and a comma a cell, 128 bytes a POI at most."""
-    return 32 + 21 * window_cells + 128 * max_pois
+def encode_size(window_cells: int, max_pois: int, longest_view: int) -> int:
+    """Return the bytes encode_rows may write: 20 digits and a comma a cell and number, 128 bytes a POI
+    and its longest task view each at most."""
+    return 128 + 21 * window_cells + (129 + longest_view) * max_pois
 
 
 def answer(lookup: Lookup, status: StatusView, lat: float, lng: float, max_pois: int,
            window: Window | None = None) -> dict[str, Any]:
     """Return the /v1/nearby body without the load-dependent fields (what `geo-snapshot query` prints)."""
     found = lookup.find(lat, lng, status, max_pois, window)
-    task_ids, views = lookup.task_ids, status.views
+    task_ids = lookup.task_ids
     return {
         "seq": lookup.seq,
         "center_cell": found.window[0],
         "cells": cells_in(found.window, lookup.grid.band_rows),
         "pois": [{"poi_id": p, "task_id": task_ids[t], "lat": a, "lng": b} for (t, p), (a, b) in zip(found.ids, found.coords)],
-        "tasks": [views[t] for t in dict.fromkeys(t for t, _ in found.ids)],
+        "tasks": [status.view(t) for t in dict.fromkeys(t for t, _ in found.ids)],
         "truncated": found.truncated,
     }
 
 
 def encode_answer(lookup: Lookup, status: StatusView, lat: float, lng: float, max_pois: int, window: Window,
                   extra: Mapping[str, Any]) -> bytes:
-    """Return answer() with the `extra` fields as JSON bytes, written by the compiled encoder and each
-    task's cached view; coordinates it cannot write exactly fall back to orjson on answer()."""
+    """Return answer() with the `extra` fields as JSON bytes, written by the compiled encoder; an
+    answer with coordinates it cannot write exactly goes through orjson on answer()."""
     snap = lookup.snapshot
-    out = np.empty(encode_size(lookup.window_cells, max_pois), np.uint8)
-    tasks = np.empty(max_pois, np.int64)
-    size, n_tasks, truncated, exact = encode_rows(
-        snap.cells, snap.task_index, snap.poi_ids, snap.lats, snap.lngs, lookup.task_id_array, window_array(window),
-        status.active, lookup.grid.band_rows, out, tasks)
-    if not exact:
+    out = lookup.scratch(encode_size(lookup.window_cells, max_pois, status.longest_view))
+    size = encode_rows(snap.cells, snap.task_index, snap.poi_ids, snap.lats, snap.lngs, lookup.task_id_array,
+                       status.views_json, status.view_offsets, lookup.seq, window[0], window[1], status.active,
+                       lookup.grid.band_rows, out, np.empty(max_pois, np.int64))
+    if size < 0:
         return orjson.dumps({**answer(lookup, status, lat, lng, max_pois, window), **extra})
-    tail = orjson.dumps(extra)
-    return b"".join((
-        b'{"seq":%d,"center_cell":%d,' % (lookup.seq, window[0]), out[:size].tobytes(),
-        b',"tasks":[', b",".join([status.view_json(t) for t in tasks[:n_tasks].tolist()]),
-        b'],"truncated":true' if truncated else b'],"truncated":false', b"," + tail[1:] if extra else b"}",
-    ))
+    if not extra:
+        return out[: size - 1].tobytes() + b"}"
+    return out[:size].tobytes() + orjson.dumps(extra)[1:]
