@@ -64,22 +64,25 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 async def snapshot_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Load the live snapshot (if any), then watch CURRENT; SIGHUP forces a check."""
+    """Load the live snapshot (if any), then watch CURRENT (SIGHUP forces a check) and prepare the
+    status of each task-window edge ahead of it."""
     watcher = app[watcher_key]
     outcome = await watcher.refresh()
     if outcome["seq"] is None:
         log.warning("no snapshot to serve yet; answering 503 until one is published",
                     extra={"snapshots": str(app[settings_key].snapshots), "error": outcome["error"]})
-    task = asyncio.create_task(watcher.run(), name="snapshot-watcher")
+    tasks = [asyncio.create_task(watcher.run(), name="snapshot-watcher"),
+             asyncio.create_task(app[snapshot_key].prepare_edges(), name="status-edges")]
     loop = asyncio.get_running_loop()
     with suppress(NotImplementedError, RuntimeError):
         loop.add_signal_handler(signal.SIGHUP, watcher.wake)
     yield
     with suppress(NotImplementedError, RuntimeError):
         loop.remove_signal_handler(signal.SIGHUP)
-    task.cancel()
-    with suppress(asyncio.CancelledError):
-        await task
+    for task in tasks:
+        task.cancel()
+        with suppress(asyncio.CancelledError):
+            await task
 
 
 async def ledger_ctx(app: web.Application) -> AsyncIterator[None]:

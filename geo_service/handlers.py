@@ -128,6 +128,8 @@ async def metrics(request: web.Request) -> web.Response:
         "snapshot_seq": ("gauge", "Seq of the live snapshot (0: none).", holder.live.lookup.seq if holder.live else 0),
         "snapshot_swaps_total": ("counter", "Snapshots swapped in.", holder.swaps),
         "snapshot_refused_total": ("counter", "Snapshots refused by verification.", holder.refused),
+        "status_edges_inline_total": ("counter", "Task-window edges whose status was computed in a request "
+                                                  "(not ahead, in a thread).", holder.edges_inline),
         "shed_requests_total": ("counter", "Requests answered 503 because of load.", load.shed),
         "inflight_requests": ("gauge", "Requests in flight.", load.inflight),
         "event_loop_lag_ms": ("gauge", "Smoothed event-loop lag.", load.lag_ms),

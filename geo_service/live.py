@@ -14,10 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from geo_service.nearby import Lookup, StatusView, TaskOverride
+from geo_service.nearby import NEVER, Lookup, StatusView, TaskOverride
 from geo_service.snapshot import SnapshotError, current_seq, open_snapshot
 
 log = logging.getLogger("geodrop.snapshot")
+# How far ahead of a task window's start or end its status is computed, and how often to look.
+EDGE_LEAD_S = 10
+EDGE_POLL_S = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,22 +43,49 @@ class SnapshotHolder:
     refused_seqs: set[int] = field(default_factory=set)
     # The collector's latest view of the tasks (kill switch, what is left), or None without one.
     overrides: Mapping[int, TaskOverride] | None = None
+    # The live pair as it will be at the next task-window edge, computed ahead by prepare_edges.
+    upcoming: Live | None = None
+    edges_inline: int = 0  # edges whose status had to be computed on the event loop
 
     def install(self, lookup: Lookup, now_s: int) -> None:
         self.live = Live(lookup, lookup.table.status(now_s, self.overrides), time.time())
+        self.upcoming = None
         self.swaps += 1
 
     def current(self, now_s: int) -> Live | None:
-        """Return the live pair, first recomputing the status if a task window opened or closed."""
+        """Return the live pair, first moving to the next status if a task window opened or closed."""
         live = self.live
         if live is not None and now_s >= live.status.valid_until:
-            live = Live(live.lookup, live.lookup.table.status(now_s, self.overrides), live.loaded_at)
-            self.live = live
+            ahead = self.upcoming
+            if ahead is not None and self._prepared(live, ahead) and now_s < ahead.status.valid_until:
+                live = ahead
+            else:
+                live = Live(live.lookup, live.lookup.table.status(now_s, self.overrides), live.loaded_at)
+                self.edges_inline += 1
+            self.live, self.upcoming = live, None
         return live
+
+    @staticmethod
+    def _prepared(live: Live, ahead: Live | None) -> bool:
+        return ahead is not None and ahead.lookup is live.lookup and ahead.status.as_of == live.status.valid_until
+
+    async def prepare_edges(self) -> None:
+        """Compute the status of the next task-window edge in a thread shortly before it comes, so that
+        requests at the edge swap it in rather than compute it on the event loop. Runs until cancelled."""
+        while True:
+            live, overrides = self.live, self.overrides
+            if (live is not None and live.status.valid_until != NEVER and not self._prepared(live, self.upcoming)
+                    and live.status.valid_until - time.time() <= EDGE_LEAD_S):
+                edge = live.status.valid_until
+                status = await asyncio.to_thread(live.lookup.table.status, edge, overrides)
+                if self.live is live and self.overrides is overrides:
+                    self.upcoming = Live(live.lookup, status, live.loaded_at)
+            await asyncio.sleep(EDGE_POLL_S)
 
     async def apply_overrides(self, overrides: Mapping[int, TaskOverride], now_s: int) -> None:
         """Take a new collector view: recompute the live status beside it (in a thread), then swap."""
         self.overrides = overrides
+        self.upcoming = None
         live = self.live
         if live is not None:
             status = await asyncio.to_thread(live.lookup.table.status, now_s, overrides)

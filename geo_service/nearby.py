@@ -54,6 +54,7 @@ class StatusView:
     view_offsets: npt.NDArray[np.int64]
     longest_view: int
     version: int
+    as_of: int  # the moment it was computed for; it holds from then until valid_until
     valid_until: int
 
     def view(self, task: int) -> dict[str, Any] | None:
@@ -70,6 +71,10 @@ class TaskTable:
     starts_at: npt.NDArray[np.int64] = field(init=False)
     ends_at: npt.NDArray[np.int64] = field(init=False)
     enabled: npt.NDArray[np.bool_] = field(init=False)
+    # Each task's last encoded view and what it was encoded from: a new status re-encodes only the
+    # tasks whose remaining counts changed (the collector reports every task each tick).
+    _encoded: dict[int, tuple[tuple[int | None, ...] | None, bytes]] = field(
+        init=False, default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "starts_at", np.array([t["starts_at"] for t in self.tasks], dtype=np.int64))
@@ -86,7 +91,7 @@ class TaskTable:
             if override is not None and active[i]:
                 exhausted = override.remaining is not None and not any(v > 0 for v in override.remaining.values())
                 active[i] = override.enabled and not exhausted
-            views.append(orjson.dumps(_task_view(task, override)) if active[i] else b"")
+            views.append(self._view_json(i, override) if active[i] else b"")
         future = np.concatenate([self.starts_at[self.starts_at > now_s], self.ends_at[self.ends_at > now_s]])
         lengths = np.fromiter(map(len, views), dtype=np.int64, count=len(views))
         offsets = np.zeros(len(views) + 1, dtype=np.int64)
@@ -94,11 +99,23 @@ class TaskTable:
         blob = b"".join(views)
         flags = active.astype(np.uint8)
         return StatusView(flags, np.frombuffer(blob, dtype=np.uint8), offsets, int(lengths.max(initial=0)),
-                          zlib.crc32(blob, zlib.crc32(flags.tobytes())), int(future.min()) if len(future) else NEVER)
+                          zlib.crc32(blob, zlib.crc32(flags.tobytes())), now_s,
+                          int(future.min()) if len(future) else NEVER)
 
 
-def _task_view(task: dict[str, Any], override: TaskOverride | None) -> dict[str, Any]:
-    remaining = override.remaining if override is not None else None
+    def _view_json(self, i: int, override: TaskOverride | None) -> bytes:
+        task = self.tasks[i]
+        remaining = override.remaining if override is not None else None
+        key = None if remaining is None else tuple(remaining.get(p["prize_type"]) for p in task["prizes"])
+        cached = self._encoded.get(i)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        data = orjson.dumps(_task_view(task, remaining))
+        self._encoded[i] = (key, data)
+        return data
+
+
+def _task_view(task: dict[str, Any], remaining: Mapping[str, int] | None) -> dict[str, Any]:
     return {
         "task_id": task["task_id"],
         "name": task["name"],

@@ -14,6 +14,7 @@ from geo_service.keys import load_key, snapshot_key
 from geo_service.nearby import Lookup
 from geo_service.snapshot import open_current
 from tests.conftest import SAMPLE, MakeClient, build_into
+from tests.support.builders import claim_poi, set_csv_field, write_claims_data
 from tests.support.oracle import haversine_m
 
 
@@ -167,3 +168,26 @@ async def test_admin_reload_needs_the_token_and_refuses_a_corrupt_snapshot(
     assert refused.status == 409 and (await refused.json())["error"]["code"] == "snapshot_refused"
     assert client.server.app[snapshot_key].live.lookup.seq == 1  # type: ignore[union-attr]
     assert (await (await client.get("/v1/nearby?lat=22.5329&lng=113.9305")).json())["seq"] == 1
+
+
+async def test_a_task_window_edge_is_crossed_with_a_status_prepared_ahead(make_client: MakeClient, tmp_path: Path) -> None:
+    data, snaps = tmp_path / "data", tmp_path / "snaps"
+    write_claims_data(data, {"cash": 5}, pois=3)
+    edge = int(time.time()) + 6  # time enough to build and start first
+    at_edge = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(edge))
+    set_csv_field(data / "tasks.csv", 2, "ends_at", at_edge)  # task 1 ends at the edge
+    set_csv_field(data / "tasks.csv", 3, "starts_at", at_edge)  # the other task starts there
+    await asyncio.to_thread(build_into, data, snaps)
+    client = await make_client(snaps)
+    _, lat, lng = claim_poi(1, 0)
+    seen = []
+    for _ in range(400):  # bounded: ~16 s of polling
+        body = await (await client.get(f"/v1/nearby?lat={lat}&lng={lng}")).json()
+        seen.append((time.time(), sorted(t["task_id"] for t in body["tasks"])))
+        if time.time() > edge + 1:
+            break
+        await asyncio.sleep(0.04)
+    assert seen[0][0] < edge - 1, "the service came up too late to see the edge"
+    assert all(tasks == ([1] if at < edge else [2]) for at, tasks in seen if abs(at - edge) > 0.1)
+    assert seen[0][1] == [1] and seen[-1][1] == [2]
+    assert client.server.app[snapshot_key].edges_inline == 0  # type: ignore[union-attr]
