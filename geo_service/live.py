@@ -12,9 +12,9 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
-from geo_service.nearby import NEVER, Lookup, StatusView, TaskOverride
+from geo_service.nearby import NEVER, Lookup, StatusView, TaskOverride, answer, encode_answer
 from geo_service.snapshot import SnapshotError, current_seq, open_snapshot
 
 log = logging.getLogger("geodrop.snapshot")
@@ -57,7 +57,7 @@ class SnapshotHolder:
         live = self.live
         if live is not None and now_s >= live.status.valid_until:
             ahead = self.upcoming
-            if ahead is not None and self._prepared(live, ahead) and now_s < ahead.status.valid_until:
+            if self._prepared(ahead, live) and now_s < ahead.status.valid_until:
                 live = ahead
             else:
                 live = Live(live.lookup, live.lookup.table.status(now_s, self.overrides), live.loaded_at)
@@ -66,7 +66,8 @@ class SnapshotHolder:
         return live
 
     @staticmethod
-    def _prepared(live: Live, ahead: Live | None) -> bool:
+    def _prepared(ahead: Live | None, live: Live) -> TypeGuard[Live]:
+        """Whether `ahead` is the status of the live snapshot at the live status's next edge."""
         return ahead is not None and ahead.lookup is live.lookup and ahead.status.as_of == live.status.valid_until
 
     async def prepare_edges(self) -> None:
@@ -74,7 +75,7 @@ class SnapshotHolder:
         requests at the edge swap it in rather than compute it on the event loop. Runs until cancelled."""
         while True:
             live, overrides = self.live, self.overrides
-            if (live is not None and live.status.valid_until != NEVER and not self._prepared(live, self.upcoming)
+            if (live is not None and live.status.valid_until != NEVER and not self._prepared(self.upcoming, live)
                     and live.status.valid_until - time.time() <= EDGE_LEAD_S):
                 edge = live.status.valid_until
                 status = await asyncio.to_thread(live.lookup.table.status, edge, overrides)
@@ -96,9 +97,11 @@ class SnapshotHolder:
 def load_lookup(folder: Path) -> Lookup:
     """Open, verify and prepare a snapshot folder (blocking: run it in a thread)."""
     lookup = Lookup(open_snapshot(folder, verify=True))
-    # The first lookup compiles (or loads from numba's cache) the row filter: do it here, off the
-    # event loop, not in the first player's request.
-    lookup.find(0.0, 0.0, lookup.table.status(0), 1)
+    # The first call of each compiled pass compiles it (or loads it from numba's cache): make those
+    # calls here, off the event loop, not in the first player's request.
+    status = lookup.table.status(0)
+    encode_answer(lookup, status, 0.0, 0.0, 1, lookup.grid.window(0.0, 0.0), {})
+    answer(lookup, status, 0.0, 0.0, 1)
     return lookup
 
 

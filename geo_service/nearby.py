@@ -102,7 +102,6 @@ class TaskTable:
                           zlib.crc32(blob, zlib.crc32(flags.tobytes())), now_s,
                           int(future.min()) if len(future) else NEVER)
 
-
     def _view_json(self, i: int, override: TaskOverride | None) -> bytes:
         task = self.tasks[i]
         remaining = override.remaining if override is not None else None
