@@ -161,7 +161,7 @@ class SquareGrid:
         # NaN and infinities fail the range test.
         if not (-MAX_ABS_LAT <= lat <= MAX_ABS_LAT and -180.0 <= lng <= 180.0):
             check_position(lat, lng)
-        return _square_window(lat, lng, self.row_height_deg, self.radius, self.band_rows, self.max_cols, self.band_cols)
+        return square_window(lat, lng, self.row_height_deg, self.radius, self.band_rows, self.max_cols, self.band_cols)
 
     def window_cells(self, lat: float, lng: float) -> list[int]:
         return cells_in(self.window(lat, lng), self.band_rows)
@@ -218,8 +218,8 @@ def cells_in(window: Window, band_rows: int) -> list[int]:
 
 
 @numba.njit(nogil=True, cache=True)
-def _square_window(lat: float, lng: float, row_height_deg: float, r: int, b_rows: int, max_cols: int,
-                   band_cols: IntArray) -> Window:  # pragma: no cover - compiled
+def square_window(lat: float, lng: float, row_height_deg: float, r: int, b_rows: int, max_cols: int,
+                  band_cols: IntArray) -> Window:  # pragma: no cover - compiled
     """Return the center cell and spans of the square window around a point in the served band."""
     row = int((lat + 90.0) / row_height_deg)
     x = (lng + 180.0) / 360.0

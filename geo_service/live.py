@@ -100,7 +100,7 @@ def load_lookup(folder: Path) -> Lookup:
     # The first call of each compiled pass compiles it (or loads it from numba's cache): make those
     # calls here, off the event loop, not in the first player's request.
     status = lookup.table.status(0)
-    encode_answer(lookup, status, 0.0, 0.0, 1, lookup.grid.window(0.0, 0.0), {})
+    encode_answer(lookup, status, 0.0, 0.0, 1, {})
     answer(lookup, status, 0.0, 0.0, 1)
     return lookup
 

@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from geo_service.grid import Window, cells_in, span_cells
+from geo_service.grid import SquareGrid, Window, cells_in, span_cells, square_window
 from geo_service.snapshot import Snapshot
 
 NEVER = 2**62
@@ -156,6 +156,8 @@ class Lookup:
         self.task_ids = [t["task_id"] for t in snapshot.tasks]
         self.task_id_array = np.array(self.task_ids, dtype=np.int64)
         self.window_cells = (2 * self.grid.radius + 1) ** 2  # the most a window holds, on either grid
+        # A square grid's window is computed inside the encoder's compiled call: one call a request.
+        self.square = self.grid if isinstance(self.grid, SquareGrid) else None
         self.task_position = {task_id: i for i, task_id in enumerate(self.task_ids)}
         self._scratch = np.empty(0, np.uint8)
 
@@ -378,17 +380,53 @@ def answer(lookup: Lookup, status: StatusView, lat: float, lng: float, max_pois:
     }
 
 
-def encode_answer(lookup: Lookup, status: StatusView, lat: float, lng: float, max_pois: int, window: Window,
-                  extra: Mapping[str, Any]) -> bytes:
-    """Return answer() with the `extra` fields as JSON bytes, written by the compiled encoder; an
-    answer with coordinates it cannot write exactly goes through orjson on answer()."""
-    snap = lookup.snapshot
+@numba.njit(nogil=True, cache=True)
+def span_key(spans: npt.NDArray[np.int64]) -> int:  # pragma: no cover - compiled
+    """Return a 48-bit FNV-1a hash of a window's spans: the same in every worker, for ETags."""
+    h = np.uint64(14695981039346656037)
+    for v in spans:
+        h = (h ^ np.uint64(v)) * np.uint64(1099511628211)
+    return int(h >> np.uint64(16))
+
+
+@numba.njit(nogil=True, cache=True)
+def encode_square(
+    lat: float, lng: float, row_height_deg: float, radius: int, band_rows: int, max_cols: int,
+    band_cols: npt.NDArray[np.int64], cells: npt.NDArray[np.int64], task_index: npt.NDArray[np.int32],
+    poi_ids: npt.NDArray[np.int64], lats: npt.NDArray[np.float64], lngs: npt.NDArray[np.float64],
+    task_ids: npt.NDArray[np.int64], views_json: npt.NDArray[np.uint8], view_offsets: npt.NDArray[np.int64],
+    seq: int, active: npt.NDArray[np.uint8], out: npt.NDArray[np.uint8], tasks: npt.NDArray[np.int64],
+) -> tuple[int, int]:  # pragma: no cover - compiled
+    """encode_rows around a point of a square grid, its window computed here; return (size, span_key)."""
+    center, spans = square_window(lat, lng, row_height_deg, radius, band_rows, max_cols, band_cols)
+    size = encode_rows(cells, task_index, poi_ids, lats, lngs, task_ids, views_json, view_offsets, seq, center,
+                       spans, active, band_rows, out, tasks)
+    return size, span_key(spans)
+
+
+def encode_answer(lookup: Lookup, status: StatusView, lat: float, lng: float, max_pois: int,
+                  extra: Mapping[str, Any]) -> tuple[bytes, int]:
+    """Return answer() with the `extra` fields as JSON bytes, and the window's span_key (for ETags).
+
+    The compiled encoder writes it; an answer with coordinates it cannot write exactly goes through
+    orjson on answer(). (lat, lng) must be in the served band.
+    """
+    snap, grid = lookup.snapshot, lookup.square
     out = lookup.scratch(encode_size(lookup.window_cells, max_pois, status.longest_view))
-    size = encode_rows(snap.cells, snap.task_index, snap.poi_ids, snap.lats, snap.lngs, lookup.task_id_array,
-                       status.views_json, status.view_offsets, lookup.seq, window[0], window[1], status.active,
-                       lookup.grid.band_rows, out, np.empty(max_pois, np.int64))
+    tasks = np.empty(max_pois, np.int64)
+    if grid is not None:
+        size, key = encode_square(lat, lng, grid.row_height_deg, grid.radius, grid.band_rows, grid.max_cols,
+                                  grid.band_cols, snap.cells, snap.task_index, snap.poi_ids, snap.lats, snap.lngs,
+                                  lookup.task_id_array, status.views_json, status.view_offsets, lookup.seq,
+                                  status.active, out, tasks)
+    else:
+        center, spans = lookup.grid.window(lat, lng)
+        size = encode_rows(snap.cells, snap.task_index, snap.poi_ids, snap.lats, snap.lngs, lookup.task_id_array,
+                           status.views_json, status.view_offsets, lookup.seq, center, spans, status.active,
+                           lookup.grid.band_rows, out, tasks)
+        key = span_key(spans)
     if size < 0:
-        return orjson.dumps({**answer(lookup, status, lat, lng, max_pois, window), **extra})
+        return orjson.dumps({**answer(lookup, status, lat, lng, max_pois), **extra}), key
     if not extra:
-        return out[: size - 1].tobytes() + b"}"
-    return out[:size].tobytes() + orjson.dumps(extra)[1:]
+        return out[: size - 1].tobytes() + b"}", key
+    return out[:size].tobytes() + orjson.dumps(extra)[1:], key

@@ -9,9 +9,9 @@ import numpy as np
 import orjson
 import pytest
 
-from geo_service.nearby import Lookup, _put_coord, answer, encode_answer
+from geo_service.nearby import Lookup, _put_coord, answer, encode_answer, span_key
 from geo_service.snapshot import open_current
-from tests.conftest import build_into
+from tests.conftest import SAMPLE, build_into
 from tests.support.builders import claim_poi, set_csv_field, write_claims_data
 
 NOW_S = 1_790_000_000
@@ -47,11 +47,19 @@ def synth_lookup(synth_100k: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     return Lookup(open_current(out))
 
 
+@pytest.fixture(scope="module")
+def h3_lookup(tmp_path_factory: pytest.TempPathFactory) -> Lookup:
+    out = tmp_path_factory.mktemp("h3-snaps")
+    build_into(SAMPLE, out, "--grid", "h3", "--h3-res", "9")
+    return Lookup(open_current(out))
+
+
 @pytest.mark.parametrize("max_pois", [300, 4])
-def test_answers_are_byte_for_byte_those_of_orjson(synth_lookup: Lookup, sample_snapshots: Path, max_pois: int) -> None:
+def test_answers_are_byte_for_byte_those_of_orjson(synth_lookup: Lookup, h3_lookup: Lookup, sample_snapshots: Path,
+                                                   max_pois: int) -> None:
     rng = np.random.default_rng(5)
     extras: list[dict[str, object]] = [{"next_poll_ms": 5000, "status_age_s": 1.25}, {}]
-    for lookup in (synth_lookup, Lookup(open_current(sample_snapshots))):
+    for lookup in (synth_lookup, Lookup(open_current(sample_snapshots)), h3_lookup):
         status = lookup.table.status(NOW_S)
         snap = lookup.snapshot
         seen_tasks = truncated = 0
@@ -60,7 +68,7 @@ def test_answers_are_byte_for_byte_those_of_orjson(synth_lookup: Lookup, sample_
             lat, lng = float(snap.lats[i]) + rng.normal(0, 0.001), float(snap.lngs[i]) + rng.normal(0, 0.001)
             window = lookup.grid.window(lat, lng)
             want = orjson.dumps({**answer(lookup, status, lat, lng, max_pois, window), **extra})
-            assert encode_answer(lookup, status, lat, lng, max_pois, window, extra) == want
+            assert encode_answer(lookup, status, lat, lng, max_pois, extra) == (want, span_key(window[1]))
             parsed = orjson.loads(want)
             seen_tasks += len(parsed["tasks"])
             truncated += parsed["truncated"]
@@ -75,7 +83,6 @@ def test_rows_with_longer_coordinates_take_the_general_encoder(tmp_path: Path) -
     lookup = Lookup(open_current(snaps))
     status = lookup.table.status(NOW_S)
     _, lat, lng = claim_poi(1, 0)
-    window = lookup.grid.window(lat, lng)
-    body = encode_answer(lookup, status, lat, lng, 300, window, {"next_poll_ms": 1})
-    assert body == orjson.dumps({**answer(lookup, status, lat, lng, 300, window), "next_poll_ms": 1})
+    body, _ = encode_answer(lookup, status, lat, lng, 300, {"next_poll_ms": 1})
+    assert body == orjson.dumps({**answer(lookup, status, lat, lng, 300), "next_poll_ms": 1})
     assert 22.53290012345 in {p["lat"] for p in orjson.loads(body)["pois"]}
