@@ -1,14 +1,14 @@
 """Benchmark the nearby path: in-process lookups at 10^6 and 10^7 POIs, then HTTP against a bare aiohttp handler.
 
-    .venv/bin/python bench/nearby_bench.py [--sizes 1000000 10000000] [--seconds 10] [--connections 64]
+    .venv/bin/python bench/nearby_bench.py [--sizes 1000000 10000000] [--rounds 6] [--seconds 5] [--connections 64]
 
 In-process: `Lookup.find` (window, binary search, status filter, rows found) timed one call at a
 time over 20,000 positions near random POIs, five passes after a warm-up pass; median and p99 over
 all calls, the quietest pass's median, and calls/s.
 HTTP (needs wrk: apt-get install wrk): `geo-service serve --workers 2` on the largest snapshot and
 bench/minimal_server.py (2 workers, a fixed body of the median answer size), each loaded by
-`wrk -t2 -c64` cycling through the same 20,000 positions, alternated twice; medians of the two
-rounds and the ratio.
+`wrk -t2 -c64` cycling through the same 20,000 positions, alternated for `--rounds` rounds;
+medians over the rounds, and the median of each round's nearby/minimal ratio.
 Both the servers and wrk share this machine's cores, as they would in any one-box run.
 """
 
@@ -123,7 +123,8 @@ def run_wrk(port: int, script: Path, seconds: int, connections: int) -> dict[str
     return {"rps": requests / (duration_us / 1e6), "p50_ms": p50 / 1000, "p99_ms": p99 / 1000, "errors": errors}
 
 
-def bench_http(lookup: Lookup, points: list[tuple[float, float]], snaps: Path, seconds: int, connections: int) -> None:
+def bench_http(lookup: Lookup, points: list[tuple[float, float]], snaps: Path, rounds_n: int, seconds: int,
+               connections: int) -> None:
     if shutil.which("wrk") is None:
         print("http     skipped: wrk is not installed (apt-get install wrk)")
         return
@@ -141,7 +142,7 @@ def bench_http(lookup: Lookup, points: list[tuple[float, float]], snaps: Path, s
             wait_ready(f"http://127.0.0.1:{ours_port}/healthz")
             wait_ready(f"http://127.0.0.1:{bare_port}/v1/nearby")
             rounds: dict[str, list[dict[str, float]]] = {"nearby": [], "minimal": []}
-            for _ in range(2):
+            for _ in range(rounds_n):
                 rounds["minimal"].append(run_wrk(bare_port, script, seconds, connections))
                 rounds["nearby"].append(run_wrk(ours_port, script, seconds, connections))
         finally:
@@ -153,14 +154,19 @@ def bench_http(lookup: Lookup, points: list[tuple[float, float]], snaps: Path, s
         m = med[name]
         print(f"http     {name:<8} {m['rps']:>9,.0f} req/s  p50 {m['p50_ms']:5.2f} ms  p99 {m['p99_ms']:5.2f} ms  "
               f"errors {m['errors']:.0f}  (body ~{size} B, 2 workers, {connections} connections)", flush=True)
-    print(f"http     ratio nearby/minimal throughput: {med['nearby']['rps'] / med['minimal']['rps']:.2f}")
+    # This machine's speed drifts by half within minutes: the ratio of each round's two adjacent runs
+    # holds still far better than either throughput does.
+    ratios = [a["rps"] / b["rps"] for a, b in zip(rounds["nearby"], rounds["minimal"])]
+    print(f"http     ratio nearby/minimal throughput: median {statistics.median(ratios):.2f} over {len(ratios)} rounds "
+          f"(each round's adjacent runs; min {min(ratios):.2f}, max {max(ratios):.2f})")
     print("raw " + json.dumps(rounds))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="*", default=[1_000_000, 10_000_000], help="Snapshot sizes in POIs.")
-    ap.add_argument("--seconds", type=int, default=10, help="Seconds per wrk run.")
+    ap.add_argument("--rounds", type=int, default=6, help="Rounds of one minimal run then one nearby run.")
+    ap.add_argument("--seconds", type=int, default=5, help="Seconds per wrk run.")
     ap.add_argument("--connections", type=int, default=64, help="wrk connections.")
     ap.add_argument("--no-http", action="store_true", help="Only the in-process lookups.")
     args = ap.parse_args()
@@ -169,7 +175,7 @@ def main() -> None:
     for n in args.sizes:
         last = (*bench_inprocess(n), WORKDIR / f"snaps-{n}")
     if last and not args.no_http:
-        bench_http(*last, args.seconds, args.connections)
+        bench_http(*last, args.rounds, args.seconds, args.connections)
 
 
 if __name__ == "__main__":
