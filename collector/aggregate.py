@@ -11,7 +11,7 @@ import numpy as np
 import numpy.typing as npt
 
 from geo_service.ledger import Counters
-from geo_service.snapshot import read_tables
+from geo_service.snapshot import SnapshotError, read_tables
 
 STATUSES = ("active", "upcoming", "exhausted", "ended", "disabled")
 ACTIVE, UPCOMING, EXHAUSTED, ENDED, DISABLED = range(len(STATUSES))
@@ -93,4 +93,8 @@ class Aggregator:
 
 def load_index(folder: Path, seq: int) -> Aggregator:
     """Return the index of the snapshot in `folder`, every prize at its full quota until counters arrive."""
-    return Aggregator(seq, *read_tables(folder))
+    tasks, districts = read_tables(folder)
+    try:
+        return Aggregator(seq, tasks, districts)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SnapshotError(f"{folder}: malformed task or district table: {exc!r}") from None

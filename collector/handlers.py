@@ -104,6 +104,7 @@ def _health(app: web.Application) -> dict[str, object]:
                  "ticks": h.ticks, "failures": h.failures, "last_error": h.last_error},
         "sweep": {"complete_reads": h.sweeps, "last_started_s_ago": round(time.time() - h.swept_at, 1) if h.sweeps else None,
                   "rows_read": h.sweep_rows},
+        "refused_snapshot": h.refused_seq,
         "stream_subscribers": app[feed_key].subscribers,
     }
 

@@ -44,6 +44,7 @@ class TickHealth:
     sweeps: int = 0  # complete reads finished
     swept_at: float = 0.0  # wall time the last complete read started
     sweep_rows: int = 0  # counters read so far by the running sweep
+    refused_seq: int | None = None  # a published snapshot whose tables could not be read
 
 
 @dataclass(slots=True)
@@ -86,7 +87,6 @@ class Ticker:
         self._sweep: Sweep | None = None
         self._building: tuple[int, asyncio.Future[Aggregator]] | None = None
         self._builder: ProcessPoolExecutor | None = None
-        self._refused_seq: int | None = None
         self._read_at = 0.0  # wall time the last good read started
 
     def _newest(self) -> Aggregator | None:
@@ -100,7 +100,7 @@ class Ticker:
         if seq is None:
             raise SnapshotError(f"{self.snapshots}: no CURRENT snapshot")
         newest = self._newest()
-        if (newest is not None and newest.seq == seq) or seq == self._refused_seq:
+        if (newest is not None and newest.seq == seq) or seq == self.health.refused_seq:
             return
         if self._live is None:
             self._sweep = Sweep(await asyncio.to_thread(load_index, self.snapshots / str(seq), seq), now)
@@ -123,7 +123,7 @@ class Ticker:
             index = future.result()
         except (SnapshotError, BrokenProcessPool, OSError) as exc:
             # The live view goes on; this snapshot is not tried again until another is published.
-            self._refused_seq = seq
+            self.health.refused_seq = seq
             if isinstance(exc, BrokenProcessPool):
                 self._builder = None
             log.warning("new snapshot's tables refused; the live view stays", extra={"seq": seq, "error": str(exc)})

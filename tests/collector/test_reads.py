@@ -83,3 +83,28 @@ async def test_a_new_snapshot_is_filled_beside_the_live_one_and_served_only_when
         assert ticker.health.sweeps == 2 and ticker.health.failures == 0
     finally:
         await ticker.close()
+
+
+async def test_a_new_snapshot_with_broken_tables_is_refused_and_the_live_view_goes_on(tmp_path: Path) -> None:
+    data, snaps, dsn = tmp_path / "data", tmp_path / "snaps", f"sqlite:///{tmp_path / 'l.sqlite3'}"
+    write_claims_data(data, {"cash": 3}, pois=2)
+    await asyncio.to_thread(build_into, data, snaps)
+    ledger = open_ledger(dsn)
+    await ledger.seed([(1, "cash", 3), (2, "cash", 10)])
+    ticker = Ticker(ledger=ledger, snapshots=snaps, holder=ViewHolder(), floor_s=0.1, ceiling_s=1.0, slow_read_s=5.0,
+                    on_swap=lambda changed: None)
+    try:
+        assert (await ticker.tick()) is not None
+        await asyncio.to_thread(build_into, data, snaps)
+        tasks_json = snaps / "2" / "tasks.json"
+        tasks_json.write_bytes(tasks_json.read_bytes().replace(b'"starts_at"', b'"starts"'))  # a field gone
+        for _ in range(100):  # bounded: the child process parses the tables, then the tick refuses them
+            view = await ticker.tick()
+            assert view is not None and view.seq == 1
+            if ticker.health.refused_seq == 2:
+                break
+            await asyncio.sleep(0.05)
+        assert ticker.health.refused_seq == 2 and ticker.health.failures == 0
+        assert (await ticker.tick()) is not None  # and the ticks go on
+    finally:
+        await ticker.close()
