@@ -14,55 +14,26 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections import Counter
 from pathlib import Path
 
 import aiohttp
-import pymysql
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from geo_service.settings import MySQLSettings  # noqa: E402
+from harness import drop_ledger_tables, free_port, wait_ready  # noqa: E402
+
 from geo_service.tokens import mint  # noqa: E402
 from tests.support.builders import claim_poi, write_claims_data  # noqa: E402
 
 PY = sys.executable
 SECRET = "bench-secret"
 POIS_PER_TASK = 5
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def fresh_mysql(dsn: str) -> None:
-    s = MySQLSettings.from_dsn(dsn)
-    conn = pymysql.connect(host=s.host, port=s.port, user=s.user, password=s.password, database=s.database)
-    with conn.cursor() as cur:
-        for table in ("claims", "prize_counters", "user_wins", "user_positions"):
-            cur.execute(f"DROP TABLE IF EXISTS {table}")
-    conn.commit()
-    conn.close()
-
-
-def wait_ready(port: int) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:  # bounded
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).read()
-            return
-        except OSError:
-            time.sleep(0.2)
-    raise SystemExit("geo-service did not come up")
 
 
 async def load(port: int, tasks: int, claims: int, concurrency: int) -> tuple[list[float], Counter[str], float]:
@@ -98,13 +69,13 @@ def scenario(backend: str, dsn: str, name: str, tasks: int, claims: int, concurr
         subprocess.run([PY, "-m", "loaders", "build", "--source", str(data), "--out", str(snaps), "--quiet"], check=True)
         ledger = f"sqlite:///{tmp}/ledger.sqlite3" if backend == "sqlite" else dsn
         if backend == "mysql":
-            fresh_mysql(dsn)
+            drop_ledger_tables(dsn)
         port = free_port()
         server = subprocess.Popen([PY, "-m", "geo_service", "serve", "--snapshots", str(snaps), "--port", str(port),
                                    "--workers", "2", "--token-secret", SECRET, "--ledger", ledger, "--win-cap", "1000000",
                                    "--data-dir", tmp, "--log-level", "warning"])
         try:
-            wait_ready(port)
+            wait_ready(f"http://127.0.0.1:{port}/healthz")
             latencies, outcomes, seconds = asyncio.run(load(port, tasks, claims, concurrency))
         finally:
             server.terminate()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
+import sqlite3
 import statistics
 import sys
 import tempfile
@@ -26,13 +27,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pymysql
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from harness import drop_ledger_tables  # noqa: E402
 
 from collector.ticker import Ticker  # noqa: E402
 from collector.views import ViewHolder  # noqa: E402
 from geo_service.grid import SquareGrid  # noqa: E402
 from geo_service.ledger import ClaimRequest, open_ledger  # noqa: E402
+from geo_service.settings import MySQLSettings  # noqa: E402
 from geo_service.snapshot import ROW_ARRAYS, write_snapshot  # noqa: E402
 
 CODES = Path(__file__).resolve().parents[1] / "data" / "china_county_codes.tsv"
@@ -70,36 +75,17 @@ def issue_some(dsn: str) -> None:
     sql = ("UPDATE prize_counters SET changed_at = 0, "
            "issued = FLOOR(quota * ((task_id * 7919 + LENGTH(prize_type)) % 100) / 100)")
     if dsn.startswith("sqlite:///"):
-        import sqlite3
-
         with sqlite3.connect(dsn.removeprefix("sqlite:///")) as conn:
             conn.execute(sql.replace("FLOOR", "CAST").replace(") / 100)", ") / 100 AS INTEGER)"))
         return
-    import pymysql
-
-    from geo_service.settings import MySQLSettings
-
     s = MySQLSettings.from_dsn(dsn)
-    conn = pymysql.connect(host=s.host, port=s.port, user=s.user, password=s.password, database=s.database, autocommit=True)
-    with conn.cursor() as cur:
-        for table in ("claims", "prize_counters", "user_wins", "user_positions", "task_flags"):
-            if table != "prize_counters" and table != "task_flags":
-                cur.execute(f"DELETE FROM {table}")
-        cur.execute(sql)
-    conn.close()
-
-
-def drop_mysql(dsn: str) -> None:
-    import pymysql
-
-    from geo_service.settings import MySQLSettings
-
-    s = MySQLSettings.from_dsn(dsn)
-    conn = pymysql.connect(host=s.host, port=s.port, user=s.user, password=s.password, database=s.database, autocommit=True)
-    with conn.cursor() as cur:
-        for table in ("claims", "prize_counters", "user_wins", "user_positions", "task_flags"):
-            cur.execute(f"DROP TABLE IF EXISTS {table}")
-    conn.close()
+    conn = pymysql.connect(host=s.host, port=s.port, user=s.user, password=s.password, database=s.database,
+                           autocommit=True)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql)
+    finally:
+        conn.close()
 
 
 async def claims_between_ticks(ledger: Any, tasks: list[dict], count: int, seed: int) -> None:  # type: ignore[type-arg]
@@ -153,7 +139,7 @@ def main() -> None:
         for backend in args.backends:
             dsn = f"sqlite:///{tmp}/ledger.sqlite3" if backend == "sqlite" else args.mysql
             if backend == "mysql":
-                drop_mysql(dsn)
+                drop_ledger_tables(dsn)
             asyncio.run(seed(dsn, tasks))
             issue_some(dsn)
             run = asyncio.run(ticks(dsn, snaps, args.ticks, tasks))

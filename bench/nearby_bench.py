@@ -17,17 +17,16 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import orjson
+from harness import free_port, wait_ready
 
 from geo_service.nearby import Lookup, answer
 from geo_service.snapshot import open_current
@@ -96,23 +95,6 @@ def bench_inprocess(n: int) -> tuple[Lookup, list[tuple[float, float]]]:
           f"p99 {np.percentile(us, 99):6.1f} us  {1e6 / us.mean():>9,.0f} lookups/s  "
           f"({found / len(us):.1f} POIs per answer)", flush=True)
     return lookup, points
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_ready(url: str, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:  # bounded
-        try:
-            urllib.request.urlopen(url, timeout=1).read()
-            return
-        except OSError:
-            time.sleep(0.2)
-    raise SystemExit(f"server at {url} did not come up")
 
 
 def run_wrk(port: int, script: Path, seconds: int, connections: int) -> dict[str, float]:

@@ -14,6 +14,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from geo_service.app import create_app
+from geo_service.ledger import LEDGER_TABLES
 from geo_service.settings import ServiceSettings, load_settings
 from loaders.cli import main as snapshot_cli
 
@@ -66,9 +67,6 @@ def synth_100k(tmp_path_factory: pytest.TempPathFactory) -> Path:
     set_csv_field(folder / "tasks.csv", 12, "starts_at", "2099-01-01T00:00:00Z")
     set_csv_field(folder / "tasks.csv", 12, "ends_at", "2099-02-01T00:00:00Z")
     return folder
-
-
-LEDGER_TABLES = ("claims", "prize_counters", "user_wins", "user_positions")
 
 
 @pytest.fixture(params=["sqlite", "mysql"])

@@ -277,6 +277,8 @@ SCHEMA = [
     "CREATE TABLE IF NOT EXISTS user_positions (user_id VARCHAR(64) NOT NULL PRIMARY KEY, lat DOUBLE NOT NULL, "
     "lng DOUBLE NOT NULL, at_s DOUBLE NOT NULL)",
 ]
+# Every table the ledger owns, as the schema names them ("CREATE TABLE IF NOT EXISTS <name> ...").
+LEDGER_TABLES = tuple(statement.split()[5] for statement in SCHEMA if statement.startswith("CREATE TABLE"))
 
 
 def open_ledger(dsn: str) -> Ledger:

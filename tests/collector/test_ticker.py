@@ -11,8 +11,8 @@ import pymysql
 
 from collector.ticker import Ticker
 from collector.views import ViewHolder
-from geo_service.ledger import open_ledger
-from tests.conftest import LEDGER_TABLES, build_into
+from geo_service.ledger import LEDGER_TABLES, open_ledger
+from tests.conftest import build_into
 from tests.support.builders import write_claims_data
 
 
