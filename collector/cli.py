@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import sys
 from collections.abc import Sequence
 
@@ -15,7 +14,7 @@ from collector.app import create_app
 from collector.settings import CollectorSettings
 from geo_service.ledger import LedgerError, open_ledger
 from geo_service.logs import configure_logging
-from geo_service.settings import SettingsError, add_settings_flags, settings_from_args
+from geo_service.settings import add_settings_flags, cli_settings
 
 ENV_PREFIX = "GEODROP_COLLECTOR_"
 
@@ -47,11 +46,8 @@ async def _set_flag(dsn: str, task_id: int, enabled: bool) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    try:
-        settings = settings_from_args(CollectorSettings, ENV_PREFIX, args, os.environ)
-    except SettingsError as exc:
-        for problem in exc.problems:
-            print(f"geo-collector: {problem}", file=sys.stderr)
+    settings = cli_settings(CollectorSettings, ENV_PREFIX, args, "geo-collector")
+    if settings is None:
         return 2
     if args.command == "task":
         try:

@@ -19,7 +19,7 @@ from aiohttp import web
 from geo_service.app import create_app
 from geo_service.ledger import Difference, LedgerError, open_ledger
 from geo_service.logs import configure_logging
-from geo_service.settings import ServiceSettings, SettingsError, add_settings_flags, settings_from_args
+from geo_service.settings import ServiceSettings, add_settings_flags, cli_settings
 from geo_service.tokens import mint
 
 ENV_PREFIX = "GEODROP_SERVICE_"
@@ -139,11 +139,8 @@ def cmd_reconcile(settings: ServiceSettings, args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    try:
-        settings = settings_from_args(ServiceSettings, ENV_PREFIX, args, os.environ)
-    except SettingsError as exc:
-        for problem in exc.problems:
-            print(f"geo-service: {problem}", file=sys.stderr)
+    settings = cli_settings(ServiceSettings, ENV_PREFIX, args, "geo-service")
+    if settings is None:
         return 2
     if args.command == "token":
         return cmd_token(settings, args)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import tomllib
 import types
 import typing
@@ -203,3 +205,14 @@ def settings_from_args(cls: type[S], prefix: str, args: argparse.Namespace, env:
     """Return settings from defaults < args.config TOML < env < the flags add_settings_flags made."""
     overrides = {f.name: getattr(args, f.name, None) for f in fields(cls) if f.name not in _INTERNAL}  # type: ignore[arg-type]
     return load_settings(cls, prefix, args.config, env, overrides)
+
+
+def cli_settings(cls: type[S], prefix: str, args: argparse.Namespace, program: str) -> S | None:
+    """Return settings_from_args with the process environment, or print each problem as
+    `program: problem` on stderr and return None (the command then exits 2)."""
+    try:
+        return settings_from_args(cls, prefix, args, os.environ)
+    except SettingsError as exc:
+        for problem in exc.problems:
+            print(f"{program}: {problem}", file=sys.stderr)
+        return None
