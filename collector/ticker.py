@@ -59,9 +59,11 @@ class Sweep:
 
 @dataclass(frozen=True, slots=True)
 class Reads:
-    """What one tick read: the sweep's pages (the last one short when the sweep is done) and the delta."""
+    """What one tick read: the sweep's pages, the key the sweep goes on after, whether it is done (its
+    last page came short), and the delta."""
 
     pages: list[Counters]
+    after: tuple[int, str] | None
     done: bool
     state: LedgerState
 
@@ -139,9 +141,9 @@ class Ticker:
         """Read the sweep's next page (every page while nothing is live yet), then the delta."""
         sweep = self._sweep
         pages: list[Counters] = []
+        after = sweep.after if sweep is not None else None
         done = False
         if sweep is not None:
-            after = sweep.after
             while not done and (not pages or self._live is None):
                 page = await self.ledger.read_page(after, self.page_rows)
                 pages.append(page)
@@ -150,7 +152,7 @@ class Ticker:
         state = await self.ledger.read_state((self._read_at or now) - DELTA_MARGIN_S)
         if self.source is not None:
             state = LedgerState(state.counters, state.disabled | await self.source.disabled_task_ids())
-        return Reads(pages, done, state)
+        return Reads(pages, after, done, state)
 
     async def tick(self) -> View | None:
         """Read, aggregate and swap once; on a failure keep the last view and back off."""
@@ -188,7 +190,7 @@ class Ticker:
         if sweep is None:
             return
         sweep.rows += sum(len(p) for p in reads.pages)
-        sweep.after = next((p.last_key() for p in reversed(reads.pages) if len(p)), sweep.after)
+        sweep.after = reads.after
         h.sweep_rows = sweep.rows
         if reads.done:
             self._live, self._sweep = sweep.index, None
