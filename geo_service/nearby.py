@@ -159,14 +159,18 @@ class Lookup:
         # A square grid's window is computed inside the encoder's compiled call: one call a request.
         self.square = self.grid if isinstance(self.grid, SquareGrid) else None
         self.task_position = {task_id: i for i, task_id in enumerate(self.task_ids)}
-        self._scratch = np.empty(0, np.uint8)
+        self._out = np.empty(0, np.uint8)
+        self._rows = np.empty(0, np.int64)
 
-    def scratch(self, size: int) -> npt.NDArray[np.uint8]:
-        """Return a reused buffer of at least `size` bytes for the encoder. Answers are encoded on the
-        event loop and copied out before it runs anything else, so one buffer serves them all."""
-        if self._scratch.size < size:
-            self._scratch = np.empty(size, np.uint8)
-        return self._scratch
+    def scratch(self, size: int, rows: int) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]:
+        """Return reused buffers for the encoder: `size` bytes of output and room for `rows` task
+        positions. Answers are encoded on the event loop and copied out before it runs anything else,
+        so one pair serves them all."""
+        if self._out.size < size:
+            self._out = np.empty(size, np.uint8)
+        if self._rows.size != rows:
+            self._rows = np.empty(rows, np.int64)
+        return self._out, self._rows
 
     def poi_rows(self, poi_id: int) -> list[Row]:
         """Return every row of a POI (one per task that uses it) by binary search on poi_order."""
@@ -412,8 +416,7 @@ def encode_answer(lookup: Lookup, status: StatusView, lat: float, lng: float, ma
     orjson on answer(). (lat, lng) must be in the served band.
     """
     snap, grid = lookup.snapshot, lookup.square
-    out = lookup.scratch(encode_size(lookup.window_cells, max_pois, status.longest_view))
-    tasks = np.empty(max_pois, np.int64)
+    out, tasks = lookup.scratch(encode_size(lookup.window_cells, max_pois, status.longest_view), max_pois)
     if grid is not None:
         size, key = encode_square(lat, lng, grid.row_height_deg, grid.radius, grid.band_rows, grid.max_cols,
                                   grid.band_cols, snap.cells, snap.task_index, snap.poi_ids, snap.lats, snap.lngs,
