@@ -20,9 +20,19 @@ import numpy.typing as npt
 import orjson
 
 from geo_service.grid import SquareGrid, Window, cells_in, span_cells, square_window
+from geo_service.native import Table, address, array_at, float_at, float_bits
 from geo_service.snapshot import Snapshot
 
 NEVER = 2**62
+# One cell id in every COARSE_STRIDE (a 4 KiB page of them) is copied into a small index that stays
+# in cache: a binary search then misses on one page of the large array, not on a dozen.
+COARSE_STRIDE = 512
+# Slots of a Lookup's address table (see native.py). Two-slot entries are an array's address and size;
+# the snapshot's row arrays all have _AT_ROWS items.
+(_AT_BAND_ROWS, _AT_SEQ, _AT_RADIUS, _AT_ROW_HEIGHT, _AT_MAX_COLS, _AT_BAND_COLS, _AT_ROWS, _AT_CELLS, _AT_TASK_INDEX,
+ _AT_POI_IDS, _AT_LATS, _AT_LNGS, _AT_COARSE, _AT_TASK_IDS, _AT_OUT, _AT_TASKS) = (0, 1, 2, 3, 4, 5, 7, 8, 9, 10, 11,
+                                                                                 12, 13, 15, 17, 19)
+_AT_SLOTS = 21
 
 
 def iso_utc(epoch_s: int) -> str:
@@ -56,6 +66,13 @@ class StatusView:
     version: int
     as_of: int  # the moment it was computed for; it holds from then until valid_until
     valid_until: int
+    # The arrays above by address, for the compiled encoder (see native.py): active, views_json, view_offsets.
+    addresses: Table = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "addresses", np.array(
+            [address(self.active), self.active.size, address(self.views_json), self.views_json.size,
+             address(self.view_offsets), self.view_offsets.size], np.int64))
 
     def view(self, task: int) -> dict[str, Any] | None:
         """Return task position `task`'s public view (None unless active)."""
@@ -159,18 +176,41 @@ class Lookup:
         # A square grid's window is computed inside the encoder's compiled call: one call a request.
         self.square = self.grid if isinstance(self.grid, SquareGrid) else None
         self.task_position = {task_id: i for i, task_id in enumerate(self.task_ids)}
+        self.coarse = np.ascontiguousarray(snapshot.cells[::COARSE_STRIDE])
         self._out = np.empty(0, np.uint8)
         self._rows = np.empty(0, np.int64)
+        self.addresses = self._addresses()
 
-    def scratch(self, size: int, rows: int) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]:
-        """Return reused buffers for the encoder: `size` bytes of output and room for `rows` task
-        positions. Answers are encoded on the event loop and copied out before it runs anything else,
-        so one pair serves them all."""
-        if self._out.size < size:
-            self._out = np.empty(size, np.uint8)
-        if self._rows.size != rows:
-            self._rows = np.empty(rows, np.int64)
-        return self._out, self._rows
+    def _addresses(self) -> Table:
+        """The lookup's arrays and grid numbers for the compiled encoder, in its _AT_* slots."""
+        snap, square = self.snapshot, self.square
+        table = np.zeros(_AT_SLOTS, np.int64)
+        table[_AT_BAND_ROWS], table[_AT_SEQ], table[_AT_RADIUS] = self.grid.band_rows, self.seq, self.grid.radius
+        if square is not None:
+            table[_AT_ROW_HEIGHT], table[_AT_MAX_COLS] = float_bits(square.row_height_deg), square.max_cols
+            table[_AT_BAND_COLS], table[_AT_BAND_COLS + 1] = address(square.band_cols), square.band_cols.size
+        table[_AT_ROWS] = snap.cells.size
+        rows: list[tuple[int, npt.NDArray[Any]]] = [(_AT_CELLS, snap.cells), (_AT_TASK_INDEX, snap.task_index),
+                                                    (_AT_POI_IDS, snap.poi_ids), (_AT_LATS, snap.lats), (_AT_LNGS, snap.lngs)]
+        for slot, array in rows:
+            table[slot] = address(array)
+        sized: list[tuple[int, npt.NDArray[Any]]] = [(_AT_COARSE, self.coarse), (_AT_TASK_IDS, self.task_id_array),
+                                                     (_AT_OUT, self._out), (_AT_TASKS, self._rows)]
+        for slot, array in sized:
+            table[slot], table[slot + 1] = address(array), array.size
+        return table
+
+    def scratch(self, size: int, rows: int) -> npt.NDArray[np.uint8]:
+        """Make sure the encoder's reused buffers hold `size` bytes of output and `rows` task positions,
+        and return the output one. Answers are encoded on the event loop and copied out before it runs
+        anything else, so one pair serves them all."""
+        if self._out.size < size or self._rows.size != rows:
+            if self._out.size < size:
+                self._out = np.empty(size, np.uint8)
+            if self._rows.size != rows:
+                self._rows = np.empty(rows, np.int64)
+            self.addresses = self._addresses()
+        return self._out
 
     def poi_rows(self, poi_id: int) -> list[Row]:
         """Return every row of a POI (one per task that uses it) by binary search on poi_order."""
@@ -193,15 +233,24 @@ class Lookup:
         """Return the rows of active tasks in the window around (lat, lng), at most max_pois of them."""
         window = window if window is not None else self.grid.window(lat, lng)
         snap = self.snapshot
-        ids, coords, truncated = select_rows(snap.cells, snap.task_index, snap.poi_ids, snap.lats, snap.lngs,
-                                             window[1], status.active, self.grid.band_rows, max_pois)
+        ids, coords, truncated = select_rows(snap.cells, self.coarse, snap.task_index, snap.poi_ids, snap.lats,
+                                             snap.lngs, window[1], status.active, self.grid.band_rows, max_pois)
         return NearbyResult(window, ids.tolist(), coords.tolist(), truncated)
 
 
 @numba.njit(nogil=True, cache=True)
+def _first_at_least(cells: npt.NDArray[np.int64], coarse: npt.NDArray[np.int64], cell: int) -> int:  # pragma: no cover
+    """Return the first position in `cells` holding `cell` or more, coarse = cells[::COARSE_STRIDE]."""
+    k = int(np.searchsorted(coarse, cell))
+    # coarse[k - 1] < cell <= coarse[k]: the answer lies in ((k - 1) * stride, k * stride].
+    lo, hi = max((k - 1) * COARSE_STRIDE + 1, 0), min(k * COARSE_STRIDE, cells.size)
+    return int(lo + np.searchsorted(cells[lo:hi], cell))
+
+
+@numba.njit(nogil=True, cache=True)
 def _select(
-    cells: npt.NDArray[np.int64], task_index: npt.NDArray[np.int32], window: npt.NDArray[np.int64],
-    active: npt.NDArray[np.uint8], band_rows: int, limit: int,
+    cells: npt.NDArray[np.int64], coarse: npt.NDArray[np.int64], task_index: npt.NDArray[np.int32],
+    window: npt.NDArray[np.int64], active: npt.NDArray[np.uint8], band_rows: int, limit: int,
 ) -> tuple[npt.NDArray[np.int64], bool]:  # pragma: no cover - compiled; exercised through Lookup.find
     """Return the positions of the window's rows whose task is active, at most `limit`, and whether
     more exist. `window` is the grid window's spans: its id ranges then their k spans.
@@ -213,27 +262,28 @@ def _select(
     positions = np.empty(limit, np.int64)
     n = 0
     for i in range(0, half, 2):
-        lo = np.searchsorted(cells, window[i])
-        hi = np.searchsorted(cells, window[i + 1])
+        j, end = _first_at_least(cells, coarse, window[i]), window[i + 1]
         k_lo, k_hi = window[half + i], window[half + i + 1]
-        for j in range(lo, hi):
+        # A range holds a few dozen rows: walking to its end costs less than a second search.
+        while j < cells.size and cells[j] < end:
             k = cells[j] % band_rows
             if k_lo <= k <= k_hi and active[task_index[j]]:
                 if n == limit:
                     return positions[:n], True
                 positions[n] = j
                 n += 1
+            j += 1
     return positions[:n], False
 
 
 @numba.njit(nogil=True, cache=True)
 def select_rows(
-    cells: npt.NDArray[np.int64], task_index: npt.NDArray[np.int32], poi_ids: npt.NDArray[np.int64],
-    lats: npt.NDArray[np.float64], lngs: npt.NDArray[np.float64], window: npt.NDArray[np.int64],
-    active: npt.NDArray[np.uint8], band_rows: int, limit: int,
+    cells: npt.NDArray[np.int64], coarse: npt.NDArray[np.int64], task_index: npt.NDArray[np.int32],
+    poi_ids: npt.NDArray[np.int64], lats: npt.NDArray[np.float64], lngs: npt.NDArray[np.float64],
+    window: npt.NDArray[np.int64], active: npt.NDArray[np.uint8], band_rows: int, limit: int,
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], bool]:  # pragma: no cover - compiled
     """Return the selected rows as ([task_index, poi_id] rows, [lat, lng] rows) and whether the cap cut them."""
-    positions, truncated = _select(cells, task_index, window, active, band_rows, limit)
+    positions, truncated = _select(cells, coarse, task_index, window, active, band_rows, limit)
     # Two 2-D outputs, not four columns: each array returned costs a boxing and a tolist.
     ids = np.empty((positions.size, 2), np.int64)
     coords = np.empty((positions.size, 2), np.float64)
@@ -306,19 +356,24 @@ def _put_coord(out: npt.NDArray[np.uint8], at: int, x: float) -> int:  # pragma:
 
 
 @numba.njit(nogil=True, cache=True)
-def encode_rows(
-    cells: npt.NDArray[np.int64], task_index: npt.NDArray[np.int32], poi_ids: npt.NDArray[np.int64],
-    lats: npt.NDArray[np.float64], lngs: npt.NDArray[np.float64], task_ids: npt.NDArray[np.int64],
-    views_json: npt.NDArray[np.uint8], view_offsets: npt.NDArray[np.int64], seq: int, center: int,
-    window: npt.NDArray[np.int64], active: npt.NDArray[np.uint8], band_rows: int,
-    out: npt.NDArray[np.uint8], tasks: npt.NDArray[np.int64],
-) -> int:  # pragma: no cover - compiled
-    """Select like select_rows, at most tasks.size rows, and write the answer into `out` (sized by
+def encode_rows(center: int, window: npt.NDArray[np.int64], arrays: Table, status: Table) -> int:  # pragma: no cover
+    """Select like select_rows and write the answer into the lookup's output buffer (sized by
     encode_size) as JSON up to the comma after "truncated", with its tasks in order of first row.
+    `arrays` is a Lookup's address table, `status` a StatusView's.
 
-    Return the bytes written, or -1 when a coordinate needs the general encoder. `tasks` is scratch.
+    Return the bytes written, or -1 when a coordinate needs the general encoder.
     """
-    positions, truncated = _select(cells, task_index, window, active, band_rows, tasks.size)
+    rows, band_rows, seq = arrays[_AT_ROWS], arrays[_AT_BAND_ROWS], arrays[_AT_SEQ]
+    cells, task_index = array_at(arrays[_AT_CELLS], rows, np.int64), array_at(arrays[_AT_TASK_INDEX], rows, np.int32)
+    poi_ids, lats, lngs = (array_at(arrays[_AT_POI_IDS], rows, np.int64), array_at(arrays[_AT_LATS], rows, np.float64),
+                           array_at(arrays[_AT_LNGS], rows, np.float64))
+    coarse = array_at(arrays[_AT_COARSE], arrays[_AT_COARSE + 1], np.int64)
+    task_ids = array_at(arrays[_AT_TASK_IDS], arrays[_AT_TASK_IDS + 1], np.int64)
+    out = array_at(arrays[_AT_OUT], arrays[_AT_OUT + 1], np.uint8)
+    tasks = array_at(arrays[_AT_TASKS], arrays[_AT_TASKS + 1], np.int64)
+    active, views_json = array_at(status[0], status[1], np.uint8), array_at(status[2], status[3], np.uint8)
+    view_offsets = array_at(status[4], status[5], np.int64)
+    positions, truncated = _select(cells, coarse, task_index, window, active, band_rows, tasks.size)
     window_cells = span_cells(window, band_rows)
     at = _put_int(out, _put(out, 0, _SEQ), seq)
     at = _put_int(out, _put(out, at, _CENTER), center)
@@ -394,18 +449,11 @@ def span_key(spans: npt.NDArray[np.int64]) -> int:  # pragma: no cover - compile
 
 
 @numba.njit(nogil=True, cache=True)
-def encode_square(
-    lat: float, lng: float, row_height_deg: float, radius: int, band_rows: int, max_cols: int,
-    band_cols: npt.NDArray[np.int64], cells: npt.NDArray[np.int64], task_index: npt.NDArray[np.int32],
-    poi_ids: npt.NDArray[np.int64], lats: npt.NDArray[np.float64], lngs: npt.NDArray[np.float64],
-    task_ids: npt.NDArray[np.int64], views_json: npt.NDArray[np.uint8], view_offsets: npt.NDArray[np.int64],
-    seq: int, active: npt.NDArray[np.uint8], out: npt.NDArray[np.uint8], tasks: npt.NDArray[np.int64],
-) -> tuple[int, int]:  # pragma: no cover - compiled
+def encode_square(lat: float, lng: float, arrays: Table, status: Table) -> tuple[int, int]:  # pragma: no cover
     """encode_rows around a point of a square grid, its window computed here; return (size, span_key)."""
-    center, spans = square_window(lat, lng, row_height_deg, radius, band_rows, max_cols, band_cols)
-    size = encode_rows(cells, task_index, poi_ids, lats, lngs, task_ids, views_json, view_offsets, seq, center,
-                       spans, active, band_rows, out, tasks)
-    return size, span_key(spans)
+    center, spans = square_window(lat, lng, float_at(arrays, _AT_ROW_HEIGHT), arrays[_AT_RADIUS], arrays[_AT_BAND_ROWS],
+                                  arrays[_AT_MAX_COLS], array_at(arrays[_AT_BAND_COLS], arrays[_AT_BAND_COLS + 1], np.int64))
+    return encode_rows(center, spans, arrays, status), span_key(spans)
 
 
 def encode_answer(lookup: Lookup, status: StatusView, lat: float, lng: float, max_pois: int,
@@ -415,19 +463,12 @@ def encode_answer(lookup: Lookup, status: StatusView, lat: float, lng: float, ma
     The compiled encoder writes it; an answer with coordinates it cannot write exactly goes through
     orjson on answer(). (lat, lng) must be in the served band.
     """
-    snap, grid = lookup.snapshot, lookup.square
-    out, tasks = lookup.scratch(encode_size(lookup.window_cells, max_pois, status.longest_view), max_pois)
-    if grid is not None:
-        size, key = encode_square(lat, lng, grid.row_height_deg, grid.radius, grid.band_rows, grid.max_cols,
-                                  grid.band_cols, snap.cells, snap.task_index, snap.poi_ids, snap.lats, snap.lngs,
-                                  lookup.task_id_array, status.views_json, status.view_offsets, lookup.seq,
-                                  status.active, out, tasks)
+    out = lookup.scratch(encode_size(lookup.window_cells, max_pois, status.longest_view), max_pois)
+    if lookup.square is not None:
+        size, key = encode_square(lat, lng, lookup.addresses, status.addresses)
     else:
         center, spans = lookup.grid.window(lat, lng)
-        size = encode_rows(snap.cells, snap.task_index, snap.poi_ids, snap.lats, snap.lngs, lookup.task_id_array,
-                           status.views_json, status.view_offsets, lookup.seq, center, spans, status.active,
-                           lookup.grid.band_rows, out, tasks)
-        key = span_key(spans)
+        size, key = encode_rows(center, spans, lookup.addresses, status.addresses), span_key(spans)
     if size < 0:
         return orjson.dumps({**answer(lookup, status, lat, lng, max_pois), **extra}), key
     if not extra:

@@ -9,7 +9,8 @@ import numpy as np
 import orjson
 import pytest
 
-from geo_service.nearby import Lookup, _put_coord, answer, encode_answer, span_key
+from geo_service.native import address
+from geo_service.nearby import COARSE_STRIDE, Lookup, _first_at_least, _put_coord, answer, encode_answer, span_key
 from geo_service.snapshot import open_current
 from tests.conftest import SAMPLE, build_into
 from tests.support.builders import claim_poi, set_csv_field, write_claims_data
@@ -30,6 +31,25 @@ def test_coordinates_of_up_to_six_decimals_are_written_as_orjson_writes_them() -
     values += [rng.randint(-180_000_000, 180_000_000) / 1e6 for _ in range(20_000)]
     for x in values:
         assert _coord(x) == orjson.dumps(x), x
+
+
+@pytest.mark.parametrize("size", [0, 1, COARSE_STRIDE - 1, COARSE_STRIDE, COARSE_STRIDE + 1, 5 * COARSE_STRIDE + 7])
+def test_the_two_level_search_finds_what_a_plain_binary_search_finds(size: int) -> None:
+    rng = np.random.default_rng(size)
+    # Few distinct values, so runs of equal ids cross the coarse index's strides.
+    cells = np.sort(rng.integers(0, max(size // 3, 1), size)).astype(np.int64)
+    coarse = np.ascontiguousarray(cells[::COARSE_STRIDE])
+    edges = [cells[::COARSE_STRIDE], cells[COARSE_STRIDE - 1 :: COARSE_STRIDE]]
+    probes = np.concatenate([np.arange(-2, max(size // 3, 1) + 2), *edges])
+    for cell in probes.tolist():
+        assert _first_at_least(cells, coarse, cell) == np.searchsorted(cells, cell), cell
+
+
+def test_only_contiguous_arrays_are_passed_by_address() -> None:
+    array = np.arange(10, dtype=np.int64)
+    assert address(array) == array.ctypes.data
+    with pytest.raises(ValueError, match="contiguous"):
+        address(array[::2])
 
 
 def test_other_coordinates_are_refused_for_the_general_encoder() -> None:
