@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from contextlib import suppress
 
@@ -15,19 +14,10 @@ from collector.keys import feed_key, metrics_key, settings_key, ticker_key, view
 from collector.settings import CollectorSettings
 from collector.ticker import Ticker
 from collector.views import ViewHolder
-from geo_service.errors import Handler, respond
 from geo_service.ledger import open_ledger
-from geo_service.metrics import Metrics, route_label
+from geo_service.metrics import Metrics
+from geo_service.routing import Guard, add_guarded_routes
 from loaders.sources.mysql import MySQLSource
-
-
-@web.middleware
-async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """The error shape and metrics for every route."""
-    started = time.perf_counter()
-    response = await respond(request, handler)
-    request.app[metrics_key].observe(route_label(request), response.status, time.perf_counter() - started)
-    return response
 
 
 async def ticker_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -48,12 +38,12 @@ async def close_streams(app: web.Application) -> None:
 
 def create_app(settings: CollectorSettings) -> web.Application:
     """Return the collector application; nothing is opened until it starts."""
-    app = web.Application(middlewares=[guard])
+    app = web.Application()
     holder, feed = ViewHolder(), Feed()
     app[settings_key] = settings
     app[views_key] = holder
     app[feed_key] = feed
-    app[metrics_key] = Metrics()
+    app[metrics_key] = metrics = Metrics()
     app[ticker_key] = Ticker(
         ledger=open_ledger(settings.ledger), snapshots=settings.snapshots, holder=holder,
         floor_s=settings.tick_floor_s, ceiling_s=settings.tick_ceiling_s, slow_read_s=settings.slow_read_s,
@@ -62,5 +52,5 @@ def create_app(settings: CollectorSettings) -> web.Application:
     )
     app.cleanup_ctx.append(ticker_ctx)
     app.on_shutdown.append(close_streams)
-    app.add_routes(ROUTES)
+    add_guarded_routes(app.router, ROUTES, Guard(metrics))
     return app

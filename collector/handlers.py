@@ -15,6 +15,7 @@ from collector.views import View
 from geo_service.errors import InvalidParam, NotFound, SnapshotUnavailable, error_response
 from geo_service.params import one_value
 from geo_service.responses import etag_matches, json_response, not_modified
+from geo_service.routing import Route
 
 
 def _view(request: web.Request) -> View:
@@ -137,13 +138,13 @@ async def openapi(request: web.Request) -> web.Response:
     return json_response(openapi_spec())
 
 
-ROUTES = [
-    web.get("/v1/districts", districts, allow_head=False),
-    web.get("/v1/districts/{code}", district, allow_head=False),
-    web.get("/v1/previews", previews, allow_head=False),
-    web.get("/v1/tasks/status", task_status, allow_head=False),
-    web.get("/v1/stream", stream, allow_head=False),
-    web.get("/healthz", healthz, allow_head=False),
-    web.get("/metrics", metrics, allow_head=False),
-    web.get("/openapi.json", openapi, allow_head=False),
+ROUTES: list[Route] = [
+    ("GET", "/v1/districts", districts),
+    ("GET", "/v1/districts/{code}", district),
+    ("GET", "/v1/previews", previews),
+    ("GET", "/v1/tasks/status", task_status),
+    ("GET", "/v1/stream", stream),
+    ("GET", "/healthz", healthz),
+    ("GET", "/metrics", metrics),
+    ("GET", "/openapi.json", openapi),
 ]

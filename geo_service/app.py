@@ -6,14 +6,12 @@ import asyncio
 import logging
 import random
 import signal
-import time
 from collections.abc import AsyncIterator
 from contextlib import suppress
 
 from aiohttp import web
 
 from geo_service.claims import RateLimiter
-from geo_service.errors import ApiError, Handler, Overloaded, QueryTooLong, from_exception, respond
 from geo_service.handlers import ROUTES
 from geo_service.keys import (
     ledger_key,
@@ -29,38 +27,15 @@ from geo_service.keys import (
 from geo_service.ledger import Ledger, LedgerError, open_ledger
 from geo_service.live import SnapshotHolder, Watcher
 from geo_service.load import LoadMonitor
-from geo_service.metrics import Metrics, route_label
+from geo_service.metrics import Metrics
 from geo_service.nearby import Lookup
+from geo_service.routing import Guard, add_guarded_routes
 from geo_service.settings import ServiceSettings
 from geo_service.status import StatusPoller
 
 log = logging.getLogger("geodrop.service")
 # Health and metrics must answer even when the service sheds load: they are how operators see it.
 _NEVER_SHED = frozenset({"/healthz", "/metrics"})
-
-
-@web.middleware
-async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """The one middleware: load shedding, query size, the error shape, and metrics."""
-    app = request.app
-    load = app[load_key]
-    started = time.perf_counter()
-    load.inflight += 1
-    try:
-        if len(request.query_string) > app[settings_key].max_query_bytes:
-            raise QueryTooLong(f"query string is {len(request.query_string)} bytes; the limit is "
-                               f"{app[settings_key].max_query_bytes}")
-        if load.overloaded() and request.path not in _NEVER_SHED:
-            load.shed += 1
-            raise Overloaded("the service is overloaded; retry after the time given",
-                             headers={"Retry-After": str(load.retry_after_s())})
-        response = await respond(request, handler)
-    except ApiError as exc:
-        response = from_exception(request, exc)
-    finally:
-        load.inflight -= 1
-    app[metrics_key].observe(route_label(request), response.status, time.perf_counter() - started)
-    return response
 
 
 async def snapshot_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -124,7 +99,7 @@ async def load_ctx(app: web.Application) -> AsyncIterator[None]:
 
 def create_app(settings: ServiceSettings) -> web.Application:
     """Return the geo_service application; nothing is opened until it starts."""
-    app = web.Application(middlewares=[guard])
+    app = web.Application()
     holder = SnapshotHolder()
     app[settings_key] = settings
     app[snapshot_key] = holder
@@ -134,9 +109,9 @@ def create_app(settings: ServiceSettings) -> web.Application:
     app[rng_key] = random.Random()
     app[watcher_key] = Watcher(holder, settings.snapshots, settings.poll_interval_s,
                                on_load=lambda lookup: seed_counters(ledger, lookup))
-    app[load_key] = LoadMonitor(settings)
-    app[metrics_key] = Metrics()
+    app[load_key] = load = LoadMonitor(settings)
+    app[metrics_key] = metrics = Metrics()
     app[status_key] = StatusPoller(settings.collector.rstrip("/"), holder, settings.status_poll_s)
     app.cleanup_ctx.extend([load_ctx, ledger_ctx, snapshot_ctx, status_ctx])
-    app.add_routes(ROUTES)
+    add_guarded_routes(app.router, ROUTES, Guard(metrics, load, settings.max_query_bytes, _NEVER_SHED))
     return app

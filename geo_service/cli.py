@@ -25,7 +25,7 @@ from geo_service.tokens import mint
 ENV_PREFIX = "GEODROP_SERVICE_"
 log = logging.getLogger("geodrop.service")
 # aiohttp refuses request lines over 8 KiB with a plain-text 400 before any handler runs; a larger
-# limit lets the middleware answer over-long queries with the JSON error shape (414) instead.
+# limit lets the route guard answer over-long queries with the JSON error shape (414) instead.
 _MAX_LINE_BYTES = 64 * 1024
 
 

@@ -1,4 +1,4 @@
-"""The HTTP error contract: ApiError classes carry status and code; one middleware makes every error body.
+"""The HTTP error contract: ApiError classes carry status and code; from_exception makes every error body.
 
 Body: {"error": {"status": 400, "code": "invalid_param", "message": "...", "field": "lat"}}.
 status, code and message are always present; field is present when one input is at fault.
@@ -92,14 +92,6 @@ def error_response(status: int, code: str, message: str, field: str | None = Non
                    headers: dict[str, str] | None = None, details: Any = None) -> web.Response:
     return web.Response(status=status, body=error_body(status, code, message, field, details),
                         content_type="application/json", headers=headers)
-
-
-async def respond(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Run a handler; any exception becomes the error shape (the core of every error middleware)."""
-    try:
-        return await handler(request)
-    except Exception as exc:  # noqa: BLE001 - the one place every error becomes the JSON shape
-        return from_exception(request, exc)
 
 
 def from_exception(request: web.Request, exc: BaseException) -> web.Response:

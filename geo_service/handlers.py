@@ -28,6 +28,7 @@ from geo_service.nearby import encode_answer
 from geo_service.openapi import openapi_spec
 from geo_service.params import claim_body, request_position
 from geo_service.responses import etag_matches, json_response, not_modified
+from geo_service.routing import Route
 from geo_service.tokens import TokenError, verify
 
 log = logging.getLogger("geodrop.claims")
@@ -155,11 +156,11 @@ async def admin_reload(request: web.Request) -> web.Response:
     return json_response(outcome)
 
 
-ROUTES = [
-    web.get("/v1/nearby", nearby, allow_head=False),
-    web.get("/healthz", healthz, allow_head=False),
-    web.get("/metrics", metrics, allow_head=False),
-    web.get("/openapi.json", openapi, allow_head=False),
-    web.post("/v1/claims", claim),
-    web.post("/v1/admin/reload", admin_reload),
+ROUTES: list[Route] = [
+    ("GET", "/v1/nearby", nearby),
+    ("GET", "/healthz", healthz),
+    ("GET", "/metrics", metrics),
+    ("GET", "/openapi.json", openapi),
+    ("POST", "/v1/claims", claim),
+    ("POST", "/v1/admin/reload", admin_reload),
 ]

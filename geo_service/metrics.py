@@ -6,8 +6,6 @@ import bisect
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from aiohttp import web
-
 BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -56,9 +54,3 @@ def _histogram_lines(base: str, route: str, hist: Histogram) -> list[str]:
     lines.append(f"geodrop_http_request_seconds_sum{{{tag}}} {hist.total:.6f}")
     lines.append(f"geodrop_http_request_seconds_count{{{tag}}} {running}")
     return lines
-
-
-def route_label(request: web.Request) -> str:
-    """Return the route's pattern (not the raw path, which would explode the label set)."""
-    resource = request.match_info.route.resource
-    return resource.canonical if resource is not None else "unmatched"

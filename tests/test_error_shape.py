@@ -6,10 +6,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+import geo_service.handlers
 from geo_service.app import create_app
+from geo_service.nearby import encode_answer
 from tests.conftest import MakeClient, make_settings
 
 N = "/v1/nearby"
@@ -29,6 +30,7 @@ CASES: list[tuple[str, str, str, int, str, str | None]] = [
     ("POST nearby", "POST", f"{N}?lat=22.5&lng=114", 405, "method_not_allowed", None),
     ("DELETE nearby", "DELETE", f"{N}?lat=22.5&lng=114", 405, "method_not_allowed", None),
     ("unknown path", "GET", "/v2/nearby?lat=1&lng=1", 404, "not_found", None),
+    ("path below a route", "GET", f"{N}/extra?lat=1&lng=1", 404, "not_found", None),
     ("GET reload", "GET", "/v1/admin/reload", 405, "method_not_allowed", None),
     ("reload without token", "POST", "/v1/admin/reload", 401, "invalid_token", None),
 ]
@@ -55,21 +57,41 @@ async def test_every_error_has_the_one_json_shape(
     assert body["error"].get("field") == field
 
 
+async def test_other_methods_name_the_allowed_one_and_strays_are_counted(
+        make_client: MakeClient, sample_snapshots: Path) -> None:
+    client = await make_client(sample_snapshots)
+    head = await client.head(f"{N}?lat=22.5&lng=114")
+    assert head.status == 405 and head.headers["Allow"] == "GET"
+    post = await client.post("/healthz")
+    assert post.status == 405 and post.headers["Allow"] == "GET"
+    assert (await client.get("/nowhere")).status == 404
+    text = await (await client.get("/metrics")).text()
+    counted = {line.rsplit(" ", 1)[0].split("route=")[1]: float(line.rsplit(" ", 1)[1])
+               for line in text.splitlines() if line.startswith("geodrop_http_requests_total")}
+    assert counted['"unmatched",status="405"}'] == 2
+    assert counted['"unmatched",status="404"}'] == 1
+
+
 async def test_unavailable_snapshot_has_the_shape(make_client: MakeClient, tmp_path: Path) -> None:
     client = await make_client(tmp_path)
     resp = await client.get(f"{N}?lat=22.5&lng=114")
     assert_error_shape(503, resp.headers, await resp.json(), "snapshot_unavailable")
 
 
-async def test_an_unhandled_exception_is_a_generic_500_that_leaks_nothing(sample_snapshots: Path) -> None:
+async def test_an_unhandled_exception_is_a_generic_500_that_leaks_nothing(
+        sample_snapshots: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     app = create_app(make_settings(snapshots=sample_snapshots))
+    calls = []
 
-    async def boom(request: web.Request) -> web.Response:
-        raise RuntimeError("secret internals")
+    def boom_once(*args: Any) -> tuple[bytes, int]:  # the first answer fails deep inside the handler
+        calls.append(args)
+        if len(calls) == 1:
+            raise RuntimeError("secret internals")
+        return encode_answer(*args)
 
-    app.router.add_get("/boom", boom)
+    monkeypatch.setattr(geo_service.handlers, "encode_answer", boom_once)
     async with TestClient(TestServer(app, host="127.0.0.1")) as client:
-        resp = await client.get("/boom")
+        resp = await client.get(f"{N}?lat=22.5329&lng=113.9305")
         body = await resp.json()
         assert_error_shape(500, resp.headers, body, "internal_error")
         assert "secret" not in str(body)
@@ -102,8 +124,8 @@ async def test_collector_openapi_describes_every_route(make_collector: Any, samp
 
     client = await make_collector(sample_snapshots, f"sqlite:///{tmp_path / 'l.sqlite3'}")
     spec = await (await client.get("/openapi.json")).json()
-    for route in ROUTES:
-        assert route.method.lower() in spec["paths"][route.path], route.path  # type: ignore[attr-defined]
+    for method, path, _ in ROUTES:
+        assert method.lower() in spec["paths"][path], path
     assert (await client.get("/v1/previews?district=440305")).status == 200
     health = await (await client.get("/healthz")).json()
     assert health["tick"]["interval_s"] == 1.0 and health["view"]["seq"] == 1
