@@ -11,7 +11,7 @@ from contextlib import suppress
 
 from aiohttp import web
 
-from geo_service.claims import RateLimiter
+from geo_service.claims import ClaimRules, RateLimiter
 from geo_service.handlers import ROUTES
 from geo_service.keys import (
     ledger_key,
@@ -19,6 +19,7 @@ from geo_service.keys import (
     load_key,
     metrics_key,
     rng_key,
+    rules_key,
     settings_key,
     snapshot_key,
     status_key,
@@ -107,6 +108,7 @@ def create_app(settings: ServiceSettings) -> web.Application:
     app[ledger_key] = ledger
     app[limiter_key] = RateLimiter(share=1.0 / settings.workers)
     app[rng_key] = random.Random()
+    app[rules_key] = ClaimRules(settings.catch_radius_m, settings.win_cap, settings.max_speed_mps)
     app[watcher_key] = Watcher(holder, settings.snapshots, settings.poll_interval_s,
                                on_load=lambda lookup: seed_counters(ledger, lookup))
     app[load_key] = load = LoadMonitor(settings)

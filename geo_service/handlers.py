@@ -10,7 +10,7 @@ import time
 from aiohttp import web
 
 from geo_service import __version__
-from geo_service.claims import ClaimRules, process_claim
+from geo_service.claims import process_claim
 from geo_service.errors import ClaimsDisabled, LedgerUnavailable, NotFound, SnapshotUnavailable, Unauthorized, error_response
 from geo_service.keys import (
     ledger_key,
@@ -18,6 +18,7 @@ from geo_service.keys import (
     load_key,
     metrics_key,
     rng_key,
+    rules_key,
     settings_key,
     snapshot_key,
     status_key,
@@ -64,10 +65,9 @@ async def claim(request: web.Request) -> web.Response:
     live = app[snapshot_key].current(int(now))
     if live is None:
         raise SnapshotUnavailable("no snapshot is loaded yet; try again shortly")
-    rules = ClaimRules(settings.catch_radius_m, settings.win_cap, settings.max_speed_mps)
     try:
         outcome = await process_claim(live.lookup, live.status, app[ledger_key], app[limiter_key], app[rng_key],
-                                      user_id, body, rules, now)
+                                      user_id, body, app[rules_key], now)
     except LedgerError as exc:
         log.warning("claim failed: ledger unavailable", extra={"claim_id": body.claim_id, "error": str(exc)})
         raise LedgerUnavailable("the ledger is unreachable; the claim changed nothing, retry it with the same claim_id",

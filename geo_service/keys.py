@@ -6,7 +6,7 @@ import random
 
 from aiohttp import web
 
-from geo_service.claims import RateLimiter
+from geo_service.claims import ClaimRules, RateLimiter
 from geo_service.ledger import Ledger
 from geo_service.live import SnapshotHolder, Watcher
 from geo_service.load import LoadMonitor
@@ -22,4 +22,5 @@ metrics_key = web.AppKey("metrics_key", Metrics)
 ledger_key = web.AppKey("ledger_key", Ledger)
 limiter_key = web.AppKey("limiter_key", RateLimiter)
 rng_key = web.AppKey("rng_key", random.Random)
+rules_key = web.AppKey("rules_key", ClaimRules)
 status_key = web.AppKey("status_key", StatusPoller)
