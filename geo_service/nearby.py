@@ -27,11 +27,12 @@ NEVER = 2**62
 # One cell id in every COARSE_STRIDE (a 4 KiB page of them) is copied into a small index that stays
 # in cache: a binary search then misses on one page of the large array, not on a dozen.
 COARSE_STRIDE = 512
-# Slots of a Lookup's address table (see native.py). Two-slot entries are an array's address and size;
-# the snapshot's row arrays all have _AT_ROWS items.
-(_AT_BAND_ROWS, _AT_SEQ, _AT_RADIUS, _AT_ROW_HEIGHT, _AT_MAX_COLS, _AT_BAND_COLS, _AT_ROWS, _AT_CELLS, _AT_TASK_INDEX,
- _AT_POI_IDS, _AT_LATS, _AT_LNGS, _AT_COARSE, _AT_TASK_IDS, _AT_OUT, _AT_TASKS) = (0, 1, 2, 3, 4, 5, 7, 8, 9, 10, 11,
-                                                                                 12, 13, 15, 17, 19)
+# Slots of a Lookup's address table (see native.py): grid numbers, then arrays.
+_AT_BAND_ROWS, _AT_SEQ, _AT_RADIUS, _AT_ROW_HEIGHT, _AT_MAX_COLS = range(5)
+_AT_BAND_COLS = 5  # address, size
+_AT_ROWS = 7  # the length of every row array below
+_AT_CELLS, _AT_TASK_INDEX, _AT_POI_IDS, _AT_LATS, _AT_LNGS = range(8, 13)  # addresses
+_AT_COARSE, _AT_TASK_IDS, _AT_OUT, _AT_TASKS = range(13, 21, 2)  # address, size
 _AT_SLOTS = 21
 
 
