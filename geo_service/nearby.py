@@ -34,6 +34,8 @@ _AT_ROWS = 7  # the length of every row array below
 _AT_CELLS, _AT_TASK_INDEX, _AT_POI_IDS, _AT_LATS, _AT_LNGS = range(8, 13)  # addresses
 _AT_COARSE, _AT_TASK_IDS, _AT_OUT, _AT_TASKS = range(13, 21, 2)  # address, size
 _AT_SLOTS = 21
+# Slots of a StatusView's address table: each an array's address, then its size.
+_ST_ACTIVE, _ST_VIEWS, _ST_OFFSETS = range(0, 6, 2)
 
 
 def iso_utc(epoch_s: int) -> str:
@@ -67,7 +69,7 @@ class StatusView:
     version: int
     as_of: int  # the moment it was computed for; it holds from then until valid_until
     valid_until: int
-    # The arrays above by address, for the compiled encoder (see native.py): active, views_json, view_offsets.
+    # The arrays above by address, for the compiled encoder (see native.py), in its _ST_* slots.
     addresses: Table = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -372,8 +374,9 @@ def encode_rows(center: int, window: npt.NDArray[np.int64], arrays: Table, statu
     task_ids = array_at(arrays[_AT_TASK_IDS], arrays[_AT_TASK_IDS + 1], np.int64)
     out = array_at(arrays[_AT_OUT], arrays[_AT_OUT + 1], np.uint8)
     tasks = array_at(arrays[_AT_TASKS], arrays[_AT_TASKS + 1], np.int64)
-    active, views_json = array_at(status[0], status[1], np.uint8), array_at(status[2], status[3], np.uint8)
-    view_offsets = array_at(status[4], status[5], np.int64)
+    active = array_at(status[_ST_ACTIVE], status[_ST_ACTIVE + 1], np.uint8)
+    views_json = array_at(status[_ST_VIEWS], status[_ST_VIEWS + 1], np.uint8)
+    view_offsets = array_at(status[_ST_OFFSETS], status[_ST_OFFSETS + 1], np.int64)
     positions, truncated = _select(cells, coarse, task_index, window, active, band_rows, tasks.size)
     window_cells = span_cells(window, band_rows)
     at = _put_int(out, _put(out, 0, _SEQ), seq)
