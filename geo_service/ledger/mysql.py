@@ -12,23 +12,22 @@ from typing import Any
 import aiomysql
 import pymysql
 
-from geo_service.ledger import (
+from geo_service.ledger import ClaimRequest, Counters, Difference, LedgerError, LedgerState, Outcome, PrizeChange, Seed
+from geo_service.ledger.plans import (
     MYSQL,
     SCHEMA,
     SEED_COLUMNS,
-    ClaimRequest,
-    Counters,
-    Difference,
-    LedgerError,
-    LedgerState,
-    Outcome,
     Plan,
     claim_plan,
+    fill_rates_plan,
+    migrate_plan,
     outcome_plan,
+    read_changes_plan,
     read_page_plan,
     read_state_plan,
     reconcile_plan,
     set_enabled_plan,
+    set_prize_plan,
 )
 from geo_service.settings import MySQLSettings
 
@@ -38,6 +37,8 @@ _ATTEMPTS = 10
 
 
 class MySQLLedger:
+    kind = "mysql"
+
     def __init__(self, settings: MySQLSettings, pool_size: int = 10) -> None:
         self.settings = settings
         self.pool_size = pool_size
@@ -56,6 +57,7 @@ class MySQLLedger:
                         for statement in SCHEMA:
                             await cur.execute(statement)
                     await conn.commit()
+                    await self._drive(conn, migrate_plan(MYSQL))
                 self._pool = pool
             return self._pool
 
@@ -81,7 +83,10 @@ class MySQLLedger:
                         raise
                     await asyncio.sleep(random.uniform(0.002, 0.01) * (attempt + 1))  # jitter: no lockstep retries
                 except BaseException:
-                    await conn.rollback()
+                    # Abandoned mid-statement (cancelled, or the link failed): the connection's state is unknown,
+                    # so it is closed, not rolled back (a rollback on it can fail and mask a cancellation); the
+                    # server rolls the transaction back, and the pool drops the closed connection.
+                    conn.close()
                     raise
         raise RuntimeError("ledger transaction kept conflicting")
 
@@ -104,7 +109,7 @@ class MySQLLedger:
                 await conn.commit()
                 return done.value
 
-    async def seed(self, counters: Sequence[tuple[int, str, int]]) -> None:
+    async def seed(self, counters: Sequence[Seed]) -> None:
         now = time.time()
         rows = [(*c, 0, now) for c in counters]
         sql = MYSQL.insert_ignore("prize_counters", SEED_COLUMNS).replace("?", "%s")
@@ -114,16 +119,21 @@ class MySQLLedger:
                 for start in range(0, len(rows), 1000):
                     await cur.executemany(sql, rows[start : start + 1000])
                 await conn.commit()
+            await self._run(lambda: fill_rates_plan(counters))
         except (pymysql.err.MySQLError, OSError) as exc:
             raise LedgerError(f"mysql ledger {self.settings.redacted}: {exc}") from exc
 
-    async def outcome_of(self, claim_id: str) -> Outcome | None:
+    async def outcome_of(self, claim_id: str, task_id: int) -> Outcome | None:
         outcome: Outcome | None = await self._run(lambda: outcome_plan(claim_id))
         return outcome
 
     async def claim(self, request: ClaimRequest, draw: Sequence[str], win_cap: int, max_speed_mps: float) -> Outcome:
         outcome: Outcome = await self._run(lambda: claim_plan(request, draw, win_cap, max_speed_mps, MYSQL))
         return outcome
+
+    async def set_prize(self, task_id: int, prize_type: str, quota: int | None, rate_milli: int | None) -> PrizeChange:
+        change: PrizeChange = await self._run(lambda: set_prize_plan(task_id, prize_type, quota, rate_milli, MYSQL))
+        return change
 
     async def reconcile(self, repair: bool) -> list[Difference]:
         diffs: list[Difference] = await self._run(lambda: reconcile_plan(repair))
@@ -133,12 +143,19 @@ class MySQLLedger:
         state: LedgerState = await self._run(lambda: read_state_plan(since))
         return state
 
+    async def read_changes(self, since: float) -> list[PrizeChange]:
+        changes: list[PrizeChange] = await self._run(lambda: read_changes_plan(since))
+        return changes
+
     async def read_page(self, after: tuple[int, str] | None, limit: int) -> Counters:
         page: Counters = await self._run(lambda: read_page_plan(after, limit))
         return page
 
     async def set_enabled(self, task_id: int, enabled: bool) -> None:
         await self._run(lambda: set_enabled_plan(task_id, enabled, MYSQL))
+
+    async def problems(self) -> list[str]:
+        return []
 
     async def close(self) -> None:
         if self._pool is not None:

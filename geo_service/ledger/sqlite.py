@@ -10,23 +10,22 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from geo_service.ledger import (
+from geo_service.ledger import ClaimRequest, Counters, Difference, LedgerError, LedgerState, Outcome, PrizeChange, Seed
+from geo_service.ledger.plans import (
     SCHEMA,
     SEED_COLUMNS,
     SQLITE,
-    ClaimRequest,
-    Counters,
-    Difference,
-    LedgerError,
-    LedgerState,
-    Outcome,
     Plan,
     claim_plan,
+    fill_rates_plan,
+    migrate_plan,
     outcome_plan,
+    read_changes_plan,
     read_page_plan,
     read_state_plan,
     reconcile_plan,
     set_enabled_plan,
+    set_prize_plan,
 )
 
 T = TypeVar("T")
@@ -65,6 +64,8 @@ def run_plan(conn: sqlite3.Connection, make_plan: Callable[[], Plan], write: boo
 class SQLiteLedger:
     """Runs each transaction on one thread of its own, so the event loop never blocks on the file lock."""
 
+    kind = "sqlite"
+
     def __init__(self, path: str) -> None:
         self.path = path
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger")
@@ -79,6 +80,7 @@ class SQLiteLedger:
             conn.execute("PRAGMA synchronous=NORMAL")
             for statement in SCHEMA:
                 conn.execute(statement)
+            run_plan(conn, lambda: migrate_plan(SQLITE))
             self._conn = conn
         return self._conn
 
@@ -89,16 +91,17 @@ class SQLiteLedger:
         except sqlite3.Error as exc:
             raise LedgerError(f"sqlite ledger {self.path}: {exc}") from exc
 
-    async def seed(self, counters: Sequence[tuple[int, str, int]]) -> None:
+    async def seed(self, counters: Sequence[Seed]) -> None:
         def insert(conn: sqlite3.Connection) -> None:
             conn.execute("BEGIN IMMEDIATE")
             now = time.time()
             conn.executemany(SQLITE.insert_ignore("prize_counters", SEED_COLUMNS), [(*c, 0, now) for c in counters])
             conn.execute("COMMIT")
+            run_plan(conn, lambda: fill_rates_plan(counters))
 
         await self._run(insert)
 
-    async def outcome_of(self, claim_id: str) -> Outcome | None:
+    async def outcome_of(self, claim_id: str, task_id: int) -> Outcome | None:
         # A read: a deferred transaction, so looking up a retry never queues on the writers' lock.
         outcome: Outcome | None = await self._run(lambda conn: run_plan(conn, lambda: outcome_plan(claim_id), write=False))
         return outcome
@@ -108,6 +111,11 @@ class SQLiteLedger:
             lambda conn: run_plan(conn, lambda: claim_plan(request, draw, win_cap, max_speed_mps, SQLITE)))
         return outcome
 
+    async def set_prize(self, task_id: int, prize_type: str, quota: int | None, rate_milli: int | None) -> PrizeChange:
+        change: PrizeChange = await self._run(
+            lambda conn: run_plan(conn, lambda: set_prize_plan(task_id, prize_type, quota, rate_milli, SQLITE)))
+        return change
+
     async def reconcile(self, repair: bool) -> list[Difference]:
         diffs: list[Difference] = await self._run(lambda conn: run_plan(conn, lambda: reconcile_plan(repair)))
         return diffs
@@ -116,12 +124,20 @@ class SQLiteLedger:
         state: LedgerState = await self._run(lambda conn: run_plan(conn, lambda: read_state_plan(since), write=False))
         return state
 
+    async def read_changes(self, since: float) -> list[PrizeChange]:
+        changes: list[PrizeChange] = await self._run(
+            lambda conn: run_plan(conn, lambda: read_changes_plan(since), write=False))
+        return changes
+
     async def read_page(self, after: tuple[int, str] | None, limit: int) -> Counters:
         page: Counters = await self._run(lambda conn: run_plan(conn, lambda: read_page_plan(after, limit), write=False))
         return page
 
     async def set_enabled(self, task_id: int, enabled: bool) -> None:
         await self._run(lambda conn: run_plan(conn, lambda: set_enabled_plan(task_id, enabled, SQLITE)))
+
+    async def problems(self) -> list[str]:
+        return []
 
     async def close(self) -> None:
         def shut(conn: sqlite3.Connection) -> None:

@@ -1,0 +1,68 @@
+-- Settle one claim: the whole of it, atomically, in one call. Every key shares the task's bucket hash
+-- tag, so the call is legal on a cluster. Everything is read and decided before the first write: a
+-- script that fails midway keeps the writes it made.
+--
+-- KEYS: 1 task hash (q:/i:/r:/s:/n:<prize>: quota, issued, rate in thousandths per s (-1: none),
+--       slice, issued in that slice), 2 wins hash (user -> wins), 3 the claim's record,
+--       4 the bucket's flow stream, 5 the bucket's changed-tasks zset,
+--       6 (one node only) the player's position hash, for the movement check made right here
+-- ARGV: 1 claim_id, 2 user_id, 3 task_id, 4 poi_id, 5 win cap, 6 movement plausible: "1", "0", or "?" (check it
+--       here, KEYS[6]), 7 seconds to keep the claim's record, 8 lat, 9 lng, 10 at, 11 max speed (m/s),
+--       12 seconds to keep the position, 13.. prize types in draw order
+-- Returns "<outcome>\t<prize_type>" (prize_type empty unless won), the first outcome for a retried claim_id.
+local prior = redis.call('GET', KEYS[3])
+if prior then
+  return prior
+end
+
+local clock = redis.call('TIME')
+local sec, usec = tonumber(clock[1]), tonumber(clock[2])
+local now_slice = sec * 10 + math.floor(usec / 100000)
+
+-- Slice n may issue floor((m+1)R/10^4) - floor(mR/10^4), m = n mod 10^4 (geo_service/ledger/rates.py).
+local function allowance(rate, n)
+  if rate < 0 then
+    return math.huge
+  end
+  local m = n % 10000
+  return math.floor((m + 1) * rate / 10000) - math.floor(m * rate / 10000)
+end
+
+local moved = ARGV[6]
+if moved == '?' then
+  moved = tostring(plausible(KEYS[6], ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12]))
+end
+local outcome, prize, slice, used = 'no_prize_left', '', 0, 0
+if moved ~= '1' then
+  outcome = 'implausible_movement'
+elseif tonumber(redis.call('HGET', KEYS[2], ARGV[2]) or '0') >= tonumber(ARGV[5]) then
+  outcome = 'cap_reached'
+else
+  for i = 13, #ARGV do
+    local p = ARGV[i]
+    local f = redis.call('HMGET', KEYS[1], 'q:' .. p, 'i:' .. p, 'r:' .. p, 's:' .. p, 'n:' .. p)
+    if f[1] and tonumber(f[2] or '0') < tonumber(f[1]) then
+      local s, u = tonumber(f[4] or '0'), tonumber(f[5] or '0')
+      -- A slice behind the prize's (a clock that stepped back) counts against the prize's slice.
+      if now_slice > s then
+        s, u = now_slice, 0
+      end
+      if u < allowance(tonumber(f[3] or '-1'), s) then
+        outcome, prize, slice, used = 'won', p, s, u + 1
+        break
+      end
+    end
+  end
+end
+
+if outcome == 'won' then
+  redis.call('HINCRBY', KEYS[1], 'i:' .. prize, 1)
+  redis.call('HSET', KEYS[1], 's:' .. prize, string.format('%d', slice), 'n:' .. prize, used)
+  redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
+  redis.call('ZADD', KEYS[5], string.format('%d', sec * 1000 + math.floor(usec / 1000)), ARGV[3])
+end
+local result = outcome .. '\t' .. prize
+redis.call('SET', KEYS[3], result, 'EX', ARGV[7])
+redis.call('XADD', KEYS[4], '*', 'claim_id', ARGV[1], 'user_id', ARGV[2], 'task_id', ARGV[3], 'poi_id', ARGV[4],
+  'prize_type', prize, 'outcome', outcome, 'at', string.format('%d.%06d', sec, usec))
+return result

@@ -1,0 +1,250 @@
+"""The SQL ledgers' transactions, written once as plans: generators that yield statements and receive
+their results. The SQLite backend drives a plan synchronously in a thread, the MySQL backend with
+aiomysql; both run it inside one transaction, so everything a plan does commits together or not at all.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from geo_service.ledger import (
+    ClaimRequest,
+    Counters,
+    Difference,
+    LedgerState,
+    Outcome,
+    PrizeChange,
+    PrizeChangeRefused,
+    distance_m,
+)
+from geo_service.ledger.rates import slice_of, take
+
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    sql: str  # "?" placeholders; backends translate
+    params: tuple[Any, ...] = ()
+    fetch: Literal["", "one", "all"] = ""  # what the plan receives: the rowcount, the first row (or None), all rows
+
+
+Plan = Generator[Statement, Any, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Dialect:
+    """The few places where SQLite and MySQL SQL differ."""
+
+    name: str
+    insert_ignore_suffix: str  # appended to INSERT ... VALUES (...) to make a duplicate key a no-op
+    insert_ignore_prefix: str  # replaces "INSERT" for the same purpose
+    for_update: str  # row-lock clause for a SELECT inside a transaction
+    has_column: str  # counts the columns named ? of table ?
+
+    def insert_ignore(self, table: str, columns: Sequence[str]) -> str:
+        """Return "insert this row unless its key exists" for the table and columns."""
+        values = ", ".join("?" * len(columns))
+        suffix = self.insert_ignore_suffix.format(first=columns[0])
+        return f"{self.insert_ignore_prefix} INTO {table} ({', '.join(columns)}) VALUES ({values}){suffix}"
+
+
+# SQLite runs each transaction under BEGIN IMMEDIATE (one writer at a time), so it needs no row locks.
+SQLITE = Dialect("sqlite", "", "INSERT OR IGNORE", "", "SELECT COUNT(*) FROM pragma_table_info(?) WHERE name = ?")
+# Not INSERT IGNORE on MySQL: its duplicate-key warning makes the client fetch SHOW WARNINGS each time.
+MYSQL = Dialect("mysql", " ON DUPLICATE KEY UPDATE {first} = {first}", "INSERT", " FOR UPDATE",
+                "SELECT COUNT(*) FROM information_schema.columns WHERE table_schema = DATABASE() "
+                "AND table_name = ? AND column_name = ?")
+
+CLAIMS_TABLE = (
+    "CREATE TABLE IF NOT EXISTS claims (claim_id VARCHAR(64) NOT NULL PRIMARY KEY, user_id VARCHAR(64) NOT NULL, "
+    "task_id BIGINT NOT NULL, poi_id BIGINT NOT NULL, prize_type VARCHAR(40) NULL, outcome VARCHAR(32) NOT NULL, "
+    "reason VARCHAR(80) NULL, created_at DOUBLE NOT NULL)"
+)
+CLAIMS_INDEX = "CREATE INDEX IF NOT EXISTS claims_task_prize ON claims (task_id, prize_type, outcome)"
+CLAIM_COLUMNS = ("claim_id", "user_id", "task_id", "poi_id", "prize_type", "outcome", "reason", "created_at")
+SCHEMA = [
+    # changed_at lets the collector read only what changed since its last tick; slice and slice_issued
+    # are the prize's rate slice (rates.py): the last slice it issued in and how many it issued there.
+    "CREATE TABLE IF NOT EXISTS prize_counters (task_id BIGINT NOT NULL, prize_type VARCHAR(40) NOT NULL, "
+    "quota BIGINT NOT NULL, issued BIGINT NOT NULL DEFAULT 0, changed_at DOUBLE NOT NULL DEFAULT 0, "
+    "rate_milli BIGINT NULL, slice BIGINT NOT NULL DEFAULT 0, slice_issued BIGINT NOT NULL DEFAULT 0, "
+    "PRIMARY KEY (task_id, prize_type))",
+    "CREATE INDEX IF NOT EXISTS prize_counters_changed ON prize_counters (changed_at)",
+    CLAIMS_TABLE,
+    CLAIMS_INDEX,
+    "CREATE TABLE IF NOT EXISTS user_wins (user_id VARCHAR(64) NOT NULL, task_id BIGINT NOT NULL, "
+    "wins INT NOT NULL, PRIMARY KEY (user_id, task_id))",
+    "CREATE TABLE IF NOT EXISTS task_flags (task_id BIGINT NOT NULL PRIMARY KEY, enabled INT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS user_positions (user_id VARCHAR(64) NOT NULL PRIMARY KEY, lat DOUBLE NOT NULL, "
+    "lng DOUBLE NOT NULL, at_s DOUBLE NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS prize_changes (seq BIGINT NOT NULL PRIMARY KEY, task_id BIGINT NOT NULL, "
+    "prize_type VARCHAR(40) NOT NULL, quota BIGINT NOT NULL, rate_milli BIGINT NOT NULL, at DOUBLE NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS prize_changes_at ON prize_changes (at)",
+]
+# Every table the ledger owns, as the schema names them ("CREATE TABLE IF NOT EXISTS <name> ...").
+LEDGER_TABLES = tuple(statement.split()[5] for statement in SCHEMA if statement.startswith("CREATE TABLE"))
+# Columns added since the first release: a ledger made before them gets them on open. rate_milli is
+# NULL there until the next seed fills it from the snapshot (a rate the counter always had).
+ADDED_COLUMNS = (("prize_counters", "rate_milli", "BIGINT NULL"),
+                 ("prize_counters", "slice", "BIGINT NOT NULL DEFAULT 0"),
+                 ("prize_counters", "slice_issued", "BIGINT NOT NULL DEFAULT 0"))
+SEED_COLUMNS = ("task_id", "prize_type", "quota", "rate_milli", "issued", "changed_at")
+
+
+def migrate_plan(dialect: Dialect) -> Plan:
+    """Add the columns a ledger made by an earlier release lacks."""
+    for table, column, kind in ADDED_COLUMNS:
+        present = yield Statement(dialect.has_column, (table, column), fetch="one")
+        if not present[0]:
+            yield Statement(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+
+
+def fill_rates_plan(counters: Sequence[tuple[int, str, int, int]]) -> Plan:
+    """Give migrated counters (rate unknown) the rate their snapshot sets."""
+    missing = yield Statement("SELECT COUNT(*) FROM prize_counters WHERE rate_milli IS NULL", fetch="one")
+    if missing[0]:
+        for task_id, prize_type, _, rate in counters:
+            yield Statement("UPDATE prize_counters SET rate_milli = ? WHERE task_id = ? AND prize_type = ? "
+                            "AND rate_milli IS NULL", (rate, task_id, prize_type))
+
+
+def claim_plan(request: ClaimRequest, draw: Sequence[str], win_cap: int, max_speed_mps: float, dialect: Dialect,
+               clock: Clock = time.time) -> Plan:
+    """The claim transaction, step by step; returns an Outcome."""
+    r = request
+    done = yield from outcome_plan(r.claim_id)
+    if done is not None:
+        return done
+    outcome = yield from _movement(r, max_speed_mps, dialect)
+    at = r.at_s
+    if outcome is None:
+        outcome, at = yield from _draw(r, draw, win_cap, dialect, clock)
+    yield Statement(
+        f"INSERT INTO claims ({', '.join(CLAIM_COLUMNS)}) VALUES ({', '.join('?' * len(CLAIM_COLUMNS))})",
+        (r.claim_id, r.user_id, r.task_id, r.poi_id, outcome.prize_type, outcome.outcome, outcome.reason, at),
+    )
+    return outcome
+
+
+def _movement(r: ClaimRequest, max_speed_mps: float, dialect: Dialect) -> Plan:
+    last = yield Statement("SELECT lat, lng, at_s FROM user_positions WHERE user_id = ?", (r.user_id,), fetch="one")
+    if last is not None:
+        seconds = max(r.at_s - float(last[2]), 1.0)  # clocks and retries jitter: never divide by ~0
+        if distance_m(float(last[0]), float(last[1]), r.lat, r.lng) / seconds > max_speed_mps:
+            return Outcome.of(r.claim_id, "implausible_movement")
+    yield Statement(dialect.insert_ignore("user_positions", ("user_id", "lat", "lng", "at_s")), (r.user_id, r.lat, r.lng, r.at_s))
+    yield Statement("UPDATE user_positions SET lat = ?, lng = ?, at_s = ? WHERE user_id = ?", (r.lat, r.lng, r.at_s, r.user_id))
+    return None
+
+
+def _draw(r: ClaimRequest, draw: Sequence[str], win_cap: int, dialect: Dialect, clock: Clock) -> Plan:
+    """Return (outcome, the time it was decided at)."""
+    yield Statement(dialect.insert_ignore("user_wins", ("user_id", "task_id", "wins")), (r.user_id, r.task_id, 0))
+    capped = yield Statement("UPDATE user_wins SET wins = wins + 1 WHERE user_id = ? AND task_id = ? AND wins < ?",
+                             (r.user_id, r.task_id, win_cap))
+    if not capped:
+        return Outcome.of(r.claim_id, "cap_reached"), r.at_s
+    # Lock all of the task's counters at once, in key order: taking them one by one in each claim's
+    # own draw order lets two claims each hold the counter the other needs (a deadlock).
+    rows = yield Statement("SELECT prize_type, quota - issued, COALESCE(rate_milli, -1), slice, slice_issued "
+                           f"FROM prize_counters WHERE task_id = ? ORDER BY prize_type{dialect.for_update}",
+                           (r.task_id,), fetch="all")
+    # Read the clock holding the task's lock: claims then take rate slices in time order, and the
+    # claim row's time is the slice it counted against.
+    now = clock()
+    counters = {str(p): (int(left), int(rate), int(s), int(used)) for p, left, rate, s, used in rows}
+    for prize_type in draw:
+        left, rate, slice_no, used = counters.get(prize_type, (0, -1, 0, 0))
+        taken = take(rate, slice_no, used, slice_of(now)) if left > 0 else None
+        if taken is not None:
+            yield Statement("UPDATE prize_counters SET issued = issued + 1, changed_at = ?, slice = ?, slice_issued = ? "
+                            "WHERE task_id = ? AND prize_type = ?", (now, *taken, r.task_id, prize_type))
+            return Outcome.of(r.claim_id, "won", prize_type), now
+    yield Statement("UPDATE user_wins SET wins = wins - 1 WHERE user_id = ? AND task_id = ?", (r.user_id, r.task_id))
+    return Outcome.of(r.claim_id, "no_prize_left"), now
+
+
+def outcome_plan(claim_id: str) -> Plan:
+    row = yield Statement("SELECT outcome, prize_type, reason FROM claims WHERE claim_id = ?", (claim_id,), fetch="one")
+    return None if row is None else Outcome(claim_id, row[0], row[1], row[2])
+
+
+def set_prize_plan(task_id: int, prize_type: str, quota: int | None, rate_milli: int | None, dialect: Dialect,
+                   clock: Clock = time.time) -> Plan:
+    """Change a prize's quota and/or rate, never below what is issued, and log the change under the next seq."""
+    row = yield Statement(f"SELECT quota, issued, COALESCE(rate_milli, -1) FROM prize_counters WHERE task_id = ? "
+                          f"AND prize_type = ?{dialect.for_update}", (task_id, prize_type), fetch="one")
+    if row is None:
+        raise PrizeChangeRefused("no_such_prize", f"task {task_id} has no prize {prize_type!r} in the ledger")
+    new_quota = int(row[0]) if quota is None else quota
+    new_rate = int(row[2]) if rate_milli is None else rate_milli
+    if new_quota < int(row[1]):
+        raise PrizeChangeRefused("quota_below_issued", f"quota {new_quota} is below the {int(row[1])} already issued "
+                                                       f"of task {task_id} {prize_type}")
+    # Two changes at once may pick the same seq: the primary key refuses one, and its transaction is run again.
+    last = yield Statement("SELECT COALESCE(MAX(seq), 0) FROM prize_changes", fetch="one")
+    change = PrizeChange(int(last[0]) + 1, clock(), task_id, prize_type, new_quota, new_rate)
+    yield Statement("UPDATE prize_counters SET quota = ?, rate_milli = ?, changed_at = ? WHERE task_id = ? AND prize_type = ?",
+                    (new_quota, new_rate, change.at, task_id, prize_type))
+    yield Statement("INSERT INTO prize_changes (seq, task_id, prize_type, quota, rate_milli, at) VALUES (?, ?, ?, ?, ?, ?)",
+                    (change.seq, task_id, prize_type, new_quota, new_rate, change.at))
+    return change
+
+
+# quota - issued computed by the database: the MySQL client decodes every field in Python.
+_COUNTER_COLUMNS = "SELECT task_id, prize_type, quota - issued, quota, COALESCE(rate_milli, -1) FROM prize_counters"
+
+
+def read_state_plan(since: float) -> Plan:
+    counters = yield Statement(f"{_COUNTER_COLUMNS} WHERE changed_at >= ?", (since,), fetch="all")
+    disabled = yield Statement("SELECT task_id FROM task_flags WHERE enabled = 0", fetch="all")
+    return LedgerState(Counters.from_rows(counters), frozenset(int(t) for (t,) in disabled))
+
+
+def read_changes_plan(since: float) -> Plan:
+    rows = yield Statement("SELECT seq, at, task_id, prize_type, quota, rate_milli FROM prize_changes WHERE at >= ? "
+                           "ORDER BY seq", (since,), fetch="all")
+    return [PrizeChange(int(s), float(a), int(t), str(p), int(q), int(r)) for s, a, t, p, q, r in rows]
+
+
+def read_page_plan(after: tuple[int, str] | None, limit: int) -> Plan:
+    if after is None:
+        rows = yield Statement(f"{_COUNTER_COLUMNS} ORDER BY task_id, prize_type LIMIT ?", (limit,), fetch="all")
+    else:
+        # A range on the key's first column, not a row-value or OR comparison: both engines then walk
+        # the primary key from `after` and stop at the limit.
+        rows = yield Statement(f"{_COUNTER_COLUMNS} WHERE task_id >= ? AND NOT (task_id = ? AND prize_type <= ?) "
+                               "ORDER BY task_id, prize_type LIMIT ?", (after[0], after[0], after[1], limit), fetch="all")
+    return Counters.from_rows(rows)
+
+
+def set_enabled_plan(task_id: int, enabled: bool, dialect: Dialect) -> Plan:
+    yield Statement(dialect.insert_ignore("task_flags", ("task_id", "enabled")), (task_id, int(enabled)))
+    yield Statement("UPDATE task_flags SET enabled = ? WHERE task_id = ?", (int(enabled), task_id))
+    return None
+
+
+WON_BY_COUNTER = ("SELECT task_id, prize_type, COUNT(*) FROM claims WHERE outcome = 'won' "
+                  "GROUP BY task_id, prize_type")
+
+
+def reconcile_plan(repair: bool) -> Plan:
+    """Compare every counter with its won claims; with repair, set issued to that count."""
+    issued = yield Statement("SELECT task_id, prize_type, issued FROM prize_counters ORDER BY task_id, prize_type",
+                             fetch="all")
+    won = yield Statement(WON_BY_COUNTER, fetch="all")
+    diffs = differences(((int(t), str(p), int(i)) for t, p, i in issued), {(int(t), str(p)): int(n) for t, p, n in won})
+    if repair:
+        for d in diffs:
+            yield Statement("UPDATE prize_counters SET issued = ?, changed_at = ? WHERE task_id = ? AND prize_type = ?",
+                            (d.won_claims, time.time(), d.task_id, d.prize_type))
+    return diffs
+
+
+def differences(issued: Any, won: dict[tuple[int, str], int]) -> list[Difference]:
+    """Return the counters, given as (task_id, prize_type, issued), whose issued count is not their won claims."""
+    return [Difference(t, p, i, won.get((t, p), 0)) for t, p, i in issued if i != won.get((t, p), 0)]

@@ -1,0 +1,381 @@
+"""The Redis ledger: one server-side script settles a claim, on one node or a Redis Cluster.
+
+Key layout (version LAYOUT). Tasks fall into BUCKETS buckets (task_id mod BUCKETS); every key of a
+bucket carries its hash tag, so one claim touches one slot and buckets spread over a cluster's nodes:
+
+    gd:{b<k>}:t:<task>             hash  q:/i:/r:/s:/n:<prize> quota, issued, rate (thousandths/s, -1 none),
+                                         rate slice, issued in that slice
+    gd:{b<k>}:w:<task>             hash  user -> wins (the win cap)
+    gd:{b<k>}:c:<task>:<claim_id>  str   the claim's outcome (idempotency), kept record_ttl_s
+    gd:{b<k>}:flow                 stream  every claim's record: the flow log shipped into MySQL (ship.py)
+    gd:{b<k>}:changed              zset  task -> ms of its last counter change (the collector's delta read)
+    gd:{b<k>}:changes              stream  live quota/rate changes
+    gd:{u:<user>}:pos              hash  the player's last claimed position (the movement check)
+    gd:tasks (zset of task ids, the complete read), gd:flags (disabled tasks), gd:change_seq, gd:layout
+
+This module may touch Redis only; ship.py moves the flow log into MySQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any, TypeVar
+from urllib.parse import unquote, urlsplit
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.commands.core import AsyncScript
+from redis.crc import key_slot
+from redis.exceptions import RedisError
+
+from geo_service.ledger import (
+    ClaimRequest,
+    CounterRow,
+    Counters,
+    Difference,
+    LedgerError,
+    LedgerState,
+    Outcome,
+    PrizeChange,
+    PrizeChangeRefused,
+    Seed,
+)
+
+BUCKETS = 128
+LAYOUT = f"geodrop-ledger 1 buckets={BUCKETS}"
+POSITION_TTL_S = 86_400  # a player unseen for a day starts afresh (as after a long trip)
+READ_CALLS_IN_FLIGHT = 16  # per read of many tasks: well inside the connection pool, enough to keep nodes busy
+CHANGED_KEEP_S = 3_600  # how long a task stays in a bucket's changed set: far longer than any delta read's reach
+# What the ledger needs of every node for "an acknowledged win is never lost, a prize never issued twice".
+REQUIRED_CONFIG = {"appendonly": "yes", "appendfsync": "always", "maxmemory-policy": "noeviction",
+                   "no-appendfsync-on-rewrite": "no"}
+T = TypeVar("T")
+Client = aioredis.Redis | RedisCluster
+
+
+@dataclass(frozen=True, slots=True)
+class RedisSettings:
+    """Where the Redis ledger is: one node (redis://) or a cluster's seed nodes (redis+cluster://)."""
+
+    nodes: tuple[tuple[str, int], ...] = (("127.0.0.1", 6379),)
+    cluster: bool = False
+    db: int = 0
+    password: str = field(default="", repr=False)
+    max_connections: int = 64  # per node; calls in flight are bounded to it (the cluster pool raises beyond)
+    timeout_s: float = 2.0
+    record_ttl_s: int = 172_800  # how long a claim id is remembered in Redis for retries
+
+    @classmethod
+    def from_dsn(cls, dsn: str) -> RedisSettings:
+        """Parse redis://[:pass@]host:port[/db] or redis+cluster://[:pass@]host:port[,host:port...]."""
+        scheme, _, rest = dsn.partition("://")
+        if scheme not in ("redis", "redis+cluster"):
+            raise ValueError(f"DSN scheme must be redis:// or redis+cluster://, got {scheme!r}")
+        userinfo, _, hosts = rest.rpartition("@")
+        hosts, _, db = hosts.partition("/")
+        password = unquote(userinfo.partition(":")[2])
+        nodes = []
+        for item in hosts.split(","):
+            parts = urlsplit(f"//{item}")
+            try:
+                nodes.append((parts.hostname or "127.0.0.1", parts.port or 6379))
+            except ValueError:
+                raise ValueError(f"DSN port of {item!r} is not a number") from None
+        if scheme == "redis+cluster" and db:
+            raise ValueError("a Redis Cluster has only database 0: give no /db")
+        if not db.isdigit() and db:
+            raise ValueError(f"DSN database must be a number, got {db!r}")
+        return cls(tuple(nodes), scheme == "redis+cluster", int(db or 0), password)
+
+    @property
+    def redacted(self) -> str:
+        """Return the DSN without its password, for messages."""
+        hosts = ",".join(f"{h}:{p}" for h, p in self.nodes)
+        return f"redis+cluster://{hosts}" if self.cluster else f"redis://{hosts}/{self.db}"
+
+
+def bucket_tag(task_id: int) -> str:
+    return f"{{b{task_id % BUCKETS}}}"
+
+
+def task_key(task_id: int) -> str:
+    return f"gd:{bucket_tag(task_id)}:t:{task_id}"
+
+
+def bucket_key(bucket: int, name: str) -> str:
+    """Return a bucket's key `name` (flow, changed, changes)."""
+    return f"gd:{{b{bucket}}}:{name}"
+
+
+def _script(name: str) -> str:
+    """Return a script's text; the claim and movement scripts share the movement check (position.lua)."""
+    lua = resources.files("geo_service.ledger").joinpath("lua")
+    shared = lua.joinpath("position.lua").read_text() if name in ("claim", "movement") else ""
+    return shared + lua.joinpath(f"{name}.lua").read_text()
+
+
+class RedisLedger:
+    """Claims in one script call each (plus one for the movement check, under the player's own tag)."""
+
+    def __init__(self, settings: RedisSettings, record_db: str = "") -> None:
+        self.settings = settings
+        self.record_db = record_db
+        self.kind = "redis+cluster" if settings.cluster else "redis"
+        self._client: Client | None = None
+        self._scripts: dict[str, AsyncScript] = {}
+        self._limit = asyncio.Semaphore(settings.max_connections)
+
+    async def client(self) -> Client:
+        """Return the connected client, checking once that the server holds this key layout (or none)."""
+        if self._client is None:
+            s = self.settings
+            options: dict[str, Any] = {"password": s.password or None, "decode_responses": True,
+                                       "socket_timeout": s.timeout_s, "socket_connect_timeout": s.timeout_s,
+                                       "max_connections": s.max_connections}
+            client: Client = (RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in s.nodes], **options) if s.cluster
+                              else aioredis.Redis(host=s.nodes[0][0], port=s.nodes[0][1], db=s.db, **options))
+            try:
+                await client.set("gd:layout", LAYOUT, nx=True)
+                layout = await client.get("gd:layout")
+            except BaseException:
+                await client.aclose()
+                raise
+            if layout != LAYOUT:
+                await client.aclose()
+                raise LedgerError(f"{s.redacted} holds a ledger of layout {layout!r}; this release reads {LAYOUT!r}")
+            self._scripts = {name: client.register_script(_script(name))
+                             for name in ("claim", "movement", "set_prize", "read_tasks")}
+            self._client = client
+        return self._client
+
+    async def call(self, work: Callable[[Client], Awaitable[T]]) -> T:
+        """Run one piece of work with a bounded number in flight; any Redis failure becomes a LedgerError."""
+        try:
+            async with self._limit:
+                result = await work(await self.client())
+        except (RedisError, OSError) as exc:
+            _deliver_cancellation(exc)
+            raise LedgerError(f"redis ledger {self.settings.redacted}: {type(exc).__name__}: {exc}") from exc
+        except (AttributeError, TypeError) as exc:
+            # redis-py's asyncio connection lets a write on a connection the peer just reset fail with these
+            # instead of ConnectionError (redis/redis-py#4287, #3546): a lost connection when raised in there.
+            if not _raised_in_client(exc):
+                raise
+            _deliver_cancellation(exc)
+            raise LedgerError(f"redis ledger {self.settings.redacted}: connection lost ({exc})") from exc
+        _deliver_cancellation(None)
+        return result
+
+    async def seed(self, counters: Sequence[Seed]) -> None:
+        """Create the fields a counter lacks (HSETNX: a counter that exists keeps its counts, quota and rate)."""
+        now_ms = int(time.time() * 1000)
+
+        async def write(r: Client) -> None:
+            for start in range(0, len(counters), 2000):
+                pipe = r.pipeline(transaction=False)
+                chunk = counters[start : start + 2000]
+                for task_id, prize, quota, rate in chunk:
+                    key = task_key(task_id)
+                    for name, value in (("q", quota), ("i", 0), ("r", rate), ("s", 0), ("n", 0)):
+                        pipe.hsetnx(key, f"{name}:{prize}", value)
+                    pipe.zadd(bucket_key(task_id % BUCKETS, "changed"), {str(task_id): now_ms})
+                pipe.zadd("gd:tasks", {str(t): t for t in {c[0] for c in chunk}})
+                await pipe.execute()
+
+        await self.call(write)
+
+    async def claim(self, request: ClaimRequest, draw: Sequence[str], win_cap: int, max_speed_mps: float) -> Outcome:
+        r = request
+        tag = bucket_tag(r.task_id)
+
+        async def settle(client: Client) -> str:
+            keys = [task_key(r.task_id), f"gd:{tag}:w:{r.task_id}", f"gd:{tag}:c:{r.task_id}:{r.claim_id}",
+                    f"gd:{tag}:flow", f"gd:{tag}:changed"]
+            moved: list[str | int | float] = [r.lat, r.lng, r.at_s, max_speed_mps, POSITION_TTL_S]
+            player = f"gd:{{u:{r.user_id}}}:pos"
+            if isinstance(client, RedisCluster):
+                # The movement check is per player across tasks: on a cluster the player's key lives on another
+                # node than the task's, so it is one call of its own, under the player's tag, first.
+                plausible = await self._run_script(client, "movement", [player], moved)
+            else:
+                plausible = "?"  # one node holds every key: the claim's own call checks it
+                keys.append(player)
+            args = [r.claim_id, r.user_id, r.task_id, r.poi_id, win_cap, plausible, self.settings.record_ttl_s, *moved,
+                    *draw]
+            return str(await self._run_script(client, "claim", keys, args))
+
+        return _outcome(r.claim_id, await self.call(settle))
+
+    async def _run_script(self, client: Client, name: str, keys: list[str], args: Sequence[Any]) -> Any:
+        """Run a script on the node serving its keys. On a cluster the call goes straight to the node that the
+        client's slot table names: the client's general routing costs a claim's worker a tenth of its CPU
+        (py-spy). A moved slot, a lost node or a script not loaded there fails that call, and the general path,
+        which sorts each of them out, runs it; both scripts are safe to run twice (a settled claim_id answers
+        its first outcome; a position set twice is the same position)."""
+        script = self._scripts[name]
+        if isinstance(client, RedisCluster):
+            node = client.nodes_manager.get_node_from_slot(key_slot(keys[0].encode()))
+            try:
+                return await node.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            except RedisError:
+                pass
+        return await script(keys=keys, args=args)
+
+    async def outcome_of(self, claim_id: str, task_id: int) -> Outcome | None:
+        tag = bucket_tag(task_id)
+        raw: Any = await self.call(lambda r: r.get(f"gd:{tag}:c:{task_id}:{claim_id}"))
+        return None if raw is None else _outcome(claim_id, raw)
+
+    async def set_prize(self, task_id: int, prize_type: str, quota: int | None, rate_milli: int | None) -> PrizeChange:
+        bucket = task_id % BUCKETS
+
+        async def change(r: Client) -> tuple[int, list[str]]:
+            seq = int(await r.incr("gd:change_seq"))  # a refused change leaves a gap: seqs only need to grow
+            keys = [task_key(task_id), bucket_key(bucket, "changes"), bucket_key(bucket, "changed")]
+            args: list[str | int] = [task_id, prize_type, "" if quota is None else quota,
+                                     "" if rate_milli is None else rate_milli, seq]
+            return seq, list(await self._scripts["set_prize"](keys=keys, args=args))
+
+        seq, answer = await self.call(change)
+        if answer[0] == "no_such_prize":
+            raise PrizeChangeRefused("no_such_prize", f"task {task_id} has no prize {prize_type!r} in the ledger")
+        if answer[0] == "quota_below_issued":
+            raise PrizeChangeRefused("quota_below_issued", f"quota {quota} is below the {answer[1]} already issued "
+                                                           f"of task {task_id} {prize_type}")
+        return PrizeChange(seq, float(answer[3]), task_id, prize_type, int(answer[1]), int(answer[2]))
+
+    async def task_counters(self, task_ids: Iterable[int]) -> list[CounterRow]:
+        """Return the counters of these tasks, in key order: one script call per bucket they fall in (a few
+        calls in flight at a time), not one command per task."""
+        by_bucket: dict[int, list[int]] = {}
+        for task_id in sorted(set(task_ids)):
+            by_bucket.setdefault(task_id % BUCKETS, []).append(task_id)
+        groups = list(by_bucket.values())
+
+        async def read(r: Client) -> list[list[list[str]]]:
+            answers: list[list[list[str]]] = []
+            for start in range(0, len(groups), READ_CALLS_IN_FLIGHT):
+                answers += await asyncio.gather(*(self._run_script(r, "read_tasks", [task_key(t) for t in group], [])
+                                                  for group in groups[start : start + READ_CALLS_IN_FLIGHT]))
+            return answers
+
+        rows = [(task_id, flat[j], int(flat[j + 1]) - int(flat[j + 2]), int(flat[j + 1]), int(flat[j + 3]))
+                for group, found in zip(groups, await self.call(read)) for task_id, flat in zip(group, found)
+                for j in range(0, len(flat), 4)]
+        return sorted(rows)
+
+    async def read_state(self, since: float) -> LedgerState:
+        since_ms = int(since * 1000)
+
+        async def read(r: Client) -> list[Any]:
+            pipe = r.pipeline(transaction=False)
+            for b in range(BUCKETS):
+                pipe.zrangebyscore(bucket_key(b, "changed"), since_ms, "+inf")
+                pipe.zremrangebyscore(bucket_key(b, "changed"), "-inf", f"({since_ms - CHANGED_KEEP_S * 1000}")
+            pipe.hgetall("gd:flags")
+            return list(await pipe.execute())
+
+        answers = await self.call(read)
+        tasks = {int(t) for i in range(0, 2 * BUCKETS, 2) for t in answers[i]}
+        disabled = frozenset(int(t) for t, flag in answers[-1].items() if flag == "0")
+        return LedgerState(Counters.from_rows(await self.task_counters(tasks)), disabled)
+
+    async def read_changes(self, since: float) -> list[PrizeChange]:
+        since_ms = int(since * 1000)
+
+        async def read(r: Client) -> list[Any]:
+            pipe = r.pipeline(transaction=False)
+            for b in range(BUCKETS):
+                pipe.xrange(bucket_key(b, "changes"), min=f"{since_ms}-0")
+            return list(await pipe.execute())
+
+        return sorted((_change(fields) for entries in await self.call(read) for _, fields in entries), key=lambda c: c.seq)
+
+    async def read_page(self, after: tuple[int, str] | None, limit: int) -> Counters:
+        # Whole tasks from the task index, from after's task on, a slice at a time until `limit` counters: a
+        # task has one counter or more, so limit tasks past after's are always enough.
+        low: int | str = after[0] if after is not None else "-inf"
+        ids: Any = await self.call(lambda r: r.zrangebyscore("gd:tasks", low, "+inf", start=0, num=limit + 1))
+        rows: list[CounterRow] = []
+        step = max(1, limit // 3)  # most tasks have a few prizes: one slice is usually the whole page
+        for start in range(0, len(ids), step):
+            rows += [row for row in await self.task_counters(int(t) for t in ids[start : start + step])
+                     if after is None or row[:2] > after]
+            if len(rows) >= limit:
+                break
+        return Counters.from_rows(rows[:limit])
+
+    async def set_enabled(self, task_id: int, enabled: bool) -> None:
+        await self.call(lambda r: r.hdel("gd:flags", str(task_id)) if enabled else r.hset("gd:flags", str(task_id), "0"))
+
+    async def reconcile(self, repair: bool) -> list[Difference]:
+        from geo_service.ledger.ship import reconcile_redis
+
+        return await reconcile_redis(self, repair)
+
+    async def set_issued(self, counts: Sequence[Difference]) -> None:
+        """Set each counter's issued count to its won claims (the repair of reconcile and of a failover)."""
+
+        async def write(r: Client) -> None:
+            pipe = r.pipeline(transaction=False)
+            for d in counts:
+                pipe.hset(task_key(d.task_id), f"i:{d.prize_type}", d.won_claims)
+                pipe.zadd(bucket_key(d.task_id % BUCKETS, "changed"), {str(d.task_id): int(time.time() * 1000)})
+            await pipe.execute()
+
+        await self.call(write)
+
+    async def problems(self) -> list[str]:
+        """Return how each node falls short of REQUIRED_CONFIG, and replicas that could fail over on their own."""
+
+        async def check(r: Client) -> list[str]:
+            nodes = [(n.name, n.server_type, n) for n in r.get_nodes()] if isinstance(r, RedisCluster) else [
+                (self.settings.redacted, "primary", None)]
+            found = []
+            for name, role, node in nodes:
+                config = await (r.config_get("*", target_nodes=node) if node is not None else r.config_get("*"))
+                found += [f"{name}: {key} is {config.get(key)!r}, needs {want!r}"
+                          for key, want in REQUIRED_CONFIG.items() if config.get(key) != want]
+                if role == "replica" and config.get("cluster-replica-no-failover") != "yes":
+                    found.append(f"{name}: a replica that fails over on its own can lose acknowledged wins; "
+                                 "set cluster-replica-no-failover yes")
+            return found
+
+        return await self.call(check)
+
+    async def close(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.aclose()
+
+
+def _deliver_cancellation(cause: BaseException | None) -> None:
+    """Raise CancelledError if this task was asked to stop during a call: the cluster client can turn a
+    cancellation into a connection error, or finish the call anyway, and the caller must still stop."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError() from cause
+
+
+def _raised_in_client(exc: BaseException) -> bool:
+    """Whether an exception was raised inside redis-py or asyncio's streams, not in this module's code."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    path = tb.tb_frame.f_code.co_filename if tb is not None else ""
+    return any(part in path for part in (f"{os.sep}redis{os.sep}", f"{os.sep}asyncio{os.sep}"))
+
+
+def _outcome(claim_id: str, raw: str) -> Outcome:
+    outcome, _, prize = raw.partition("\t")
+    return Outcome.of(claim_id, outcome, prize or None)
+
+
+def _change(fields: dict[str, str]) -> PrizeChange:
+    return PrizeChange(int(fields["seq"]), float(fields["at"]), int(fields["task_id"]), fields["prize_type"],
+                       int(fields["quota"]), int(fields["rate_milli"]))
