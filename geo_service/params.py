@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import math
 import re
 from collections.abc import Callable
@@ -11,7 +12,7 @@ from typing import Any
 import orjson
 from multidict import MultiMapping
 
-from geo_service.errors import InvalidJson, InvalidParam, MissingParam
+from geo_service.errors import InvalidJson, InvalidParam, MissingParam, NotFound, Unauthorized
 from geo_service.grid import MAX_ABS_LAT, GridError, check_position
 
 _CLAIM_ID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
@@ -69,6 +70,25 @@ def request_position(query_string: str, query: Callable[[], MultiMapping[str]]) 
     return position(query())
 
 
+def require_admin(authorization: str, token: str, what: str) -> None:
+    """Check an admin route's Authorization header against the configured token (empty: the route is off)."""
+    if not token:
+        raise NotFound(f"{what} is disabled (no admin_token set)")
+    if not hmac.compare_digest(authorization.encode(), f"Bearer {token}".encode()):
+        raise Unauthorized(f"{what} needs Authorization: Bearer <admin_token>")
+
+
+def json_object(raw: bytes) -> dict[str, Any]:
+    """Return a request body that must be one JSON object."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise InvalidJson("the body must be a JSON object") from None
+    if not isinstance(body, dict):
+        raise InvalidJson("the body must be a JSON object")
+    return body
+
+
 @dataclass(frozen=True, slots=True)
 class ClaimBody:
     claim_id: str
@@ -78,7 +98,7 @@ class ClaimBody:
     lng: float
 
 
-def _field(body: dict[str, Any], name: str, kinds: tuple[type, ...], what: str) -> Any:
+def field_of(body: dict[str, Any], name: str, kinds: tuple[type, ...], what: str) -> Any:
     if name not in body:
         raise MissingParam(f"{name} is required", field=name)
     value = body[name]
@@ -89,16 +109,11 @@ def _field(body: dict[str, Any], name: str, kinds: tuple[type, ...], what: str) 
 
 def claim_body(raw: bytes) -> ClaimBody:
     """Parse and check a claim's JSON body."""
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise InvalidJson("the body must be a JSON object") from None
-    if not isinstance(body, dict):
-        raise InvalidJson("the body must be a JSON object")
-    claim_id = _field(body, "claim_id", (str,), "a string")
+    body = json_object(raw)
+    claim_id = field_of(body, "claim_id", (str,), "a string")
     if not _CLAIM_ID_RE.fullmatch(claim_id):
         raise InvalidParam("claim_id must be 1-64 characters of A-Z a-z 0-9 _ . : -", field="claim_id")
-    task_id, poi_id = (_field(body, name, (int,), "an integer") for name in ("task_id", "poi_id"))
-    lat = _in_range("lat", float(_field(body, "lat", (int, float), "a number")), body["lat"], -90.0, 90.0)
-    lng = _in_range("lng", float(_field(body, "lng", (int, float), "a number")), body["lng"], -180.0, 180.0)
+    task_id, poi_id = (field_of(body, name, (int,), "an integer") for name in ("task_id", "poi_id"))
+    lat = _in_range("lat", float(field_of(body, "lat", (int, float), "a number")), body["lat"], -90.0, 90.0)
+    lng = _in_range("lng", float(field_of(body, "lng", (int, float), "a number")), body["lng"], -180.0, 180.0)
     return ClaimBody(claim_id, task_id, poi_id, *_served(lat, lng))

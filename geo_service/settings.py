@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
+from geo_service.ledger import LEDGER_SCHEMES
+
 S = TypeVar("S")
 
 
@@ -89,8 +91,12 @@ class ServiceSettings:
     status_poll_s: float = field(default=1.0, metadata=_help("How often to poll the collector for task status."))
     data_dir: Path = field(default=Path("var"), metadata=_help("Folder for the service's own files (the default ledger)."))
     ledger: str = field(default="", repr=False,
-                        metadata=_help("Ledger DSN: sqlite:///PATH or mysql://user:pass@host:port/db "
+                        metadata=_help("Ledger DSN: sqlite:///PATH, mysql://user:pass@host:port/db, "
+                                       "redis://host:port[/db] or redis+cluster://host:port[,host:port...] "
                                        "(empty: sqlite:///<data_dir>/ledger.sqlite3)."))
+    record_db: str = field(default="", repr=False,
+                           metadata=_help("MySQL DSN the Redis ledger's flow log is shipped into; `ledger reconcile` "
+                                          "reads the claims there (a Redis ledger only)."))
     token_secret: str = field(default="", repr=False,
                               metadata=_help("HMAC secret of player tokens; empty disables POST /v1/claims."))
     token_ttl_s: int = field(default=86400, metadata=_help("Lifetime of tokens minted by `geo-service token`."))
@@ -119,8 +125,7 @@ class ServiceSettings:
             problems.append("busy_lag_ms: must be positive and below shed_lag_ms")
         if self.catch_radius_m <= 0 or self.win_cap < 1 or self.max_speed_mps <= 0:
             problems.append("catch_radius_m, win_cap and max_speed_mps: must be positive")
-        if self.ledger and not self.ledger.startswith(("sqlite:///", "mysql://")):
-            problems.append("ledger: must be sqlite:///PATH or mysql://user:pass@host:port/db")
+        problems += ledger_problems(self.ledger, self.record_db)
         if self.poll_interval_s <= 0:
             problems.append("poll_interval_s: must be positive")
         if problems:
@@ -129,6 +134,16 @@ class ServiceSettings:
     @property
     def ledger_dsn(self) -> str:
         return self.ledger or f"sqlite:///{self.data_dir / 'ledger.sqlite3'}"
+
+
+def ledger_problems(ledger: str, record_db: str) -> list[str]:
+    """Return what is wrong with a ledger DSN (empty: the default) and a record database DSN."""
+    problems = []
+    if ledger and not ledger.startswith(LEDGER_SCHEMES):
+        problems.append(f"ledger: must start with one of {', '.join(LEDGER_SCHEMES)}")
+    if record_db and not record_db.startswith("mysql://"):
+        problems.append("record_db: must be mysql://user:pass@host:port/db (or empty)")
+    return problems
 
 
 def _convert(name: str, kind: Any, value: Any) -> Any:
