@@ -11,6 +11,7 @@ import numpy as np
 import numpy.typing as npt
 
 from geo_service.ledger import Counters
+from geo_service.ledger.rates import rate_milli
 from geo_service.snapshot import SnapshotError, read_tables
 
 STATUSES = ("active", "upcoming", "exhausted", "ended", "disabled")
@@ -33,15 +34,27 @@ class Aggregator:
         self.enabled = np.array([t["enabled"] for t in tasks], dtype=np.bool_)
         self.prize_types = sorted({p["prize_type"] for t in tasks for p in t["prizes"]})
         code = {p: i for i, p in enumerate(self.prize_types)}
-        slots = [(i, code[p["prize_type"]], p["quota"]) for i, t in enumerate(tasks) for p in t["prizes"]]
+        slots = [(i, code[p["prize_type"]], p["quota"], rate_milli(p.get("rate_per_s")))
+                 for i, t in enumerate(tasks) for p in t["prizes"]]
         self.slot_task = np.array([s[0] for s in slots], dtype=np.int64)
         self.slot_prize = np.array([s[1] for s in slots], dtype=np.int64)
+        # The quota and rate in force: the snapshot's until the ledger's counters say otherwise (a live change).
         self.slot_quota = np.array([s[2] for s in slots], dtype=np.int64)
+        self.slot_rate = np.array([s[3] for s in slots], dtype=np.int64)
         keys = self.task_ids[self.slot_task] * len(self.prize_types) + self.slot_prize
+        self._task_order = np.argsort(self.task_ids)
         self._key_order = np.argsort(keys)
         self._sorted_keys = keys[self._key_order]
         self._code = code
         self.remaining = self.slot_quota.copy()  # a prize with no counter yet has all its quota left
+
+    def positions(self, task_ids: IntArray) -> IntArray:
+        """Return the position of each task id in this index, -1 for a task it does not hold."""
+        if not len(self.task_ids):
+            return np.full(len(task_ids), -1, dtype=np.int64)
+        at = np.minimum(np.searchsorted(self.task_ids, task_ids, sorter=self._task_order), len(self.task_ids) - 1)
+        found = self._task_order[at]
+        return np.where(self.task_ids[found] == task_ids, found, -1)
 
     def apply(self, counters: Counters) -> None:
         """Take the counts of the counters read (a page or a delta); the others keep theirs."""
@@ -51,8 +64,10 @@ class Aggregator:
         keys = counters.task_id * len(self.prize_types) + codes
         pos = np.minimum(np.searchsorted(self._sorted_keys, keys), len(self._sorted_keys) - 1)
         known = (codes >= 0) & (self._sorted_keys[pos] == keys)  # counters of tasks not in this snapshot drop out
-        left = np.maximum(counters.left, 0)
-        self.remaining[self._key_order[pos[known]]] = left[known]
+        slots = self._key_order[pos[known]]
+        self.remaining[slots] = np.maximum(counters.left, 0)[known]
+        self.slot_quota[slots] = counters.quota[known]
+        self.slot_rate[slots] = counters.rate_milli[known]
 
     def statuses(self, now_s: int, disabled: frozenset[int]) -> IntArray:
         """Return each task's status code, by precedence: ended, disabled, upcoming, exhausted, active."""
@@ -65,27 +80,30 @@ class Aggregator:
         status[now_s >= self.ends_at] = ENDED
         return status
 
-    def remaining_matrix(self) -> IntArray:
-        """Return remaining per task (rows) and prize type (columns); -1 where a task lacks that prize."""
-        matrix = np.full((len(self.task_ids), len(self.prize_types)), -1, dtype=np.int64)
-        matrix[self.slot_task, self.slot_prize] = self.remaining
+    def matrix(self, values: IntArray, absent: int = -1) -> IntArray:
+        """Return slot values per task (rows) and prize type (columns); `absent` where a task lacks that prize."""
+        matrix = np.full((len(self.task_ids), len(self.prize_types)), absent, dtype=np.int64)
+        matrix[self.slot_task, self.slot_prize] = values
         return matrix
 
     def district_totals(self, status: IntArray) -> list[dict[str, Any]]:
-        """Return each district's remaining prizes (over active and upcoming tasks) and tasks by status."""
+        """Return each district's remaining prizes and their quotas (over active and upcoming tasks) and its
+        tasks by status."""
         n_d, n_p = len(self.districts), len(self.prize_types)
         slot_district = self.district_of[self.slot_task]
         live = np.isin(status[self.slot_task], (ACTIVE, UPCOMING)) & (slot_district >= 0)
         cell = slot_district[live] * n_p + self.slot_prize[live]
         sums = np.bincount(cell, weights=self.remaining[live], minlength=n_d * n_p).reshape(n_d, n_p).astype(np.int64)
+        quotas = np.bincount(cell, weights=self.slot_quota[live], minlength=n_d * n_p).reshape(n_d, n_p).astype(np.int64)
         present = np.bincount(cell, minlength=n_d * n_p).reshape(n_d, n_p) > 0
         known = self.district_of >= 0
         counts = np.bincount(self.district_of[known] * len(STATUSES) + status[known],
                              minlength=n_d * len(STATUSES)).reshape(n_d, len(STATUSES))
-        sums_l, present_l, counts_l = sums.tolist(), present.tolist(), counts.tolist()
+        sums_l, quotas_l, present_l, counts_l = sums.tolist(), quotas.tolist(), present.tolist(), counts.tolist()
         return [
             {"code": d["code"], "name": d["name"],
              "remaining": {p: v for p, v, here in zip(self.prize_types, sums_l[i], present_l[i]) if here},
+             "quota": {p: v for p, v, here in zip(self.prize_types, quotas_l[i], present_l[i]) if here},
              "tasks": dict(zip(STATUSES, counts_l[i]))}
             for i, d in enumerate(self.districts)
         ]

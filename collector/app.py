@@ -10,13 +10,16 @@ from aiohttp import web
 
 from collector.feed import Feed
 from collector.handlers import ROUTES
-from collector.keys import feed_key, metrics_key, settings_key, ticker_key, views_key
+from collector.keys import feed_key, ledger_check_key, metrics_key, settings_key, shipper_key, ticker_key, views_key
 from collector.settings import CollectorSettings
 from collector.ticker import Ticker
 from collector.views import ViewHolder
-from geo_service.ledger import open_ledger
+from geo_service.ledger import LedgerCheck, open_ledger
+from geo_service.ledger.redis import RedisLedger
+from geo_service.ledger.ship import RecordStore, Shipper
 from geo_service.metrics import Metrics
 from geo_service.routing import Guard, add_guarded_routes
+from geo_service.settings import MySQLSettings
 from loaders.sources.mysql import MySQLSource
 
 
@@ -32,6 +35,22 @@ async def ticker_ctx(app: web.Application) -> AsyncIterator[None]:
     await ticker.close()
 
 
+async def ledger_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Keep checking the ledger's server against its requirements, and ship a Redis ledger's flow log
+    into the record database when one is configured."""
+    ledger = app[ticker_key].ledger
+    tasks = [asyncio.create_task(app[ledger_check_key].run(ledger), name="ledger-check")]
+    if shipper_key in app:
+        tasks.append(asyncio.create_task(app[shipper_key].run(), name="flow-shipper"))
+    yield
+    for task in tasks:
+        task.cancel()
+        with suppress(asyncio.CancelledError):
+            await task
+    if shipper_key in app:
+        await app[shipper_key].store.close()
+
+
 async def close_streams(app: web.Application) -> None:
     app[feed_key].close()
 
@@ -44,13 +63,17 @@ def create_app(settings: CollectorSettings) -> web.Application:
     app[views_key] = holder
     app[feed_key] = feed
     app[metrics_key] = metrics = Metrics()
+    ledger = open_ledger(settings.ledger, settings.record_db)
+    app[ledger_check_key] = LedgerCheck()
+    if isinstance(ledger, RedisLedger) and settings.record_db:
+        app[shipper_key] = Shipper(ledger, RecordStore(MySQLSettings.from_dsn(settings.record_db)))
     app[ticker_key] = Ticker(
-        ledger=open_ledger(settings.ledger), snapshots=settings.snapshots, holder=holder,
+        ledger=ledger, snapshots=settings.snapshots, holder=holder,
         floor_s=settings.tick_floor_s, ceiling_s=settings.tick_ceiling_s, slow_read_s=settings.slow_read_s,
         page_rows=settings.sweep_page_rows, sweep_every_s=settings.sweep_every_s, on_swap=feed.publish,
         source=MySQLSource.from_dsn(settings.source) if settings.source else None,
     )
-    app.cleanup_ctx.append(ticker_ctx)
+    app.cleanup_ctx.extend([ticker_ctx, ledger_ctx])
     app.on_shutdown.append(close_streams)
     add_guarded_routes(app.router, ROUTES, Guard(metrics))
     return app

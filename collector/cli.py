@@ -1,4 +1,4 @@
-"""`geo-collector run` and `geo-collector task enable|disable TASK_ID`."""
+"""`geo-collector run`, `geo-collector task enable|disable TASK_ID` and `geo-collector prize set TASK PRIZE`."""
 
 from __future__ import annotations
 
@@ -8,11 +8,14 @@ import logging
 import sys
 from collections.abc import Sequence
 
+import orjson
 from aiohttp import web
 
 from collector.app import create_app
 from collector.settings import CollectorSettings
-from geo_service.ledger import LedgerError, open_ledger
+from collector.views import change_json
+from geo_service.ledger import LedgerError, PrizeChange, PrizeChangeRefused, open_ledger
+from geo_service.ledger.rates import UNLIMITED, rate_milli
 from geo_service.logs import configure_logging
 from geo_service.settings import add_settings_flags, cli_settings
 
@@ -33,6 +36,19 @@ def parser() -> argparse.ArgumentParser:
     task.add_argument("action", choices=("enable", "disable"), help="What to do with the task.")
     task.add_argument("task_id", type=int, help="The task's id.")
     add_settings_flags(task, CollectorSettings)
+    prize = sub.add_parser("prize", help="Live quota and rate control: change a prize without a rebuild.",
+                           description="`prize set TASK PRIZE` changes a prize's quota and/or issue rate in the ledger "
+                                       "now; every service host enforces it on its next claim and the collector shows "
+                                       "it, with its sequence number, within a tick. A quota never goes below what is "
+                                       "issued. A live change wins over later snapshots: they only seed prizes the "
+                                       "ledger lacks.")
+    prize_sub = prize.add_subparsers(dest="prize_command", required=True)
+    prize_set = prize_sub.add_parser("set", help="Change a prize's quota and/or rate.")
+    prize_set.add_argument("task_id", type=int, help="The task's id.")
+    prize_set.add_argument("prize_type", help="The prize type, e.g. cash.")
+    prize_set.add_argument("--quota", type=int, help="The new quota (at least what is issued).")
+    prize_set.add_argument("--rate", help="The new issue rate per second, or `none` for no limit.")
+    add_settings_flags(prize_set, CollectorSettings)
     return top
 
 
@@ -42,6 +58,46 @@ async def _set_flag(dsn: str, task_id: int, enabled: bool) -> None:
         await ledger.set_enabled(task_id, enabled)
     finally:
         await ledger.close()
+
+
+def _rate_arg(text: str | None) -> int | None:
+    if text is None:
+        return None
+    if text.lower() == "none":
+        return UNLIMITED
+    rate = float(text)  # ValueError: reported by the caller
+    if not 0 <= rate <= 1e9:
+        raise ValueError(text)
+    return rate_milli(rate)
+
+
+async def _set_prize(dsn: str, task_id: int, prize_type: str, quota: int | None, rate: int | None) -> PrizeChange:
+    ledger = open_ledger(dsn)
+    try:
+        return await ledger.set_prize(task_id, prize_type, quota, rate)
+    finally:
+        await ledger.close()
+
+
+def cmd_prize(settings: CollectorSettings, args: argparse.Namespace) -> int:
+    try:
+        rate = _rate_arg(args.rate)
+    except ValueError:
+        print(f"geo-collector prize set: --rate must be a number in [0, 1e9] or none; got {args.rate!r}", file=sys.stderr)
+        return 2
+    if args.quota is None and rate is None:
+        print("geo-collector prize set: give --quota and/or --rate", file=sys.stderr)
+        return 2
+    if args.quota is not None and args.quota < 0:
+        print("geo-collector prize set: --quota must be 0 or more", file=sys.stderr)
+        return 2
+    try:
+        change = asyncio.run(_set_prize(settings.ledger, args.task_id, args.prize_type, args.quota, rate))
+    except (LedgerError, PrizeChangeRefused) as exc:
+        print(f"geo-collector prize set: {exc}", file=sys.stderr)
+        return 2
+    print(orjson.dumps(change_json(change)).decode())
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -57,6 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         print(f"task {args.task_id} {args.action}d")
         return 0
+    if args.command == "prize":
+        return cmd_prize(settings, args)
     configure_logging(args.log_level)
     logging.getLogger("geodrop.collector").info("collector serving", extra={"port": settings.port})
     web.run_app(create_app(settings), host=settings.host, port=settings.port, access_log=None, print=None)

@@ -3,19 +3,31 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 import orjson
 from aiohttp import web
 
 from collector.aggregate import UPCOMING
-from collector.keys import feed_key, metrics_key, settings_key, ticker_key, views_key
+from collector.keys import feed_key, ledger_check_key, metrics_key, settings_key, shipper_key, ticker_key, views_key
 from collector.openapi import openapi_spec
-from collector.views import View
-from geo_service.errors import InvalidParam, NotFound, SnapshotUnavailable, error_response
-from geo_service.params import one_value
+from collector.views import View, change_json
+from geo_service.errors import (
+    InvalidParam,
+    LedgerUnavailable,
+    NotFound,
+    QuotaBelowIssued,
+    SnapshotUnavailable,
+    error_response,
+)
+from geo_service.ledger import LedgerError, PrizeChangeRefused
+from geo_service.ledger.rates import UNLIMITED, rate_milli
+from geo_service.params import field_of, json_object, one_value, require_admin
 from geo_service.responses import etag_matches, json_response, not_modified
 from geo_service.routing import Route
+
+log = logging.getLogger("geodrop.collector")
 
 
 def _view(request: web.Request) -> View:
@@ -95,6 +107,15 @@ async def stream(request: web.Request) -> web.StreamResponse:
     return response
 
 
+def _shipping(app: web.Application) -> dict[str, object] | None:
+    """The flow log's shipping into MySQL (a Redis ledger), or None where there is none."""
+    if shipper_key not in app:
+        return None
+    s = app[shipper_key].health
+    return {"shipped": s.shipped, "backlog": s.backlog, "lag_s": s.lag_s, "failures": s.failures,
+            "last_error": s.last_error, "last_round_s_ago": round(time.time() - s.last_round_at, 1) if s.last_round_at else None}
+
+
 def _health(app: web.Application) -> dict[str, object]:
     h = app[ticker_key].health
     view = app[views_key].current
@@ -106,6 +127,8 @@ def _health(app: web.Application) -> dict[str, object]:
         "sweep": {"complete_reads": h.sweeps, "last_started_s_ago": round(time.time() - h.swept_at, 1) if h.sweeps else None,
                   "rows_read": h.sweep_rows},
         "refused_snapshot": h.refused_seq,
+        "ledger": app[ledger_check_key].health(app[ticker_key].ledger.kind),
+        "shipping": _shipping(app),
         "stream_subscribers": app[feed_key].subscribers,
     }
 
@@ -129,9 +152,54 @@ async def metrics(request: web.Request) -> web.Response:
         "collector_sweeps_total": ("counter", "Complete reads of the counters finished.", h.sweeps),
         "collector_view_swaps_total": ("counter", "Views swapped in.", holder.swaps),
         "collector_stream_subscribers": ("gauge", "Open /v1/stream connections.", app[feed_key].subscribers),
+        "ledger_config_problems": ("gauge", "Requirements of the ledger its server does not meet (see /healthz).",
+                                   len(app[ledger_check_key].problems)),
     }
+    if shipper_key in app:
+        ship = app[shipper_key].health
+        values |= {"flow_shipped_total": ("counter", "Claim records shipped into MySQL.", ship.shipped),
+                   "flow_backlog": ("gauge", "Claim records in the flow streams, not yet shipped or trimmed.", ship.backlog),
+                   "flow_lag_seconds": ("gauge", "Age of the oldest record in the flow streams.", ship.lag_s),
+                   "flow_ship_failures_total": ("counter", "Shipping rounds that failed.", ship.failures)}
     text = app[metrics_key].render({"process": "collector"}, values)
     return web.Response(text=text, content_type="text/plain", charset="utf-8")
+
+
+def prize_change(raw: bytes) -> tuple[int | None, int | None]:
+    """Return (quota, rate_milli) from a live change's body: {"quota": N, "rate_per_s": R or null (no limit)};
+    an absent key keeps the value in force."""
+    body = json_object(raw)
+    unknown = set(body) - {"quota", "rate_per_s"}
+    if unknown or not body:
+        raise InvalidParam("give quota and/or rate_per_s, nothing else", field=sorted(unknown)[0] if unknown else "quota")
+    quota = field_of(body, "quota", (int,), "an integer") if "quota" in body else None
+    if quota is not None and quota < 0:
+        raise InvalidParam("quota must be 0 or more", field="quota")
+    if "rate_per_s" not in body:
+        return quota, None
+    if body["rate_per_s"] is None:
+        return quota, UNLIMITED
+    rate = field_of(body, "rate_per_s", (int, float), "a number or null")
+    if not 0 <= rate <= 1e9:
+        raise InvalidParam("rate_per_s must be in [0, 1e9], or null for no limit", field="rate_per_s")
+    return quota, rate_milli(float(rate))
+
+
+async def set_prize(request: web.Request) -> web.Response:
+    app = request.app
+    require_admin(request.headers.get("Authorization", ""), app[settings_key].admin_token, "live prize changes")
+    task_text, prize_type = request.match_info["task_id"], request.match_info["prize_type"]
+    if not task_text.isdigit() or len(task_text) > 18:
+        raise InvalidParam(f"task_id must be a whole number; got {task_text[:20]!r}", field="task_id")
+    quota, rate = prize_change(await request.read())
+    try:
+        change = await app[ticker_key].ledger.set_prize(int(task_text), prize_type, quota, rate)
+    except PrizeChangeRefused as exc:
+        raise (NotFound if exc.code == "no_such_prize" else QuotaBelowIssued)(str(exc), field="quota") from None
+    except LedgerError as exc:
+        raise LedgerUnavailable(f"the ledger is unreachable; nothing changed: {exc}") from exc
+    log.info("live prize change", extra={"audit": "prize_change", **change_json(change)})
+    return json_response(change_json(change))
 
 
 async def openapi(request: web.Request) -> web.Response:
@@ -147,4 +215,5 @@ ROUTES: list[Route] = [
     ("GET", "/healthz", healthz),
     ("GET", "/metrics", metrics),
     ("GET", "/openapi.json", openapi),
+    ("POST", "/v1/admin/prizes/{task_id}/{prize_type}", set_prize),
 ]

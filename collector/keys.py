@@ -8,6 +8,8 @@ from collector.feed import Feed
 from collector.settings import CollectorSettings
 from collector.ticker import Ticker
 from collector.views import ViewHolder
+from geo_service.ledger import LedgerCheck
+from geo_service.ledger.ship import Shipper
 from geo_service.metrics import Metrics
 
 settings_key = web.AppKey("settings_key", CollectorSettings)
@@ -15,3 +17,5 @@ views_key = web.AppKey("views_key", ViewHolder)
 ticker_key = web.AppKey("ticker_key", Ticker)
 feed_key = web.AppKey("feed_key", Feed)
 metrics_key = web.AppKey("metrics_key", Metrics)
+ledger_check_key = web.AppKey("ledger_check_key", LedgerCheck)
+shipper_key = web.AppKey("shipper_key", Shipper)  # set only for a Redis ledger with a record_db

@@ -18,6 +18,12 @@ def _get(summary: str, params: list[dict[str, Any]], errors: dict[str, str], con
     return {"get": {"summary": summary, "parameters": params, "responses": responses}}
 
 
+PRIZE_CHANGE = {
+    "type": "object", "minProperties": 1, "additionalProperties": False,
+    "properties": {"quota": {"type": "integer", "minimum": 0, "description": "New quota; at least what is issued."},
+                   "rate_per_s": {"type": ["number", "null"], "minimum": 0, "maximum": 1e9,
+                                  "description": "New issue rate per second; null for no limit."}},
+}
 _NO_VIEW = {"503": "No view yet: the first tick has not completed (snapshot_unavailable)."}
 _DISTRICT_Q = {"name": "district", "in": "query", "required": True, "schema": {"type": "string", "pattern": "^[0-9]{6}$"}}
 _CODE_P = {"name": "code", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[0-9]{6}$"}}
@@ -46,6 +52,23 @@ def openapi_spec() -> dict[str, Any]:
             "/healthz": _get("View version and age, tick interval and timings, failures.", [], {"503": "No view yet."}),
             "/metrics": {"get": {"summary": "Prometheus text metrics.", "responses": {"200": {"description": "text/plain"}}}},
             "/openapi.json": {"get": {"summary": "This document.", "responses": {"200": {"description": "OpenAPI 3.1."}}}},
+            "/v1/admin/prizes/{task_id}/{prize_type}": {"post": {
+                "summary": "Change a prize's quota and/or issue rate now (live quota and rate control).",
+                "security": [{"admin": []}],
+                "parameters": [{"name": "task_id", "in": "path", "required": True,
+                                "schema": {"type": "string", "pattern": "^[0-9]{1,18}$"}},
+                               {"name": "prize_type", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": PRIZE_CHANGE}}},
+                "responses": {
+                    "200": {"description": "The change as taken: seq, at, task_id, prize_type, quota, rate_per_s.",
+                            "content": _JSON},
+                    "400": _error("Body not a JSON object (invalid_json), or a field of the wrong type or range "
+                                  "(invalid_param)."),
+                    "401": _error("Missing or wrong bearer token (invalid_token)."),
+                    "404": _error("No such prize in the ledger, or live changes disabled: no admin_token (not_found)."),
+                    "409": _error("The quota would be below what is already issued (quota_below_issued)."),
+                    "503": _error("The ledger is unreachable; nothing changed (ledger_unavailable).")}}},
         },
-        "components": {"schemas": {"Error": ERROR}},
+        "components": {"schemas": {"Error": ERROR},
+                       "securitySchemes": {"admin": {"type": "http", "scheme": "bearer"}}},
     }

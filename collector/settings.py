@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from geo_service.settings import SettingsError
+from geo_service.settings import SettingsError, ledger_problems
 
 
 def _help(text: str) -> dict[str, str]:
@@ -18,7 +18,13 @@ class CollectorSettings:
 
     snapshots: Path = field(default=Path("snapshots"), metadata=_help("Snapshots folder: task and district tables."))
     ledger: str = field(default="sqlite:///var/ledger.sqlite3", repr=False,
-                        metadata=_help("Ledger DSN to read: sqlite:///PATH or mysql://user:pass@host:port/db."))
+                        metadata=_help("Ledger DSN to read: sqlite:///PATH, mysql://user:pass@host:port/db, "
+                                       "redis://host:port[/db] or redis+cluster://host:port[,host:port...]."))
+    record_db: str = field(default="", repr=False,
+                           metadata=_help("MySQL DSN to ship a Redis ledger's flow log of claims into (the system of "
+                                          "record); the collector then runs the shipper."))
+    admin_token: str = field(default="", repr=False,
+                             metadata=_help("Bearer token of the admin routes (live prize changes); empty disables them."))
     source: str = field(default="", repr=False,
                         metadata=_help("MySQL source DSN whose tasks.enabled column also switches tasks off (optional)."))
     host: str = field(default="127.0.0.1", metadata=_help("Address to listen on."))
@@ -43,7 +49,6 @@ class CollectorSettings:
                             "must be positive")
         if self.source and not self.source.startswith("mysql://"):
             problems.append("source: must be mysql://user:pass@host:port/db (or empty)")
-        if not self.ledger.startswith(("sqlite:///", "mysql://")):
-            problems.append("ledger: must be sqlite:///PATH or mysql://user:pass@host:port/db")
+        problems += ledger_problems(self.ledger, self.record_db)
         if problems:
             raise SettingsError(problems)

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from collector.aggregate import Aggregator, load_index
-from collector.views import View, ViewHolder, build_view
-from geo_service.ledger import Counters, Ledger, LedgerError, LedgerState
+from collector.views import ChangeKey, View, ViewHolder, build_view
+from geo_service.ledger import Counters, Ledger, LedgerError, LedgerState, PrizeChange
 from geo_service.snapshot import SnapshotError, current_seq
 from loaders.errors import LoaderError
 from loaders.sources.mysql import MySQLSource
@@ -66,6 +66,7 @@ class Reads:
     after: tuple[int, str] | None
     done: bool
     state: LedgerState
+    changes: list[PrizeChange]
 
 
 class Ticker:
@@ -90,6 +91,7 @@ class Ticker:
         self._building: tuple[int, asyncio.Future[Aggregator]] | None = None
         self._builder: ProcessPoolExecutor | None = None
         self._read_at = 0.0  # wall time the last good read started
+        self._changes: dict[ChangeKey, PrizeChange] = {}  # the latest live change of each prize
 
     def _newest(self) -> Aggregator | None:
         return self._sweep.index if self._sweep is not None else self._live
@@ -152,7 +154,9 @@ class Ticker:
         state = await self.ledger.read_state((self._read_at or now) - DELTA_MARGIN_S)
         if self.source is not None:
             state = LedgerState(state.counters, state.disabled | await self.source.disabled_task_ids())
-        return Reads(pages, after, done, state)
+        # Every live change once, at the first good read; then those since the last, as for counters.
+        changes = await self.ledger.read_changes(self._read_at - DELTA_MARGIN_S if self._read_at else 0.0)
+        return Reads(pages, after, done, state, changes)
 
     async def tick(self) -> View | None:
         """Read, aggregate and swap once; on a failure keep the last view and back off."""
@@ -171,8 +175,9 @@ class Ticker:
             return None
         h.last_read_s = time.monotonic() - started
         self._read_at = read_at
+        self._changes |= {(c.task_id, c.prize_type): c for c in reads.changes}
         sweep = self._sweep
-        view = await asyncio.to_thread(self._advance, self._live, sweep, reads)
+        view = await asyncio.to_thread(self._advance, self._live, sweep, reads, dict(self._changes))
         self._finish_sweep(reads)
         self.on_swap(self.holder.install(view))
         h.ticks += 1
@@ -198,7 +203,8 @@ class Ticker:
             h.swept_at = sweep.started_at
 
     @staticmethod
-    def _advance(live: Aggregator | None, sweep: Sweep | None, reads: Reads) -> View:
+    def _advance(live: Aggregator | None, sweep: Sweep | None, reads: Reads,
+                 changes: dict[ChangeKey, PrizeChange]) -> View:
         """Apply the reads to the indexes they concern; return the view of the one that serves now."""
         if sweep is not None:
             for page in reads.pages:
@@ -209,7 +215,7 @@ class Ticker:
             live.apply(reads.state.counters)
         serving = sweep.index if sweep is not None and reads.done else live
         assert serving is not None, "with nothing live, a tick reads its sweep to the end"
-        return build_view(serving, int(time.time()), reads.state.disabled)
+        return build_view(serving, int(time.time()), reads.state.disabled, changes)
 
     async def close(self) -> None:
         await self.ledger.close()
