@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,9 +13,12 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from geo_service.app import create_app
-from geo_service.ledger import LEDGER_TABLES
+from geo_service.ledger.plans import LEDGER_TABLES
 from geo_service.settings import ServiceSettings, load_settings
 from loaders.cli import main as snapshot_cli
+from tests.support.redis_nodes import REDIS_SERVER, RedisDeployment, redis_available, start_redis
+
+LEDGER_KINDS = ["sqlite", "mysql", "redis", "redis+cluster"]
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "sample"
@@ -69,31 +71,60 @@ def synth_100k(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-@pytest.fixture(params=["sqlite", "mysql"])
-def ledger_dsn(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A fresh, empty ledger on each backend: a SQLite file, or the real MariaDB with its ledger tables dropped."""
-    if request.param == "sqlite":
+def _redis(cluster: bool) -> Iterator[RedisDeployment]:
+    if not redis_available():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"redis-server is required under CI ({REDIS_SERVER} is missing)")
+        pytest.skip(f"{REDIS_SERVER} not found; install Debian's redis-server to run this test")
+    deployment = start_redis(cluster=cluster)
+    try:
+        yield deployment
+    finally:
+        deployment.close()
+
+
+@pytest.fixture(scope="session")
+def redis_single() -> Iterator[RedisDeployment]:
+    """A throwaway redis-server on a free loopback port (AOF, fsync always), for the whole session."""
+    yield from _redis(cluster=False)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisDeployment]:
+    """A throwaway cluster of 3 masters on free loopback ports, for the whole session."""
+    yield from _redis(cluster=True)
+
+
+def fresh_ledger(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Return the DSN of an empty ledger of this kind: a SQLite file, the real MariaDB with its ledger tables
+    dropped, or a throwaway Redis node or cluster flushed."""
+    if kind == "sqlite":
         return f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
-    conn = request.getfixturevalue("mysql_conn")
+    if kind == "mysql":
+        drop_ledger_tables(request.getfixturevalue("mysql_conn"))
+        return MYSQL_DSN
+    deployment: RedisDeployment = request.getfixturevalue("redis_cluster" if kind == "redis+cluster" else "redis_single")
+    deployment.flush()
+    return deployment.dsn
+
+
+def drop_ledger_tables(conn: pymysql.connections.Connection) -> None:
     with conn.cursor() as cur:
         for table in LEDGER_TABLES:
             cur.execute(f"DROP TABLE IF EXISTS {table}")
     conn.commit()
-    return MYSQL_DSN
 
 
-def ledger_rows(dsn: str, sql: str) -> list[tuple[Any, ...]]:
-    """Run a read-only query on a ledger, outside the service."""
-    if dsn.startswith("sqlite:///"):
-        with sqlite3.connect(dsn.removeprefix("sqlite:///")) as conn:
-            return conn.execute(sql).fetchall()
-    conn = pymysql.connect(host="127.0.0.1", port=3306, user="root", password="", database="test")
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql)
-            return list(cur.fetchall())
-    finally:
-        conn.close()
+@pytest.fixture(params=["sqlite", "mysql"])
+def ledger_dsn(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty SQL ledger: what SQL-reading assertions run against."""
+    return fresh_ledger(request.param, request, tmp_path)
+
+
+@pytest.fixture(params=LEDGER_KINDS)
+def any_ledger_dsn(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty ledger of every kind: SQLite, MariaDB, one Redis node, a 3-master Redis Cluster."""
+    return fresh_ledger(request.param, request, tmp_path)
 
 
 def build_into(source: Path, out: Path, *extra: str) -> None:

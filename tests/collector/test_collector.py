@@ -15,8 +15,9 @@ from collector.keys import ticker_key
 from geo_service.keys import status_key
 from geo_service.snapshot import open_current
 from geo_service.tokens import mint
-from tests.conftest import MakeClient, build_into, ledger_rows
+from tests.conftest import MakeClient, build_into
 from tests.support.builders import write_claims_data
+from tests.support.ledgers import counters
 
 SECRET = "collector-secret"
 
@@ -42,23 +43,22 @@ async def _claims(service: Any, snapshots: Path, count: int, seed: int) -> None:
     await asyncio.gather(*(one(k) for k in range(count)))
 
 
-async def test_district_totals_equal_an_independent_sql_aggregate_after_claims(
-    make_client: MakeClient, make_collector: Any, sample_snapshots: Path, ledger_dsn: str
+async def test_district_totals_equal_an_independent_aggregate_of_the_ledger_after_claims(
+    make_client: MakeClient, make_collector: Any, sample_snapshots: Path, any_ledger_dsn: str
 ) -> None:
-    service = await make_client(sample_snapshots, token_secret=SECRET, ledger=ledger_dsn, max_speed_mps=1e9)
+    service = await make_client(sample_snapshots, token_secret=SECRET, ledger=any_ledger_dsn, max_speed_mps=1e9)
     await _claims(service, sample_snapshots, 2000, seed=1)
-    collector = await make_collector(sample_snapshots, ledger_dsn)
+    collector = await make_collector(sample_snapshots, any_ledger_dsn)
     body = await (await collector.get("/v1/districts")).json()
     snap = open_current(sample_snapshots)
     now = time.time()
     live = {t["task_id"]: t for t in snap.tasks if t["enabled"] and now < t["ends_at"]}  # active or upcoming here
     expected: dict[int, dict[str, int]] = {}
-    for task_id, prize, left in ledger_rows(ledger_dsn, "SELECT task_id, prize_type, quota - issued FROM prize_counters"):
+    for (task_id, prize), (quota, issued) in counters(any_ledger_dsn).items():
         if task_id in live:
             bucket = expected.setdefault(live[task_id]["district_code"], {})
-            bucket[prize] = bucket.get(prize, 0) + int(left)
-    won = ledger_rows(ledger_dsn, "SELECT COUNT(*) FROM claims WHERE outcome = 'won'")[0][0]
-    assert won > 1000  # the claims really moved the counters
+            bucket[prize] = bucket.get(prize, 0) + quota - issued
+    assert sum(issued for _, issued in counters(any_ledger_dsn).values()) > 1000  # the claims really moved the counters
     assert {d["code"]: d["remaining"] for d in body["districts"]} == expected
     assert sum(sum(d["tasks"].values()) for d in body["districts"]) == len(snap.tasks)
 
@@ -86,12 +86,12 @@ async def _until(predicate: Any, seconds: float = 10.0) -> None:
 
 
 async def test_kill_switch_and_exhaustion_hide_a_task_within_a_tick(
-    make_client: MakeClient, make_collector: Any, claims_world: Path, tmp_path: Path
+    make_client: MakeClient, make_collector: Any, claims_world: Path, any_ledger_dsn: str
 ) -> None:
     import subprocess
     import sys
 
-    ledger = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+    ledger = any_ledger_dsn
     collector = await make_collector(claims_world, ledger, tick_floor_s=0.1)
     service = await make_client(claims_world, token_secret=SECRET, ledger=ledger,
                                 collector=str(collector.make_url("")), status_poll_s=0.05)

@@ -11,7 +11,8 @@ import pymysql
 
 from collector.ticker import Ticker
 from collector.views import ViewHolder
-from geo_service.ledger import LEDGER_TABLES, open_ledger
+from geo_service.ledger import open_ledger
+from geo_service.ledger.plans import LEDGER_TABLES
 from tests.conftest import build_into
 from tests.support.builders import write_claims_data
 
@@ -65,7 +66,7 @@ async def test_interval_lengthens_while_the_database_is_slow_and_returns_after(
     proxy = DelayProxy()
     port = await proxy.start()
     ledger = open_ledger(f"mysql://root@127.0.0.1:{port}/test")
-    await ledger.seed([(1, "cash", 5)])
+    await ledger.seed([(1, "cash", 5, -1)])
     ticker = Ticker(ledger=ledger, snapshots=snaps, holder=ViewHolder(), floor_s=0.1, ceiling_s=3.2,
                     slow_read_s=0.2, on_swap=lambda changed: None)
     intervals: list[float] = []

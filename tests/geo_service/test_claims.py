@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import random
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from geo_service.claims import RateLimiter, draw_order
+from geo_service.claims import draw_order
 from geo_service.tokens import mint
-from tests.conftest import MakeClient, build_into, ledger_rows
+from tests.conftest import MakeClient, build_into, fresh_ledger
 from tests.support.builders import OTHER_POI, write_claims_data
+from tests.support.ledgers import counters, flow_records, sql_rows
 
 SECRET = "test-secret"
 POI = {"task_id": 1, "poi_id": 1000, "lat": 22.5329, "lng": 113.9305}
@@ -32,9 +32,9 @@ def claims_snapshots(tmp_path: Path) -> Path:
     return out
 
 
-def counters(ledger: Path) -> dict[tuple[int, str], int]:
-    with sqlite3.connect(ledger) as conn:
-        return {(t, p): i for t, p, i in conn.execute("SELECT task_id, prize_type, issued FROM prize_counters")}
+def issued(ledger: Path) -> dict[tuple[int, str], int]:
+    """Return issued per counter of the SQLite ledger file."""
+    return {key: n for key, (_, n) in counters(f"sqlite:///{ledger}").items()}
 
 
 async def post(client: Any, user: str, claim_id: str, **fields: Any) -> tuple[int, dict[str, Any]]:
@@ -50,7 +50,7 @@ async def test_claims_win_until_every_prize_is_gone_then_say_so(make_client: Mak
     won = [body["prize_type"] for _, body in outcomes if body["outcome"] == "won"]
     assert sorted(won) == ["cash", "cash", "coupon", "coupon", "coupon"]  # fallback drains both prizes
     assert [body["outcome"] for _, body in outcomes[5:]] == ["no_prize_left"] * 2
-    assert counters(tmp_path / "var" / "ledger.sqlite3") == {(1, "cash"): 2, (1, "coupon"): 3, (2, "cash"): 0}
+    assert issued(tmp_path / "var" / "ledger.sqlite3") == {(1, "cash"): 2, (1, "coupon"): 3, (2, "cash"): 0}
 
 
 async def test_a_player_is_capped_per_task(make_client: MakeClient, claims_snapshots: Path) -> None:
@@ -59,16 +59,18 @@ async def test_a_player_is_capped_per_task(make_client: MakeClient, claims_snaps
     assert outcomes == ["won", "won", "cap_reached", "cap_reached"]
 
 
-async def test_the_same_claim_id_sent_20_times_at_once_has_one_outcome_and_one_row(
-    make_client: MakeClient, claims_snapshots: Path, ledger_dsn: str
+async def test_the_same_claim_id_sent_20_times_at_once_has_one_outcome_and_one_record(
+    make_client: MakeClient, claims_snapshots: Path, any_ledger_dsn: str
 ) -> None:
-    client = await make_client(claims_snapshots, token_secret=SECRET, ledger=ledger_dsn)
+    client = await make_client(claims_snapshots, token_secret=SECRET, ledger=any_ledger_dsn)
     answers = await asyncio.gather(*(post(client, "alice", "same-id") for _ in range(20)))
     assert {status for status, _ in answers} == {200}
     assert len({tuple(sorted(body.items())) for _, body in answers}) == 1
     assert answers[0][1]["outcome"] == "won"
-    assert ledger_rows(ledger_dsn, "SELECT COUNT(*) FROM claims WHERE claim_id = 'same-id'") == [(1,)]
-    assert ledger_rows(ledger_dsn, "SELECT SUM(issued) FROM prize_counters")[0][0] == 1
+    records = (flow_records(any_ledger_dsn) if any_ledger_dsn.startswith("redis")
+               else [{"claim_id": c} for (c,) in sql_rows(any_ledger_dsn, "SELECT claim_id FROM claims")])
+    assert [r["claim_id"] for r in records] == ["same-id"]
+    assert sum(issued for _, issued in counters(any_ledger_dsn).values()) == 1
 
 
 BAD: list[tuple[str, dict[str, Any], Any, int, str]] = [
@@ -92,29 +94,40 @@ BAD: list[tuple[str, dict[str, Any], Any, int, str]] = [
 ]
 
 
+@pytest.fixture(params=["sqlite", "redis", "redis+cluster"])
+def claim_ledger(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh ledger of the embedded kind and of the script-per-claim kinds (the movement check runs inside the
+    claim's call on one Redis node, in a call of its own on a cluster)."""
+    return fresh_ledger(request.param, request, tmp_path)
+
+
 @pytest.mark.parametrize(("headers", "body", "status", "code"), [c[1:] for c in BAD], ids=[c[0] for c in BAD])
 async def test_bad_claims_get_their_answer_and_change_no_counter(
-    make_client: MakeClient, claims_snapshots: Path, tmp_path: Path, headers: dict[str, str], body: Any, status: int,
+    make_client: MakeClient, claims_snapshots: Path, claim_ledger: str, headers: dict[str, str], body: Any, status: int,
     code: str,
 ) -> None:
-    client = await make_client(claims_snapshots, token_secret=SECRET, data_dir=tmp_path / "var")
+    client = await make_client(claims_snapshots, token_secret=SECRET, ledger=claim_ledger)
     kwargs = {"data": body} if isinstance(body, bytes) else {"json": body}
     resp = await client.post("/v1/claims", headers=headers, **kwargs)
     assert resp.status == status
     answer = await resp.json()
     assert (answer["error"]["code"] if status >= 400 else answer["outcome"]) == code
-    assert set(counters(tmp_path / "var" / "ledger.sqlite3").values()) == {0}
+    assert {i for _, i in counters(claim_ledger).values()} == {0}
+    if claim_ledger.startswith("redis"):
+        assert flow_records(claim_ledger) == []  # nothing written to the flow log either
 
 
 async def test_a_teleport_is_refused_and_changes_no_counter(make_client: MakeClient, claims_snapshots: Path,
-                                                           tmp_path: Path) -> None:
-    client = await make_client(claims_snapshots, token_secret=SECRET, data_dir=tmp_path / "var", catch_radius_m=20_000)
+                                                           claim_ledger: str) -> None:
+    client = await make_client(claims_snapshots, token_secret=SECRET, ledger=claim_ledger, catch_radius_m=20_000)
     status, first = await post(client, "runner", "r1", lat=22.5329 + 0.09)  # 10 km north, inside this test's radius
     assert first["outcome"] == "won"
-    before = counters(tmp_path / "var" / "ledger.sqlite3")
+    before = counters(claim_ledger)
     status, second = await post(client, "runner", "r2")  # back at the POI a moment later: 10 km in ~0 s
     assert status == 200 and second["outcome"] == "implausible_movement"
-    assert counters(tmp_path / "var" / "ledger.sqlite3") == before
+    assert counters(claim_ledger) == before
+    status, third = await post(client, "walker", "w1", lat=22.5329 + 0.0003)  # another player 33 m off: plausible
+    assert third["outcome"] == "won"
 
 
 async def test_claims_are_off_without_a_secret(make_client: MakeClient, claims_snapshots: Path) -> None:
@@ -123,30 +136,11 @@ async def test_claims_are_off_without_a_secret(make_client: MakeClient, claims_s
     assert resp.status == 503 and (await resp.json())["error"]["code"] == "claims_disabled"
 
 
-def test_draw_follows_the_weights_and_skips_prizes_over_their_rate() -> None:
-    prizes = [{"prize_type": "cash", "weight": 1, "rate_per_s": None},
-              {"prize_type": "coupon", "weight": 3, "rate_per_s": None},
-              {"prize_type": "never", "weight": 0, "rate_per_s": None}]
+def test_draw_follows_the_weights() -> None:
+    prizes = [{"prize_type": "cash", "weight": 1}, {"prize_type": "coupon", "weight": 3},
+              {"prize_type": "never", "weight": 0}]
     rng = random.Random(3)
-    firsts = [draw_order(1, prizes, RateLimiter(), rng, 0.0)[0] for _ in range(4000)]
+    orders = [draw_order(prizes, rng) for _ in range(4000)]
+    firsts = [order[0] for order in orders]
     assert 0.72 < firsts.count("coupon") / len(firsts) < 0.78  # weight 3 of 4
-    assert "never" not in firsts
-    limiter = RateLimiter()
-    limited = [{"prize_type": "cash", "weight": 1, "rate_per_s": 10.0}]
-    assert draw_order(1, limited, limiter, rng, 100.0) == ["cash"]
-    limiter.record(1, "cash", 10.0, 100.0)  # 10/s = one per 100 ms slice
-    assert draw_order(1, limited, limiter, rng, 100.05) == []
-    assert draw_order(1, limited, limiter, rng, 100.1) == ["cash"]
-
-
-def test_rate_limits_spread_a_second_evenly_across_workers() -> None:
-    limiter = RateLimiter(share=0.5)  # one of two workers: 20/s overall is 10/s here, one per 100 ms
-    issued = []
-    for step in range(1000):  # one simulated second in 1 ms steps
-        now = 50.0 + step / 1000
-        if limiter.allows(1, "cash", 20.0, now):
-            limiter.record(1, "cash", 20.0, now)
-            issued.append(now)
-    assert len(issued) == 10
-    gaps = [b - a for a, b in zip(issued, issued[1:])]
-    assert min(gaps) >= 0.099  # never two in the same 100 ms
+    assert all(sorted(order) == ["cash", "coupon"] for order in orders)  # the rest is the fallback; weight 0 never

@@ -1,0 +1,183 @@
+"""The Redis ledger's own promises: the flow log shipped exactly once, its requirements checked, and no
+acknowledged win lost when the shipper or the Redis node holding the hot task is SIGKILLed mid-load."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from geo_service.ledger import ClaimRequest, open_ledger
+from geo_service.ledger.redis import BUCKETS, RedisLedger, bucket_key, task_key
+from geo_service.ledger.ship import CONSUMER, GROUP, RecordStore, Shipper, claim_row
+from geo_service.settings import MySQLSettings
+from tests.conftest import MakeClient, build_into, fresh_ledger
+from tests.support.builders import write_claims_data
+from tests.support.claiming import SECRET, TASKS, Served, assert_exact, claim_load, ledger_world, reconcile, settle
+from tests.support.ledgers import flow_records, redis_client, sql_rows
+from tests.support.processes import Process, collector, service
+from tests.support.redis_nodes import RedisDeployment
+
+
+async def _claims(ledger: RedisLedger, count: int) -> None:
+    await ledger.seed([(t, "cash", 10_000, -1) for t in range(1, 9)])
+    for i in range(count):
+        task = 1 + i % 8  # spread over eight buckets' streams
+        await ledger.claim(ClaimRequest(f"c{i}", f"u{i}", task, task * 1000, 22.5, 113.9, time.time()), ["cash"], 5, 30.0)
+
+
+async def test_records_read_but_never_acknowledged_are_shipped_once_by_the_next_shipper(
+        redis_single: RedisDeployment, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    dsn = fresh_ledger("redis", request, tmp_path)
+    record_db = fresh_ledger("mysql", request, tmp_path)
+    ledger = open_ledger(dsn, record_db)
+    assert isinstance(ledger, RedisLedger)
+    store = RecordStore(MySQLSettings.from_dsn(record_db))
+    try:
+        await _claims(ledger, 200)
+        first = Shipper(ledger, store)
+        await first.ship_once()  # ships and trims what there is
+        for i in range(200, 260):
+            await ledger.claim(ClaimRequest(f"c{i}", f"u{i}", 1 + i % 8, (1 + i % 8) * 1000, 22.5, 113.9, time.time()),
+                               ["cash"], 5, 30.0)
+        # A shipper that read the new records and committed half of them to MySQL, then died before XACK.
+        client = redis_client(dsn)
+        answers: list[Any] = [client.xreadgroup(GROUP, CONSUMER, {bucket_key(b, "flow"): ">"}) for b in range(BUCKETS)]
+        client.close()
+        read = [fields for answer in answers for _, entries in (answer or []) for _, fields in entries]
+        assert len(read) == 60
+        await store.insert([claim_row(fields) for fields in read[:30]])
+        shipped = 0
+        second = Shipper(ledger, store)
+        for _ in range(10):  # bounded
+            shipped += await second.ship_once()
+            if second.health.backlog == 0:
+                break
+        assert shipped == 60  # the pending 60 are delivered again; the upsert stores the 30 already there once
+        rows = sql_rows(record_db, "SELECT claim_id, COUNT(*) FROM claims GROUP BY claim_id")
+        assert len(rows) == 260 and {n for _, n in rows} == {1}
+        assert flow_records(dsn) == []  # acknowledged and trimmed
+        assert reconcile(Served(Process("geo_service", []), dsn, record_db, None)).returncode == 0
+    finally:
+        await store.close()
+        await ledger.close()
+
+
+async def test_health_and_metrics_warn_when_the_redis_node_lacks_what_the_ledger_needs(
+        make_client: MakeClient, redis_single: RedisDeployment, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    dsn = fresh_ledger("redis", request, tmp_path)
+    data, snaps = tmp_path / "data", tmp_path / "snaps"
+    write_claims_data(data, {"cash": 3}, pois=2)
+    await asyncio.to_thread(build_into, data, snaps)
+    healthy = await make_client(snaps, ledger=dsn)
+    assert (await (await healthy.get("/healthz")).json())["ledger"] == {"kind": "redis", "problems": [], "check_error": None}
+    client = redis_client(dsn)
+    client.config_set("appendfsync", "everysec")
+    try:
+        service = await make_client(snaps, ledger=dsn)
+        ledger = (await (await service.get("/healthz")).json())["ledger"]
+        assert len(ledger["problems"]) == 1 and "appendfsync is 'everysec', needs 'always'" in ledger["problems"][0]
+        metrics = await (await service.get("/metrics")).text()
+        assert any(line.startswith("geodrop_ledger_config_problems{") and line.endswith(" 1") for line in metrics.splitlines())
+    finally:
+        client.config_set("appendfsync", "always")
+        client.close()
+
+
+@pytest.fixture(params=["redis", "redis+cluster"])
+def redis_world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Served, Path]]:
+    """geo-service (2 workers) on a fresh Redis ledger whose flow log ships into MariaDB."""
+    dsn, record_db, snaps = ledger_world(request.param, request, tmp_path)
+    process = service(snaps, tmp_path / "var", "--token-secret", SECRET, "--ledger", dsn, "--win-cap", "3").start()
+    deployment = request.getfixturevalue("redis_cluster" if request.param == "redis+cluster" else "redis_single")
+    try:
+        process.wait_ready(workers=2)
+        yield Served(process, dsn, record_db, deployment), snaps
+    finally:
+        process.stop()
+
+
+async def test_a_shipper_killed_mid_load_and_restarted_loses_and_duplicates_nothing(
+        redis_world: tuple[Served, Path]) -> None:
+    served, snaps = redis_world
+    shipping = collector(snaps, served.dsn, "--record-db", served.record_db, "--tick-floor-s", "0.2").start()
+    try:
+        shipping.wait_ready()
+
+        async def kill_and_restart() -> None:
+            await asyncio.sleep(0.8)
+            shipping.kill()
+            await asyncio.sleep(0.5)
+            shipping.start()
+
+        answers = await claim_load(served.process.port, claims=1500, players=500, on_started=kill_and_restart)
+        shipping.wait_ready()
+        for _ in range(600):  # bounded: up to 60 s for the restarted shipper to catch up
+            shipped = shipping.health()["shipping"]
+            if shipped["backlog"] == 0 and shipped["last_round_s_ago"] is not None:
+                break
+            await asyncio.sleep(0.1)
+        assert shipped["backlog"] == 0 and shipped["shipped"] > 0 and shipped["last_error"] is None
+        assert flow_records(served.dsn) == []  # every record shipped, acknowledged and trimmed
+    finally:
+        shipping.stop()
+    issued, won = await settle(served)  # settle ships nothing more: the collector did it
+    assert len(won) == 300
+    assert_exact(issued, won, answers)
+    assert reconcile(served).returncode == 0
+
+
+async def test_the_redis_node_of_the_hot_task_killed_and_restarted_from_its_aof_loses_no_win(
+        redis_world: tuple[Served, Path]) -> None:
+    served, _ = redis_world
+    assert served.redis is not None
+    node = served.redis.node_of(task_key(TASKS[0]))
+
+    async def kill_and_restart() -> None:
+        await asyncio.sleep(0.6)
+        await asyncio.to_thread(node.kill)
+        await asyncio.sleep(1.5)
+        await asyncio.to_thread(node.start)  # replays its AOF: every acknowledged write was fsynced
+
+    try:
+        answers = await claim_load(served.process.port, claims=1500, players=500, on_started=kill_and_restart)
+    finally:
+        await asyncio.to_thread(served.redis.wait_healthy, 60)
+    assert sum(1 for status, _ in answers if status == 200) >= 1400  # the rest outlasted their retries
+    issued, won = await settle(served)
+    assert_exact(issued, won, answers)
+    assert reconcile(served).returncode == 0
+
+
+async def test_a_task_cancelled_inside_a_ledger_call_stops_even_where_it_catches_ledger_errors(
+        any_ledger_dsn: str) -> None:
+    from geo_service.ledger import LedgerError
+
+    ledger = open_ledger(any_ledger_dsn)
+    await ledger.seed([(t, "cash", 5, -1) for t in range(1, 200)])
+    calls = 0
+
+    async def reader() -> None:  # as the ticker and the ledger check do: a failed read is retried
+        nonlocal calls
+        while True:
+            try:
+                await ledger.read_state(0)
+                await ledger.problems()
+            except LedgerError:
+                pass
+            calls += 1
+
+    try:
+        for _ in range(20):  # bounded: cancel at twenty different points of the reads
+            task = asyncio.create_task(reader())
+            await asyncio.sleep(0.003 * (1 + _ % 7))
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await asyncio.wait_for(task, timeout=5)
+        assert calls > 0
+    finally:
+        await ledger.close()
