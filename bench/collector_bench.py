@@ -39,6 +39,7 @@ from geo_service.grid import SquareGrid  # noqa: E402
 from geo_service.ledger import ClaimRequest, open_ledger  # noqa: E402
 from geo_service.settings import MySQLSettings  # noqa: E402
 from geo_service.snapshot import ROW_ARRAYS, write_snapshot  # noqa: E402
+from tests.support.redis_nodes import start_redis  # noqa: E402
 
 CODES = Path(__file__).resolve().parents[1] / "data" / "china_county_codes.tsv"
 PRIZES = ("cash", "coupon", "voucher")
@@ -62,7 +63,7 @@ def write_tables(root: Path, n_tasks: int) -> list[dict]:  # type: ignore[type-a
 async def seed(dsn: str, tasks: list[dict]) -> None:  # type: ignore[type-arg]
     ledger = open_ledger(dsn)
     try:
-        await ledger.seed([(t["task_id"], p["prize_type"], p["quota"]) for t in tasks for p in t["prizes"]])
+        await ledger.seed([(t["task_id"], p["prize_type"], p["quota"], -1) for t in tasks for p in t["prizes"]])
         rng = random.Random(3)
         for t in rng.sample(tasks, len(tasks) // 100):
             await ledger.set_enabled(t["task_id"], False)
@@ -72,6 +73,9 @@ async def seed(dsn: str, tasks: list[dict]) -> None:  # type: ignore[type-arg]
 
 def issue_some(dsn: str) -> None:
     # Issued long ago (changed_at 0): the steady state, in which a delta read sees only new claims.
+    if dsn.startswith("redis"):
+        issue_some_redis(dsn)
+        return
     sql = ("UPDATE prize_counters SET changed_at = 0, "
            "issued = FLOOR(quota * ((task_id * 7919 + LENGTH(prize_type)) % 100) / 100)")
     if dsn.startswith("sqlite:///"):
@@ -86,6 +90,30 @@ def issue_some(dsn: str) -> None:
             cur.execute(sql)
     finally:
         conn.close()
+
+
+def issue_some_redis(dsn: str) -> None:
+    """issue_some on a Redis ledger: the same issued counts, and no task in the buckets' changed sets."""
+    from geo_service.ledger.redis import BUCKETS, bucket_key
+    from tests.support.ledgers import redis_client
+
+    client = redis_client(dsn)
+    try:
+        keys = list(client.scan_iter(match="gd:*:t:*", count=5000))
+        for start in range(0, len(keys), 2000):
+            pipe = client.pipeline(transaction=False)
+            for key in keys[start : start + 2000]:
+                task_id = int(key.rsplit(":", 1)[1])
+                fields: Any = client.hgetall(key)
+                for field_name, quota in fields.items():
+                    if field_name.startswith("q:"):
+                        prize = field_name[2:]
+                        pipe.hset(key, f"i:{prize}", int(quota) * ((task_id * 7919 + len(prize)) % 100) // 100)
+            pipe.execute()
+        for b in range(BUCKETS):
+            client.delete(bucket_key(b, "changed"))
+    finally:
+        client.close()
 
 
 async def claims_between_ticks(ledger: Any, tasks: list[dict], count: int, seed: int) -> None:  # type: ignore[type-arg]
@@ -131,21 +159,27 @@ def main() -> None:
     ap.add_argument("--tasks", type=int, default=100_000, help="Tasks (3 prizes each).")
     ap.add_argument("--ticks", type=int, default=60, help="Ticks to time per backend, after the start.")
     ap.add_argument("--mysql", default="mysql://root@127.0.0.1:3306/test", help="MariaDB for the mysql run.")
-    ap.add_argument("--backends", nargs="*", default=["sqlite", "mysql"], help="Which ledgers to measure.")
+    ap.add_argument("--backends", nargs="*", default=["sqlite", "mysql", "redis", "redis+cluster"],
+                    help="Which ledgers to measure.")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         snaps = Path(tmp) / "snaps"
         tasks = write_tables(snaps, args.tasks)
         for backend in args.backends:
-            dsn = f"sqlite:///{tmp}/ledger.sqlite3" if backend == "sqlite" else args.mysql
+            redis = start_redis(cluster=backend == "redis+cluster") if backend.startswith("redis") else None
+            dsn = redis.dsn if redis else f"sqlite:///{tmp}/ledger.sqlite3" if backend == "sqlite" else args.mysql
             if backend == "mysql":
                 drop_ledger_tables(dsn)
-            asyncio.run(seed(dsn, tasks))
-            issue_some(dsn)
-            run = asyncio.run(ticks(dsn, snaps, args.ticks, tasks))
+            try:
+                asyncio.run(seed(dsn, tasks))
+                issue_some(dsn)
+                run = asyncio.run(ticks(dsn, snaps, args.ticks, tasks))
+            finally:
+                if redis is not None:
+                    redis.close()
             ms = lambda xs: f"median {statistics.median(xs) * 1000:4.0f} ms, worst {max(xs) * 1000:4.0f} ms"  # noqa: E731
             switched = run.seqs.index(run.seqs[-1]) - args.ticks // 4 if run.seqs[-1] != run.seqs[0] else None
-            print(f"tick     {backend:<7} {args.tasks:,} tasks x {len(PRIZES)} prizes, {run.districts:,} districts: "
+            print(f"tick     {backend:<13} {args.tasks:,} tasks x {len(PRIZES)} prizes, {run.districts:,} districts: "
                   f"start (every counter) {run.tick_s[0] * 1000:.0f} ms; then {args.ticks} ticks, {CLAIMS_PER_TICK} "
                   f"claims between ticks, a sweep page in each: tick {ms(run.tick_s[1:])}; ledger read "
                   f"{ms(run.read_s[1:])}; a new snapshot went live {switched} ticks after it was published",

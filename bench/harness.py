@@ -1,14 +1,18 @@
-"""What the benchmark scripts share: loopback ports, waiting for a server, a fresh MariaDB ledger."""
+"""What the benchmark scripts share: loopback ports, waiting for a server, a fresh MariaDB ledger, wrk runs
+and CPU time of processes."""
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
 import time
 import urllib.request
+from pathlib import Path
 
 import pymysql
 
-from geo_service.ledger import LEDGER_TABLES
+from geo_service.ledger.plans import LEDGER_TABLES
 from geo_service.settings import MySQLSettings
 
 
@@ -41,3 +45,41 @@ def drop_ledger_tables(dsn: str) -> None:
                 cur.execute(f"DROP TABLE IF EXISTS {table}")
     finally:
         conn.close()
+
+
+# A wrk script's done() prints this line; run_wrk reads it.
+WRK_DONE = """
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("RESULT %d %d %d %d %d\\n", summary.requests, summary.duration,
+    latency:percentile(50), latency:percentile(99), e.connect + e.read + e.write + e.timeout + e.status))
+end
+"""
+
+
+def run_wrk(port: int, script: Path, seconds: int, connections: int) -> dict[str, float]:
+    """Run wrk -t2 with a script ending in WRK_DONE; return requests/s, p50 and p99 (ms), errors and requests."""
+    out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "-s", str(script), f"http://127.0.0.1:{port}"],
+                         capture_output=True, text=True, check=True).stdout
+    line = next(x for x in out.splitlines() if x.startswith("RESULT"))
+    requests, duration_us, p50, p99, errors = map(int, line.split()[1:])
+    return {"rps": requests / (duration_us / 1e6), "p50_ms": p50 / 1000, "p99_ms": p99 / 1000, "errors": errors,
+            "requests": requests}
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """Return the user + system CPU seconds the processes have used so far."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
+
+
+def children(pid: int) -> list[int]:
+    """Return a process's direct children (the workers of geo-service serve)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found

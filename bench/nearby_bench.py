@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import orjson
-from harness import free_port, wait_ready
+from harness import WRK_DONE, free_port, run_wrk, wait_ready
 
 from geo_service.nearby import Lookup, answer
 from geo_service.snapshot import open_current
@@ -43,11 +43,6 @@ request = function()
   i = i + 1
   local p = points[(i %% #points) + 1]
   return wrk.format("GET", "/v1/nearby?lat=" .. p[1] .. "&lng=" .. p[2])
-end
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format("RESULT %%d %%d %%d %%d %%d\\n", summary.requests, summary.duration,
-    latency:percentile(50), latency:percentile(99), e.connect + e.read + e.write + e.timeout + e.status))
 end
 """
 
@@ -97,14 +92,6 @@ def bench_inprocess(n: int) -> tuple[Lookup, list[tuple[float, float]]]:
     return lookup, points
 
 
-def run_wrk(port: int, script: Path, seconds: int, connections: int) -> dict[str, float]:
-    out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "-s", str(script), f"http://127.0.0.1:{port}"],
-                         capture_output=True, text=True, check=True).stdout
-    line = next(x for x in out.splitlines() if x.startswith("RESULT"))
-    requests, duration_us, p50, p99, errors = map(int, line.split()[1:])
-    return {"rps": requests / (duration_us / 1e6), "p50_ms": p50 / 1000, "p99_ms": p99 / 1000, "errors": errors}
-
-
 def bench_http(lookup: Lookup, points: list[tuple[float, float]], snaps: Path, rounds_n: int, seconds: int,
                connections: int) -> None:
     if shutil.which("wrk") is None:
@@ -115,7 +102,7 @@ def bench_http(lookup: Lookup, points: list[tuple[float, float]], snaps: Path, r
     size = int(statistics.median(sizes))
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / "points.lua"
-        script.write_text(LUA % ",".join(f"{{{a},{b}}}" for a, b in points))
+        script.write_text(LUA % ",".join(f"{{{a},{b}}}" for a, b in points) + WRK_DONE)
         ours_port, bare_port = free_port(), free_port()
         ours = subprocess.Popen([PY, "-m", "geo_service", "serve", "--snapshots", str(snaps), "--port", str(ours_port),
                                  "--workers", "2", "--log-level", "warning", "--data-dir", tmp])
