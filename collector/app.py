@@ -10,25 +10,38 @@ from aiohttp import web
 
 from collector.feed import Feed
 from collector.handlers import ROUTES
-from collector.keys import feed_key, ledger_check_key, metrics_key, settings_key, shipper_key, ticker_key, views_key
+from collector.keys import (
+    feed_key,
+    ledger_check_key,
+    metrics_key,
+    puller_key,
+    settings_key,
+    shipper_key,
+    ticker_key,
+    views_key,
+)
 from collector.settings import CollectorSettings
 from collector.ticker import Ticker
 from collector.views import ViewHolder
 from geo_service.ledger import LedgerCheck, open_ledger
 from geo_service.ledger.redis import RedisLedger
-from geo_service.ledger.ship import RecordStore, Shipper
+from geo_service.ledger.ship import RecordStore, Shipper, ship_part
 from geo_service.metrics import Metrics
+from geo_service.origin import open_origin
+from geo_service.pull import Puller, pulling
 from geo_service.routing import Guard, add_guarded_routes
 from geo_service.settings import MySQLSettings
 from loaders.sources.mysql import MySQLSource
 
 
 async def ticker_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Run the first tick before serving (so views exist when it can), then tick in the background."""
+    """Run the first tick before serving (so views exist when it can), then tick in the background, pulling
+    new snapshots from the origin if there is one."""
     ticker = app[ticker_key]
     await ticker.tick()
     task = asyncio.create_task(ticker.run(), name="collector-ticker")
-    yield
+    async with pulling(app.get(puller_key)):
+        yield
     task.cancel()
     with suppress(asyncio.CancelledError):
         await task
@@ -66,13 +79,17 @@ def create_app(settings: CollectorSettings) -> web.Application:
     ledger = open_ledger(settings.ledger, settings.record_db)
     app[ledger_check_key] = LedgerCheck()
     if isinstance(ledger, RedisLedger) and settings.record_db:
-        app[shipper_key] = Shipper(ledger, RecordStore(MySQLSettings.from_dsn(settings.record_db)))
+        app[shipper_key] = Shipper(ledger, RecordStore(MySQLSettings.from_dsn(settings.record_db)),
+                                   part=ship_part(settings.ship_part))
     app[ticker_key] = Ticker(
         ledger=ledger, snapshots=settings.snapshots, holder=holder,
         floor_s=settings.tick_floor_s, ceiling_s=settings.tick_ceiling_s, slow_read_s=settings.slow_read_s,
         page_rows=settings.sweep_page_rows, sweep_every_s=settings.sweep_every_s, on_swap=feed.publish,
         source=MySQLSource.from_dsn(settings.source) if settings.source else None,
     )
+    if settings.origin:
+        app[puller_key] = Puller(open_origin(settings.origin, settings.origin_endpoint), settings.snapshots,
+                                 settings.origin_poll_s)
     app.cleanup_ctx.extend([ticker_ctx, ledger_ctx])
     app.on_shutdown.append(close_streams)
     add_guarded_routes(app.router, ROUTES, Guard(metrics))

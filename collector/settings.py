@@ -5,7 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from geo_service.settings import SettingsError, ledger_problems
+from geo_service.ledger.ship import ship_part
+from geo_service.settings import (
+    SettingsError,
+    ledger_problems,
+    origin_endpoint_field,
+    origin_field,
+    origin_poll_field,
+)
 
 
 def _help(text: str) -> dict[str, str]:
@@ -17,12 +24,18 @@ class CollectorSettings:
     """geo-collector settings. Env: GEODROP_COLLECTOR_<FIELD>; TOML: top-level keys named as the fields."""
 
     snapshots: Path = field(default=Path("snapshots"), metadata=_help("Snapshots folder: task and district tables."))
+    origin: str = origin_field()
+    origin_endpoint: str = origin_endpoint_field()
+    origin_poll_s: float = origin_poll_field()
     ledger: str = field(default="sqlite:///var/ledger.sqlite3", repr=False,
                         metadata=_help("Ledger DSN to read: sqlite:///PATH, mysql://user:pass@host:port/db, "
                                        "redis://host:port[/db] or redis+cluster://host:port[,host:port...]."))
     record_db: str = field(default="", repr=False,
                            metadata=_help("MySQL DSN to ship a Redis ledger's flow log of claims into (the system of "
                                           "record); the collector then runs the shipper."))
+    ship_part: str = field(default="1/1", metadata=_help(
+        "Which buckets of the flow log this collector ships, K/N: run N collectors with 1/N .. N/N to share the "
+        "shipping (1/1: all of it)."))
     admin_token: str = field(default="", repr=False,
                              metadata=_help("Bearer token of the admin routes (live prize changes); empty disables them."))
     source: str = field(default="", repr=False,
@@ -43,12 +56,16 @@ class CollectorSettings:
         problems = []
         if not 0 < self.tick_floor_s <= self.tick_ceiling_s:
             problems.append("tick_floor_s: must be positive and at most tick_ceiling_s")
-        if min(self.slow_read_s, self.sweep_page_rows, self.sweep_every_s, self.preview_horizon_s,
+        if min(self.slow_read_s, self.origin_poll_s, self.sweep_page_rows, self.sweep_every_s, self.preview_horizon_s,
                self.stream_heartbeat_s) <= 0:
-            problems.append("slow_read_s, sweep_page_rows, sweep_every_s, preview_horizon_s and stream_heartbeat_s: "
-                            "must be positive")
+            problems.append("slow_read_s, origin_poll_s, sweep_page_rows, sweep_every_s, preview_horizon_s and "
+                            "stream_heartbeat_s: must be positive")
         if self.source and not self.source.startswith("mysql://"):
             problems.append("source: must be mysql://user:pass@host:port/db (or empty)")
         problems += ledger_problems(self.ledger, self.record_db)
+        try:
+            ship_part(self.ship_part)
+        except ValueError as exc:
+            problems.append(f"ship_part: {exc}")
         if problems:
             raise SettingsError(problems)

@@ -105,20 +105,32 @@ class ShipHealth:
     last_round_at: float = 0.0
 
 
-class Shipper:
-    """One shipper per deployment: it reads every bucket's stream as the consumer CONSUMER of GROUP."""
+def ship_part(text: str) -> tuple[int, int]:
+    """Parse "K/N" (this shipper's part K of N); raise ValueError."""
+    k, _, n = text.partition("/")
+    if not (k.isdigit() and n.isdigit() and 1 <= int(k) <= int(n) <= BUCKETS):
+        raise ValueError(f"a shipping part is K/N with 1 <= K <= N <= {BUCKETS}; got {text!r}")
+    return int(k), int(n)
 
-    def __init__(self, ledger: RedisLedger, store: RecordStore, batch: int = 2000, interval_s: float = 0.5) -> None:
+
+class Shipper:
+    """Reads its buckets' streams as the consumer CONSUMER of GROUP. One shipper takes every bucket; N
+    shippers (part K of N each) share them, bucket b going to part b mod N + 1: each bucket has one
+    shipper, so the acknowledge-then-trim order holds."""
+
+    def __init__(self, ledger: RedisLedger, store: RecordStore, batch: int = 2000, interval_s: float = 0.5,
+                 part: tuple[int, int] = (1, 1)) -> None:
         self.ledger = ledger
         self.store = store
         self.batch = batch
         self.interval_s = interval_s
         self.health = ShipHealth()
+        self.buckets = [b for b in range(BUCKETS) if b % part[1] == part[0] - 1]
         self._groups = False
-        self._pending = set(range(BUCKETS))  # streams that may hold entries delivered but not acknowledged
+        self._pending = set(self.buckets)  # streams that may hold entries delivered but not acknowledged
 
     async def _ensure_groups(self, r: Client) -> None:
-        for b in range(BUCKETS):
+        for b in self.buckets:
             try:
                 await r.xgroup_create(bucket_key(b, "flow"), GROUP, id="0", mkstream=True)
             except ResponseError as exc:
@@ -129,7 +141,7 @@ class Shipper:
     async def _look(self, r: Client) -> list[int]:
         """Return the buckets whose streams hold entries; note the backlog and its age."""
         pipe = r.pipeline(transaction=False)
-        for b in range(BUCKETS):
+        for b in self.buckets:
             pipe.xlen(bucket_key(b, "flow"))
             pipe.xrange(bucket_key(b, "flow"), count=1)
         answers = await pipe.execute()
@@ -137,7 +149,7 @@ class Shipper:
         oldest = [int(first[0][0].partition("-")[0]) for first in firsts if first]
         self.health.backlog = int(sum(lengths))
         self.health.lag_s = round(time.time() - min(oldest) / 1000, 3) if oldest else 0.0
-        return [b for b in range(BUCKETS) if lengths[b] or b in self._pending]
+        return [b for b, n in zip(self.buckets, lengths) if n or b in self._pending]
 
     async def _ship_stream(self, r: Client, bucket: int) -> int:
         key = bucket_key(bucket, "flow")
