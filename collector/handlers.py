@@ -10,7 +10,16 @@ import orjson
 from aiohttp import web
 
 from collector.aggregate import UPCOMING
-from collector.keys import feed_key, ledger_check_key, metrics_key, settings_key, shipper_key, ticker_key, views_key
+from collector.keys import (
+    feed_key,
+    ledger_check_key,
+    metrics_key,
+    puller_key,
+    settings_key,
+    shipper_key,
+    ticker_key,
+    views_key,
+)
 from collector.openapi import openapi_spec
 from collector.views import View, change_json
 from geo_service.errors import (
@@ -24,6 +33,7 @@ from geo_service.errors import (
 from geo_service.ledger import LedgerError, PrizeChangeRefused
 from geo_service.ledger.rates import UNLIMITED, rate_milli
 from geo_service.params import field_of, json_object, one_value, require_admin
+from geo_service.pull import pull_metrics
 from geo_service.responses import etag_matches, json_response, not_modified
 from geo_service.routing import Route
 
@@ -129,6 +139,7 @@ def _health(app: web.Application) -> dict[str, object]:
         "refused_snapshot": h.refused_seq,
         "ledger": app[ledger_check_key].health(app[ticker_key].ledger.kind),
         "shipping": _shipping(app),
+        "origin": app[puller_key].view() if puller_key in app else None,
         "stream_subscribers": app[feed_key].subscribers,
     }
 
@@ -155,6 +166,8 @@ async def metrics(request: web.Request) -> web.Response:
         "ledger_config_problems": ("gauge", "Requirements of the ledger its server does not meet (see /healthz).",
                                    len(app[ledger_check_key].problems)),
     }
+    if puller_key in app:
+        values |= pull_metrics(app[puller_key])
     if shipper_key in app:
         ship = app[shipper_key].health
         values |= {"flow_shipped_total": ("counter", "Claim records shipped into MySQL.", ship.shipped),

@@ -11,6 +11,7 @@ from collector.views import ViewHolder
 from geo_service.ledger import LedgerCheck
 from geo_service.ledger.ship import Shipper
 from geo_service.metrics import Metrics
+from geo_service.pull import Puller
 
 settings_key = web.AppKey("settings_key", CollectorSettings)
 views_key = web.AppKey("views_key", ViewHolder)
@@ -19,3 +20,4 @@ feed_key = web.AppKey("feed_key", Feed)
 metrics_key = web.AppKey("metrics_key", Metrics)
 ledger_check_key = web.AppKey("ledger_check_key", LedgerCheck)
 shipper_key = web.AppKey("shipper_key", Shipper)  # set only for a Redis ledger with a record_db
+puller_key = web.AppKey("puller_key", Puller)  # set only when the collector pulls from an origin

@@ -18,6 +18,7 @@ from geo_service.keys import (
     ledger_key,
     load_key,
     metrics_key,
+    puller_key,
     rng_key,
     rules_key,
     settings_key,
@@ -31,6 +32,8 @@ from geo_service.live import SnapshotHolder, Watcher
 from geo_service.load import LoadMonitor
 from geo_service.metrics import Metrics
 from geo_service.nearby import Lookup
+from geo_service.origin import open_origin
+from geo_service.pull import Puller, pulling
 from geo_service.routing import Guard, add_guarded_routes
 from geo_service.settings import ServiceSettings
 from geo_service.status import StatusPoller
@@ -41,8 +44,8 @@ _NEVER_SHED = frozenset({"/healthz", "/metrics"})
 
 
 async def snapshot_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Load the live snapshot (if any), then watch CURRENT (SIGHUP forces a check) and prepare the
-    status of each task-window edge ahead of it."""
+    """Load the live snapshot (if any), then watch CURRENT (SIGHUP forces a check), pull new ones from the
+    origin if there is one, and prepare the status of each task-window edge ahead of it."""
     watcher = app[watcher_key]
     outcome = await watcher.refresh()
     if outcome["seq"] is None:
@@ -53,7 +56,8 @@ async def snapshot_ctx(app: web.Application) -> AsyncIterator[None]:
     loop = asyncio.get_running_loop()
     with suppress(NotImplementedError, RuntimeError):
         loop.add_signal_handler(signal.SIGHUP, watcher.wake)
-    yield
+    async with pulling(app.get(puller_key)):
+        yield
     with suppress(NotImplementedError, RuntimeError):
         loop.remove_signal_handler(signal.SIGHUP)
     for task in tasks:
@@ -116,8 +120,11 @@ def create_app(settings: ServiceSettings) -> web.Application:
     app[ledger_check_key] = LedgerCheck()
     app[rng_key] = random.Random()
     app[rules_key] = ClaimRules(settings.catch_radius_m, settings.win_cap, settings.max_speed_mps)
-    app[watcher_key] = Watcher(holder, settings.snapshots, settings.poll_interval_s,
-                               on_load=lambda lookup: seed_counters(ledger, lookup))
+    app[watcher_key] = watcher = Watcher(holder, settings.snapshots, settings.poll_interval_s,
+                                         on_load=lambda lookup: seed_counters(ledger, lookup))
+    if settings.origin:
+        app[puller_key] = Puller(open_origin(settings.origin, settings.origin_endpoint), settings.snapshots,
+                                 settings.origin_poll_s, on_pulled=watcher.wake)
     app[load_key] = load = LoadMonitor(settings)
     app[metrics_key] = metrics = Metrics()
     app[status_key] = StatusPoller(settings.collector.rstrip("/"), holder, settings.status_poll_s)

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
+import uvloop
 from aiohttp import web
 
 from geo_service.app import create_app
@@ -43,6 +44,7 @@ def run_worker(settings: ServiceSettings, log_level: str) -> None:
         max_line_size=_MAX_LINE_BYTES,
         max_field_size=_MAX_LINE_BYTES,
         print=None,
+        loop=uvloop.new_event_loop() if settings.uvloop else None,
     )
 
 

@@ -107,5 +107,6 @@ def from_exception(request: web.Request, exc: BaseException) -> web.Response:
         phrase = HTTPStatus(exc.status).phrase if exc.status in HTTPStatus._value2member_map_ else exc.reason
         message = f"{request.method} {request.path}: {phrase}"
         return error_response(exc.status, _HTTP_CODES.get(exc.status, "http_error"), message, headers=headers)
-    log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc)
+    log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc,
+              extra={"request_id": request.headers.get("X-Request-Id")})
     return error_response(500, "internal_error", "internal error; it has been logged")

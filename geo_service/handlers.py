@@ -16,6 +16,7 @@ from geo_service.keys import (
     ledger_key,
     load_key,
     metrics_key,
+    puller_key,
     rng_key,
     rules_key,
     settings_key,
@@ -27,6 +28,7 @@ from geo_service.ledger import LedgerError
 from geo_service.nearby import encode_answer
 from geo_service.openapi import openapi_spec
 from geo_service.params import claim_body, request_position, require_admin
+from geo_service.pull import pull_metrics
 from geo_service.responses import etag_matches, json_response, not_modified
 from geo_service.routing import Route
 from geo_service.tokens import TokenError, verify
@@ -110,6 +112,7 @@ def _health(app: web.Application) -> dict[str, object]:
         "status": _status_health(app),
         "snapshot_error": holder.last_error,
         "ledger": app[ledger_check_key].health(app[ledger_key].kind),
+        "origin": app[puller_key].view() if puller_key in app else None,
         "load": {"inflight": load.inflight, "lag_ms": round(load.lag_ms, 2), "next_poll_ms": load.next_poll_ms()},
     }
 
@@ -136,7 +139,7 @@ async def metrics(request: web.Request) -> web.Response:
         "next_poll_ms": ("gauge", "Poll interval currently told to clients.", load.next_poll_ms()),
         "ledger_config_problems": ("gauge", "Requirements of the ledger its server does not meet (see /healthz).",
                                    len(app[ledger_check_key].problems)),
-    }
+    } | (pull_metrics(app[puller_key]) if puller_key in app else {})
     text = app[metrics_key].render({"worker": str(app[settings_key].worker_id)}, values)
     return web.Response(text=text, content_type="text/plain", charset="utf-8", headers={"X-Version": "0.0.4"})
 

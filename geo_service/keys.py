@@ -11,6 +11,7 @@ from geo_service.ledger import Ledger, LedgerCheck
 from geo_service.live import SnapshotHolder, Watcher
 from geo_service.load import LoadMonitor
 from geo_service.metrics import Metrics
+from geo_service.pull import Puller
 from geo_service.settings import ServiceSettings
 from geo_service.status import StatusPoller
 
@@ -24,3 +25,4 @@ ledger_check_key = web.AppKey("ledger_check_key", LedgerCheck)
 rng_key = web.AppKey("rng_key", random.Random)
 rules_key = web.AppKey("rules_key", ClaimRules)
 status_key = web.AppKey("status_key", StatusPoller)
+puller_key = web.AppKey("puller_key", Puller)  # set only when the service pulls from an origin

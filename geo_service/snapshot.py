@@ -174,13 +174,27 @@ def write_snapshot(
             "files": _write_files(tmp, arrays, tables),
         }
         (tmp / "manifest.json").write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
-        _fsync_path(tmp / "manifest.json")
-        _fsync_path(tmp)
-        os.rename(tmp, root / str(seq))
-        _fsync_path(root)
-        _point_current(root, seq)
-        prune(root, keep)
+        _publish(root, tmp, seq, keep)
     return manifest
+
+
+def _publish(root: Path, tmp: Path, seq: int, keep: int) -> None:
+    """Make a complete, fsynced-file folder snapshot `seq` and point CURRENT at it (the caller holds the lock)."""
+    _fsync_path(tmp / "manifest.json")
+    _fsync_path(tmp)
+    os.rename(tmp, root / str(seq))
+    _fsync_path(root)
+    _point_current(root, seq)
+    prune(root, keep)
+
+
+def install_pulled(root: Path, tmp: Path, seq: int, keep: int = 5) -> None:
+    """Publish a snapshot folder fetched from an origin (every file written and checked) as seq, the way a
+    build publishes: rename, then CURRENT."""
+    with _locked(root):
+        if (root / str(seq)).exists():
+            shutil.rmtree(root / str(seq))  # a copy that failed verification when it was pulled before
+        _publish(root, tmp, seq, keep)
 
 
 def prune(root: Path, keep: int) -> list[int]:
@@ -196,29 +210,39 @@ def prune(root: Path, keep: int) -> list[int]:
 def read_manifest(folder: Path) -> dict[str, Any]:
     """Return a snapshot folder's manifest after checking its format and version."""
     try:
-        manifest = orjson.loads((folder / "manifest.json").read_bytes())
+        raw = (folder / "manifest.json").read_bytes()
     except FileNotFoundError:
         raise SnapshotError(f"{folder}: no manifest.json") from None
+    return parse_manifest(raw, f"{folder}/manifest.json")
+
+
+def parse_manifest(raw: bytes, where: str) -> dict[str, Any]:
+    """Return a manifest's content after checking its format, version and file list; `where` names it."""
+    try:
+        manifest = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise SnapshotError(f"{folder}/manifest.json: not JSON: {exc}") from None
+        raise SnapshotError(f"{where}: not JSON: {exc}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise SnapshotError(f"{folder}/manifest.json: not a {FORMAT} manifest")
+        raise SnapshotError(f"{where}: not a {FORMAT} manifest")
     if manifest.get("version") != VERSION:
-        raise SnapshotError(f"{folder}/manifest.json: format version {manifest.get('version')!r}, expected {VERSION}")
+        raise SnapshotError(f"{where}: format version {manifest.get('version')!r}, expected {VERSION}")
+    expected = {f"{n}.npy" for n in ROW_ARRAYS} | set(TABLES)
+    if set(manifest.get("files", {})) != expected:
+        raise SnapshotError(f"{where}: lists files {sorted(manifest.get('files', {}))}, expected {sorted(expected)}")
     return manifest
 
 
+def verify_file(path: Path, info: Mapping[str, Any]) -> None:
+    """Check a snapshot file against its manifest entry (size, SHA-256)."""
+    if not path.is_file() or path.stat().st_size != info["bytes"]:
+        raise SnapshotError(f"{path}: missing or not {info['bytes']} bytes")
+    if _sha256(path) != info["sha256"]:
+        raise SnapshotError(f"{path}: checksum mismatch")
+
+
 def _verify_files(folder: Path, manifest: dict[str, Any]) -> None:
-    files = manifest.get("files", {})
-    expected = {f"{n}.npy" for n in ROW_ARRAYS} | set(TABLES)
-    if set(files) != expected:
-        raise SnapshotError(f"{folder}: manifest lists {sorted(files)}, expected {sorted(expected)}")
-    for name, info in files.items():
-        path = folder / name
-        if not path.is_file() or path.stat().st_size != info["bytes"]:
-            raise SnapshotError(f"{folder}/{name}: missing or not {info['bytes']} bytes")
-        if _sha256(path) != info["sha256"]:
-            raise SnapshotError(f"{folder}/{name}: checksum mismatch")
+    for name, info in manifest["files"].items():
+        verify_file(folder / name, info)
 
 
 def _open_rows(folder: Path, manifest: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -278,7 +302,8 @@ def open_current(root: Path, verify: bool = True) -> Snapshot:
 
 
 def rollback(root: Path, to_seq: int | None = None) -> int:
-    """Point CURRENT at an older verified snapshot (default: the newest one before the live one)."""
+    """Point CURRENT at an older verified snapshot (default: the newest one before the live one), or at any
+    snapshot already here that `to_seq` names (how a host follows its origin to a seq it has)."""
     with _locked(root):
         live = current_seq(root)
         seqs = list_seqs(root)

@@ -1,4 +1,4 @@
-"""`geo-snapshot`: build, inspect, query and roll back snapshots; make synthetic data; import to MySQL."""
+"""`geo-snapshot`: build, inspect, query, publish and roll back snapshots; make synthetic data; import to MySQL."""
 
 from __future__ import annotations
 
@@ -6,14 +6,15 @@ import argparse
 import asyncio
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 import orjson
 
 from geo_service.grid import Grid, GridError, H3Grid, SquareGrid, check_position
 from geo_service.nearby import Lookup, answer
+from geo_service.origin import Origin, OriginError, open_origin, publish, rollback_origin
 from geo_service.snapshot import SnapshotError, current_seq, list_seqs, open_current, open_snapshot, read_manifest, rollback
 from loaders.build import BuildSettings, build
 from loaders.errors import LoaderError
@@ -23,6 +24,7 @@ from loaders.sources import open_source
 from loaders.synth import write_synthetic
 
 DEFAULT_SNAPSHOTS = "snapshots"
+T = TypeVar("T")
 
 
 class TerminalProgress:
@@ -58,7 +60,7 @@ def _grid(args: argparse.Namespace) -> Grid:
 def summary(manifest: dict[str, Any], out: Path, seconds: float) -> str:
     """Return the one-screen account of a published build."""
     c, s = manifest["counts"], manifest["screening"]
-    zones = ", ".join(f"{z}: {n:,}" for z, n in s["excluded_by_zone"].items() if n) or "none"
+    zones = _largest_zones(s["excluded_by_zone"])
     outside = s["outside_district"]
     lines = [
         f"published snapshot {manifest['seq']} -> {out / str(manifest['seq'])}  ({seconds:.1f} s)",
@@ -73,6 +75,13 @@ def summary(manifest: dict[str, Any], out: Path, seconds: float) -> str:
     ]
     lines += [f"           {e}" for e in s["skipped_examples"][:10]]
     return "\n".join(lines)
+
+
+def _largest_zones(by_zone: dict[str, int], shown: int = 3) -> str:
+    """Return the zones that dropped most POIs, and how many more did (--json lists every one)."""
+    dropping = sorted(((n, z) for z, n in by_zone.items() if n), reverse=True)
+    text = ", ".join(f"{z}: {n:,}" for n, z in dropping[:shown]) or "none"
+    return text + (f" and {len(dropping) - shown} more zones" if len(dropping) > shown else "")
 
 
 async def _run_build(settings: BuildSettings, progress: TerminalProgress) -> dict[str, Any]:
@@ -125,8 +134,40 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
+    if args.origin:
+        seq = asyncio.run(_with_origin(args.origin, args.endpoint, lambda origin: rollback_origin(origin, args.to)))
+        print(f"{args.origin} CURRENT -> {seq}")
+        return 0
     seq = rollback(Path(args.snapshots), args.to)
     print(f"CURRENT -> {seq}")
+    return 0
+
+
+async def _with_origin(url: str, endpoint: str, work: Callable[[Origin], Awaitable[T]]) -> T:
+    try:
+        origin = open_origin(url, endpoint)
+    except ValueError as exc:
+        raise LoaderError(f"--to/--origin: {exc}") from None
+    try:
+        return await work(origin)
+    except OriginError as exc:
+        raise LoaderError(str(exc)) from None
+    finally:
+        await origin.close()
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    root = Path(args.snapshots)
+    seq = args.seq if args.seq is not None else current_seq(root)
+    if seq is None:
+        raise SnapshotError(f"{root}: no CURRENT snapshot and no --seq")
+    started = time.monotonic()
+    # Checked here first: an origin must never hold a copy that its hosts will refuse.
+    manifest = open_snapshot(root / str(seq), verify=True).manifest
+    asyncio.run(_with_origin(args.to, args.endpoint, lambda origin: publish(origin, root / str(seq), manifest)))
+    size = sum(int(f["bytes"]) for f in manifest["files"].values())
+    print(f"published snapshot {seq} to {args.to}: {size / 1e6:,.1f} MB in {time.monotonic() - started:.1f} s; "
+          "its CURRENT now names it")
     return 0
 
 
@@ -195,10 +236,26 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-pois", type=int, default=500, help="Cap on POIs returned (default 500).")
     p.set_defaults(func=cmd_query)
 
-    p = sub.add_parser("rollback", help="Point CURRENT back at an older snapshot (verified first).")
+    p = sub.add_parser("rollback", help="Point CURRENT back at an older snapshot, here or at an origin.",
+                       description="Point a snapshots folder's CURRENT (verified first) or, with --origin, an origin's "
+                       "CURRENT at an older complete snapshot; hosts pulling from the origin follow within a poll.")
     p.add_argument("--snapshots", default=DEFAULT_SNAPSHOTS, help="Snapshots folder (default ./snapshots).")
+    p.add_argument("--origin", help="Roll back this origin instead: a folder or s3://bucket/prefix.")
+    p.add_argument("--endpoint", default="", help="S3 endpoint URL for an s3:// origin (default AWS).")
     p.add_argument("--to", type=int, help="The seq to go back to (default: the newest one before CURRENT).")
     p.set_defaults(func=cmd_rollback)
+
+    p = sub.add_parser("publish", help="Upload a built snapshot to an origin the serving hosts pull from.",
+                       description="Verify a local snapshot, upload its data files, then its manifest, then move the "
+                       "origin's CURRENT to it: a half-finished upload is never current. Credentials for s3:// come "
+                       "from the AWS_* environment variables.")
+    p.add_argument("--snapshots", default=DEFAULT_SNAPSHOTS, help="Snapshots folder holding the build (default ./snapshots).")
+    p.add_argument("--to", required=True, help="The origin: a folder (served to the hosts by any static HTTP server) "
+                   "or s3://bucket/prefix.")
+    p.add_argument("--seq", type=int, help="Which snapshot (default: the one CURRENT points at).")
+    p.add_argument("--endpoint", default="", help="S3 endpoint URL for an s3:// origin, e.g. http://127.0.0.1:9000 "
+                   "(default AWS).")
+    p.set_defaults(func=cmd_publish)
 
     p = sub.add_parser("synth", help="Write a seeded synthetic data folder of any size (streams; 10^3 to 10^8 POIs).")
     p.add_argument("--out", required=True, help="Folder to write (created; existing files are replaced).")

@@ -161,9 +161,10 @@ class RedisLedger:
         except (RedisError, OSError) as exc:
             _deliver_cancellation(exc)
             raise LedgerError(f"redis ledger {self.settings.redacted}: {type(exc).__name__}: {exc}") from exc
-        except (AttributeError, TypeError) as exc:
+        except (AttributeError, TypeError, RuntimeError) as exc:
             # redis-py's asyncio connection lets a write on a connection the peer just reset fail with these
-            # instead of ConnectionError (redis/redis-py#4287, #3546): a lost connection when raised in there.
+            # instead of ConnectionError (redis/redis-py#4287, #3546; uvloop's transport says "the handler is
+            # closed"): a lost connection when raised in there.
             if not _raised_in_client(exc):
                 raise
             _deliver_cancellation(exc)
@@ -363,12 +364,13 @@ def _deliver_cancellation(cause: BaseException | None) -> None:
 
 
 def _raised_in_client(exc: BaseException) -> bool:
-    """Whether an exception was raised inside redis-py or asyncio's streams, not in this module's code."""
+    """Whether an exception was raised inside redis-py, asyncio's streams or uvloop's transports, not in this
+    module's code."""
     tb = exc.__traceback__
     while tb is not None and tb.tb_next is not None:
         tb = tb.tb_next
     path = tb.tb_frame.f_code.co_filename if tb is not None else ""
-    return any(part in path for part in (f"{os.sep}redis{os.sep}", f"{os.sep}asyncio{os.sep}"))
+    return path.startswith("uvloop/") or any(part in path for part in (f"{os.sep}redis{os.sep}", f"{os.sep}asyncio{os.sep}"))
 
 
 def _outcome(claim_id: str, raw: str) -> Outcome:

@@ -54,9 +54,10 @@ def ledger_world(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> t
     return dsn, record_db, snaps
 
 
-async def claim_load(port: int, claims: int, players: int, on_started: Any = None,
-                     claim_id: str = "load") -> list[tuple[int, dict[str, Any]]]:
-    """Send `claims` claims, 100 at a time over fresh connections; retry 503s and dropped connections."""
+async def claim_load(port: int, claims: int, players: int, on_started: Any = None, claim_id: str = "load",
+                     retry_s: float = 10.0) -> list[tuple[int, dict[str, Any]]]:
+    """Send `claims` claims, 100 at a time over fresh connections; retry 503s and dropped connections for up to
+    `retry_s` each (status 0: still failing then)."""
     tokens = [mint(f"player{i}", SECRET, int(time.time()) + 3600) for i in range(players)]
     limit = asyncio.Semaphore(100)
     connector = aiohttp.TCPConnector(limit=100, force_close=True)  # new connections spread over the workers
@@ -66,7 +67,7 @@ async def claim_load(port: int, claims: int, players: int, on_started: Any = Non
         task, poi_id, lat, lng = poi_of(player)
         body = {"claim_id": f"{claim_id}-{i}", "task_id": task, "poi_id": poi_id, "lat": lat, "lng": lng}
         async with limit:
-            for _ in range(100):  # bounded retries: a killed worker or Redis node drops connections for a while
+            for _ in range(int(retry_s * 10)):  # bounded retries: a killed worker or Redis node drops connections a while
                 try:
                     async with session.post(f"http://127.0.0.1:{port}/v1/claims", json=body,
                                             headers={"Authorization": f"Bearer {tokens[player]}"}) as resp:

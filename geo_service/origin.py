@@ -1,0 +1,290 @@
+"""Snapshot origins: where built snapshots are published for many hosts, and where the hosts' pullers
+read them back (pull.py).
+
+Forms: a folder (publish writes it; any static HTTP server such as nginx serves it to the hosts), the
+http(s):// base URL of such a server (read only), and an S3-compatible bucket, s3://bucket/prefix
+(AWS, MinIO, Ceph alike; credentials from the usual AWS_* environment variables, never logged).
+Layout at an origin, the same as a local snapshots folder: <seq>/<file> for every file of a snapshot,
+its manifest.json written after them, and CURRENT naming the live seq, replaced last, so a
+half-finished upload is never current. This module may touch the origin and local files only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+from urllib.parse import urlsplit
+
+import aiohttp
+
+T = TypeVar("T")
+CHUNK = 1 << 20  # bytes read and written at a time when copying a file down
+
+
+class OriginError(Exception):
+    """An origin that cannot be reached, or that refuses what was asked of it."""
+
+
+class Origin(Protocol):
+    url: str  # for messages: never carries credentials
+
+    async def read(self, name: str) -> bytes | None:
+        """Return a small object (CURRENT, a manifest), or None if the origin has none by that name."""
+        ...
+
+    async def fetch(self, name: str, dest: Path) -> None:
+        """Download an object into dest, going on from dest's length if a download was cut short."""
+        ...
+
+    async def put(self, name: str, src: Path | bytes) -> None:
+        """Store a file or bytes under name, replacing any object there (publish only)."""
+        ...
+
+    async def seqs(self) -> list[int]:
+        """Return the seqs whose upload finished (their manifest is there), oldest first."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+def _seq_names(names: list[str]) -> list[int]:
+    """Return the seqs of <seq>/manifest.json among object names."""
+    return sorted({int(n.split("/")[0]) for n in names if n.endswith("/manifest.json") and n.split("/")[0].isdigit()})
+
+
+class FolderOrigin:
+    """A folder: written by publish, served to the hosts by a static HTTP server, or read directly (NFS)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.url = str(root)
+
+    async def _io(self, work: Callable[[], T]) -> T:
+        try:
+            return await asyncio.to_thread(work)
+        except OSError as exc:
+            raise OriginError(f"origin {self.url}: {exc}") from exc
+
+    async def read(self, name: str) -> bytes | None:
+        path = self.root / name
+        return await self._io(lambda: path.read_bytes() if path.is_file() else None)
+
+    async def fetch(self, name: str, dest: Path) -> None:
+        def copy() -> None:
+            with (self.root / name).open("rb") as src, dest.open("ab") as out:
+                src.seek(out.tell())
+                shutil.copyfileobj(src, out, CHUNK)
+
+        await self._io(copy)
+
+    async def put(self, name: str, src: Path | bytes) -> None:
+        def write() -> None:
+            path = self.root / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.part")
+            if isinstance(src, bytes):
+                tmp.write_bytes(src)
+            else:
+                shutil.copyfile(src, tmp)
+            with tmp.open("rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)  # a reader sees the old object or the whole new one
+
+        await self._io(write)
+
+    async def seqs(self) -> list[int]:
+        return await self._io(lambda: _seq_names([f"{p.parent.name}/{p.name}" for p in self.root.glob("*/manifest.json")]))
+
+    async def close(self) -> None:
+        return None
+
+
+class HttpOrigin:
+    """The base URL of an HTTP server serving an origin folder (read only). Byte ranges resume downloads."""
+
+    def __init__(self, base: str, timeout_s: float = 30.0) -> None:
+        self.url = base.rstrip("/")
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout_s, sock_read=timeout_s)
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
+        return self._session
+
+    async def _get(self, name: str, offset: int, use: Callable[[aiohttp.ClientResponse], Awaitable[T]]) -> T | None:
+        # no-cache: CURRENT changes under the same name, and a cache in between must not hide that.
+        headers = {"Cache-Control": "no-cache", **({"Range": f"bytes={offset}-"} if offset else {})}
+        try:
+            async with self._client().get(f"{self.url}/{name}", headers=headers) as resp:
+                if resp.status == 404:
+                    return None
+                if resp.status not in (200, 206):
+                    raise OriginError(f"origin {self.url}/{name}: HTTP {resp.status}")
+                return await use(resp)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise OriginError(f"origin {self.url}/{name}: {type(exc).__name__}: {exc}") from exc
+
+    async def read(self, name: str) -> bytes | None:
+        async def body(resp: aiohttp.ClientResponse) -> bytes:
+            return await resp.read()
+
+        return await self._get(name, 0, body)
+
+    async def fetch(self, name: str, dest: Path) -> None:
+        offset = dest.stat().st_size if dest.exists() else 0
+
+        async def save(resp: aiohttp.ClientResponse) -> bool:
+            # 200 to a ranged request: the server sent the whole object, so the partial copy is dropped.
+            with dest.open("ab" if resp.status == 206 else "wb") as out:
+                async for chunk in resp.content.iter_chunked(CHUNK):
+                    out.write(chunk)
+            return True
+
+        if await self._get(name, offset, save) is None:
+            raise OriginError(f"origin {self.url}/{name}: not found")
+
+    async def put(self, name: str, src: Path | bytes) -> None:
+        raise OriginError(f"origin {self.url}: an HTTP origin is read only; publish to the folder it serves")
+
+    async def seqs(self) -> list[int]:
+        raise OriginError(f"origin {self.url}: an HTTP origin cannot be listed; roll back on the folder it serves")
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+class S3Origin:
+    """s3://bucket/prefix on any S3-compatible store, through aiobotocore."""
+
+    def __init__(self, bucket: str, prefix: str, endpoint: str = "") -> None:
+        self.bucket, self.prefix, self.endpoint = bucket, prefix.strip("/"), endpoint
+        self.url = f"s3://{bucket}/{self.prefix}" + (f" at {endpoint}" if endpoint else "")
+        self._exit: Any = None
+        self._s3: Any = None
+
+    def _key(self, name: str) -> str:
+        return f"{self.prefix}/{name}" if self.prefix else name
+
+    async def _client(self) -> Any:
+        if self._s3 is None:
+            from aiobotocore.config import AioConfig
+            from aiobotocore.session import get_session
+
+            # Fail fast: the puller has its own back-off, and a host polls every second.
+            config = AioConfig(connect_timeout=5, read_timeout=60, retries={"max_attempts": 2, "mode": "standard"})
+            context = get_session().create_client("s3", endpoint_url=self.endpoint or None, config=config)
+            self._s3 = await context.__aenter__()
+            self._exit = context.__aexit__
+        return self._s3
+
+    async def _call(self, work: Callable[[Any], Awaitable[T]]) -> T:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return await work(await self._client())
+        except (BotoCoreError, ClientError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise OriginError(f"origin {self.url}: {type(exc).__name__}: {exc}") from exc
+
+    async def read(self, name: str) -> bytes | None:
+        async def get(s3: Any) -> bytes | None:
+            try:
+                answer = await s3.get_object(Bucket=self.bucket, Key=self._key(name))
+            except s3.exceptions.NoSuchKey:
+                return None
+            async with answer["Body"] as body:
+                return bytes(await body.read())
+
+        return await self._call(get)
+
+    async def fetch(self, name: str, dest: Path) -> None:
+        offset = dest.stat().st_size if dest.exists() else 0
+
+        async def get(s3: Any) -> None:
+            ranged = {"Range": f"bytes={offset}-"} if offset else {}
+            answer = await s3.get_object(Bucket=self.bucket, Key=self._key(name), **ranged)
+            with dest.open("ab" if offset else "wb") as out:
+                async with answer["Body"] as body:
+                    async for chunk in body.iter_chunks(CHUNK):
+                        out.write(chunk)
+
+        await self._call(get)
+
+    async def put(self, name: str, src: Path | bytes) -> None:
+        async def put(s3: Any) -> None:
+            if isinstance(src, bytes):
+                await s3.put_object(Bucket=self.bucket, Key=self._key(name), Body=src)
+                return
+            with src.open("rb") as body:
+                await s3.put_object(Bucket=self.bucket, Key=self._key(name), Body=body)
+
+        await self._call(put)
+
+    async def seqs(self) -> list[int]:
+        async def listing(s3: Any) -> list[str]:
+            names = []
+            pages = s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self._key(""))
+            async for page in pages:
+                names += [o["Key"].removeprefix(self._key("")) for o in page.get("Contents", [])]
+            return names
+
+        return _seq_names(await self._call(listing))
+
+    async def close(self) -> None:
+        if self._exit is not None:
+            exit_, self._exit, self._s3 = self._exit, None, None
+            await exit_(None, None, None)
+
+
+def open_origin(url: str, endpoint: str = "") -> Origin:
+    """Return the origin a URL names: s3://bucket/prefix, http(s)://base, or a folder path."""
+    parts = urlsplit(url)
+    if parts.scheme == "s3":
+        if not parts.netloc:
+            raise ValueError(f"an s3 origin names its bucket: s3://bucket/prefix; got {url!r}")
+        return S3Origin(parts.netloc, parts.path, endpoint)
+    if parts.scheme in ("http", "https"):
+        return HttpOrigin(url)
+    if parts.scheme in ("", "file"):
+        return FolderOrigin(Path(parts.path if parts.scheme else url))
+    raise ValueError(f"an origin is a folder, http(s)://... or s3://bucket/prefix; got {parts.scheme}://")
+
+
+async def current_of(origin: Origin) -> int | None:
+    """Return the seq an origin's CURRENT names, or None before its first publish."""
+    raw = await origin.read("CURRENT")
+    if raw is None:
+        return None
+    text = raw.decode(errors="replace").strip()
+    if not text.isdigit():
+        raise OriginError(f"origin {origin.url}: CURRENT is not a seq: {text[:40]!r}")
+    return int(text)
+
+
+async def publish(origin: Origin, folder: Path, manifest: dict[str, Any]) -> None:
+    """Upload a local snapshot folder: its data files, then its manifest, then the origin's CURRENT."""
+    seq = int(manifest["seq"])
+    for name in manifest["files"]:
+        await origin.put(f"{seq}/{name}", folder / name)
+    await origin.put(f"{seq}/manifest.json", folder / "manifest.json")
+    await origin.put("CURRENT", f"{seq}\n".encode())
+
+
+async def rollback_origin(origin: Origin, to_seq: int | None = None) -> int:
+    """Point the origin's CURRENT at an older complete snapshot (default: the newest before the live one)."""
+    live, seqs = await current_of(origin), await origin.seqs()
+    if to_seq is None:
+        older = [s for s in seqs if live is None or s < live]
+        if not older:
+            raise OriginError(f"origin {origin.url}: no snapshot older than {live} to roll back to")
+        to_seq = older[-1]
+    if to_seq not in seqs:
+        raise OriginError(f"origin {origin.url}: no complete snapshot {to_seq}; have {seqs}")
+    await origin.put("CURRENT", f"{to_seq}\n".encode())
+    return to_seq
