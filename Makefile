@@ -7,7 +7,7 @@ SNAPSHOTS ?= snapshots
 DEMO_SECRET ?= geodrop-demo-only
 LEDGER ?= var/ledger.sqlite3
 
-.PHONY: run test bench lint clean
+.PHONY: run test bench capacity lint clean
 
 $(BIN)/geo-snapshot: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -32,8 +32,13 @@ test: $(BIN)/geo-snapshot
 bench: $(BIN)/geo-snapshot
 	$(BIN)/python bench/build_bench.py
 	$(BIN)/python bench/nearby_bench.py
-	$(BIN)/python bench/claims_bench.py
-	$(BIN)/python bench/collector_bench.py
+	$(BIN)/python bench/claims_bench.py --json bench/out/claims.json
+	$(BIN)/python bench/collector_bench.py --json bench/out/collector.json
+	$(BIN)/python bench/hosts_bench.py --json bench/out/hosts.json
+
+# docs/capacity.md's table, from the JSON the benchmarks above wrote.
+capacity: $(BIN)/geo-snapshot
+	$(BIN)/python bench/capacity.py
 
 clean:
 	rm -rf $(VENV) $(SNAPSHOTS) .pytest_cache

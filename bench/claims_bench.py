@@ -10,13 +10,15 @@ counters), "spread" to 1,000 tasks. 2,000 players each stand on one POI of their
 runs the whole settlement (quotas never run out, no rate limit, no win cap in reach). A 2 s warm-up
 precedes each measured run. Printed: claims/s, p50 and p99 as wrk sees them, errors, wins counted in
 the ledger afterwards, CPU per claim of the service's workers and of the store (redis-server or
-mariadbd), and each figure's ratio to MariaDB's in the same scenario. Redis nodes run with the
+mariadbd), each figure's ratio to MariaDB's in the same scenario, and for Redis how fast one shipper
+moves the run's flow records into MariaDB afterwards. Redis nodes run with the
 durability the ledger requires (AOF, fsync always). Everything shares this machine's cores.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import subprocess
 import sys
@@ -31,7 +33,7 @@ from harness import WRK_DONE, children, cpu_seconds, drop_ledger_tables, free_po
 
 from geo_service.tokens import mint  # noqa: E402
 from tests.support.builders import claim_poi, write_claims_data  # noqa: E402
-from tests.support.ledgers import counters  # noqa: E402
+from tests.support.ledgers import counters, ship_all  # noqa: E402
 from tests.support.redis_nodes import start_redis  # noqa: E402
 
 PY = sys.executable
@@ -76,7 +78,16 @@ def store_pids(backend: str, redis: Any) -> list[int]:
     return []
 
 
-def scenario(backend: str, dsn: str, redis: Any, tasks: int, seconds: int, connections: int) -> dict[str, Any]:
+def ship_rate(ledger: str, mysql: str) -> float:
+    """Ship every flow record the run left in the streams into MariaDB; return records shipped a second."""
+    drop_ledger_tables(mysql)
+    started = time.monotonic()
+    shipped = asyncio.run(ship_all(ledger, mysql))
+    return shipped / (time.monotonic() - started)
+
+
+def scenario(backend: str, dsn: str, redis: Any, tasks: int, seconds: int, connections: int,
+             mysql: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         data, snaps = Path(tmp) / "data", Path(tmp) / "snaps"
         write_claims_data(data, {"cash": 10**9, "coupon": 10**9}, pois=POIS_PER_TASK, tasks=tasks)
@@ -97,11 +108,12 @@ def scenario(backend: str, dsn: str, redis: Any, tasks: int, seconds: int, conne
             before = (cpu_seconds(workers), cpu_seconds(store), sum(i for _, i in counters(ledger).values()))
             result = run_wrk(port, wrk_script(Path(tmp), tasks, "run"), seconds, connections)
             after = (cpu_seconds(workers), cpu_seconds(store), sum(i for _, i in counters(ledger).values()))
+            shipped = ship_rate(ledger, mysql) if backend.startswith("redis") else None
         finally:
             server.terminate()
             server.wait(timeout=60)
     claims = max(result["requests"], 1)
-    return {**result, "backend": backend, "tasks": tasks, "wins": after[2] - before[2],
+    return {**result, "backend": backend, "tasks": tasks, "wins": after[2] - before[2], "ship_per_s": shipped,
             "worker_cpu_ms": (after[0] - before[0]) * 1000 / claims, "store_cpu_ms": (after[1] - before[1]) * 1000 / claims}
 
 
@@ -112,7 +124,8 @@ def report(results: list[dict[str, Any]]) -> None:
         ratio = f"{r['rps'] / base[r['tasks']]['rps']:5.1f}x MariaDB" if r["tasks"] in base else ""
         print(f"claims  {r['backend']:<14} {name:<7} {r['rps']:>8,.0f} claims/s  p50 {r['p50_ms']:6.1f} ms  "
               f"p99 {r['p99_ms']:6.1f} ms  errors {r['errors']:.0f}  wins {r['wins']:,}  "
-              f"cpu/claim: workers {r['worker_cpu_ms']:.2f} ms, store {r['store_cpu_ms']:.2f} ms  {ratio}", flush=True)
+              f"cpu/claim: workers {r['worker_cpu_ms']:.2f} ms, store {r['store_cpu_ms']:.2f} ms  {ratio}"
+              + (f"  shipped to MariaDB {r['ship_per_s']:,.0f} records/s" if r["ship_per_s"] else ""), flush=True)
     single = {r["tasks"]: r["rps"] for r in results if r["backend"] == "redis"}
     for r in results:
         if r["backend"] == "redis+cluster" and r["tasks"] in single:
@@ -136,7 +149,7 @@ def main() -> None:
         try:
             dsn = redis.dsn if redis is not None else args.mysql
             for tasks in (1, 1000):
-                results.append(scenario(backend, dsn, redis, tasks, args.seconds, args.connections))
+                results.append(scenario(backend, dsn, redis, tasks, args.seconds, args.connections, args.mysql))
         finally:
             if redis is not None:
                 redis.close()

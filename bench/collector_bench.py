@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import random
 import sqlite3
 import statistics
@@ -161,7 +162,9 @@ def main() -> None:
     ap.add_argument("--mysql", default="mysql://root@127.0.0.1:3306/test", help="MariaDB for the mysql run.")
     ap.add_argument("--backends", nargs="*", default=["sqlite", "mysql", "redis", "redis+cluster"],
                     help="Which ledgers to measure.")
+    ap.add_argument("--json", type=Path, help="Also write the figures here, for bench/capacity.py.")
     args = ap.parse_args()
+    figures = []
     with tempfile.TemporaryDirectory() as tmp:
         snaps = Path(tmp) / "snaps"
         tasks = write_tables(snaps, args.tasks)
@@ -184,6 +187,12 @@ def main() -> None:
                   f"claims between ticks, a sweep page in each: tick {ms(run.tick_s[1:])}; ledger read "
                   f"{ms(run.read_s[1:])}; a new snapshot went live {switched} ticks after it was published",
                   flush=True)
+            figures.append({"backend": backend, "tasks": args.tasks, "start_s": run.tick_s[0],
+                            "tick_median_s": statistics.median(run.tick_s[1:]), "tick_worst_s": max(run.tick_s[1:]),
+                            "read_median_s": statistics.median(run.read_s[1:])})
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(figures, indent=1))
 
 
 if __name__ == "__main__":

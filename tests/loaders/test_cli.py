@@ -124,7 +124,7 @@ def test_a_build_killed_mid_way_publishes_nothing(tmp_path: Path) -> None:
 
 
 def test_help_explains_every_option(capsys: pytest.CaptureFixture[str]) -> None:
-    for command in ("build", "inspect", "query", "rollback", "synth", "import"):
+    for command in ("build", "inspect", "query", "rollback", "publish", "synth", "import"):
         with pytest.raises(SystemExit) as done:
             main([command, "--help"])
         assert done.value.code == 0
@@ -134,3 +134,17 @@ def test_help_explains_every_option(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as done:
         main(["build"])
     assert done.value.code == 2
+
+
+def test_the_summary_names_the_largest_exclusion_zones_and_counts_the_rest(
+        sample_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from loaders.cli import summary
+
+    assert main(["build", "--source", str(sample_data), "--out", str(tmp_path / "out"), "--json"]) == 0
+    manifest = orjson.loads(capsys.readouterr().out)
+    zones = manifest["screening"]["excluded_by_zone"]
+    assert sum(zones.values()) == manifest["counts"]["pois_excluded"]  # --json keeps every zone
+    many = {f"zone-{k}": k for k in range(300)}  # 299 zones dropped POIs (zone-0 dropped none)
+    line = next(x for x in summary({**manifest, "screening": {**manifest["screening"], "excluded_by_zone": many}},
+                                   tmp_path, 1.0).splitlines() if x.startswith("pois"))
+    assert "(zone-299: 299, zone-298: 298, zone-297: 297 and 296 more zones)" in line

@@ -1,0 +1,88 @@
+"""Recompute docs/capacity.md's table from the benchmarks' JSON figures.
+
+    .venv/bin/python bench/capacity.py [--hosts bench/out/hosts.json] [--claims bench/out/claims.json]
+                                       [--collector bench/out/collector.json] [--polls 1000000] [--claims-per-s 50000]
+                                       [--pois 100000000] [--bytes-per-row 44]
+
+Each JSON file is written by its benchmark's --json option (`make capacity` runs them all). The
+per-core figures come from this machine, where load generator and servers share two cores, so they
+are floors: a dedicated core does at least as much. Every result is rounded up and carries the
+headroom below (a host planned at 60% of its measured capacity keeps its p99 through a peak).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+HEADROOM = 0.6  # plan every core at 60% of what it measured
+CORES_PER_HOST = 32
+SHIP_BATCH = 2000  # claim rows per upsert, as the shipper sends them
+
+
+def load(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def plan(hosts: dict[str, Any], claims: list[dict[str, Any]], collector: list[dict[str, Any]],
+         polls_per_s: float, claims_per_s: float, pois: int, bytes_per_row: float) -> list[tuple[str, str, str]]:
+    """Return (quantity, figure, how it is derived) rows."""
+    direct = next(r for r in hosts["polls"] if r["path"] == "direct, 1 host")
+    poll_core = direct["rps"]  # one worker process, about one core
+    redis = next(r for r in claims if r["backend"] == "redis+cluster" and r["tasks"] == 1000)
+    claim_core = 1000 / max(redis["worker_cpu_ms"], 1e-6)  # claims a service core settles
+    node_core = 1000 / max(redis["store_cpu_ms"], 1e-6)  # claims a redis-server core settles
+    tick = max((c for c in collector if c["backend"] == "redis+cluster"), key=lambda c: c["tasks"], default=None)
+    poll_cores = math.ceil(polls_per_s / (poll_core * HEADROOM))
+    claim_cores = math.ceil(claims_per_s / (claim_core * HEADROOM))
+    hosts_needed = math.ceil((poll_cores + claim_cores) / CORES_PER_HOST)
+    nodes = math.ceil(claims_per_s / (node_core * HEADROOM))
+    snapshot_gb = pois * bytes_per_row / 1e9
+    pull_s = snapshot_gb / hosts["pull"]["gb_per_s"]
+    answer_gbit = polls_per_s * hosts["body_bytes"] * 8 / 1e9
+    return [
+        ("polls a core answers (10^7 POIs)", f"{poll_core:,.0f}/s", "bench/hosts_bench.py, one worker, direct"),
+        ("claims a service core settles", f"{claim_core:,.0f}/s", "1000 / worker CPU ms per claim (bench/claims_bench.py, "
+                                                                  "cluster, 1,000 tasks)"),
+        ("claims a Redis core settles", f"{node_core:,.0f}/s", "1000 / redis-server CPU ms per claim"),
+        (f"service cores for {polls_per_s:,.0f} polls/s", f"{poll_cores:,}", f"at {HEADROOM:.0%} of measured"),
+        (f"service cores for {claims_per_s:,.0f} claims/s", f"{claim_cores:,}", f"at {HEADROOM:.0%} of measured"),
+        (f"service hosts of {CORES_PER_HOST} cores", f"{hosts_needed:,}", "polls and claims share hosts; add one for loss"),
+        ("Redis Cluster masters", f"{max(nodes, 3):,}", "one core each (Redis is single-threaded), at least 3"),
+        ("MySQL writes (claim rows)", f"{claims_per_s:,.0f} rows/s", f"shipped as {claims_per_s / SHIP_BATCH:,.0f} "
+                                                                      f"upserts/s of {SHIP_BATCH} rows"),
+        ("flow-log shippers (collectors with ship_part K/N)",
+         f"{math.ceil(claims_per_s / (redis['ship_per_s'] * HEADROOM)):,}",
+         f"one ships {redis['ship_per_s']:,.0f} records/s into MariaDB here"),
+        ("collector tick at 10^5 tasks", f"{tick['tick_median_s'] * 1000:,.0f} ms" if tick else "n/a",
+         "bench/collector_bench.py, Redis Cluster, median"),
+        (f"snapshot at {pois:,} POIs", f"{snapshot_gb:,.1f} GB", f"{bytes_per_row:g} bytes a row"),
+        ("pull and verify it on a host", f"{pull_s:,.0f} s", f"at {hosts['pull']['gb_per_s']:.2f} GB/s (bench/hosts_bench.py)"),
+        ("origin egress, every host at once", f"{snapshot_gb * hosts_needed:,.0f} GB", "or stagger the hosts' polls"),
+        ("poll answers out", f"{answer_gbit:,.1f} Gbit/s", f"{int(hosts['body_bytes']):,} B an answer, before 304s"),
+    ]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    out = Path("bench/out")
+    ap.add_argument("--hosts", type=Path, default=out / "hosts.json", help="bench/hosts_bench.py --json output.")
+    ap.add_argument("--claims", type=Path, default=out / "claims.json", help="bench/claims_bench.py --json output.")
+    ap.add_argument("--collector", type=Path, default=out / "collector.json", help="bench/collector_bench.py --json output.")
+    ap.add_argument("--polls", type=float, default=1_000_000, help="Peak polls a second to plan for.")
+    ap.add_argument("--claims-per-s", type=float, default=50_000, help="Peak claims a second to plan for.")
+    ap.add_argument("--pois", type=int, default=100_000_000, help="POIs in the snapshot.")
+    ap.add_argument("--bytes-per-row", type=float, default=44, help="Snapshot bytes a row (see geo-snapshot inspect).")
+    args = ap.parse_args()
+    rows = plan(load(args.hosts), load(args.claims), load(args.collector), args.polls, args.claims_per_s, args.pois,
+                args.bytes_per_row)
+    print("| quantity | figure | from |\n|---|---|---|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
+if __name__ == "__main__":
+    main()
