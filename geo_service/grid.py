@@ -84,6 +84,10 @@ class Grid(Protocol):
 
     def params(self) -> dict[str, Any]: ...
 
+    def cell_outline(self, cell: int) -> list[tuple[float, float]]:
+        """Return a cell's boundary as a closed (lng, lat) ring, for maps."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class SquareGrid:
@@ -166,6 +170,15 @@ class SquareGrid:
     def window_cells(self, lat: float, lng: float) -> list[int]:
         return cells_in(self.window(lat, lng), self.band_rows)
 
+    def cell_outline(self, cell: int) -> list[tuple[float, float]]:
+        rest, k = divmod(cell, self.band_rows)
+        band, col = divmod(rest, self.max_cols)
+        south = (band * self.band_rows + k) * self.row_height_deg - 90.0
+        north = min(south + self.row_height_deg, 90.0)
+        n = self._band_cols[band]
+        west, east = col / n * 360.0 - 180.0, (col + 1) / n * 360.0 - 180.0
+        return [(west, south), (east, south), (east, north), (west, north), (west, south)]
+
 
 @dataclass(frozen=True, slots=True)
 class H3Grid:
@@ -210,6 +223,10 @@ class H3Grid:
 
     def window_cells(self, lat: float, lng: float) -> list[int]:
         return cells_in(self.window(lat, lng), self.band_rows)
+
+    def cell_outline(self, cell: int) -> list[tuple[float, float]]:
+        ring = [(lng, lat) for lat, lng in h3.cell_to_boundary(cell)]
+        return [*ring, ring[0]]
 
 
 def cells_in(window: Window, band_rows: int) -> list[int]:

@@ -41,6 +41,9 @@ ROW_ARRAYS: dict[str, np.dtype[Any]] = {
     "poi_order": np.dtype("<i8"),  # row positions in poi_id order: finds a claimed POI by id
 }
 TABLES = ("tasks.json", "districts.json")
+# Files a snapshot may carry beyond the required ones: the district outlines simplified for maps
+# (the dashboard's), absent from snapshots built before it.
+OPTIONAL = ("districts.geojson",)
 _TMP_PREFIX = ".tmp-"
 
 
@@ -121,7 +124,8 @@ def _point_current(root: Path, seq: int) -> None:
     _fsync_path(root)
 
 
-def _write_files(folder: Path, arrays: Mapping[str, np.ndarray], tables: Mapping[str, Any]) -> dict[str, Any]:
+def _write_files(folder: Path, arrays: Mapping[str, np.ndarray], tables: Mapping[str, Any],
+                 extra: Mapping[str, bytes]) -> dict[str, Any]:
     files: dict[str, Any] = {}
     for name, dtype in ROW_ARRAYS.items():
         path = folder / f"{name}.npy"
@@ -129,6 +133,11 @@ def _write_files(folder: Path, arrays: Mapping[str, np.ndarray], tables: Mapping
         files[path.name] = {"dtype": dtype.str, "rows": int(len(arrays[name]))}
     for name in TABLES:
         (folder / name).write_bytes(orjson.dumps(tables[name.removesuffix(".json")]))
+        files[name] = {}
+    for name, data in extra.items():
+        if name not in OPTIONAL:
+            raise SnapshotError(f"{name}: not a file a snapshot carries (those are {', '.join(OPTIONAL)})")
+        (folder / name).write_bytes(data)
         files[name] = {}
     for name, info in files.items():
         path = folder / name
@@ -150,6 +159,7 @@ def write_snapshot(
     meta: Mapping[str, Any],
     grid: Grid,
     keep: int = 5,
+    extra: Mapping[str, bytes] | None = None,
 ) -> dict[str, Any]:
     """Write a snapshot beside the others, publish it by replacing CURRENT, and return its manifest.
 
@@ -171,7 +181,7 @@ def write_snapshot(
             "built_at": int(time.time()),
             "grid": grid.params(),
             **meta,
-            "files": _write_files(tmp, arrays, tables),
+            "files": _write_files(tmp, arrays, tables, extra or {}),
         }
         (tmp / "manifest.json").write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
         _publish(root, tmp, seq, keep)
@@ -226,9 +236,10 @@ def parse_manifest(raw: bytes, where: str) -> dict[str, Any]:
         raise SnapshotError(f"{where}: not a {FORMAT} manifest")
     if manifest.get("version") != VERSION:
         raise SnapshotError(f"{where}: format version {manifest.get('version')!r}, expected {VERSION}")
-    expected = {f"{n}.npy" for n in ROW_ARRAYS} | set(TABLES)
-    if set(manifest.get("files", {})) != expected:
-        raise SnapshotError(f"{where}: lists files {sorted(manifest.get('files', {}))}, expected {sorted(expected)}")
+    required = {f"{n}.npy" for n in ROW_ARRAYS} | set(TABLES)
+    listed = set(manifest.get("files", {}))
+    if not required <= listed <= required | set(OPTIONAL):
+        raise SnapshotError(f"{where}: lists files {sorted(listed)}, expected {sorted(required)} and any of {list(OPTIONAL)}")
     return manifest
 
 

@@ -12,6 +12,7 @@ import numpy.typing as npt
 
 from geo_service.grid import Grid
 from geo_service.snapshot import write_snapshot
+from loaders.display import district_outlines
 from loaders.errors import ErrorLog, RowError
 from loaders.pois import PoiColumns, parse_poi_chunk
 from loaders.records import District, FieldError, Prize, Task, Zone, parse_district, parse_prize, parse_task, parse_zone
@@ -263,6 +264,7 @@ async def build(settings: BuildSettings, source: Source, progress: Progress) -> 
         },
     }
     tables_out = {"tasks": task_table(tasks, tables, rows), "districts": district_table(tables.districts)}
-    manifest = write_snapshot(settings.out, arrays, tables_out, meta, settings.grid, keep=settings.keep)
+    manifest = write_snapshot(settings.out, arrays, tables_out, meta, settings.grid, keep=settings.keep,
+                              extra={"districts.geojson": district_outlines(tables.districts)})
     progress("published", manifest["seq"])
     return manifest

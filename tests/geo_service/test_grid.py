@@ -135,3 +135,19 @@ def test_h3_ids_fit_int64_unchanged() -> None:
     cell = grid.cell_of(-33.9, 151.2)
     stored = np.array([cell], dtype=np.int64)
     assert h3.int_to_str(int(stored[0])) == h3.latlng_to_cell(-33.9, 151.2, 15)
+
+
+def test_a_cells_outline_contains_the_points_of_that_cell_and_no_others(grid: Grid) -> None:
+    from shapely.geometry import Point, Polygon
+
+    rng = np.random.default_rng(12)
+    for lat, lng in zip(rng.uniform(-84.9, 84.9, 300), rng.uniform(-179.9, 179.9, 300)):
+        cell = grid.cell_of(float(lat), float(lng))
+        ring = grid.cell_outline(cell)
+        outline = Polygon(ring)
+        assert ring[0] == ring[-1] and outline.is_valid
+        assert outline.buffer(1e-9).contains(Point(lng, lat))
+        # A point beyond the outline's easternmost vertex lies outside it, so in another cell.
+        east = max(x for x, _ in ring) + 1e-6
+        if east < 180.0:
+            assert grid.cell_of(float(lat), east) != cell
