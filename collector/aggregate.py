@@ -86,6 +86,15 @@ class Aggregator:
         matrix[self.slot_task, self.slot_prize] = values
         return matrix
 
+    def issued(self) -> tuple[IntArray, IntArray]:
+        """Return what has been issued so far per district and per prize type (every task, whatever its status)."""
+        issued = np.maximum(self.slot_quota - self.remaining, 0)
+        slot_district = self.district_of[self.slot_task]
+        known = slot_district >= 0
+        by_district = np.bincount(slot_district[known], weights=issued[known], minlength=len(self.districts))
+        by_prize = np.bincount(self.slot_prize, weights=issued, minlength=len(self.prize_types))
+        return by_district.astype(np.int64), by_prize.astype(np.int64)
+
     def district_totals(self, status: IntArray) -> list[dict[str, Any]]:
         """Return each district's remaining prizes and their quotas (over active and upcoming tasks) and its
         tasks by status."""

@@ -8,18 +8,23 @@ from contextlib import suppress
 
 from aiohttp import web
 
+from collector.dashboard import ROUTES as DASHBOARD_ROUTES
 from collector.feed import Feed
+from collector.files import SnapshotFiles
 from collector.handlers import ROUTES
 from collector.keys import (
     feed_key,
+    files_key,
     ledger_check_key,
     metrics_key,
     puller_key,
+    service_key,
     settings_key,
     shipper_key,
     ticker_key,
     views_key,
 )
+from collector.service import ServiceClient
 from collector.settings import CollectorSettings
 from collector.ticker import Ticker
 from collector.views import ViewHolder
@@ -64,6 +69,11 @@ async def ledger_ctx(app: web.Application) -> AsyncIterator[None]:
         await app[shipper_key].store.close()
 
 
+async def service_ctx(app: web.Application) -> AsyncIterator[None]:
+    yield
+    await app[service_key].close()
+
+
 async def close_streams(app: web.Application) -> None:
     app[feed_key].close()
 
@@ -90,7 +100,9 @@ def create_app(settings: CollectorSettings) -> web.Application:
     if settings.origin:
         app[puller_key] = Puller(open_origin(settings.origin, settings.origin_endpoint), settings.snapshots,
                                  settings.origin_poll_s)
-    app.cleanup_ctx.extend([ticker_ctx, ledger_ctx])
+    app[files_key] = SnapshotFiles(settings.snapshots)
+    app[service_key] = ServiceClient(settings.service)
+    app.cleanup_ctx.extend([ticker_ctx, ledger_ctx, service_ctx])
     app.on_shutdown.append(close_streams)
-    add_guarded_routes(app.router, ROUTES, Guard(metrics))
+    add_guarded_routes(app.router, ROUTES + DASHBOARD_ROUTES, Guard(metrics))
     return app

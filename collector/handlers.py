@@ -112,6 +112,8 @@ async def stream(request: web.Request) -> web.StreamResponse:
                 break
             if code is None or item["code"] == code:
                 await response.write(b"event: district\ndata: " + orjson.dumps(item) + b"\n\n")
+    except ConnectionResetError:
+        pass  # the subscriber went away (a closed tab): nothing to answer
     finally:
         feed.unsubscribe(queue)
     return response

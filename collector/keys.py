@@ -5,6 +5,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from collector.feed import Feed
+from collector.files import SnapshotFiles
+from collector.service import ServiceClient
 from collector.settings import CollectorSettings
 from collector.ticker import Ticker
 from collector.views import ViewHolder
@@ -21,3 +23,5 @@ metrics_key = web.AppKey("metrics_key", Metrics)
 ledger_check_key = web.AppKey("ledger_check_key", LedgerCheck)
 shipper_key = web.AppKey("shipper_key", Shipper)  # set only for a Redis ledger with a record_db
 puller_key = web.AppKey("puller_key", Puller)  # set only when the collector pulls from an origin
+files_key = web.AppKey("files_key", SnapshotFiles)
+service_key = web.AppKey("service_key", ServiceClient)

@@ -36,8 +36,10 @@ class CollectorSettings:
     ship_part: str = field(default="1/1", metadata=_help(
         "Which buckets of the flow log this collector ships, K/N: run N collectors with 1/N .. N/N to share the "
         "shipping (1/1: all of it)."))
-    admin_token: str = field(default="", repr=False,
-                             metadata=_help("Bearer token of the admin routes (live prize changes); empty disables them."))
+    admin_token: str = field(default="", repr=False, metadata=_help(
+        "Bearer token of the admin routes (live prize changes, the dashboard's kill switch); empty disables them."))
+    service: str = field(default="", metadata=_help(
+        "geo-service base URL the dashboard's probe and health strip ask, e.g. http://127.0.0.1:8080 (empty: none)."))
     source: str = field(default="", repr=False,
                         metadata=_help("MySQL source DSN whose tasks.enabled column also switches tasks off (optional)."))
     host: str = field(default="127.0.0.1", metadata=_help("Address to listen on."))

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from collector.aggregate import Aggregator, load_index
+from collector.history import History
 from collector.views import ChangeKey, View, ViewHolder, build_view
 from geo_service.ledger import Counters, Ledger, LedgerError, LedgerState, PrizeChange
 from geo_service.snapshot import SnapshotError, current_seq
@@ -92,6 +93,7 @@ class Ticker:
         self._builder: ProcessPoolExecutor | None = None
         self._read_at = 0.0  # wall time the last good read started
         self._changes: dict[ChangeKey, PrizeChange] = {}  # the latest live change of each prize
+        self.history = History()
 
     def _newest(self) -> Aggregator | None:
         return self._sweep.index if self._sweep is not None else self._live
@@ -177,7 +179,7 @@ class Ticker:
         self._read_at = read_at
         self._changes |= {(c.task_id, c.prize_type): c for c in reads.changes}
         sweep = self._sweep
-        view = await asyncio.to_thread(self._advance, self._live, sweep, reads, dict(self._changes))
+        view = await asyncio.to_thread(self._advance, self._live, sweep, reads, dict(self._changes), self.history)
         self._finish_sweep(reads)
         self.on_swap(self.holder.install(view))
         h.ticks += 1
@@ -204,7 +206,7 @@ class Ticker:
 
     @staticmethod
     def _advance(live: Aggregator | None, sweep: Sweep | None, reads: Reads,
-                 changes: dict[ChangeKey, PrizeChange]) -> View:
+                 changes: dict[ChangeKey, PrizeChange], history: History) -> View:
         """Apply the reads to the indexes they concern; return the view of the one that serves now."""
         if sweep is not None:
             for page in reads.pages:
@@ -215,7 +217,9 @@ class Ticker:
             live.apply(reads.state.counters)
         serving = sweep.index if sweep is not None and reads.done else live
         assert serving is not None, "with nothing live, a tick reads its sweep to the end"
-        return build_view(serving, int(time.time()), reads.state.disabled, changes)
+        now = time.time()
+        recent = history.record(serving.seq, now, *serving.issued())
+        return build_view(serving, int(now), reads.state.disabled, changes, recent)
 
     async def close(self) -> None:
         await self.ledger.close()

@@ -73,9 +73,10 @@ def _mine(index: Aggregator, changes: Mapping[ChangeKey, PrizeChange]) -> tuple[
 
 
 def build_view(index: Aggregator, now_s: int, disabled: frozenset[int],
-               changes: Mapping[ChangeKey, PrizeChange] | None = None) -> View:
+               changes: Mapping[ChangeKey, PrizeChange] | None = None, recent: IntArray | None = None) -> View:
     """Aggregate the index's current counts into a complete view; `changes` are the latest live change of
-    each prize (those of tasks outside the index are left out)."""
+    each prize (those of tasks outside the index are left out), `recent` each district's issues over the
+    last minute."""
     listed, district_at = _mine(index, changes or {})
     by_code: dict[int, list[dict[str, Any]]] = {}
     for change, d in zip(listed, district_at.tolist()):
@@ -84,7 +85,9 @@ def build_view(index: Aggregator, now_s: int, disabled: frozenset[int],
     status = index.statuses(now_s, disabled)
     remaining, quota, rate = index.matrix(index.remaining), index.matrix(index.slot_quota), index.matrix(index.slot_rate)
     enabled = (status != STATUSES.index("disabled")).tolist()
-    totals = [{**d, "changes": by_code.get(d["code"], [])} for d in index.district_totals(status)]
+    recent_l = recent.tolist() if recent is not None else [0] * len(index.districts)
+    totals = [{**d, "claims_last_minute": n, "changes": by_code.get(d["code"], [])}
+              for d, n in zip(index.district_totals(status), recent_l)]
     columns = {"task_id": index.task_ids, "enabled": enabled, "status": _STATUS_NAMES[status].tolist(),
                "remaining": remaining, "quota": quota,
                "rate_per_s": np.where(rate >= 0, rate / 1000, np.nan)}  # NaN (no limit, no prize) encodes as null

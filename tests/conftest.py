@@ -189,3 +189,26 @@ async def _close(client: TestClient[Any, Any]) -> None:
         for task in asyncio.all_tasks():
             task.print_stack()
         raise
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the browser tests last: pytest-playwright's session-wide sync API keeps an event loop running in
+    the main thread from its first test to the end, where no asyncio test could start its own."""
+    items.sort(key=lambda item: "page" in getattr(item, "fixturenames", ()))
+
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = Path(os.environ.get("GEODROP_ARTIFACTS", REPO / "test-artifacts"))
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args: dict[str, Any]) -> dict[str, Any]:
+    """pytest-playwright's browser is Debian's Chromium (no browser can be downloaded here)."""
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"Chromium is required under CI ({CHROMIUM} is missing)")
+        pytest.skip(f"{CHROMIUM} not found; install Debian's chromium to run the browser tests")
+    # Without the background-networking flags Chromium keeps dialling hosts this closed network refuses.
+    flags = ["--no-sandbox", "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--no-first-run", "--enable-unsafe-swiftshader"]
+    return {**browser_type_launch_args, "executable_path": CHROMIUM, "args": flags}

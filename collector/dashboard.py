@@ -1,0 +1,151 @@
+"""The operators' dashboard: the page and its static files, and the routes only it uses (district
+outlines, a task's POIs, the probe of what a phone would get, the issue-rate series, the health strip,
+the kill switch)."""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from aiohttp import web
+
+from collector.keys import files_key, service_key, settings_key, ticker_key, views_key
+from collector.service import ServiceUnavailable
+from collector.views import View
+from geo_service.errors import InvalidParam, LedgerUnavailable, NotFound, SnapshotUnavailable
+from geo_service.ledger import LedgerError
+from geo_service.params import coordinate, json_object, require_admin
+from geo_service.responses import etag_matches, json_response, not_modified
+from geo_service.routing import Route
+from geo_service.snapshot import SnapshotError
+
+log = logging.getLogger("geodrop.collector")
+STATIC = Path(str(resources.files("collector").joinpath("static")))
+MAX_POIS = 20_000
+
+
+def _view(request: web.Request) -> View:
+    view = request.app[views_key].current
+    if view is None:
+        raise SnapshotUnavailable("no view yet: the first tick has not completed")
+    return view
+
+
+async def index(request: web.Request) -> web.StreamResponse:
+    return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+async def static_file(request: web.Request) -> web.StreamResponse:
+    path = (STATIC / request.match_info["name"]).resolve()
+    if not path.is_relative_to(STATIC.resolve()) or not path.is_file():
+        raise NotFound(f"no file {request.match_info['name']!r}")
+    return web.FileResponse(path, headers={"Cache-Control": "max-age=3600"})
+
+
+async def outlines(request: web.Request) -> web.Response:
+    view = _view(request)
+    etag = f'"outlines-{view.seq}"'
+    if etag_matches(request, etag):
+        return not_modified(etag, {})
+    body = request.app[files_key].outline(view.seq)
+    headers = {"ETag": etag, "Content-Encoding": "gzip", "Cache-Control": "no-cache", "Vary": "Accept-Encoding"}
+    if "gzip" not in request.headers.get("Accept-Encoding", ""):
+        return web.Response(body=gzip.decompress(body), content_type="application/geo+json", headers={"ETag": etag})
+    return web.Response(body=body, content_type="application/geo+json", headers=headers)
+
+
+def _task_id(request: web.Request) -> int:
+    text = request.match_info["task_id"]
+    if not text.isdigit() or len(text) > 18:
+        raise InvalidParam(f"task_id must be a whole number; got {text[:20]!r}", field="task_id")
+    return int(text)
+
+
+async def task_pois(request: web.Request) -> web.Response:
+    view, task_id = _view(request), _task_id(request)
+    limit_text = request.query.get("limit", "2000")
+    if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_POIS:
+        raise InvalidParam(f"limit must be a whole number in [1, {MAX_POIS}]; got {limit_text[:20]!r}", field="limit")
+    position = view.index.positions(np.array([task_id], dtype=np.int64))[0]
+    if position < 0:
+        raise NotFound(f"no task {task_id} in snapshot {view.seq}", field="task_id")
+    snap = request.app[files_key].snapshot(view.seq)
+    rows = np.flatnonzero(snap.task_index == position)
+    shown = rows[: int(limit_text)]
+    pois = np.column_stack([snap.lngs[shown], snap.lats[shown], snap.poi_ids[shown]]).tolist()
+    return json_response({"task_id": task_id, "seq": view.seq, "total": int(len(rows)), "pois": pois})
+
+
+async def probe(request: web.Request) -> web.Response:
+    """What a phone at (lat, lng) gets from the service, and its window's cells as polygons."""
+    lat, lng = coordinate(request.query, "lat", -90.0, 90.0), coordinate(request.query, "lng", -180.0, 180.0)
+    answer = await request.app[service_key].get(f"/v1/nearby?lat={lat}&lng={lng}")
+    if "cells" not in answer:
+        return json_response({"nearby": answer, "cells": None}, status=int(answer.get("error", {}).get("status", 502)))
+    try:
+        grid = request.app[files_key].snapshot(int(answer["seq"])).grid
+    except (SnapshotError, OSError):
+        raise SnapshotUnavailable(f"the service answered from snapshot {answer['seq']}, which the collector lacks") from None
+    cells = [{"type": "Feature", "properties": {"cell": c, "center": c == answer["center_cell"]},
+              "geometry": {"type": "Polygon", "coordinates": [grid.cell_outline(c)]}} for c in answer["cells"]]
+    return json_response({"nearby": answer, "cells": {"type": "FeatureCollection", "features": cells}})
+
+
+async def series(request: web.Request) -> web.Response:
+    view = _view(request)
+    return json_response(request.app[ticker_key].history.series(view.index.prize_types))
+
+
+async def overview(request: web.Request) -> web.Response:
+    """The health strip and what the page may offer: admin actions, the probe."""
+    app = request.app
+    view, settings, h = _view(request), app[settings_key], app[ticker_key].health
+    built_at = app[files_key].snapshot(view.seq).manifest.get("built_at", 0)
+    try:
+        service: Any = await app[service_key].get("/healthz") if settings.service else None
+    except ServiceUnavailable as exc:
+        service = {"error": exc.message}
+    return json_response({
+        "admin": bool(settings.admin_token), "probe": bool(settings.service),
+        "snapshot": {"seq": view.seq, "age_s": round(time.time() - built_at, 1)},
+        "tick": {"last_tick_s": round(h.last_tick_s, 4), "interval_s": h.interval_s, "last_read_s": round(h.last_read_s, 4),
+                 "view_age_s": round(time.time() - view.built_at, 2), "failures": h.failures, "last_error": h.last_error},
+        "service": service,
+    })
+
+
+async def set_task(request: web.Request) -> web.Response:
+    """The kill switch: POST {"enabled": false} (or true) with the admin bearer token."""
+    app = request.app
+    require_admin(request.headers.get("Authorization", ""), app[settings_key].admin_token, "the kill switch")
+    task_id = _task_id(request)
+    body = json_object(await request.read())
+    enabled = body.get("enabled")
+    if not isinstance(enabled, bool):
+        raise InvalidParam("enabled must be true or false", field="enabled")
+    if _view(request).index.positions(np.array([task_id], dtype=np.int64))[0] < 0:
+        raise NotFound(f"no task {task_id} in the live snapshot", field="task_id")
+    try:
+        await app[ticker_key].ledger.set_enabled(task_id, enabled)
+    except LedgerError as exc:
+        raise LedgerUnavailable(f"the ledger is unreachable; nothing changed: {exc}") from exc
+    log.info("kill switch", extra={"audit": "task_enabled", "task_id": task_id, "enabled": enabled, "at": time.time(),
+                                   "client": request.remote})
+    return json_response({"task_id": task_id, "enabled": enabled})
+
+
+ROUTES: list[Route] = [
+    ("GET", "/", index),
+    ("GET", "/static/{name:.+}", static_file),
+    ("GET", "/v1/districts.geojson", outlines),
+    ("GET", "/v1/tasks/{task_id}/pois", task_pois),
+    ("GET", "/v1/probe", probe),
+    ("GET", "/v1/series", series),
+    ("GET", "/v1/dashboard", overview),
+    ("POST", "/v1/admin/tasks/{task_id}", set_task),
+]

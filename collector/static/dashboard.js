@@ -1,0 +1,243 @@
+// The operators' dashboard: the districts are the map, coloured by a measure; the stream moves the
+// figures live; a click opens a district's tasks (with the kill switch) or probes what a phone gets.
+"use strict";
+
+const PALETTE = ["#b71c1c", "#e65100", "#f9a825", "#c0ca33", "#7cb342", "#2e7d32", "#1b5e20"];
+const MEASURES = {
+  remaining: { label: "remaining / quota", value: (d) => ratio(d), classes: [0, 0.05, 0.2, 0.4, 0.6, 0.8, 0.95], format: pct },
+  active: { label: "active tasks", value: (d) => d.tasks.active, classes: [0, 1, 2, 4, 6, 8, 10], format: String },
+  claims: { label: "claims, last minute", value: (d) => d.claims_last_minute, classes: [0, 1, 10, 50, 200, 1000, 5000], format: String },
+};
+const state = { districts: new Map(), features: new Map(), measure: "remaining", selected: null, probe: false,
+  admin: false, pois: null, probeLayer: null };
+
+function ratio(d) {
+  const left = Object.values(d.remaining).reduce((a, b) => a + b, 0);
+  const quota = Object.values(d.quota).reduce((a, b) => a + b, 0);
+  return quota ? left / quota : 0;
+}
+function pct(x) { return `${Math.round(x * 100)}%`; }
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) { if (k === "class") node.className = v; else node.setAttribute(k, v); }
+  for (const c of children) node.append(c);
+  return node;
+}
+async function getJSON(url, options) {
+  const resp = await fetch(url, options);
+  const body = await resp.json();
+  if (!resp.ok) throw Object.assign(new Error(body.error ? body.error.message : resp.statusText), { status: resp.status });
+  return body;
+}
+
+function colour(d) {
+  if (!d) return "#cfd8dc";
+  const m = MEASURES[state.measure];
+  const v = m.value(d);
+  let k = 0;
+  m.classes.forEach((c, i) => { if (v >= c) k = i; });
+  // Fewer envelopes left is worse (red); for the other measures more activity is greener.
+  return PALETTE[k];
+}
+function restyle(code) {
+  const layer = state.features.get(code);
+  if (layer) layer.setStyle({ fillColor: colour(state.districts.get(code)) });
+}
+function tooltip(code) {
+  const d = state.districts.get(code);
+  if (!d) return String(code);
+  const left = Object.entries(d.remaining).map(([p, n]) => `${p} ${n.toLocaleString()}`).join(", ") || "nothing";
+  return `<b>${d.name}</b> (${code})<br>left: ${left}<br>${pct(ratio(d))} of quota · ${d.tasks.active} active tasks` +
+    `<br>${d.claims_last_minute} claims in the last minute`;
+}
+
+let legend;
+function drawLegend(map) {
+  if (legend) legend.remove();
+  legend = L.control({ position: "bottomleft" });
+  legend.onAdd = () => {
+    const m = MEASURES[state.measure];
+    const box = el("div", { class: "legend" }, el("b", {}, m.label));
+    m.classes.forEach((c, i) => box.append(el("br"), el("i", { style: `background:${PALETTE[i]}` }), `≥ ${m.format(c)}`));
+    return box;
+  };
+  legend.addTo(map);
+}
+
+async function showDistrict(code) {
+  state.selected = code;
+  const panel = document.getElementById("panel");
+  let detail;
+  try { detail = await getJSON(`/v1/districts/${code}`); } catch (e) { panel.replaceChildren(el("p", { class: "error" }, e.message)); return; }
+  const totals = el("div", { class: "totals", id: "district-totals" });
+  for (const [p, n] of Object.entries(detail.remaining)) {
+    totals.append(el("span", { class: "remaining", "data-prize": p }, `${p}: ${n.toLocaleString()} / ${(detail.quota[p] || 0).toLocaleString()}`));
+  }
+  const list = el("div", { id: "tasks" });
+  for (const t of detail.task_list) list.append(taskRow(t));
+  panel.replaceChildren(el("h2", {}, `${detail.name} · ${code}`), totals, el("div", {}, `${detail.claims_last_minute} claims in the last minute`), list);
+}
+
+function taskRow(t) {
+  const prizes = t.prizes.map((p) => `${p.prize_type} ${p.remaining}/${p.quota}` +
+    (p.rate_per_s === null ? "" : ` at ${p.rate_per_s}/s`) + (p.change ? ` (live change #${p.change.seq})` : "")).join(" · ");
+  const row = el("div", { class: "task", "data-task-id": t.task_id, "data-status": t.status },
+    el("div", { class: "name" }, `${t.name} `, el("span", { class: `badge ${t.status}` }, t.status)),
+    el("div", {}, `#${t.task_id} · ${t.starts_at.slice(0, 16).replace("T", " ")} → ${t.ends_at.slice(0, 16).replace("T", " ")}`),
+    el("div", { class: "prizes" }, prizes));
+  const pois = el("button", { type: "button", class: "pois" }, "show POIs");
+  pois.onclick = () => showPois(t.task_id);
+  row.append(pois);
+  if (state.admin) {
+    const off = t.status === "disabled";
+    const kill = el("button", { type: "button", class: "kill", "data-task-id": t.task_id }, off ? "enable" : "disable");
+    kill.onclick = () => switchTask(t.task_id, off);
+    row.append(kill);
+  }
+  return row;
+}
+
+async function showPois(taskId) {
+  const body = await getJSON(`/v1/tasks/${taskId}/pois?limit=2000`);
+  if (state.pois) state.pois.remove();
+  state.pois = L.layerGroup(body.pois.map(([lng, lat, id]) =>
+    L.circleMarker([lat, lng], { radius: 3, color: "#0d47a1", weight: 1, fillOpacity: 0.8, className: "poi" }).bindTooltip(`POI ${id}`)));
+  state.pois.addTo(window.dashboardMap);
+  const note = document.getElementById("pois-note") || el("p", { id: "pois-note" });
+  note.textContent = `task ${taskId}: showing ${body.pois.length.toLocaleString()} of ${body.total.toLocaleString()} POIs`;
+  document.getElementById("panel").append(note);
+}
+
+function adminToken() {
+  let token = sessionStorage.getItem("geodrop-admin-token");
+  if (!token) {
+    token = window.prompt("Admin token (kept in this tab only)") || "";
+    if (token) sessionStorage.setItem("geodrop-admin-token", token);
+  }
+  return token;
+}
+
+async function switchTask(taskId, enabled) {
+  const token = adminToken();
+  if (!token) return;
+  try {
+    await getJSON(`/v1/admin/tasks/${taskId}`, { method: "POST", headers: { Authorization: `Bearer ${token}`,
+      "Content-Type": "application/json" }, body: JSON.stringify({ enabled }) });
+  } catch (e) {
+    if (e.status === 401) sessionStorage.removeItem("geodrop-admin-token");
+    document.getElementById("panel").append(el("p", { class: "error" }, `kill switch: ${e.message}`));
+    return;
+  }
+  // The task changes status within a tick: look again until it has.
+  for (let i = 0; i < 40; i++) {
+    await new Promise((r) => setTimeout(r, 500));
+    if (state.selected !== null) await showDistrict(state.selected);
+    const row = document.querySelector(`.task[data-task-id="${taskId}"]`);
+    if (row && (row.dataset.status === "disabled") === !enabled) break;
+  }
+}
+
+async function probe(latlng) {
+  const map = window.dashboardMap;
+  let body;
+  try { body = await getJSON(`/v1/probe?lat=${latlng.lat.toFixed(6)}&lng=${latlng.lng.toFixed(6)}`); } catch (e) {
+    document.getElementById("panel").replaceChildren(el("p", { class: "error" }, `probe: ${e.message}`)); return;
+  }
+  if (state.probeLayer) state.probeLayer.remove();
+  const cells = L.geoJSON(body.cells, { style: (f) => ({ className: "probe-cell", color: f.properties.center ? "#d50000" : "#263238",
+    weight: f.properties.center ? 2 : 1, fillOpacity: 0.05 }) });
+  const pois = body.nearby.pois.map((p) => L.circleMarker([p.lat, p.lng], { radius: 4, color: "#6a1b9a", className: "probe-poi" })
+    .bindTooltip(`POI ${p.poi_id} · task ${p.task_id}`));
+  state.probeLayer = L.layerGroup([cells, ...pois]).addTo(map);
+  const tasks = body.nearby.tasks.map((t) => el("li", {}, `${t.name} (#${t.task_id})`));
+  document.getElementById("panel").replaceChildren(el("h2", {}, "A phone here gets"),
+    el("p", { id: "probe-summary" }, `${body.cells.features.length} cells, ${body.nearby.pois.length} POIs, ` +
+      `${body.nearby.tasks.length} tasks from snapshot ${body.nearby.seq}; next poll in ${body.nearby.next_poll_ms} ms`),
+    el("ul", {}, ...tasks));
+}
+
+function follow() {
+  const stream = new EventSource("/v1/stream");
+  const flag = document.getElementById("h-stream");
+  stream.onopen = () => { flag.textContent = "stream on"; flag.className = ""; };
+  stream.onerror = () => { flag.textContent = "stream reconnecting"; flag.className = "bad"; };
+  stream.addEventListener("district", (event) => {
+    const d = JSON.parse(event.data);
+    state.districts.set(d.code, d);
+    restyle(d.code);
+    const layer = state.features.get(d.code);
+    if (layer) layer.setTooltipContent(tooltip(d.code));
+    if (state.selected === d.code) showDistrict(d.code);
+  });
+}
+
+async function refreshHealth() {
+  try {
+    const o = await getJSON("/v1/dashboard");
+    document.getElementById("h-seq").textContent = o.snapshot.seq;
+    document.getElementById("h-age").textContent = `(${Math.round(o.snapshot.age_s / 60)} min old)`;
+    document.getElementById("h-tick").textContent = `${Math.round(o.tick.last_tick_s * 1000)} ms`;
+    document.getElementById("h-interval").textContent = `${o.tick.interval_s} s`;
+    document.getElementById("h-read").textContent = `${Math.round(o.tick.last_read_s * 1000)} ms`;
+    const status = document.getElementById("h-status");
+    const age = o.service && o.service.status ? o.service.status.age_s : null;
+    status.textContent = o.service === null ? "n/a" : o.service.error ? "unreachable" : age === null ? "none yet" : `${age} s old`;
+    status.className = o.service && (o.service.error || age > 10) ? "bad" : "";
+    return o;
+  } catch (e) { document.getElementById("h-seq").textContent = "collector unreachable"; return null; }
+}
+
+let chart;
+async function refreshChart() {
+  let s;
+  try { s = await getJSON("/v1/series"); } catch (e) { return; }
+  const prizes = Object.keys(s).filter((k) => k !== "t");
+  const data = [s.t, ...prizes.map((p) => s[p])];
+  const box = document.getElementById("chart");
+  if (!chart || chart.series.length !== prizes.length + 1) {
+    if (chart) chart.destroy();
+    const colours = ["#1565c0", "#2e7d32", "#ef6c00", "#6a1b9a", "#c62828"];
+    chart = new uPlot({ width: box.clientWidth - 10, height: 170, title: "issues per second by prize type (15 min)",
+      series: [{}, ...prizes.map((p, i) => ({ label: p, stroke: colours[i % colours.length], width: 1.5 }))],
+      axes: [{}, { label: "/s" }] }, data, box);
+  } else {
+    chart.setData(data);
+  }
+}
+
+async function boot() {
+  const overview = await refreshHealth();
+  state.admin = Boolean(overview && overview.admin);
+  const probeButton = document.getElementById("probe-toggle");
+  probeButton.hidden = !(overview && overview.probe);
+  probeButton.onclick = () => { state.probe = !state.probe; probeButton.classList.toggle("on", state.probe); };
+  const [outlines, list] = await Promise.all([getJSON("/v1/districts.geojson"), getJSON("/v1/districts")]);
+  for (const d of list.districts) state.districts.set(d.code, d);
+  const map = L.map("map", { zoomSnap: 0.25, attributionControl: false });
+  window.dashboardMap = map;
+  const layer = L.geoJSON(outlines, {
+    style: (f) => ({ className: "district", color: "#37474f", weight: 1, fillOpacity: 0.75,
+      fillColor: colour(state.districts.get(f.properties.code)) }),
+    onEachFeature: (f, l) => {
+      state.features.set(f.properties.code, l);
+      l.bindTooltip(tooltip(f.properties.code), { sticky: true });
+      l.on("click", (e) => (state.probe ? probe(e.latlng) : showDistrict(f.properties.code)));
+    },
+  }).addTo(map);
+  map.fitBounds(layer.getBounds());
+  for (const [code, l] of state.features) l.getElement().dataset.code = code;
+  map.on("click", (e) => { if (state.probe) probe(e.latlng); });
+  drawLegend(map);
+  document.getElementById("measure").onchange = (e) => {
+    state.measure = e.target.value;
+    for (const code of state.features.keys()) restyle(code);
+    drawLegend(map);
+  };
+  follow();
+  refreshChart();
+  setInterval(refreshHealth, 5000);
+  setInterval(refreshChart, 5000);
+  document.body.dataset.ready = "true";
+}
+
+boot();

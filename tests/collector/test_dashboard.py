@@ -1,0 +1,144 @@
+"""The dashboard in a real browser (Debian's Chromium driven by Playwright) against a real collector and
+service on the sample: districts drawn, figures moving live, the kill switch, the probe."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from playwright.sync_api import ConsoleMessage, Page
+
+from geo_service.snapshot import Snapshot, open_current
+from geo_service.tokens import mint
+from tests.conftest import ARTIFACTS, SAMPLE
+from tests.support.processes import Process, collector, get_json, service
+
+SECRET, ADMIN = "dash-secret", "dash-admin"
+DISTRICT = 440305
+
+
+@dataclass
+class Site:
+    service: Process
+    collector: Process
+    snapshot: Snapshot
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Iterator[Site]:
+    snaps, ledger = tmp_path / "snaps", f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+    # A process of its own: Playwright's sync API runs an event loop in this thread, which asyncio.run refuses.
+    subprocess.run([sys.executable, "-m", "loaders", "build", "--source", str(SAMPLE), "--out", str(snaps), "--quiet"],
+                   check=True, timeout=120)
+    svc = service(snaps, tmp_path / "var", "--ledger", ledger, "--token-secret", SECRET, "--status-poll-s", "0.2",
+                  "--max-speed-mps", "1000000000", workers=1)
+    col = collector(snaps, ledger, "--admin-token", ADMIN, "--service", svc.url, "--tick-floor-s", "0.3")
+    svc.args += ["--collector", col.url]
+    try:
+        col.start()
+        svc.start()
+        col.wait_ready()
+        svc.wait_ready()
+        yield Site(svc, col, open_current(snaps))
+    finally:
+        svc.stop()
+        col.stop()
+
+
+def open_page(page: Page, site: Site, errors: list[str]) -> None:
+    page.on("console", lambda m: _console(m, errors))
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.set_viewport_size({"width": 1400, "height": 900})
+    page.goto(site.collector.url + "/")
+    page.wait_for_selector("body[data-ready=true]", timeout=20_000)
+
+
+def _console(message: ConsoleMessage, errors: list[str]) -> None:
+    if message.type == "error":
+        errors.append(message.text)
+
+
+def task_poi(snapshot: Snapshot, district: int) -> tuple[int, int, float, float]:
+    """Return (task_id, poi_id, lat, lng) of a POI of an active task of the district."""
+    now = time.time()
+    for i, t in enumerate(snapshot.tasks):
+        if t["district_code"] == district and t["enabled"] and t["starts_at"] <= now < t["ends_at"]:
+            row = int((snapshot.task_index == i).nonzero()[0][0])
+            return t["task_id"], int(snapshot.poi_ids[row]), float(snapshot.lats[row]), float(snapshot.lngs[row])
+    raise LookupError(f"no active task in {district}")
+
+
+def claim(site: Site, n: int, task_id: int, poi_id: int, lat: float, lng: float) -> dict[str, Any]:
+    body = orjson.dumps({"claim_id": f"dash-{n}", "task_id": task_id, "poi_id": poi_id, "lat": lat, "lng": lng})
+    request = urllib.request.Request(f"{site.service.url}/v1/claims", data=body, method="POST", headers={
+        "Authorization": f"Bearer {mint(f'dash{n}', SECRET, int(time.time()) + 600)}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        return dict(orjson.loads(resp.read()))
+
+
+def left(page: Page) -> int:
+    """Return what the panel says the district has left, over its prize types ("cash: 2,250 / 2,250" ...)."""
+    texts = page.locator("#district-totals .remaining").all_inner_texts()
+    assert texts
+    return sum(int(t.split(":")[1].split("/")[0].replace(",", "")) for t in texts)
+
+
+def test_the_page_loads_clean_shows_every_district_and_moves_live_with_claims(page: Page, site: Site) -> None:
+    errors: list[str] = []
+    open_page(page, site, errors)
+    assert page.locator("path.district").count() == len(site.snapshot.districts) == 9
+    assert page.inner_text("#h-seq") == "1" and page.inner_text("#h-stream") == "stream on"
+    page.locator(f"path.district[data-code='{DISTRICT}']").dispatch_event("click")
+    page.wait_for_selector("#district-totals")
+    before = left(page)
+    task_id, poi_id, lat, lng = task_poi(site.snapshot, DISTRICT)
+    won = sum(claim(site, n, task_id, poi_id, lat, lng)["outcome"] == "won" for n in range(6))
+    assert won >= 1
+    deadline = time.monotonic() + 2 * 0.3 + 2.0  # two ticks of the collector, and the stream's way to the page
+    while left(page) == before and time.monotonic() < deadline:  # bounded by the deadline
+        page.wait_for_timeout(50)
+    assert left(page) == before - won  # no reload: the stream moved it
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "dashboard.png"))
+    assert errors == []
+
+
+def test_the_kill_switch_on_the_page_takes_the_task_out_of_nearby(page: Page, site: Site) -> None:
+    errors: list[str] = []
+    page.on("dialog", lambda dialog: dialog.accept(ADMIN))  # the page asks for the admin token once
+    open_page(page, site, errors)
+    task_id, _, lat, lng = task_poi(site.snapshot, DISTRICT)
+    nearby = f"{site.service.url}/v1/nearby?lat={lat}&lng={lng}"
+    assert task_id in {t["task_id"] for t in get_json(nearby)["tasks"]}
+    page.locator(f"path.district[data-code='{DISTRICT}']").dispatch_event("click")
+    page.click(f"button.kill[data-task-id='{task_id}']")
+    page.wait_for_selector(f".task[data-task-id='{task_id}'][data-status='disabled']", timeout=10_000)
+    deadline = time.monotonic() + 5.0
+    while task_id in {t["task_id"] for t in get_json(nearby)["tasks"]}:  # bounded by the deadline
+        assert time.monotonic() < deadline, "the task is still in /v1/nearby"
+        time.sleep(0.1)
+    assert page.evaluate("sessionStorage.getItem('geodrop-admin-token')") == ADMIN
+    assert errors == []
+
+
+def test_a_probe_click_draws_the_windows_25_cells_and_the_answers_pois(page: Page, site: Site) -> None:
+    errors: list[str] = []
+    open_page(page, site, errors)
+    _, _, lat, lng = task_poi(site.snapshot, DISTRICT)
+    page.click("#probe-toggle")
+    point = page.evaluate(f"window.dashboardMap.latLngToContainerPoint([{lat}, {lng}])")
+    box = page.locator("#map").bounding_box()
+    assert box is not None
+    page.mouse.click(box["x"] + point["x"], box["y"] + point["y"])
+    page.wait_for_selector("#probe-summary")
+    assert page.locator("path.probe-cell").count() == 25
+    assert page.locator("path.probe-poi").count() >= 1  # the POI the click was on
+    assert errors == []
