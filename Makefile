@@ -3,8 +3,9 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 SNAPSHOTS ?= snapshots
-# The embedded default's token secret: for a laptop demo only; production sets its own.
+# The embedded default's token secret and admin token: for a laptop demo only; production sets its own.
 DEMO_SECRET ?= geodrop-demo-only
+DEMO_ADMIN ?= geodrop-demo-admin
 LEDGER ?= var/ledger.sqlite3
 
 .PHONY: run test bench capacity lint clean
@@ -20,8 +21,9 @@ run: $(BIN)/geo-snapshot
 	$(BIN)/geo-snapshot build --source data/sample --out $(SNAPSHOTS)
 	@echo "nearby:    curl 'http://127.0.0.1:8080/v1/nearby?lat=22.5329&lng=113.9305'"
 	@echo "claims:    TOKEN=\$$($(BIN)/geo-service token --user demo --token-secret $(DEMO_SECRET))"
-	@echo "dashboard: curl http://127.0.0.1:8081/v1/districts   (Ctrl-C stops)"
-	@$(BIN)/geo-collector run --snapshots $(SNAPSHOTS) --ledger sqlite:///$(LEDGER) & collector=$$!; \
+	@echo "dashboard: http://127.0.0.1:8081/   (admin token for its kill switch: $(DEMO_ADMIN); Ctrl-C stops)"
+	@$(BIN)/geo-collector run --snapshots $(SNAPSHOTS) --ledger sqlite:///$(LEDGER) \
+	  --service http://127.0.0.1:8080 --admin-token $(DEMO_ADMIN) & collector=$$!; \
 	trap 'kill $$collector 2>/dev/null' EXIT INT TERM; \
 	$(BIN)/geo-service serve --snapshots $(SNAPSHOTS) --workers 2 --token-secret $(DEMO_SECRET) \
 	  --ledger sqlite:///$(LEDGER) --collector http://127.0.0.1:8081
