@@ -13,13 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import aiomysql
-import orjson
 import pymysql
+import shapely
 
 from geo_service.settings import MySQLSettings
 from loaders.build import read_tables
-from loaders.errors import ErrorLog, SourceError
+from loaders.errors import ErrorLog, RowError, SourceError
 from loaders.pois import parse_poi_chunk
+from loaders.sources import Kind
 from loaders.sources.files import FolderSource
 from loaders.sources.mysql import connect
 
@@ -45,22 +46,35 @@ async def _insert(cur: aiomysql.Cursor, table: str, rows: Sequence[Sequence[Any]
         await cur.executemany(INSERTS[table], rows[start : start + batch])
 
 
+# Text fields and the widths of their columns in loaders/schema.sql: a longer value would not survive the
+# import whole, so it is refused with its file, row and field rather than cut or failed mid-transaction.
+WIDTHS: dict[Kind, dict[str, int]] = {"districts": {"name": 100}, "zones": {"id": 64, "reason": 200},
+                                      "tasks": {"name": 200}, "prizes": {"prize_type": 40}}
+
+
+async def _check_widths(source: FolderSource, errors: ErrorLog) -> None:
+    for kind, widths in WIDTHS.items():
+        for row in await source.rows(kind):
+            for field, width in widths.items():
+                text = str(row.fields.get(field) or "").strip()
+                if len(text) > width:
+                    errors.add(RowError(row.source, row.row, field, f"{len(text)} characters; the MySQL column holds {width}"))
+
+
 async def _small_tables(source: FolderSource, errors: ErrorLog) -> dict[str, list[list[Any]]]:
     tables = await read_tables(source, errors)
-    geometry = {("districts", r.fields.get("code")): r.geometry for r in await source.rows("districts")}
-    geometry |= {("zones", r.fields.get("id")): r.geometry for r in await source.rows("zones")}
-
-    def geojson(kind: str, key: Any) -> str:
-        return orjson.dumps(geometry.get((kind, key)) or geometry.get((kind, str(key)))).decode()
-
-    return {
-        "districts": [[d.code, d.name, d.parent_code, geojson("districts", d.code)] for d in tables.districts.values()],
-        "exclusion_zones": [[z.zone_id, z.reason, geojson("zones", z.zone_id)] for z in tables.zones],
+    # Each geometry goes from its parsed record (the shape the build uses), never looked up again by a raw id:
+    # a numeric zone id looked up as text once found nothing and stored null.
+    small = {
+        "districts": [[d.code, d.name, d.parent_code, shapely.to_geojson(d.geometry)] for d in tables.districts.values()],
+        "exclusion_zones": [[z.zone_id, z.reason, shapely.to_geojson(z.geometry)] for z in tables.zones],
         "tasks": [[t.task_id, t.name, t.district_code, t.poi_set_id, t.starts_at, t.ends_at, int(t.enabled)]
                   for _, t in tables.tasks],
         "task_prizes": [[p.task_id, p.prize_type, p.quota, p.weight, p.rate_per_s]
                         for prizes in tables.prizes.values() for p in prizes],
     }
+    await _check_widths(source, errors)
+    return small
 
 
 async def import_folder(folder: Path, dsn: str, batch: int, progress: Callable[[str, int], None]) -> dict[str, int]:
