@@ -8,7 +8,7 @@ DEMO_SECRET ?= geodrop-demo-only
 DEMO_ADMIN ?= geodrop-demo-admin
 LEDGER ?= var/ledger.sqlite3
 
-.PHONY: run test bench capacity lint clean
+.PHONY: run test slow bench capacity lint clean
 
 $(BIN)/geo-snapshot: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -30,6 +30,10 @@ run: $(BIN)/geo-snapshot
 
 test: $(BIN)/geo-snapshot
 	$(BIN)/python -m pytest -q
+
+# The large-scale runs `make test` skips (marked slow).
+slow: $(BIN)/geo-snapshot
+	$(BIN)/python -m pytest -q -m slow
 
 bench: $(BIN)/geo-snapshot
 	$(BIN)/python bench/build_bench.py

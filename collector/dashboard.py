@@ -85,8 +85,8 @@ async def probe(request: web.Request) -> web.Response:
     """What a phone at (lat, lng) gets from the service, and its window's cells as polygons."""
     lat, lng = coordinate(request.query, "lat", -90.0, 90.0), coordinate(request.query, "lng", -180.0, 180.0)
     answer = await request.app[service_key].get(f"/v1/nearby?lat={lat}&lng={lng}")
-    if "cells" not in answer:
-        return json_response({"nearby": answer, "cells": None}, status=int(answer.get("error", {}).get("status", 502)))
+    if "cells" not in answer:  # the service's own error answer, in the one error shape: passed on as it is
+        return json_response(answer, status=int(answer.get("error", {}).get("status", 502)))
     try:
         grid = request.app[files_key].snapshot(int(answer["seq"])).grid
     except (SnapshotError, OSError):

@@ -32,7 +32,7 @@ from geo_service.errors import (
 )
 from geo_service.ledger import LedgerError, PrizeChangeRefused
 from geo_service.ledger.rates import UNLIMITED, rate_milli
-from geo_service.params import field_of, json_object, one_value, require_admin
+from geo_service.params import field_of, integer_of, json_object, one_value, require_admin
 from geo_service.pull import pull_metrics
 from geo_service.responses import etag_matches, json_response, not_modified
 from geo_service.routing import Route
@@ -92,7 +92,7 @@ async def previews(request: web.Request) -> web.Response:
 async def stream(request: web.Request) -> web.StreamResponse:
     """Server-sent events: every district (or one, with ?district=) now, then each change."""
     view = _view(request)
-    code = _district_code(request.query["district"]) if "district" in request.query else None
+    code = _district_code(one_value(request.query, "district")) if "district" in request.query else None
     feed = request.app[feed_key]
     queue = feed.subscribe()
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
@@ -101,10 +101,11 @@ async def stream(request: web.Request) -> web.StreamResponse:
         for d in view.districts:
             if code is None or d["code"] == code:
                 await response.write(b"event: district\ndata: " + orjson.dumps(d) + b"\n\n")
-        heartbeat = request.app[settings_key].stream_heartbeat_s
-        while True:
+        settings = request.app[settings_key]
+        ends = time.monotonic() + settings.stream_max_s
+        while (left := ends - time.monotonic()) > 0:  # bounded by stream_max_s
             try:
-                item = await asyncio.wait_for(queue.get(), timeout=heartbeat)
+                item = await asyncio.wait_for(queue.get(), timeout=min(settings.stream_heartbeat_s, left))
             except TimeoutError:
                 await response.write(b": keep-alive\n\n")
                 continue
@@ -187,7 +188,7 @@ def prize_change(raw: bytes) -> tuple[int | None, int | None]:
     unknown = set(body) - {"quota", "rate_per_s"}
     if unknown or not body:
         raise InvalidParam("give quota and/or rate_per_s, nothing else", field=sorted(unknown)[0] if unknown else "quota")
-    quota = field_of(body, "quota", (int,), "an integer") if "quota" in body else None
+    quota = integer_of(body, "quota") if "quota" in body else None
     if quota is not None and quota < 0:
         raise InvalidParam("quota must be 0 or more", field="quota")
     if "rate_per_s" not in body:

@@ -53,15 +53,18 @@ class CollectorSettings:
         "How often the sweep re-reads every counter of the live snapshot (heals what a delta could miss)."))
     preview_horizon_s: int = field(default=86400, metadata=_help("How far ahead /v1/previews looks for tasks starting."))
     stream_heartbeat_s: float = field(default=15.0, metadata=_help("Idle time after which the stream sends a comment."))
+    stream_max_s: float = field(default=600.0, metadata=_help(
+        "Longest a stream stays open; then it ends and the client reconnects (EventSource does so by itself), "
+        "so no connection outlives a deploy or a balancer's limits by long."))
 
     def __post_init__(self) -> None:
         problems = []
         if not 0 < self.tick_floor_s <= self.tick_ceiling_s:
             problems.append("tick_floor_s: must be positive and at most tick_ceiling_s")
         if min(self.slow_read_s, self.origin_poll_s, self.sweep_page_rows, self.sweep_every_s, self.preview_horizon_s,
-               self.stream_heartbeat_s) <= 0:
-            problems.append("slow_read_s, origin_poll_s, sweep_page_rows, sweep_every_s, preview_horizon_s and "
-                            "stream_heartbeat_s: must be positive")
+               self.stream_heartbeat_s, self.stream_max_s) <= 0:
+            problems.append("slow_read_s, origin_poll_s, sweep_page_rows, sweep_every_s, preview_horizon_s, "
+                            "stream_heartbeat_s and stream_max_s: must be positive")
         if self.source and not self.source.startswith("mysql://"):
             problems.append("source: must be mysql://user:pass@host:port/db (or empty)")
         problems += ledger_problems(self.ledger, self.record_db)

@@ -54,7 +54,7 @@ class InvalidJson(ApiError):
 
 
 class PoiNotInTask(ApiError):
-    status, code = 422, "poi_not_in_task"
+    status, code = 404, "poi_not_in_task"  # the task has no such POI: a not-found, as the contract's clients expect
 
 
 class QuotaBelowIssued(ApiError):

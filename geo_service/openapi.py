@@ -1,10 +1,12 @@
-"""The OpenAPI 3.1 description of every route, parameter, response and error."""
+"""The OpenAPI 3.1 description of every route, parameter, response, header and error: the contract a
+client (and Schemathesis, in tests/test_fuzz.py) holds the service to. Examples come from data/sample."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from geo_service import __version__
+from geo_service.grid import MAX_ABS_LAT
 
 ERROR = {
     "type": "object",
@@ -14,25 +16,51 @@ ERROR = {
         "required": ["status", "code", "message"],
         "properties": {
             "status": {"type": "integer", "description": "Equals the HTTP status."},
-            "code": {"type": "string", "description": "Stable snake_case code, e.g. invalid_param."},
+            "code": {"type": "string", "pattern": "^[a-z_]+$", "description": "Stable snake_case code, e.g. invalid_param."},
             "message": {"type": "string", "description": "Human-readable, safe to show."},
             "field": {"type": "string", "description": "The input at fault, when there is one."},
             "details": {"description": "More context, for some codes."},
         },
     }},
 }
+RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before trying again.",
+                               "schema": {"type": "string", "pattern": "^[0-9]+$"}}}
+JSON_OBJECT = {"application/json": {"schema": {"type": "object"}}}
+# A position on data/sample's ground: a POI of task 44030300 (罗湖区 red envelope #1).
+EXAMPLE = {"task_id": 44030300, "poi_id": 10001857, "lat": 22.54331, "lng": 114.107695}
 
 
-def _error(description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+def _error(description: str, retry: bool = False) -> dict[str, Any]:
+    """Return an error response: the one JSON shape (optionally with Retry-After)."""
+    response: dict[str, Any] = {"description": description,
+                                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    if retry:
+        response["headers"] = RETRY_AFTER
+    return response
 
 
-def _coordinate(name: str, lo: int, hi: int, note: str) -> dict[str, Any]:
-    schema = {"type": "number", "minimum": lo, "maximum": hi}
-    description = f"WGS84 degrees in [{lo}, {hi}]{note}; given once."
-    return {"name": name, "in": "query", "required": True, "schema": schema, "description": description}
+def json_ok(description: str, schema: dict[str, Any] | None = None, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Return a 200 response with a JSON body (any object unless a schema is given)."""
+    response: dict[str, Any] = {"description": description,
+                                "content": {"application/json": {"schema": schema or {"type": "object"}}}}
+    if headers:
+        response["headers"] = headers
+    return response
 
 
+def text_ok(description: str, media: str = "text/plain") -> dict[str, Any]:
+    return {"description": description, "content": {media: {"schema": {"type": "string"}}}}
+
+
+def _coordinate(name: str, bound: float, example: float) -> dict[str, Any]:
+    schema = {"type": "number", "minimum": -bound, "maximum": bound}
+    return {"name": name, "in": "query", "required": True, "schema": schema, "example": example,
+            "description": f"WGS84 degrees in [{-bound:g}, {bound:g}], given once."}
+
+
+INT64 = {"type": "integer", "minimum": -(2**63), "maximum": 2**63 - 1}
+COORDINATE_LAT = {"type": "number", "minimum": -MAX_ABS_LAT, "maximum": MAX_ABS_LAT}
+COORDINATE_LNG = {"type": "number", "minimum": -180, "maximum": 180}
 NEARBY = {
     "type": "object",
     "required": ["seq", "center_cell", "cells", "pois", "tasks", "truncated", "next_poll_ms"],
@@ -43,95 +71,111 @@ NEARBY = {
         "pois": {"type": "array", "items": {
             "type": "object", "required": ["poi_id", "task_id", "lat", "lng"], "properties": {
                 "poi_id": {"type": "integer"}, "task_id": {"type": "integer"},
-                "lat": {"type": "number"}, "lng": {"type": "number"}}}},
-        "tasks": {"type": "array", "items": {"type": "object", "properties": {
+                "lat": COORDINATE_LAT, "lng": COORDINATE_LNG}}},
+        "tasks": {"type": "array", "items": {"type": "object", "required": ["task_id", "name", "status", "prizes"],
+                                             "properties": {
             "task_id": {"type": "integer"}, "name": {"type": "string"}, "district_code": {"type": "integer"},
             "status": {"type": "string", "enum": ["active"]}, "ends_at": {"type": "string", "format": "date-time"},
             "prizes": {"type": "array", "items": {"type": "object", "properties": {
                 "prize_type": {"type": "string"}, "quota": {"type": "integer"},
                 "remaining": {"type": ["integer", "null"], "description": "Null until a collector reports it."}}}}}}},
         "truncated": {"type": "boolean", "description": "True when the POI cap cut the list."},
-        "next_poll_ms": {"type": "integer", "description": "Wait this long before polling again (rises under load)."},
+        "next_poll_ms": {"type": "integer", "minimum": 1,
+                         "description": "Wait this long before polling again (rises under load)."},
         "status_age_s": {"type": ["number", "null"],
                          "description": "Age of the collector's task status in use; null without a collector."},
     },
 }
-
-
 CLAIM = {
     "type": "object",
     "required": ["claim_id", "task_id", "poi_id", "lat", "lng"],
     "properties": {
         "claim_id": {"type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,64}$", "description": "Client-chosen idempotency key."},
-        "task_id": {"type": "integer"}, "poi_id": {"type": "integer"},
-        "lat": {"type": "number", "minimum": -85, "maximum": 85}, "lng": {"type": "number", "minimum": -180, "maximum": 180},
+        "task_id": INT64, "poi_id": INT64, "lat": COORDINATE_LAT, "lng": COORDINATE_LNG,
     },
+    "example": {"claim_id": "c-1", **EXAMPLE},
 }
 OUTCOME = {
     "type": "object",
     "required": ["claim_id", "outcome"],
-    "properties": {"claim_id": {"type": "string"}, "outcome": {"type": "string"}, "prize_type": {"type": "string"},
-                   "reason": {"type": "string"}},
+    "properties": {"claim_id": {"type": "string"},
+                   "outcome": {"type": "string", "enum": ["won", "no_prize_left", "cap_reached", "too_far", "task_inactive",
+                                                          "implausible_movement"]},
+                   "prize_type": {"type": "string"}, "reason": {"type": "string"}},
 }
+BAD_BODY = _error("Body not a JSON object (invalid_json); a field missing (missing_param) or of the wrong type or "
+                  "range (invalid_param).")
 
 
 def openapi_spec() -> dict[str, Any]:
     """Return the service's OpenAPI document."""
-    busy = _error("Overloaded (code overloaded) or no snapshot loaded (code snapshot_unavailable); see Retry-After.")
+    busy = _error("Overloaded (overloaded) or no snapshot loaded yet (snapshot_unavailable).", retry=True)
+    health_body = {"type": "object", "required": ["worker_id", "snapshot", "status", "load"]}
     return {
         "openapi": "3.1.0",
         "info": {"title": "geodrop geo_service", "version": __version__},
         "paths": {
             "/v1/nearby": {"get": {
+                "operationId": "nearby",
                 "summary": "Active tasks' POIs in the window around a position (the map-polling endpoint).",
                 "parameters": [
-                    _coordinate("lat", -90, 90, "; beyond ±85 is outside the served band"),
-                    _coordinate("lng", -180, 180, ""),
+                    {**_coordinate("lat", MAX_ABS_LAT, EXAMPLE["lat"]), "description":
+                        f"WGS84 degrees in [{-MAX_ABS_LAT:g}, {MAX_ABS_LAT:g}] (square cells stop being squares "
+                        "beyond: the served band), given once."},
+                    _coordinate("lng", 180, EXAMPLE["lng"]),
                     {"name": "If-None-Match", "in": "header", "required": False, "schema": {"type": "string"},
                      "description": "An ETag from an earlier answer: 304 if nothing changed."}],
                 "responses": {
-                    "200": {"description": "The answer; ETag and X-Next-Poll-Ms headers.",
-                            "content": {"application/json": {"schema": NEARBY}}},
-                    "304": {"description": "Unchanged since the ETag given in If-None-Match."},
+                    "200": {**json_ok("The answer.", NEARBY, {
+                        "ETag": {"schema": {"type": "string"}, "description": "Revalidate with If-None-Match."},
+                        "X-Next-Poll-Ms": {"schema": {"type": "string", "pattern": "^[0-9]+$"},
+                                           "description": "As next_poll_ms."}}),
+                        "links": {"ClaimAPoi": {
+                            "operationId": "claim",
+                            "description": "Catch the first POI of the answer, standing on it.",
+                            "requestBody": {"claim_id": "link-claim", "task_id": "$response.body#/pois/0/task_id",
+                                            "poi_id": "$response.body#/pois/0/poi_id",
+                                            "lat": "$response.body#/pois/0/lat", "lng": "$response.body#/pois/0/lng"}}}},
+                    "304": {"description": "Unchanged since the ETag given in If-None-Match.",
+                            "headers": {"ETag": {"schema": {"type": "string"}}}},
                     "400": _error("A parameter is missing (missing_param), or repeated, not a number or out of range "
                                   "(invalid_param)."),
-                    "405": _error("Wrong method (method_not_allowed)."),
                     "414": _error("Query string too long (query_too_long)."),
                     "503": busy}}},
             "/v1/claims": {"post": {
+                "operationId": "claim",
                 "summary": "Catch an envelope at a POI: checks, weighted draw with fallback, exact quotas.",
                 "security": [{"player": []}],
                 "requestBody": {"required": True, "content": {"application/json": {"schema": CLAIM}}},
                 "responses": {
-                    "200": {"description": "The outcome: won (with prize_type), no_prize_left, cap_reached, too_far, "
-                                           "task_inactive or implausible_movement (with reason). A retried claim_id "
-                                           "returns its first outcome.",
-                            "content": {"application/json": {"schema": OUTCOME}}},
-                    "400": _error("Body not a JSON object (invalid_json); a field missing (missing_param) or of the "
-                                  "wrong type or range (invalid_param)."),
+                    "200": json_ok("The outcome: won (with prize_type), no_prize_left, cap_reached, too_far, "
+                                   "task_inactive or implausible_movement (with reason). A retried claim_id returns "
+                                   "its first outcome.", OUTCOME),
+                    "400": BAD_BODY,
                     "401": _error("No, forged or expired player token (invalid_token)."),
-                    "404": _error("Unknown task or POI in the live snapshot (not_found)."),
-                    "422": _error("The POI does not belong to the task (poi_not_in_task)."),
-                    "503": _error("Claims off (claims_disabled), ledger down (ledger_unavailable) or no snapshot.")}}},
-            "/healthz": {"get": {"summary": "Live snapshot seq and age, status age, load, worker id.", "responses": {
-                "200": {"description": "Serving.", "content": {"application/json": {"schema": {"type": "object"}}}},
-                "503": _error("No snapshot loaded (snapshot_unavailable); details holds the health report.")}}},
+                    "404": _error("Unknown task or POI in the live snapshot (not_found), or the POI is not one of the "
+                                  "task's (poi_not_in_task)."),
+                    "503": _error("Claims off: no token secret (claims_disabled); the ledger unreachable "
+                                  "(ledger_unavailable, retry with the same claim_id); no snapshot; overloaded.",
+                                  retry=True)}}},
+            "/healthz": {"get": {"summary": "Live snapshot seq and age, status age, origin, ledger, load, worker id.",
+                                 "responses": {
+                                     "200": json_ok("Serving.", health_body),
+                                     "503": _error("No snapshot loaded (snapshot_unavailable); details holds the report.")}}},
             "/metrics": {"get": {"summary": "Prometheus text metrics of this worker.",
-                                 "responses": {"200": {"description": "text/plain exposition format 0.0.4."}}}},
-            "/openapi.json": {"get": {"summary": "This document.", "responses": {"200": {"description": "OpenAPI 3.1."}}}},
+                                 "responses": {"200": text_ok("Text exposition format 0.0.4.")}}},
+            "/openapi.json": {"get": {"summary": "This document.", "responses": {"200": json_ok("OpenAPI 3.1.")}}},
             "/v1/admin/reload": {"post": {
                 "summary": "Load CURRENT now, verify it and swap it in.",
                 "security": [{"admin": []}],
                 "responses": {
-                    "200": {"description": "{seq, swapped, error: null}.",
-                            "content": {"application/json": {"schema": {"type": "object"}}}},
-                    "401": _error("Missing or wrong bearer token (invalid_token)."),
-                    "404": _error("Admin reload disabled: no admin_token configured (not_found)."),
+                    "200": json_ok("{seq, swapped, error: null}."),
+                    "401": _error("Missing or wrong bearer token, or admin routes off: no admin_token (invalid_token)."),
                     "409": _error("The snapshot failed verification and was refused (snapshot_refused).")}}},
         },
         "components": {
             "schemas": {"Error": ERROR},
-            "securitySchemes": {"admin": {"type": "http", "scheme": "bearer"},
+            "securitySchemes": {"admin": {"type": "http", "scheme": "bearer", "description": "the admin_token setting"},
                                 "player": {"type": "http", "scheme": "bearer", "description": "geo-service token"}},
         },
     }

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 from multidict import MultiMapping
 
-from geo_service.errors import InvalidJson, InvalidParam, MissingParam, NotFound, Unauthorized
+from geo_service.errors import InvalidJson, InvalidParam, MissingParam, Unauthorized
 from geo_service.grid import MAX_ABS_LAT, GridError, check_position
 
 _CLAIM_ID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
@@ -71,9 +71,10 @@ def request_position(query_string: str, query: Callable[[], MultiMapping[str]]) 
 
 
 def require_admin(authorization: str, token: str, what: str) -> None:
-    """Check an admin route's Authorization header against the configured token (empty: the route is off)."""
+    """Check an admin route's Authorization header against the configured token. With none configured the
+    route is off: no token can pass, and the answer says so (401 all the same, as the contract promises)."""
     if not token:
-        raise NotFound(f"{what} is disabled (no admin_token set)")
+        raise Unauthorized(f"{what} is off: no admin_token is configured")
     if not hmac.compare_digest(authorization.encode(), f"Bearer {token}".encode()):
         raise Unauthorized(f"{what} needs Authorization: Bearer <admin_token>")
 
@@ -107,13 +108,23 @@ def field_of(body: dict[str, Any], name: str, kinds: tuple[type, ...], what: str
     return value
 
 
+def integer_of(body: dict[str, Any], name: str) -> int:
+    """Return a field that must be a whole number: 5 and 5.0 alike (JSON Schema's integer), within int64."""
+    value = field_of(body, name, (int, float), "an integer")
+    if isinstance(value, float) and not value.is_integer():
+        raise InvalidParam(f"{name} must be an integer; got {value!r}", field=name)
+    if not -(2**63) <= value < 2**63:
+        raise InvalidParam(f"{name} must fit in 64 bits", field=name)
+    return int(value)
+
+
 def claim_body(raw: bytes) -> ClaimBody:
     """Parse and check a claim's JSON body."""
     body = json_object(raw)
     claim_id = field_of(body, "claim_id", (str,), "a string")
     if not _CLAIM_ID_RE.fullmatch(claim_id):
         raise InvalidParam("claim_id must be 1-64 characters of A-Z a-z 0-9 _ . : -", field="claim_id")
-    task_id, poi_id = (field_of(body, name, (int,), "an integer") for name in ("task_id", "poi_id"))
+    task_id, poi_id = integer_of(body, "task_id"), integer_of(body, "poi_id")
     lat = _in_range("lat", float(field_of(body, "lat", (int, float), "a number")), body["lat"], -90.0, 90.0)
     lng = _in_range("lng", float(field_of(body, "lng", (int, float), "a number")), body["lng"], -180.0, 180.0)
     return ClaimBody(claim_id, task_id, poi_id, *_served(lat, lng))

@@ -124,7 +124,8 @@ async def test_bad_changes_are_refused_and_change_nothing(
 async def test_without_an_admin_token_the_route_is_off(make_collector: Any, sample_snapshots: Path, tmp_path: Path) -> None:
     collector = await make_collector(sample_snapshots, f"sqlite:///{tmp_path / 'l.sqlite3'}")
     resp = await _change(collector, {"quota": 9}, "anything")
-    assert resp.status == 404 and (await resp.json())["error"]["code"] == "not_found"
+    body = await resp.json()
+    assert resp.status == 401 and body["error"]["code"] == "invalid_token" and "no admin_token" in body["error"]["message"]
 
 
 def test_the_cli_refuses_a_quota_below_what_is_issued_with_a_clear_message(tmp_path: Path) -> None:

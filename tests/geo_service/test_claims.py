@@ -89,7 +89,10 @@ BAD: list[tuple[str, dict[str, Any], Any, int, str]] = [
     ("bad claim id", auth("bob"), {"claim_id": "no spaces", **POI}, 400, "invalid_param"),
     ("unknown task", auth("bob"), {"claim_id": "x", **POI, "task_id": 77}, 404, "not_found"),
     ("unknown poi", auth("bob"), {"claim_id": "x", **POI, "poi_id": 77}, 404, "not_found"),
-    ("poi of another task", auth("bob"), {"claim_id": "x", **POI, "poi_id": OTHER_POI}, 422, "poi_not_in_task"),
+    ("poi of another task", auth("bob"), {"claim_id": "x", **POI, "poi_id": OTHER_POI}, 404, "poi_not_in_task"),
+    ("task id past 64 bits", auth("bob"), {"claim_id": "x", **POI, "task_id": 2**63}, 400, "invalid_param"),
+    ("fractional task id", auth("bob"), {"claim_id": "x", **POI, "task_id": 1.5}, 400, "invalid_param"),
+    ("whole float task id", auth("bob"), {"claim_id": "x", **POI, "task_id": 1.0, "lat": 22.6229}, 200, "too_far"),
     ("10 km away", auth("bob"), {"claim_id": "x", **POI, "lat": 22.6229}, 200, "too_far"),
 ]
 
