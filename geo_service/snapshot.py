@@ -51,6 +51,21 @@ class SnapshotError(Exception):
     """A snapshot that cannot be written, found or trusted."""
 
 
+class StorageError(SnapshotError):
+    """The disk refused a write (full, read-only, I/O error): nothing was published, CURRENT is unchanged."""
+
+
+def storage_error(root: Path, what: str, exc: OSError) -> StorageError:
+    """Name what could not be written, where and why, for an operator to free space and run again."""
+    where = f" ({exc.filename})" if exc.filename else ""
+    try:  # numpy reports a short write without errno: the free space says whether the disk is full
+        free = f"; {shutil.disk_usage(root).free / 2**20:.1f} MiB free on its disk"
+    except OSError:
+        free = ""
+    return StorageError(f"{root}: could not write {what}: {exc.strerror or exc}{where}{free}; "
+                        f"nothing was published and CURRENT is unchanged")
+
+
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     """An opened, verified snapshot: read-only memory-mapped rows and its small tables."""
@@ -116,10 +131,14 @@ def current_seq(root: Path) -> int | None:
 
 def _point_current(root: Path, seq: int) -> None:
     tmp = root / f"CURRENT.{os.getpid()}.tmp"
-    with tmp.open("w") as f:
-        f.write(f"{seq}\n")
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with tmp.open("w") as f:
+            f.write(f"{seq}\n")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, root / "CURRENT")
     _fsync_path(root)
 
@@ -173,18 +192,22 @@ def write_snapshot(
         _remove_stale_tmp(root)
         seq = max([*list_seqs(root), current_seq(root) or 0], default=0) + 1
         tmp = root / f"{_TMP_PREFIX}{seq}-{os.getpid()}"
-        tmp.mkdir()
-        manifest = {
-            "format": FORMAT,
-            "version": VERSION,
-            "seq": seq,
-            "built_at": int(time.time()),
-            "grid": grid.params(),
-            **meta,
-            "files": _write_files(tmp, arrays, tables, extra or {}),
-        }
-        (tmp / "manifest.json").write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
-        _publish(root, tmp, seq, keep)
+        try:
+            tmp.mkdir()
+            manifest = {
+                "format": FORMAT,
+                "version": VERSION,
+                "seq": seq,
+                "built_at": int(time.time()),
+                "grid": grid.params(),
+                **meta,
+                "files": _write_files(tmp, arrays, tables, extra or {}),
+            }
+            (tmp / "manifest.json").write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
+            _publish(root, tmp, seq, keep)
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise storage_error(root, f"snapshot {seq}", exc) from exc
     return manifest
 
 
@@ -193,8 +216,13 @@ def _publish(root: Path, tmp: Path, seq: int, keep: int) -> None:
     _fsync_path(tmp / "manifest.json")
     _fsync_path(tmp)
     os.rename(tmp, root / str(seq))
-    _fsync_path(root)
-    _point_current(root, seq)
+    try:
+        _fsync_path(root)
+        _point_current(root, seq)
+    except OSError:
+        if current_seq(root) != seq:  # never left looking like a published snapshot
+            shutil.rmtree(root / str(seq), ignore_errors=True)
+        raise
     prune(root, keep)
 
 

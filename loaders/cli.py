@@ -15,7 +15,16 @@ import orjson
 from geo_service.grid import Grid, GridError, H3Grid, SquareGrid, check_position
 from geo_service.nearby import Lookup, answer
 from geo_service.origin import Origin, OriginError, open_origin, publish, rollback_origin
-from geo_service.snapshot import SnapshotError, current_seq, list_seqs, open_current, open_snapshot, read_manifest, rollback
+from geo_service.snapshot import (
+    SnapshotError,
+    StorageError,
+    current_seq,
+    list_seqs,
+    open_current,
+    open_snapshot,
+    read_manifest,
+    rollback,
+)
 from loaders.build import BuildSettings, build
 from loaders.errors import LoaderError
 from loaders.mysql_import import import_folder
@@ -202,7 +211,9 @@ def _add_grid_options(p: argparse.ArgumentParser) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="geo-snapshot", description="Build and manage geodrop grid-cell snapshots.")
+    top = argparse.ArgumentParser(prog="geo-snapshot", description="Build and manage geodrop grid-cell snapshots.",
+                                  epilog="Exit codes: 0 done; 1 a disk refused a write (nothing published); 2 bad input or a "
+                                         "refused operation (one line per problem); 130 interrupted.")
     sub = top.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("build", help="Build a snapshot from a data folder or MySQL and publish it.",
@@ -274,10 +285,14 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; bad input of any kind exits 2 with a one-line-per-problem message."""
+    """Run the CLI; bad input of any kind exits 2 with a one-line-per-problem message, a disk that refuses
+    a write (full, read-only) exits 1: the input was fine, the machine needs fixing."""
     args = parser().parse_args(argv)
     try:
         return int(args.func(args))
+    except StorageError as exc:
+        print(f"geo-snapshot {args.command}: {exc}", file=sys.stderr)
+        return 1
     except (LoaderError, SnapshotError, GridError) as exc:
         print(f"geo-snapshot {args.command}: {exc}", file=sys.stderr)
         return 2

@@ -16,6 +16,7 @@ from geo_service.app import create_app
 from geo_service.ledger.plans import LEDGER_TABLES
 from geo_service.settings import ServiceSettings, load_settings
 from loaders.cli import main as snapshot_cli
+from tests.support.parts import missing
 from tests.support.redis_nodes import REDIS_SERVER, RedisDeployment, redis_available, start_redis
 
 LEDGER_KINDS = ["sqlite", "mysql", "redis", "redis+cluster"]
@@ -48,9 +49,7 @@ def mysql_conn() -> Iterator[pymysql.connections.Connection]:
     try:
         conn = pymysql.connect(host="127.0.0.1", port=3306, user="root", password="", database="test", connect_timeout=3)
     except pymysql.err.MySQLError as exc:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"MariaDB at 127.0.0.1:3306 is required under CI: {exc}")
-        pytest.skip(f"MariaDB at 127.0.0.1:3306 not reachable ({exc}); start it to run this test")
+        missing(f"MariaDB at 127.0.0.1:3306 ({exc})", "start it to run this test")
     try:
         yield conn
     finally:
@@ -73,9 +72,7 @@ def synth_100k(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _redis(cluster: bool) -> Iterator[RedisDeployment]:
     if not redis_available():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"redis-server is required under CI ({REDIS_SERVER} is missing)")
-        pytest.skip(f"{REDIS_SERVER} not found; install Debian's redis-server to run this test")
+        missing(REDIS_SERVER, "install Debian's redis-server to run this test")
     deployment = start_redis(cluster=cluster)
     try:
         yield deployment
@@ -205,9 +202,7 @@ ARTIFACTS = Path(os.environ.get("GEODROP_ARTIFACTS", REPO / "test-artifacts"))
 def browser_type_launch_args(browser_type_launch_args: dict[str, Any]) -> dict[str, Any]:
     """pytest-playwright's browser is Debian's Chromium (no browser can be downloaded here)."""
     if not Path(CHROMIUM).exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"Chromium is required under CI ({CHROMIUM} is missing)")
-        pytest.skip(f"{CHROMIUM} not found; install Debian's chromium to run the browser tests")
+        missing(CHROMIUM, "install Debian's chromium to run the browser tests")
     # Without the background-networking flags Chromium keeps dialling hosts this closed network refuses.
     flags = ["--no-sandbox", "--disable-background-networking", "--disable-component-update", "--disable-sync",
              "--no-first-run", "--enable-unsafe-swiftshader"]

@@ -6,7 +6,6 @@ and restarted, and the origin is down for 10 s; the quotas stay exact."""
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ from tests.conftest import build_into, fresh_ledger
 from tests.support.builders import claim_poi, set_csv_field, write_claims_data
 from tests.support.ledgers import counters, won_claims
 from tests.support.nginx import Nginx, load_balancer, nginx_available, origin_server
+from tests.support.parts import missing
 from tests.support.processes import Process, collector, get_json, service
 
 SECRET = "hosts-secret"
@@ -51,9 +51,7 @@ def _publish(site: Site, edition: int) -> None:
 @pytest.fixture
 def site(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Site]:
     if not nginx_available():
-        if os.environ.get("CI") == "true":
-            pytest.fail("nginx is required under CI")
-        pytest.skip("nginx not found; install Debian's nginx-light to run this test")
+        missing("nginx", "install Debian's nginx-light to run this test")
     ledger = fresh_ledger("mysql", request, tmp_path)
     folder, data, build = tmp_path / "origin", tmp_path / "data", tmp_path / "build"
     folder.mkdir()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from loaders.cli import main as snapshot_cli
 from tests.conftest import MakeClient, build_into
 from tests.support.builders import set_csv_field, write_claims_data
 from tests.support.nginx import Nginx, nginx_available, origin_server
+from tests.support.parts import missing
 from tests.support.s3 import CREDENTIALS, S3Server
 
 
@@ -49,9 +49,7 @@ class World:
 def world(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
     if request.param == "http":
         if not nginx_available():
-            if os.environ.get("CI") == "true":
-                pytest.fail("nginx is required under CI")
-            pytest.skip("nginx not found; install Debian's nginx-light to run this test")
+            missing("nginx", "install Debian's nginx-light to run this test")
         folder = tmp_path / "origin"
         folder.mkdir()
         server = origin_server(folder).start()
