@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import orjson
+from aiohttp.http_exceptions import HttpProcessingError
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 
@@ -32,6 +33,8 @@ def configure_logging(level: str, **context: Any) -> None:
     handler.setFormatter(JsonFormatter())
     if context:
         handler.addFilter(_ContextFilter(context))
+    if logging.getLevelName(level.upper()) > logging.DEBUG:
+        handler.addFilter(_quiet_malformed_requests)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -46,3 +49,10 @@ class _ContextFilter(logging.Filter):
         for key, value in self.context.items():
             setattr(record, key, value)
         return True
+
+
+def _quiet_malformed_requests(record: logging.LogRecord) -> bool:
+    """Drop aiohttp's error-level traceback for a request that is not valid HTTP (a NUL in a header, say): the
+    client got its 400, and on an open port such requests are the internet's noise, not the service's fault."""
+    exc = record.exc_info[1] if record.exc_info else None
+    return not (record.name == "aiohttp.server" and isinstance(exc, HttpProcessingError))
