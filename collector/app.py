@@ -100,7 +100,7 @@ def create_app(settings: CollectorSettings) -> web.Application:
     if settings.origin:
         app[puller_key] = Puller(open_origin(settings.origin, settings.origin_endpoint), settings.snapshots,
                                  settings.origin_poll_s)
-    app[files_key] = SnapshotFiles(settings.snapshots)
+    app[files_key] = SnapshotFiles(settings.snapshots, settings.data_dir / "mapped")
     app[service_key] = ServiceClient(settings.service)
     app.cleanup_ctx.extend([ticker_ctx, ledger_ctx, service_ctx])
     app.on_shutdown.append(close_streams)

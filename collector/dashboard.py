@@ -22,7 +22,6 @@ from geo_service.ledger import LedgerError
 from geo_service.params import coordinate, json_object, require_admin
 from geo_service.responses import etag_matches, json_response, not_modified
 from geo_service.routing import Route
-from geo_service.snapshot import SnapshotError
 
 log = logging.getLogger("geodrop.collector")
 STATIC = Path(str(resources.files("collector").joinpath("static")))
@@ -52,7 +51,7 @@ async def outlines(request: web.Request) -> web.Response:
     etag = f'"outlines-{view.seq}"'
     if etag_matches(request, etag):
         return not_modified(etag, {})
-    body = request.app[files_key].outline(view.seq)
+    body = await request.app[files_key].outline(view.seq)
     headers = {"ETag": etag, "Content-Encoding": "gzip", "Cache-Control": "no-cache", "Vary": "Accept-Encoding"}
     if "gzip" not in request.headers.get("Accept-Encoding", ""):
         return web.Response(body=gzip.decompress(body), content_type="application/geo+json", headers={"ETag": etag})
@@ -74,7 +73,7 @@ async def task_pois(request: web.Request) -> web.Response:
     position = view.index.positions(np.array([task_id], dtype=np.int64))[0]
     if position < 0:
         raise NotFound(f"no task {task_id} in snapshot {view.seq}", field="task_id")
-    snap = request.app[files_key].snapshot(view.seq)
+    snap = await request.app[files_key].snapshot(view.seq)
     rows = np.flatnonzero(snap.task_index == position)
     shown = rows[: int(limit_text)]
     pois = np.column_stack([snap.lngs[shown], snap.lats[shown], snap.poi_ids[shown]]).tolist()
@@ -87,10 +86,7 @@ async def probe(request: web.Request) -> web.Response:
     answer = await request.app[service_key].get(f"/v1/nearby?lat={lat}&lng={lng}")
     if "cells" not in answer:  # the service's own error answer, in the one error shape: passed on as it is
         return json_response(answer, status=int(answer.get("error", {}).get("status", 502)))
-    try:
-        grid = request.app[files_key].snapshot(int(answer["seq"])).grid
-    except (SnapshotError, OSError):
-        raise SnapshotUnavailable(f"the service answered from snapshot {answer['seq']}, which the collector lacks") from None
+    grid = (await request.app[files_key].snapshot(int(answer["seq"]))).grid
     cells = [{"type": "Feature", "properties": {"cell": c, "center": c == answer["center_cell"]},
               "geometry": {"type": "Polygon", "coordinates": [grid.cell_outline(c)]}} for c in answer["cells"]]
     return json_response({"nearby": answer, "cells": {"type": "FeatureCollection", "features": cells}})
@@ -105,7 +101,7 @@ async def overview(request: web.Request) -> web.Response:
     """The health strip and what the page may offer: admin actions, the probe."""
     app = request.app
     view, settings, h = _view(request), app[settings_key], app[ticker_key].health
-    built_at = app[files_key].snapshot(view.seq).manifest.get("built_at", 0)
+    built_at = (await app[files_key].snapshot(view.seq)).manifest.get("built_at", 0)
     try:
         service: Any = await app[service_key].get("/healthz") if settings.service else None
     except ServiceUnavailable as exc:

@@ -24,6 +24,9 @@ class CollectorSettings:
     """geo-collector settings. Env: GEODROP_COLLECTOR_<FIELD>; TOML: top-level keys named as the fields."""
 
     snapshots: Path = field(default=Path("snapshots"), metadata=_help("Snapshots folder: task and district tables."))
+    data_dir: Path = field(default=Path("var"), metadata=_help(
+        "Folder for the collector's own files: under mapped/ the private copy of the snapshot the dashboard maps "
+        "(shared with a service on the same host and data_dir)."))
     origin: str = origin_field()
     origin_endpoint: str = origin_endpoint_field()
     origin_poll_s: float = origin_poll_field()

@@ -120,7 +120,7 @@ def create_app(settings: ServiceSettings) -> web.Application:
     app[ledger_check_key] = LedgerCheck()
     app[rng_key] = random.Random()
     app[rules_key] = ClaimRules(settings.catch_radius_m, settings.win_cap, settings.max_speed_mps)
-    app[watcher_key] = watcher = Watcher(holder, settings.snapshots, settings.poll_interval_s,
+    app[watcher_key] = watcher = Watcher(holder, settings.snapshots, settings.stage_dir, settings.poll_interval_s,
                                          on_load=lambda lookup: seed_counters(ledger, lookup))
     if settings.origin:
         app[puller_key] = Puller(open_origin(settings.origin, settings.origin_endpoint), settings.snapshots,

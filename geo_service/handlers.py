@@ -103,6 +103,7 @@ def _health(app: web.Application) -> dict[str, object]:
         "seq": live.lookup.seq,
         "age_s": round(now - live.lookup.snapshot.manifest["built_at"], 1),
         "loaded_s_ago": round(now - live.loaded_at, 1),
+        "source_problem": holder.source_problem,
     }
     return {
         "worker_id": settings.worker_id,
@@ -131,6 +132,9 @@ async def metrics(request: web.Request) -> web.Response:
         "snapshot_seq": ("gauge", "Seq of the live snapshot (0: none).", holder.live.lookup.seq if holder.live else 0),
         "snapshot_swaps_total": ("counter", "Snapshots swapped in.", holder.swaps),
         "snapshot_refused_total": ("counter", "Snapshots refused by verification.", holder.refused),
+        "snapshot_source_damaged": ("gauge", "1 while the live snapshot's folder is missing files or has files of the "
+                                             "wrong size (its private copy keeps serving; see /healthz).",
+                                    int(holder.source_problem is not None)),
         "status_edges_inline_total": ("counter", "Task-window edges whose status was computed in a request "
                                                   "(not ahead, in a thread).", holder.edges_inline),
         "shed_requests_total": ("counter", "Requests answered 503 because of load.", load.shed),

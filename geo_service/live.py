@@ -17,6 +17,7 @@ from typing import Any, TypeGuard
 
 from geo_service.nearby import NEVER, Lookup, StatusView, TaskOverride, answer, encode_answer
 from geo_service.snapshot import SnapshotError, current_seq, open_snapshot
+from geo_service.staging import identity, source_problem, staged
 
 log = logging.getLogger("geodrop.snapshot")
 # How far ahead of a task window's start or end its status is computed, and how often to look.
@@ -41,12 +42,14 @@ class SnapshotHolder:
     swaps: int = 0
     refused: int = 0
     last_error: str | None = None
-    refused_seqs: set[int] = field(default_factory=set)
+    refused_ids: set[str] = field(default_factory=set)  # staging.identity of each snapshot refused
     # The collector's latest view of the tasks (kill switch, what is left), or None without one.
     overrides: Mapping[int, TaskOverride] | None = None
     # The live pair as it will be at the next task-window edge, computed ahead by prepare_edges.
     upcoming: Live | None = None
     edges_inline: int = 0  # edges whose status had to be computed on the event loop
+    # What is wrong with the live snapshot's folder under the snapshots root (the mapped copy is unharmed).
+    source_problem: str | None = None
 
     def install(self, lookup: Lookup, now_s: int) -> None:
         self.live = Live(lookup, lookup.table.status(now_s, self.overrides), time.time())
@@ -95,9 +98,12 @@ class SnapshotHolder:
                 self.live = Live(live.lookup, status, live.loaded_at)
 
 
-def load_lookup(folder: Path) -> Lookup:
-    """Open, verify and prepare a snapshot folder (blocking: run it in a thread)."""
-    lookup = Lookup(open_snapshot(folder, verify=True))
+def load_lookup(folder: Path, stage_dir: Path) -> Lookup:
+    """Copy and verify a snapshot folder into `stage_dir` (unless a sibling worker did), open the copy and
+    prepare it (blocking: run it in a thread)."""
+    with staged(folder, stage_dir) as copy:
+        snapshot = open_snapshot(copy, checksums=False)
+    lookup = Lookup(snapshot)
     # The first call of each compiled pass compiles it (or loads it from numba's cache): make those
     # calls here, off the event loop, not in the first player's request.
     status = lookup.table.status(0)
@@ -109,10 +115,11 @@ def load_lookup(folder: Path) -> Lookup:
 class Watcher:
     """Polls CURRENT, and reloads on SIGHUP or an admin call; one load at a time."""
 
-    def __init__(self, holder: SnapshotHolder, root: Path, poll_interval_s: float,
+    def __init__(self, holder: SnapshotHolder, root: Path, stage_dir: Path, poll_interval_s: float,
                  on_load: Callable[[Lookup], Awaitable[None]] | None = None) -> None:
         self.holder = holder
         self.root = root
+        self.stage_dir = stage_dir
         self.poll_interval_s = poll_interval_s
         self.on_load = on_load
         self._lock = asyncio.Lock()
@@ -131,12 +138,18 @@ class Watcher:
             except SnapshotError as exc:
                 return self._refuse(None, str(exc))
             live_seq = holder.live.lookup.seq if holder.live else None
-            if seq is None or (seq == live_seq and not force) or (seq in holder.refused_seqs and not force):
-                return {"seq": live_seq, "swapped": False, "error": holder.last_error if seq != live_seq else None}
+            if seq is None:
+                return {"seq": live_seq, "swapped": False, "error": holder.last_error}
+            # By identity, not seq: a snapshots folder deleted and rebuilt starts again at seq 1.
+            folder = self.root / str(seq)
+            wanted = identity(folder)
+            live_id = holder.live.lookup.snapshot.path.name if holder.live else None
+            if not force and (wanted == live_id or wanted in holder.refused_ids):
+                return {"seq": live_seq, "swapped": False, "error": holder.last_error if wanted != live_id else None}
             try:
-                lookup = await asyncio.to_thread(load_lookup, self.root / str(seq))
+                lookup = await asyncio.to_thread(load_lookup, folder, self.stage_dir)
             except (SnapshotError, OSError, ValueError) as exc:
-                return self._refuse(seq, str(exc))
+                return self._refuse(wanted, str(exc))
             if self.on_load is not None:
                 await self.on_load(lookup)
             holder.install(lookup, int(time.time()))
@@ -149,13 +162,13 @@ class Watcher:
             log.info("snapshot swapped in", extra={"seq": seq, "previous": live_seq, "rows": len(lookup.snapshot.cells)})
             return {"seq": seq, "swapped": True, "error": None}
 
-    def _refuse(self, seq: int | None, error: str) -> dict[str, Any]:
+    def _refuse(self, wanted: str | None, error: str) -> dict[str, Any]:
         holder = self.holder
-        if seq is not None:
-            holder.refused_seqs.add(seq)
+        if wanted is not None:
+            holder.refused_ids.add(wanted)
         holder.refused += 1
         holder.last_error = error
-        log.warning("snapshot refused; the live one stays", extra={"seq": seq, "error": error})
+        log.warning("snapshot refused; the live one stays", extra={"snapshot": wanted, "error": error})
         return {"seq": holder.live.lookup.seq if holder.live else None, "swapped": False, "error": error}
 
     async def run(self) -> None:
@@ -167,3 +180,15 @@ class Watcher:
                 pass
             self._wake.clear()
             await self.refresh()
+            self.check_source()
+
+    def check_source(self) -> None:
+        """Note (and log once) whether the live snapshot's folder was deleted or its files cut or grown."""
+        live = self.holder.live
+        if live is None:
+            return
+        problem = source_problem(self.root / str(live.lookup.seq), live.lookup.snapshot.manifest)
+        if problem != self.holder.source_problem and problem is not None:
+            log.warning("the live snapshot's folder is damaged; its private copy keeps serving",
+                        extra={"seq": live.lookup.seq, "problem": problem})
+        self.holder.source_problem = problem

@@ -110,7 +110,12 @@ BAD_BODY = _error("Body not a JSON object (invalid_json); a field missing (missi
 def openapi_spec() -> dict[str, Any]:
     """Return the service's OpenAPI document."""
     busy = _error("Overloaded (overloaded) or no snapshot loaded yet (snapshot_unavailable).", retry=True)
-    health_body = {"type": "object", "required": ["worker_id", "snapshot", "status", "load"]}
+    live_snapshot = {"type": ["object", "null"], "required": ["seq", "age_s", "loaded_s_ago", "source_problem"], "properties": {
+        "seq": {"type": "integer"}, "age_s": {"type": "number"}, "loaded_s_ago": {"type": "number"},
+        "source_problem": {"type": ["string", "null"], "description": "What is wrong with the live snapshot's folder "
+                           "(a file missing or cut); the private copy the workers map keeps serving."}}}
+    health_body = {"type": "object", "required": ["worker_id", "snapshot", "status", "load"],
+                   "properties": {"snapshot": live_snapshot, "snapshot_error": {"type": ["string", "null"]}}}
     return {
         "openapi": "3.1.0",
         "info": {"title": "geodrop geo_service", "version": __version__},

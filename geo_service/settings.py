@@ -108,7 +108,9 @@ class ServiceSettings:
     collector: str = field(default="", metadata=_help("Collector base URL for task status, e.g. http://127.0.0.1:8081 "
                                                       "(empty: the snapshot's windows and flags only)."))
     status_poll_s: float = field(default=1.0, metadata=_help("How often to poll the collector for task status."))
-    data_dir: Path = field(default=Path("var"), metadata=_help("Folder for the service's own files (the default ledger)."))
+    data_dir: Path = field(default=Path("var"), metadata=_help(
+        "Folder for the service's own files: the default ledger, and under mapped/ the private copy of the live "
+        "snapshot its workers map (so damage to the snapshots folder cannot reach them)."))
     ledger: str = field(default="", repr=False,
                         metadata=_help("Ledger DSN: sqlite:///PATH, mysql://user:pass@host:port/db, "
                                        "redis://host:port[/db] or redis+cluster://host:port[,host:port...] "
@@ -156,6 +158,10 @@ class ServiceSettings:
     @property
     def ledger_dsn(self) -> str:
         return self.ledger or f"sqlite:///{self.data_dir / 'ledger.sqlite3'}"
+
+    @property
+    def stage_dir(self) -> Path:
+        return self.data_dir / "mapped"
 
 
 def ledger_problems(ledger: str, record_db: str) -> list[str]:

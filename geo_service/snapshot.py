@@ -44,7 +44,7 @@ TABLES = ("tasks.json", "districts.json")
 # Files a snapshot may carry beyond the required ones: the district outlines simplified for maps
 # (the dashboard's), absent from snapshots built before it.
 OPTIONAL = ("districts.geojson",)
-_TMP_PREFIX = ".tmp-"
+TMP_PREFIX = ".tmp-"
 
 
 class SnapshotError(Exception):
@@ -55,15 +55,15 @@ class StorageError(SnapshotError):
     """The disk refused a write (full, read-only, I/O error): nothing was published, CURRENT is unchanged."""
 
 
-def storage_error(root: Path, what: str, exc: OSError) -> StorageError:
+def storage_error(root: Path, what: str, exc: OSError,
+                  consequence: str = "nothing was published and CURRENT is unchanged") -> StorageError:
     """Name what could not be written, where and why, for an operator to free space and run again."""
     where = f" ({exc.filename})" if exc.filename else ""
     try:  # numpy reports a short write without errno: the free space says whether the disk is full
         free = f"; {shutil.disk_usage(root).free / 2**20:.1f} MiB free on its disk"
     except OSError:
         free = ""
-    return StorageError(f"{root}: could not write {what}: {exc.strerror or exc}{where}{free}; "
-                        f"nothing was published and CURRENT is unchanged")
+    return StorageError(f"{root}: could not write {what}: {exc.strerror or exc}{where}{free}; {consequence}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +101,7 @@ def _sha256(path: Path) -> str:
 
 
 @contextmanager
-def _locked(root: Path) -> Iterator[None]:
+def locked(root: Path) -> Iterator[None]:
     root.mkdir(parents=True, exist_ok=True)
     with (root / ".lock").open("a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -165,9 +165,9 @@ def _write_files(folder: Path, arrays: Mapping[str, np.ndarray], tables: Mapping
     return files
 
 
-def _remove_stale_tmp(root: Path) -> None:
+def remove_stale_tmp(root: Path) -> None:
     # Only called under the lock: a tmp folder present then belongs to a writer that died.
-    for p in root.glob(f"{_TMP_PREFIX}*"):
+    for p in root.glob(f"{TMP_PREFIX}*"):
         shutil.rmtree(p, ignore_errors=True)
 
 
@@ -188,10 +188,10 @@ def write_snapshot(
     lengths = {len(arrays[name]) for name in ROW_ARRAYS}
     if len(lengths) != 1:
         raise SnapshotError(f"row arrays differ in length: {sorted(lengths)}")
-    with _locked(root):
-        _remove_stale_tmp(root)
+    with locked(root):
+        remove_stale_tmp(root)
         seq = max([*list_seqs(root), current_seq(root) or 0], default=0) + 1
-        tmp = root / f"{_TMP_PREFIX}{seq}-{os.getpid()}"
+        tmp = root / f"{TMP_PREFIX}{seq}-{os.getpid()}"
         try:
             tmp.mkdir()
             manifest = {
@@ -229,7 +229,7 @@ def _publish(root: Path, tmp: Path, seq: int, keep: int) -> None:
 def install_pulled(root: Path, tmp: Path, seq: int, keep: int = 5) -> None:
     """Publish a snapshot folder fetched from an origin (every file written and checked) as seq, the way a
     build publishes: rename, then CURRENT."""
-    with _locked(root):
+    with locked(root):
         if (root / str(seq)).exists():
             shutil.rmtree(root / str(seq))  # a copy that failed verification when it was pulled before
         _publish(root, tmp, seq, keep)
@@ -308,10 +308,11 @@ def read_tables(folder: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]
         raise SnapshotError(f"{folder}: unreadable tables: {exc}") from None
 
 
-def open_snapshot(folder: Path, verify: bool = True) -> Snapshot:
-    """Open a snapshot folder read-only; with verify, check checksums, shapes and order first."""
+def open_snapshot(folder: Path, verify: bool = True, checksums: bool = True) -> Snapshot:
+    """Open a snapshot folder read-only; with verify, check checksums (unless a copy already checked them while
+    it was made: staging.staged), shapes and order first."""
     manifest = read_manifest(folder)
-    if verify:
+    if verify and checksums:
         _verify_files(folder, manifest)
     try:
         grid = grid_from_params(manifest["grid"])
@@ -343,7 +344,7 @@ def open_current(root: Path, verify: bool = True) -> Snapshot:
 def rollback(root: Path, to_seq: int | None = None) -> int:
     """Point CURRENT at an older verified snapshot (default: the newest one before the live one), or at any
     snapshot already here that `to_seq` names (how a host follows its origin to a seq it has)."""
-    with _locked(root):
+    with locked(root):
         live = current_seq(root)
         seqs = list_seqs(root)
         if to_seq is None:

@@ -156,7 +156,7 @@ async def test_admin_reload_needs_the_token_and_refuses_a_corrupt_snapshot(
     root = tmp_path / "snaps"
     shutil.copytree(sample_snapshots, root)
     disabled = await make_client(root)
-    assert (await disabled.post("/v1/admin/reload")).status == 404
+    assert (await disabled.post("/v1/admin/reload")).status == 401  # admin routes off: still the 401 the contract promises
     client = await make_client(root, admin_token="s3cret", poll_interval_s=3600)
     assert (await client.post("/v1/admin/reload")).status == 401
     assert (await client.post("/v1/admin/reload", headers={"Authorization": "Bearer nope"})).status == 401

@@ -42,10 +42,13 @@ def test_two_workers_share_the_port_and_one_mapped_copy_of_the_snapshot(sample_s
         assert sorted(workers) == [0, 1]
         body = _get(f"http://127.0.0.1:{port}/v1/nearby?lat=22.5329&lng=113.9305")
         assert body["seq"] == 1 and body["pois"]
-        cells = str((sample_snapshots / "1" / "cells.npy").resolve())
+        copies = list((tmp_path / "mapped").glob("1-*/cells.npy"))  # one private copy for the host's workers
+        assert len(copies) == 1
+        cells, source = str(copies[0].resolve()), str((sample_snapshots / "1" / "cells.npy").resolve())
         inodes = set()
         for pid in workers.values():
             maps = Path(f"/proc/{pid}/maps").read_text().splitlines()
+            assert not [line for line in maps if line.endswith(source)]  # never the snapshots folder itself
             mapped = [line.split() for line in maps if line.endswith(cells)]
             assert mapped, f"worker {pid} does not map {cells}"
             assert all(fields[1].startswith("r") and fields[1][3] == "s" for fields in mapped)  # read-only, shared
