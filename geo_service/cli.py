@@ -7,6 +7,7 @@ import asyncio
 import logging
 import multiprocessing as mp
 import os
+import resource
 import signal
 import sys
 import time
@@ -33,19 +34,30 @@ _MAX_LINE_BYTES = 64 * 1024
 def run_worker(settings: ServiceSettings, log_level: str) -> None:
     """Serve in this process until SIGINT/SIGTERM."""
     configure_logging(log_level, worker=settings.worker_id)
-    log.info("worker serving", extra={"host": settings.host, "port": settings.port, "pid": os.getpid()})
+    files = raise_open_files_limit()
+    log.info("worker serving", extra={"host": settings.host, "port": settings.port, "pid": os.getpid(), "max_open_files": files})
     web.run_app(
         create_app(settings),
         host=settings.host,
         port=settings.port,
         reuse_port=True,
         shutdown_timeout=settings.shutdown_timeout_s,
+        keepalive_timeout=settings.keepalive_timeout_s,
         access_log=logging.getLogger("aiohttp.access") if settings.access_log else None,
         max_line_size=_MAX_LINE_BYTES,
         max_field_size=_MAX_LINE_BYTES,
         print=None,
         loop=uvloop.new_event_loop() if settings.uvloop else None,
     )
+
+
+def raise_open_files_limit() -> int:
+    """Lift this process's soft limit on open files to its hard limit and return it: every connection is a
+    file, and the usual soft limit of 1024 would refuse connections long before memory or CPU run out."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 def supervise(settings: ServiceSettings, log_level: str) -> int:

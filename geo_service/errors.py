@@ -37,6 +37,10 @@ class MissingParam(ApiError):
     status, code = 400, "missing_param"
 
 
+class RequestTimeout(ApiError):
+    status, code = 408, "request_timeout"
+
+
 class QueryTooLong(ApiError):
     status, code = 414, "query_too_long"
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import logging
+import asyncio
 import os
 import time
 
@@ -10,7 +10,14 @@ from aiohttp import web
 
 from geo_service import __version__
 from geo_service.claims import process_claim
-from geo_service.errors import ClaimsDisabled, LedgerUnavailable, SnapshotUnavailable, Unauthorized, error_response
+from geo_service.errors import (
+    ClaimsDisabled,
+    LedgerUnavailable,
+    RequestTimeout,
+    SnapshotUnavailable,
+    Unauthorized,
+    error_response,
+)
 from geo_service.keys import (
     ledger_check_key,
     ledger_key,
@@ -32,8 +39,6 @@ from geo_service.pull import pull_metrics
 from geo_service.responses import etag_matches, json_response, not_modified
 from geo_service.routing import Route
 from geo_service.tokens import TokenError, verify
-
-log = logging.getLogger("geodrop.claims")
 
 
 async def nearby(request: web.Request) -> web.Response:
@@ -61,16 +66,23 @@ async def claim(request: web.Request) -> web.Response:
     if not settings.token_secret:
         raise ClaimsDisabled("claims are off: no token_secret is configured")
     user_id = _player(request, settings.token_secret)
-    body = claim_body(await request.read())
+    try:
+        async with asyncio.timeout(settings.keepalive_timeout_s):
+            raw = await request.read()
+    except TimeoutError:
+        raise RequestTimeout(f"the body did not arrive within {settings.keepalive_timeout_s:g} s",
+                             headers={"Connection": "close"}) from None
+    body = claim_body(raw)
     now = time.time()
     live = app[snapshot_key].current(int(now))
     if live is None:
         raise SnapshotUnavailable("no snapshot is loaded yet; try again shortly")
     try:
-        outcome = await process_claim(live.lookup, live.status, app[ledger_key], app[rng_key],
-                                      user_id, body, app[rules_key], now)
-    except LedgerError as exc:
-        log.warning("claim failed: ledger unavailable", extra={"claim_id": body.claim_id, "error": str(exc)})
+        async with asyncio.timeout(settings.claim_timeout_s):
+            outcome = await process_claim(live.lookup, live.status, app[ledger_key], app[rng_key],
+                                          user_id, body, app[rules_key], now)
+    except (LedgerError, TimeoutError) as exc:
+        app[ledger_check_key].failed(str(exc) or f"no answer within claim_timeout_s ({settings.claim_timeout_s:g} s)", now)
         raise LedgerUnavailable("the ledger is unreachable; retry with the same claim_id, which settles a claim once",
                                 headers={"Retry-After": "1"}) from exc
     answer_body = {"claim_id": outcome.claim_id, "outcome": outcome.outcome}
@@ -141,6 +153,8 @@ async def metrics(request: web.Request) -> web.Response:
         "inflight_requests": ("gauge", "Requests in flight.", load.inflight),
         "event_loop_lag_ms": ("gauge", "Smoothed event-loop lag.", load.lag_ms),
         "next_poll_ms": ("gauge", "Poll interval currently told to clients.", load.next_poll_ms()),
+        "ledger_claim_failures_total": ("counter", "Claims answered 503 because the ledger failed or stalled.",
+                                        app[ledger_check_key].failures),
         "ledger_config_problems": ("gauge", "Requirements of the ledger its server does not meet (see /healthz).",
                                    len(app[ledger_check_key].problems)),
     } | (pull_metrics(app[puller_key]) if puller_key in app else {})

@@ -160,8 +160,11 @@ def openapi_spec() -> dict[str, Any]:
                     "401": _error("No, forged or expired player token (invalid_token)."),
                     "404": _error("Unknown task or POI in the live snapshot (not_found), or the POI is not one of the "
                                   "task's (poi_not_in_task)."),
-                    "503": _error("Claims off: no token secret (claims_disabled); the ledger unreachable "
-                                  "(ledger_unavailable, retry with the same claim_id); no snapshot; overloaded.",
+                    "408": _error("The body did not arrive within keepalive_timeout_s (request_timeout); the "
+                                  "connection is closed."),
+                    "503": _error("Claims off: no token secret (claims_disabled); the ledger unreachable or silent for "
+                                  "claim_timeout_s (ledger_unavailable, retry with the same claim_id); no snapshot; "
+                                  "overloaded.",
                                   retry=True)}}},
             "/healthz": {"get": {"summary": "Live snapshot seq and age, status age, origin, ledger, load, worker id.",
                                  "responses": {

@@ -127,6 +127,12 @@ class ServiceSettings:
                                  metadata=_help("Fastest plausible movement between a player's claims, m/s."))
     admin_token: str = field(default="", repr=False,
                              metadata=_help("Bearer token for POST /v1/admin/reload; empty disables the route."))
+    claim_timeout_s: float = field(default=3.0, metadata=_help(
+        "Longest a claim waits for the ledger before answering 503 ledger_unavailable (a stalled database "
+        "must not hold players and connections; a retry with the same claim_id settles it once)."))
+    keepalive_timeout_s: float = field(default=20.0, metadata=_help(
+        "Seconds a connection may sit idle, or take to send a whole request (headers, then body), before it is "
+        "closed: idle keep-alive connections and slow-drip clients give their sockets back."))
     shutdown_timeout_s: float = field(default=5.0, metadata=_help("Grace period for requests in flight at shutdown."))
     access_log: bool = field(default=False, metadata=_help("Log every request (quiet by default)."))
     uvloop: bool = field(default=True, metadata=_help(
@@ -152,6 +158,8 @@ class ServiceSettings:
         problems += ledger_problems(self.ledger, self.record_db)
         if self.poll_interval_s <= 0 or self.origin_poll_s <= 0:
             problems.append("poll_interval_s and origin_poll_s: must be positive")
+        if self.claim_timeout_s <= 0 or self.keepalive_timeout_s <= 0:
+            problems.append("claim_timeout_s and keepalive_timeout_s: must be positive")
         if problems:
             raise SettingsError(problems)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ import numpy.typing as npt
 
 EARTH_RADIUS_M = 6_371_008.8
 log = logging.getLogger("geodrop.ledger")
+FAILURE_LOG_EVERY_S = 10.0
 
 # Why a claim came to what it did; one text per outcome, the same from every backend.
 REASONS = {
@@ -188,6 +190,22 @@ class LedgerCheck:
     problems: list[str] = field(default_factory=list)
     checked_at: float = 0.0
     error: str | None = None
+    # Claims the ledger failed to settle (unreachable, or no answer within claim_timeout_s).
+    failures: int = 0
+    last_failure: str | None = None
+    last_failure_at: float = 0.0
+    _logged_failures: int = 0
+    _logged_at: float = 0.0
+
+    def failed(self, error: str, now: float) -> None:
+        """Count a claim the ledger could not settle. The first is logged, then at most one line every
+        FAILURE_LOG_EVERY_S with the count meanwhile: an outage at a thousand claims a second stays readable."""
+        self.failures += 1
+        self.last_failure, self.last_failure_at = error, now
+        if now - self._logged_at >= FAILURE_LOG_EVERY_S:
+            log.warning("claims failing: the ledger is unavailable",
+                        extra={"failed": self.failures - self._logged_failures, "error": error})
+            self._logged_at, self._logged_failures = now, self.failures
 
     async def run(self, ledger: Ledger, every_s: float = 30.0) -> None:
         """Look now and every `every_s` until cancelled; a server that cannot be asked keeps the last answer."""
@@ -204,7 +222,19 @@ class LedgerCheck:
             await asyncio.sleep(every_s)
 
     def health(self, kind: str) -> dict[str, object]:
-        return {"kind": kind, "problems": self.problems, "check_error": self.error}
+        return {"kind": kind, "problems": self.problems, "check_error": self.error, "claim_failures": self.failures,
+                "last_failure": self.last_failure,
+                "last_failure_s_ago": round(time.time() - self.last_failure_at, 1) if self.last_failure else None}
+
+
+def raised_in(exc: BaseException, *packages: str) -> bool:
+    """Whether an exception was raised inside one of these client packages, asyncio's streams or uvloop's
+    transports (where a connection the server just reset surfaces as RuntimeError), not in geodrop's code."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    path = tb.tb_frame.f_code.co_filename if tb is not None else ""
+    return path.startswith("uvloop/") or any(f"{os.sep}{p}{os.sep}" in path for p in (*packages, "asyncio"))
 
 
 def distance_m(lat0: float, lng0: float, lat1: float, lng1: float) -> float:

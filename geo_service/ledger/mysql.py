@@ -6,13 +6,24 @@ import asyncio
 import random
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import aiomysql
 import pymysql
 
-from geo_service.ledger import ClaimRequest, Counters, Difference, LedgerError, LedgerState, Outcome, PrizeChange, Seed
+from geo_service.ledger import (
+    ClaimRequest,
+    Counters,
+    Difference,
+    LedgerError,
+    LedgerState,
+    Outcome,
+    PrizeChange,
+    Seed,
+    raised_in,
+)
 from geo_service.ledger.plans import (
     MYSQL,
     SCHEMA,
@@ -61,11 +72,22 @@ class MySQLLedger:
                 self._pool = pool
             return self._pool
 
-    async def _run(self, make_plan: Callable[[], Plan]) -> Any:
+    @contextmanager
+    def _unreachable_as_ledger_error(self) -> Iterator[None]:
         try:
-            return await self._attempts(make_plan)
+            yield
         except (pymysql.err.MySQLError, OSError) as exc:
             raise LedgerError(f"mysql ledger {self.settings.redacted}: {exc}") from exc
+        except RuntimeError as exc:
+            # aiomysql asks a transport the server just reset for its socket and gets RuntimeError ("Transport
+            # does not expose socket instance", under uvloop): a lost connection when raised in there.
+            if not raised_in(exc, "aiomysql", "pymysql"):
+                raise
+            raise LedgerError(f"mysql ledger {self.settings.redacted}: connection lost ({exc})") from exc
+
+    async def _run(self, make_plan: Callable[[], Plan]) -> Any:
+        with self._unreachable_as_ledger_error():
+            return await self._attempts(make_plan)
 
     async def _attempts(self, make_plan: Callable[[], Plan]) -> Any:
         pool = await self._get_pool()
@@ -113,15 +135,13 @@ class MySQLLedger:
         now = time.time()
         rows = [(*c, 0, now) for c in counters]
         sql = MYSQL.insert_ignore("prize_counters", SEED_COLUMNS).replace("?", "%s")
-        try:
+        with self._unreachable_as_ledger_error():
             pool = await self._get_pool()
             async with pool.acquire() as conn, conn.cursor() as cur:
                 for start in range(0, len(rows), 1000):
                     await cur.executemany(sql, rows[start : start + 1000])
                 await conn.commit()
-            await self._run(lambda: fill_rates_plan(counters))
-        except (pymysql.err.MySQLError, OSError) as exc:
-            raise LedgerError(f"mysql ledger {self.settings.redacted}: {exc}") from exc
+        await self._run(lambda: fill_rates_plan(counters))
 
     async def outcome_of(self, claim_id: str, task_id: int) -> Outcome | None:
         outcome: Outcome | None = await self._run(lambda: outcome_plan(claim_id))

@@ -19,7 +19,6 @@ This module may touch Redis only; ship.py moves the flow log into MySQL.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -44,6 +43,7 @@ from geo_service.ledger import (
     PrizeChange,
     PrizeChangeRefused,
     Seed,
+    raised_in,
 )
 
 BUCKETS = 128
@@ -165,7 +165,7 @@ class RedisLedger:
             # redis-py's asyncio connection lets a write on a connection the peer just reset fail with these
             # instead of ConnectionError (redis/redis-py#4287, #3546; uvloop's transport says "the handler is
             # closed"): a lost connection when raised in there.
-            if not _raised_in_client(exc):
+            if not raised_in(exc, "redis"):
                 raise
             _deliver_cancellation(exc)
             raise LedgerError(f"redis ledger {self.settings.redacted}: connection lost ({exc})") from exc
@@ -361,16 +361,6 @@ def _deliver_cancellation(cause: BaseException | None) -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError() from cause
-
-
-def _raised_in_client(exc: BaseException) -> bool:
-    """Whether an exception was raised inside redis-py, asyncio's streams or uvloop's transports, not in this
-    module's code."""
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    path = tb.tb_frame.f_code.co_filename if tb is not None else ""
-    return path.startswith("uvloop/") or any(part in path for part in (f"{os.sep}redis{os.sep}", f"{os.sep}asyncio{os.sep}"))
 
 
 def _outcome(claim_id: str, raw: str) -> Outcome:

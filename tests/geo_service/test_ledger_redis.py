@@ -74,7 +74,9 @@ async def test_health_and_metrics_warn_when_the_redis_node_lacks_what_the_ledger
     write_claims_data(data, {"cash": 3}, pois=2)
     await asyncio.to_thread(build_into, data, snaps)
     healthy = await make_client(snaps, ledger=dsn)
-    assert (await (await healthy.get("/healthz")).json())["ledger"] == {"kind": "redis", "problems": [], "check_error": None}
+    assert (await (await healthy.get("/healthz")).json())["ledger"] == {"kind": "redis", "problems": [], "check_error": None,
+                                                                    "claim_failures": 0, "last_failure": None,
+                                                                    "last_failure_s_ago": None}
     client = redis_client(dsn)
     client.config_set("appendfsync", "everysec")
     try:

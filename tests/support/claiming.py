@@ -55,9 +55,10 @@ def ledger_world(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> t
 
 
 async def claim_load(port: int, claims: int, players: int, on_started: Any = None, claim_id: str = "load",
-                     retry_s: float = 10.0) -> list[tuple[int, dict[str, Any]]]:
+                     retry_s: float = 10.0, seen: Counter[tuple[int, str]] | None = None) -> list[tuple[int, dict[str, Any]]]:
     """Send `claims` claims, 100 at a time over fresh connections; retry 503s and dropped connections for up to
-    `retry_s` each (status 0: still failing then)."""
+    `retry_s` each (status 0: still failing then). `seen` counts every answer, retried ones included, by
+    (status, error code or outcome)."""
     tokens = [mint(f"player{i}", SECRET, int(time.time()) + 3600) for i in range(players)]
     limit = asyncio.Semaphore(100)
     connector = aiohttp.TCPConnector(limit=100, force_close=True)  # new connections spread over the workers
@@ -72,6 +73,8 @@ async def claim_load(port: int, claims: int, players: int, on_started: Any = Non
                     async with session.post(f"http://127.0.0.1:{port}/v1/claims", json=body,
                                             headers={"Authorization": f"Bearer {tokens[player]}"}) as resp:
                         answer = await resp.json()
+                        if seen is not None:
+                            seen[resp.status, answer["error"]["code"] if "error" in answer else answer["outcome"]] += 1
                         if resp.status == 503:
                             await asyncio.sleep(0.1)
                             continue
