@@ -73,7 +73,8 @@ def add_guarded_routes(router: web.UrlDispatcher, routes: Sequence[Route], guard
             resource.add_route(method, guard.wrap(path, handler))
         allowed = [method for method, _ in handlers]
         resource.add_route(hdrs.METH_ANY, guard.wrap(UNMATCHED, _method_not_allowed(allowed)))
-    router.add_route(hdrs.METH_ANY, "/{path:.*}", guard.wrap(UNMATCHED, _not_found))
+    # [\s\S], not ".": a path whose escapes decode to a newline must reach the JSON 404 too.
+    router.add_route(hdrs.METH_ANY, "/{path:[\\s\\S]*}", guard.wrap(UNMATCHED, _not_found))
 
 
 def _method_not_allowed(allowed: list[str]) -> Handler:

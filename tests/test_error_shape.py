@@ -31,6 +31,7 @@ CASES: list[tuple[str, str, str, int, str, str | None]] = [
     ("DELETE nearby", "DELETE", f"{N}?lat=22.5&lng=114", 405, "method_not_allowed", None),
     ("unknown path", "GET", "/v2/nearby?lat=1&lng=1", 404, "not_found", None),
     ("path below a route", "GET", f"{N}/extra?lat=1&lng=1", 404, "not_found", None),
+    ("newline in the path", "GET", "/v1/a%0Ab", 404, "not_found", None),
     ("GET reload", "GET", "/v1/admin/reload", 405, "method_not_allowed", None),
     ("reload without token", "POST", "/v1/admin/reload", 401, "invalid_token", None),
 ]
@@ -104,6 +105,7 @@ COLLECTOR_CASES: list[tuple[str, str, str, int, str]] = [
     ("previews without district", "GET", "/v1/previews", 400, "missing_param"),
     ("previews repeated district", "GET", "/v1/previews?district=440305&district=440306", 400, "invalid_param"),
     ("unknown path", "GET", "/v1/district", 404, "not_found"),
+    ("newline in a static name", "GET", "/static/a%0Ab", 404, "not_found"),
     ("wrong method", "POST", "/v1/tasks/status", 405, "method_not_allowed"),
 ]
 
