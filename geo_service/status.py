@@ -39,6 +39,7 @@ class StatusPoller:
     fetched_at: float | None = None  # wall time of the last answer (200 or 304) from the collector
     failures: int = 0
     last_error: str | None = None
+    failing: int = 0  # failed polls since the last answer: an outage is logged when it starts and when it ends
 
     def age_s(self) -> float | None:
         """Return how old the status in use is (None before the first answer)."""
@@ -58,12 +59,16 @@ class StatusPoller:
                     raise aiohttp.ClientResponseError(resp.request_info, (), status=resp.status)
         except (TimeoutError, aiohttp.ClientError, orjson.JSONDecodeError, KeyError, ValueError, TypeError) as exc:
             self.failures += 1
+            self.failing += 1
             self.last_error = str(exc) or type(exc).__name__
-            log.warning("collector unreachable; keeping the last status", extra={"error": self.last_error,
-                                                                                 "age_s": self.age_s()})
+            if self.failing == 1:
+                log.warning("collector unreachable; keeping the last status", extra={"error": self.last_error,
+                                                                                     "age_s": self.age_s()})
             return
+        if self.failing:
+            log.info("collector reachable again", extra={"failed_polls": self.failing})
         self.fetched_at = time.time()
-        self.last_error = None
+        self.last_error, self.failing = None, 0
 
     async def run(self) -> None:
         """Poll until cancelled."""
