@@ -29,6 +29,7 @@ log = logging.getLogger("geodrop.service")
 # aiohttp refuses request lines over 8 KiB with a plain-text 400 before any handler runs; a larger
 # limit lets the route guard answer over-long queries with the JSON error shape (414) instead.
 _MAX_LINE_BYTES = 64 * 1024
+_LINGER_S = 1.0
 
 
 def run_worker(settings: ServiceSettings, log_level: str) -> None:
@@ -43,6 +44,9 @@ def run_worker(settings: ServiceSettings, log_level: str) -> None:
         reuse_port=True,
         shutdown_timeout=settings.shutdown_timeout_s,
         keepalive_timeout=settings.keepalive_timeout_s,
+        # A request answered before its body was read (a 401, a 408 for a body that dripped) is drained for
+        # at most this long before the connection closes, not aiohttp's 10 s: a slow-drip client lets go soon.
+        lingering_time=_LINGER_S,
         access_log=logging.getLogger("aiohttp.access") if settings.access_log else None,
         max_line_size=_MAX_LINE_BYTES,
         max_field_size=_MAX_LINE_BYTES,

@@ -105,7 +105,10 @@ def error_response(status: int, code: str, message: str, field: str | None = Non
 def from_exception(request: web.Request, exc: BaseException) -> web.Response:
     """Translate any exception into the error shape; unexpected ones are logged, never shown."""
     if isinstance(exc, ApiError):
-        return error_response(exc.status, exc.code, exc.message, exc.field, exc.headers)
+        response = error_response(exc.status, exc.code, exc.message, exc.field, exc.headers)
+        if exc.headers.get("Connection") == "close":  # aiohttp closes on force_close(), not on the header alone
+            response.force_close()
+        return response
     if isinstance(exc, web.HTTPException):
         headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
         phrase = HTTPStatus(exc.status).phrase if exc.status in HTTPStatus._value2member_map_ else exc.reason
