@@ -30,6 +30,7 @@ log = logging.getLogger("geodrop.service")
 # limit lets the route guard answer over-long queries with the JSON error shape (414) instead.
 _MAX_LINE_BYTES = 64 * 1024
 _LINGER_S = 1.0
+_BACKLOG = 4096
 
 
 def run_worker(settings: ServiceSettings, log_level: str) -> None:
@@ -47,6 +48,9 @@ def run_worker(settings: ServiceSettings, log_level: str) -> None:
         # A request answered before its body was read (a 401, a 408 for a body that dripped) is drained for
         # at most this long before the connection closes, not aiohttp's 10 s: a slow-drip client lets go soon.
         lingering_time=_LINGER_S,
+        # aiohttp's 128 drops connects of a crowd arriving at once (phones after an outage), whose SYN retries
+        # then come a second or more later; the kernel caps this at net.core.somaxconn.
+        backlog=_BACKLOG,
         access_log=logging.getLogger("aiohttp.access") if settings.access_log else None,
         max_line_size=_MAX_LINE_BYTES,
         max_field_size=_MAX_LINE_BYTES,
