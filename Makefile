@@ -41,6 +41,7 @@ bench: $(BIN)/geo-snapshot
 	$(BIN)/python bench/claims_bench.py --json bench/out/claims.json
 	$(BIN)/python bench/collector_bench.py --json bench/out/collector.json
 	$(BIN)/python bench/hosts_bench.py --json bench/out/hosts.json
+	$(BIN)/python bench/faults_bench.py --json bench/out/faults.json
 
 # docs/capacity.md's table, from the JSON the benchmarks above wrote.
 capacity: $(BIN)/geo-snapshot

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -110,13 +111,21 @@ async def test_a_shipper_killed_mid_load_and_restarted_loses_and_duplicates_noth
     try:
         shipping.wait_ready()
 
+        seen: Counter[tuple[int, str]] = Counter()
+
         async def kill_and_restart() -> None:
-            await asyncio.sleep(0.8)
+            # Killed a third of the way through, counted in answers rather than seconds: on a fast machine a timed
+            # kill can land after the load, leaving the restarted shipper nothing to prove itself on.
+            for _ in range(600):  # bounded: up to 60 s for the first 500 answers
+                if sum(seen.values()) >= 500:
+                    break
+                await asyncio.sleep(0.1)
             shipping.kill()
             await asyncio.sleep(0.5)
             shipping.start()
 
-        answers = await claim_load(served.process.port, claims=1500, players=500, on_started=kill_and_restart)
+        answers = await claim_load(served.process.port, claims=1500, players=500, on_started=kill_and_restart,
+                                   seen=seen)
         shipping.wait_ready()
         for _ in range(600):  # bounded: up to 60 s for the restarted shipper to catch up
             shipped = shipping.health()["shipping"]
