@@ -31,14 +31,7 @@ def test_two_workers_share_the_port_and_one_mapped_copy_of_the_snapshot(sample_s
            "--workers", "2", "--log-level", "warning", "--data-dir", str(tmp_path)]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE)
     try:
-        workers: dict[int, int] = {}
-        deadline = time.monotonic() + 30
-        while len(workers) < 2 and time.monotonic() < deadline:  # bounded
-            try:
-                health = _get(f"http://127.0.0.1:{port}/healthz")
-                workers[health["worker_id"]] = health["pid"]
-            except OSError:
-                time.sleep(0.1)
+        workers = _workers(port)
         assert sorted(workers) == [0, 1]
         body = _get(f"http://127.0.0.1:{port}/v1/nearby?lat=22.5329&lng=113.9305")
         assert body["seq"] == 1 and body["pois"]
@@ -61,6 +54,42 @@ def test_two_workers_share_the_port_and_one_mapped_copy_of_the_snapshot(sample_s
     for pid in workers.values():
         assert not Path(f"/proc/{pid}").exists() or _is_zombie(pid)
     assert b"Traceback" not in (proc.stderr.read() if proc.stderr else b"")
+
+
+def _workers(port: int, dead: int = 0) -> dict[int, int]:
+    """Worker id -> pid of each worker that answers /healthz, skipping a `dead` pid; up to 30 s for two."""
+    workers: dict[int, int] = {}
+    deadline = time.monotonic() + 30
+    while len(workers) < 2 and time.monotonic() < deadline:  # bounded
+        try:
+            health = _get(f"http://127.0.0.1:{port}/healthz")
+            if health["pid"] != dead:
+                workers[health["worker_id"]] = health["pid"]
+        except OSError:
+            time.sleep(0.1)
+    return workers
+
+
+def test_a_killed_worker_is_restarted_while_the_other_serves(sample_snapshots: Path, tmp_path: Path) -> None:
+    port = _free_port()
+    cmd = [sys.executable, "-m", "geo_service", "serve", "--snapshots", str(sample_snapshots), "--port", str(port),
+           "--workers", "2", "--data-dir", str(tmp_path)]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE)
+    try:
+        before = _workers(port)
+        assert sorted(before) == [0, 1]
+        os.kill(before[0], signal.SIGKILL)
+        time.sleep(0.2)  # the kernel drops the dead worker's socket from the port's group
+        answered = {_get(f"http://127.0.0.1:{port}/healthz")["pid"] for _ in range(20)}  # fresh connections
+        assert before[0] not in answered
+        after = _workers(port, dead=before[0])
+        assert sorted(after) == [0, 1] and after[0] != before[0] and after[1] == before[1]
+        assert _get(f"http://127.0.0.1:{port}/v1/nearby?lat=22.5329&lng=113.9305")["pois"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    log = proc.stderr.read() if proc.stderr else b""
+    assert b"worker died; restarting it" in log and b"Traceback" not in log
 
 
 def _is_zombie(pid: int) -> bool:
