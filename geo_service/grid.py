@@ -77,6 +77,15 @@ class Grid(Protocol):
 
     def window_cells(self, lat: float, lng: float) -> list[int]: ...
 
+    def cell_window(self, cell: int) -> Window:
+        """Return the window around a cell: the same as window() at every point of it. GridError if `cell`
+        is not a cell of this grid inside the served band."""
+        ...
+
+    def client_params(self) -> dict[str, Any]:
+        """What a client needs to compute cell ids itself (GET /v1/grid)."""
+        ...
+
     @property
     def reach_m(self) -> float:
         """Every point within this great-circle distance of a query lies in its window."""
@@ -170,6 +179,19 @@ class SquareGrid:
     def window_cells(self, lat: float, lng: float) -> list[int]:
         return cells_in(self.window(lat, lng), self.band_rows)
 
+    def cell_window(self, cell: int) -> Window:
+        rest, k = divmod(cell, self.band_rows)
+        band, col = divmod(rest, self.max_cols)
+        row = band * self.band_rows + k
+        first, last = (int((edge + 90.0) / self.row_height_deg) for edge in (-MAX_ABS_LAT, MAX_ABS_LAT))
+        if cell < 0 or not first <= row <= last or col >= self._band_cols[band]:
+            raise GridError("cell", f"is not a cell of this grid inside the served band of ±{MAX_ABS_LAT}°; got {cell}")
+        return square_window_at(row, col, self.radius, self.band_rows, self.max_cols, self.band_cols)
+
+    def client_params(self) -> dict[str, Any]:
+        return {**self.params(), "row_height_deg": self.row_height_deg, "n_rows": self.n_rows,
+                "max_cols": self.max_cols, "band_cols": self._band_cols}
+
     def cell_outline(self, cell: int) -> list[tuple[float, float]]:
         rest, k = divmod(cell, self.band_rows)
         band, col = divmod(rest, self.max_cols)
@@ -217,12 +239,22 @@ class H3Grid:
         return np.array(cells, dtype=np.int64)
 
     def window(self, lat: float, lng: float) -> Window:
-        center = self.cell_of(lat, lng)
-        cells = sorted(h3.grid_disk(center, self.radius))
-        return center, np.array([b for c in cells for b in (c, c + 1)] + [0, 0] * len(cells), dtype=np.int64)
+        return self._disk(self.cell_of(lat, lng))
 
     def window_cells(self, lat: float, lng: float) -> list[int]:
         return cells_in(self.window(lat, lng), self.band_rows)
+
+    def cell_window(self, cell: int) -> Window:
+        if not (0 < cell < 2**63 and h3.is_valid_cell(cell) and h3.get_resolution(cell) == self.res):
+            raise GridError("cell", f"is not an H3 cell of resolution {self.res}; got {cell}")
+        return self._disk(cell)
+
+    def client_params(self) -> dict[str, Any]:
+        return self.params()
+
+    def _disk(self, center: int) -> Window:
+        cells = sorted(h3.grid_disk(center, self.radius))
+        return center, np.array([b for c in cells for b in (c, c + 1)] + [0, 0] * len(cells), dtype=np.int64)
 
     def cell_outline(self, cell: int) -> list[tuple[float, float]]:
         ring = [(lng, lat) for lat, lng in h3.cell_to_boundary(cell)]
@@ -239,27 +271,40 @@ def square_window(lat: float, lng: float, row_height_deg: float, r: int, b_rows:
                   band_cols: IntArray) -> Window:  # pragma: no cover - compiled
     """Return the center cell and spans of the square window around a point in the served band."""
     row = int((lat + 90.0) / row_height_deg)
-    x = (lng + 180.0) / 360.0
+    n = band_cols[row // b_rows]
+    return square_window_at(row, int((lng + 180.0) / 360.0 * n) % n, r, b_rows, max_cols, band_cols)
+
+
+@numba.njit(nogil=True, cache=True)
+def square_window_at(row: int, col: int, r: int, b_rows: int, max_cols: int,
+                     band_cols: IntArray) -> Window:  # pragma: no cover - compiled
+    """Return the center cell and spans of the square window around the cell at (row, col of its band).
+
+    The window depends on the centre cell alone, so every point of a cell gets the same answer and a
+    client can ask by cell: in a band whose column count differs from the centre's, it holds every
+    column that overlaps the centre cell's longitudes (one to three), widened by r on each side.
+    """
+    center_band = row // b_rows
+    n_center = band_cols[center_band]
+    center = (center_band * max_cols + col) * b_rows + row - center_band * b_rows
     first_band, last_band = (row - r) // b_rows, (row + r) // b_rows
     # Rows row-r..row+r all exist: the served band of latitudes stops well short of the poles.
     bounds = np.empty(4 * (last_band - first_band + 1), np.int64)
     k_spans = np.empty_like(bounds)
-    center = m = 0
+    m = 0
     for band in range(first_band, last_band + 1):
         n = band_cols[band]
-        c = int(x * n) % n
         first = band * b_rows
-        if band == row // b_rows:
-            center = (band * max_cols + c) * b_rows + row - first
         k_lo, k_hi = max(row - r - first, 0), min(row + r - first, b_rows - 1)
-        if c >= r and c + r < n:
-            cols = (c - r, c + r + 1, 0, 0)
-        elif 2 * r + 1 >= n:
+        lo, hi = col * n // n_center - r, ((col + 1) * n - 1) // n_center + r + 1  # columns [lo, hi)
+        if hi - lo >= n:
             cols = (0, n, 0, 0)
-        elif c < r:  # the window wraps west across the antimeridian
-            cols = (0, c + r + 1, n + c - r, n)
+        elif lo >= 0 and hi <= n:
+            cols = (lo, hi, 0, 0)
+        elif lo < 0:  # the window wraps west across the antimeridian
+            cols = (0, hi, n + lo, n)
         else:  # it wraps east
-            cols = (0, c + r + 1 - n, c - r, n)
+            cols = (0, hi - n, lo, n)
         for i in range(0, 4, 2):
             if cols[i + 1] > cols[i]:
                 bounds[m], bounds[m + 1] = (band * max_cols + cols[i]) * b_rows, (band * max_cols + cols[i + 1]) * b_rows

@@ -35,12 +35,50 @@ def test_every_point_within_reach_lies_in_the_window(grid: Grid, lat: float) -> 
 
 
 @pytest.mark.parametrize("lat", LATITUDES)
-def test_square_window_is_25_distinct_cells(lat: float) -> None:
+def test_square_window_is_5_rows_of_5_to_7_distinct_cells(lat: float) -> None:
     grid = SquareGrid(cell_m=100.0, radius=2)
-    for lng in np.linspace(-179.99995, 179.99995, 101):
-        cells = grid.window_cells(lat, float(lng))
-        assert len(cells) == len(set(cells)) == 25
-        assert grid.cell_of(lat, float(lng)) in cells
+    sizes = set()
+    for qlat in lat + np.arange(grid.band_rows) * grid.row_height_deg:  # every row position in a band
+        for lng in np.linspace(-179.99995, 179.99995, 101):
+            cells = grid.window_cells(float(qlat), float(lng))
+            center = grid.cell_of(float(qlat), float(lng))
+            rows: dict[int, int] = {}  # row -> cells in it
+            for c in cells:
+                row = c // grid.band_rows // grid.max_cols * grid.band_rows + c % grid.band_rows
+                rows[row] = rows.get(row, 0) + 1
+            center_row = center // grid.band_rows // grid.max_cols * grid.band_rows + center % grid.band_rows
+            assert len(cells) == len(set(cells)) and center in cells
+            assert sorted(rows) == list(range(center_row - 2, center_row + 3))
+            # The centre's band: 5 columns; another band with a different column count: those
+            # overlapping the centre cell's longitudes, one to three, widened by 2.
+            assert all(n == 5 if row // grid.band_rows == center_row // grid.band_rows else n in (5, 6, 7)
+                       for row, n in rows.items())
+            sizes.add(len(cells))
+    # Both kinds of window were met, but at the equator, where neighbouring bands share a column count.
+    assert 25 in sizes and (len(sizes) > 1) == (lat != 0.0)
+
+
+@pytest.mark.parametrize("grid", GRIDS, ids=lambda g: "-".join(f"{v}" for v in g.params().values()))
+def test_the_window_depends_on_the_centre_cell_alone(grid: Grid) -> None:
+    rng = np.random.default_rng(11)
+    lats, lngs = rng.uniform(-85.0, 85.0, 3000), rng.uniform(-180.0, 180.0, 3000)
+    lats[:6], lngs[:6] = [85.0, -85.0, 0.0, 10.0, 10.0, 60.0], [180.0, -180.0, 179.99999, -179.99999, 0.0, 179.9999]
+    for lat, lng in zip(lats.tolist(), lngs.tolist()):
+        center, spans = grid.window(lat, lng)
+        by_cell = grid.cell_window(grid.cell_of(lat, lng))
+        assert by_cell[0] == center and by_cell[1].tolist() == spans.tolist()
+
+
+@pytest.mark.parametrize("cell", [-1, 2**62, 10**18])
+def test_a_number_that_is_no_cell_of_the_grid_is_refused(grid: Grid, cell: int) -> None:
+    with pytest.raises(GridError, match="cell"):
+        grid.cell_window(cell)
+
+
+def test_a_square_cell_beyond_the_served_band_is_refused() -> None:
+    grid = SquareGrid()
+    with pytest.raises(GridError, match="served band"):
+        grid.cell_window(grid.cells_of(np.array([89.0]), np.array([10.0]))[0].item())
 
 
 @pytest.mark.parametrize("lat", [22.0 + i * 0.0009 for i in range(10)])
