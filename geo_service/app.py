@@ -31,7 +31,7 @@ from geo_service.ledger.rates import rate_milli
 from geo_service.live import SnapshotHolder, Watcher
 from geo_service.load import LoadMonitor
 from geo_service.metrics import Metrics
-from geo_service.nearby import Lookup
+from geo_service.nearby import Levels, Lookup
 from geo_service.origin import open_origin
 from geo_service.pull import Puller, pulling
 from geo_service.routing import Guard, add_guarded_routes
@@ -121,7 +121,8 @@ def create_app(settings: ServiceSettings) -> web.Application:
     app[rng_key] = random.Random()
     app[rules_key] = ClaimRules(settings.catch_radius_m, settings.win_cap, settings.max_speed_mps)
     app[watcher_key] = watcher = Watcher(holder, settings.snapshots, settings.stage_dir, settings.poll_interval_s,
-                                         on_load=lambda lookup: seed_counters(ledger, lookup))
+                                         on_load=lambda lookup: seed_counters(ledger, lookup),
+                                         levels=Levels(settings.level_few_below, settings.level_last_below))
     if settings.origin:
         app[puller_key] = Puller(open_origin(settings.origin, settings.origin_endpoint), settings.snapshots,
                                  settings.origin_poll_s, on_pulled=watcher.wake)

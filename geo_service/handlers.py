@@ -13,11 +13,13 @@ from geo_service.claims import process_claim
 from geo_service.errors import (
     ClaimsDisabled,
     LedgerUnavailable,
+    NotFound,
     RequestTimeout,
     SnapshotUnavailable,
     Unauthorized,
     error_response,
 )
+from geo_service.grid import GridError, Window
 from geo_service.keys import (
     ledger_check_key,
     ledger_key,
@@ -32,9 +34,10 @@ from geo_service.keys import (
     watcher_key,
 )
 from geo_service.ledger import LedgerError
+from geo_service.live import Live
 from geo_service.nearby import encode_answer
 from geo_service.openapi import openapi_spec
-from geo_service.params import claim_body, request_position, require_admin
+from geo_service.params import cell_param, claim_body, request_position, require_admin
 from geo_service.pull import pull_metrics
 from geo_service.responses import etag_matches, json_response, not_modified
 from geo_service.routing import Route
@@ -43,18 +46,52 @@ from geo_service.tokens import TokenError, verify
 
 async def nearby(request: web.Request) -> web.Response:
     lat, lng = request_position(request.query_string, lambda: request.query)
-    app = request.app
-    live = app[snapshot_key].current(int(time.time()))
+    return _answer(request, _live(request), lat, lng, None)
+
+
+async def cell(request: web.Request) -> web.Response:
+    """/v1/nearby by cell: the answer every point of the cell gets, one cache entry for all of them."""
+    cell_id = cell_param(request.match_info["cell"])
+    live = _live(request)
+    try:
+        window = live.lookup.grid.cell_window(cell_id)
+    except GridError as exc:
+        raise NotFound(f"{exc.field} {exc.reason} (GET /v1/grid gives the grid)", field="cell") from None
+    return _answer(request, live, 0.0, 0.0, window)
+
+
+async def grid(request: web.Request) -> web.Response:
+    live = _live(request)
+    etag = f'W/"grid-{live.lookup.grid_tag:x}"'
+    headers = {"ETag": etag, "Cache-Control": "public, max-age=300", "Vary": "Accept-Encoding"}
+    if etag_matches(request, etag):
+        return not_modified(etag, headers)
+    if "gzip" in request.headers.get("Accept-Encoding", ""):
+        return web.Response(body=live.lookup.grid_gzip, content_type="application/json",
+                            headers={**headers, "Content-Encoding": "gzip"})
+    return web.Response(body=live.lookup.grid_json, content_type="application/json", headers=headers)
+
+
+def _live(request: web.Request) -> Live:
+    live = request.app[snapshot_key].current(int(time.time()))
     if live is None:
         raise SnapshotUnavailable("no snapshot is loaded yet; try again shortly",
-                                  headers={"Retry-After": str(app[load_key].retry_after_s())})
+                                  headers={"Retry-After": str(request.app[load_key].retry_after_s())})
+    return live
+
+
+def _answer(request: web.Request, live: Live, lat: float, lng: float, window: Window | None) -> web.Response:
+    app = request.app
     next_poll_ms = app[load_key].next_poll_ms()
-    body, window_key = encode_answer(live.lookup, live.status, lat, lng, app[settings_key].max_pois,
-                                     {"next_poll_ms": next_poll_ms, "status_age_s": app[status_key].age_s()})
-    etag = f'W/"{live.lookup.seq}-{live.status.version:x}-{window_key:x}"'
-    headers = {"ETag": etag, "X-Next-Poll-Ms": str(next_poll_ms)}
-    # The window's key comes out of the encoder's one compiled call, so a 304 is decided after it:
-    # a second call just for the window would cost about what the answer does.
+    body, tag = encode_answer(live.lookup, live.status, lat, lng, app[settings_key].max_pois,
+                              {"next_poll_ms": next_poll_ms, "status_age_s": app[status_key].age_s()}, window)
+    # The tag is of what the answer shows, so a claim or a count that moves no level leaves it as it was,
+    # and every worker and host gives the same one; a phone or a shared cache may keep the answer a poll.
+    etag = f'W/"{tag:x}"'
+    headers = {"ETag": etag, "X-Next-Poll-Ms": str(next_poll_ms),
+               "Cache-Control": f"public, max-age={max(1, next_poll_ms // 1000)}"}
+    # The tag comes out of the encoder, so a 304 is decided after it: the answer is cheaper to write
+    # than to tell apart from the last one any other way.
     if etag_matches(request, etag):
         return not_modified(etag, headers)
     return web.Response(body=body, content_type="application/json", headers=headers)
@@ -176,6 +213,8 @@ async def admin_reload(request: web.Request) -> web.Response:
 
 ROUTES: list[Route] = [
     ("GET", "/v1/nearby", nearby),
+    ("GET", "/v1/cells/{cell}", cell),
+    ("GET", "/v1/grid", grid),
     ("GET", "/healthz", healthz),
     ("GET", "/metrics", metrics),
     ("GET", "/openapi.json", openapi),

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeGuard
 
-from geo_service.nearby import NEVER, Lookup, StatusView, TaskOverride, answer, encode_answer
+from geo_service.nearby import DEFAULT_LEVELS, NEVER, Levels, Lookup, StatusView, TaskOverride, answer, encode_answer
 from geo_service.snapshot import SnapshotError, current_seq, open_snapshot
 from geo_service.staging import identity, source_problem, staged
 
@@ -98,12 +98,12 @@ class SnapshotHolder:
                 self.live = Live(live.lookup, status, live.loaded_at)
 
 
-def load_lookup(folder: Path, stage_dir: Path) -> Lookup:
+def load_lookup(folder: Path, stage_dir: Path, levels: Levels = DEFAULT_LEVELS) -> Lookup:
     """Copy and verify a snapshot folder into `stage_dir` (unless a sibling worker did), open the copy and
     prepare it (blocking: run it in a thread)."""
     with staged(folder, stage_dir) as copy:
         snapshot = open_snapshot(copy, checksums=False)
-    lookup = Lookup(snapshot)
+    lookup = Lookup(snapshot, levels)
     # The first call of each compiled pass compiles it (or loads it from numba's cache): make those
     # calls here, off the event loop, not in the first player's request.
     status = lookup.table.status(0)
@@ -116,8 +116,9 @@ class Watcher:
     """Polls CURRENT, and reloads on SIGHUP or an admin call; one load at a time."""
 
     def __init__(self, holder: SnapshotHolder, root: Path, stage_dir: Path, poll_interval_s: float,
-                 on_load: Callable[[Lookup], Awaitable[None]] | None = None) -> None:
+                 on_load: Callable[[Lookup], Awaitable[None]] | None = None, levels: Levels = DEFAULT_LEVELS) -> None:
         self.holder = holder
+        self.levels = levels
         self.root = root
         self.stage_dir = stage_dir
         self.poll_interval_s = poll_interval_s
@@ -147,7 +148,7 @@ class Watcher:
             if not force and (wanted == live_id or wanted in holder.refused_ids):
                 return {"seq": live_seq, "swapped": False, "error": holder.last_error if wanted != live_id else None}
             try:
-                lookup = await asyncio.to_thread(load_lookup, folder, self.stage_dir)
+                lookup = await asyncio.to_thread(load_lookup, folder, self.stage_dir, self.levels)
             except (SnapshotError, OSError, ValueError) as exc:
                 return self._refuse(wanted, str(exc))
             if self.on_load is not None:

@@ -28,6 +28,7 @@ RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before trying aga
 JSON_OBJECT = {"application/json": {"schema": {"type": "object"}}}
 # A position on data/sample's ground: a POI of task 44030300 (罗湖区 red envelope #1).
 EXAMPLE = {"task_id": 44030300, "poi_id": 10001857, "lat": 22.54331, "lng": 114.107695}
+EXAMPLE_CELL = 50094482270  # the cell of EXAMPLE on the sample's grid (100 m squares)
 
 
 def _error(description: str, retry: bool = False) -> dict[str, Any]:
@@ -63,11 +64,14 @@ COORDINATE_LAT = {"type": "number", "minimum": -MAX_ABS_LAT, "maximum": MAX_ABS_
 COORDINATE_LNG = {"type": "number", "minimum": -180, "maximum": 180}
 NEARBY = {
     "type": "object",
-    "required": ["seq", "center_cell", "cells", "pois", "tasks", "truncated", "next_poll_ms"],
+    "required": ["answer_version", "seq", "center_cell", "cells", "pois", "tasks", "truncated", "next_poll_ms"],
     "properties": {
+        "answer_version": {"type": "integer", "enum": [2], "description": "This shape: 2, prize levels (1 had counts)."},
         "seq": {"type": "integer", "description": "The snapshot this answer comes from."},
         "center_cell": {"type": "integer"},
-        "cells": {"type": "array", "items": {"type": "integer"}, "description": "The window's cells (25 for 5x5)."},
+        "cells": {"type": "array", "items": {"type": "integer"},
+                  "description": "The window's cells: 5 rows of 5 (or of up to 7 in a band whose column count differs "
+                                 "from the centre's) on a square grid, 19 hexagons on H3 at radius 2."},
         "pois": {"type": "array", "items": {
             "type": "object", "required": ["poi_id", "task_id", "lat", "lng"], "properties": {
                 "poi_id": {"type": "integer"}, "task_id": {"type": "integer"},
@@ -76,9 +80,11 @@ NEARBY = {
                                              "properties": {
             "task_id": {"type": "integer"}, "name": {"type": "string"}, "district_code": {"type": "integer"},
             "status": {"type": "string", "enum": ["active"]}, "ends_at": {"type": "string", "format": "date-time"},
-            "prizes": {"type": "array", "items": {"type": "object", "properties": {
-                "prize_type": {"type": "string"}, "quota": {"type": "integer"},
-                "remaining": {"type": ["integer", "null"], "description": "Null until a collector reports it."}}}}}}},
+            "prizes": {"type": "array", "items": {"type": "object", "required": ["prize_type", "level"], "properties": {
+                "prize_type": {"type": "string"},
+                "level": {"enum": ["plenty", "few", "last", "none", None],
+                          "description": "How much is left, coarsely (thresholds: level_few_below, level_last_below); "
+                                         "null without a collector. Exact counts: the collector's feed."}}}}}}},
         "truncated": {"type": "boolean", "description": "True when the POI cap cut the list."},
         "next_poll_ms": {"type": "integer", "minimum": 1,
                          "description": "Wait this long before polling again (rises under load)."},
@@ -86,6 +92,23 @@ NEARBY = {
                          "description": "Age of the collector's task status in use; null without a collector."},
     },
 }
+GRID = {
+    "type": "object",
+    "required": ["seq", "kind", "radius"],
+    "description": "What a client computes cell ids from (README: the client code); fields by kind.",
+    "properties": {
+        "seq": {"type": "integer"}, "kind": {"enum": ["square", "h3"]}, "radius": {"type": "integer", "minimum": 1},
+        "cell_m": {"type": "number"}, "band_rows": {"type": "integer", "minimum": 1},
+        "row_height_deg": {"type": "number"}, "n_rows": {"type": "integer"}, "max_cols": {"type": "integer"},
+        "band_cols": {"type": "array", "items": {"type": "integer", "minimum": 1}, "description": "Columns of each band."},
+        "h3_res": {"type": "integer", "minimum": 0, "maximum": 15},
+    },
+}
+CACHE_CONTROL = {"Cache-Control": {"schema": {"type": "string"}, "description": "public, max-age=<the poll interval, s>."}}
+NOT_MODIFIED = {"description": "Unchanged since the ETag given in If-None-Match.",
+                "headers": {"ETag": {"schema": {"type": "string"}}, **CACHE_CONTROL}}
+IF_NONE_MATCH = {"name": "If-None-Match", "in": "header", "required": False, "schema": {"type": "string"},
+                 "description": "An ETag from an earlier answer: 304 if what it shows is unchanged."}
 CLAIM = {
     "type": "object",
     "required": ["claim_id", "task_id", "poi_id", "lat", "lng"],
@@ -105,6 +128,20 @@ OUTCOME = {
 }
 BAD_BODY = _error("Body not a JSON object (invalid_json); a field missing (missing_param) or of the wrong type or "
                   "range (invalid_param).")
+
+
+def _answer(description: str) -> dict[str, Any]:
+    """Return the 200 response of /v1/nearby and /v1/cells: the answer, its headers, and the link to a claim."""
+    headers = {"ETag": {"schema": {"type": "string"}, "description": "Of what the answer shows; revalidate with "
+                                                                        "If-None-Match."},
+               "X-Next-Poll-Ms": {"schema": {"type": "string", "pattern": "^[0-9]+$"}, "description": "As next_poll_ms."},
+               **CACHE_CONTROL}
+    return {**json_ok(description, NEARBY, headers), "links": {"ClaimAPoi": {
+        "operationId": "claim",
+        "description": "Catch the first POI of the answer, standing on it.",
+        "requestBody": {"claim_id": "link-claim", "task_id": "$response.body#/pois/0/task_id",
+                        "poi_id": "$response.body#/pois/0/poi_id",
+                        "lat": "$response.body#/pois/0/lat", "lng": "$response.body#/pois/0/lng"}}}}
 
 
 def openapi_spec() -> dict[str, Any]:
@@ -127,25 +164,36 @@ def openapi_spec() -> dict[str, Any]:
                     {**_coordinate("lat", MAX_ABS_LAT, EXAMPLE["lat"]), "description":
                         f"WGS84 degrees in [{-MAX_ABS_LAT:g}, {MAX_ABS_LAT:g}] (square cells stop being squares "
                         "beyond: the served band), given once."},
-                    _coordinate("lng", 180, EXAMPLE["lng"]),
-                    {"name": "If-None-Match", "in": "header", "required": False, "schema": {"type": "string"},
-                     "description": "An ETag from an earlier answer: 304 if nothing changed."}],
+                    _coordinate("lng", 180, EXAMPLE["lng"]), IF_NONE_MATCH],
                 "responses": {
-                    "200": {**json_ok("The answer.", NEARBY, {
-                        "ETag": {"schema": {"type": "string"}, "description": "Revalidate with If-None-Match."},
-                        "X-Next-Poll-Ms": {"schema": {"type": "string", "pattern": "^[0-9]+$"},
-                                           "description": "As next_poll_ms."}}),
-                        "links": {"ClaimAPoi": {
-                            "operationId": "claim",
-                            "description": "Catch the first POI of the answer, standing on it.",
-                            "requestBody": {"claim_id": "link-claim", "task_id": "$response.body#/pois/0/task_id",
-                                            "poi_id": "$response.body#/pois/0/poi_id",
-                                            "lat": "$response.body#/pois/0/lat", "lng": "$response.body#/pois/0/lng"}}}},
-                    "304": {"description": "Unchanged since the ETag given in If-None-Match.",
-                            "headers": {"ETag": {"schema": {"type": "string"}}}},
+                    "200": _answer("The answer."),
+                    "304": NOT_MODIFIED,
                     "400": _error("A parameter is missing (missing_param), or repeated, not a number or out of range "
                                   "(invalid_param)."),
                     "414": _error("Query string too long (query_too_long)."),
+                    "503": busy}}},
+            "/v1/cells/{cell}": {"get": {
+                "operationId": "cell",
+                "summary": "The /v1/nearby answer of every point of a cell, by cell id (one cache entry for the cell).",
+                "parameters": [
+                    {"name": "cell", "in": "path", "required": True, "example": EXAMPLE_CELL,
+                     "schema": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
+                     "description": "A cell id of the grid (GET /v1/grid; README: computing it)."}, IF_NONE_MATCH],
+                "responses": {
+                    "200": _answer("The answer, as /v1/nearby gives it at any point of the cell."),
+                    "304": NOT_MODIFIED,
+                    "400": _error("Not a decimal cell id (invalid_param)."),
+                    "404": _error("A number that is no cell of the grid, or one beyond the served band (not_found)."),
+                    "503": busy}}},
+            "/v1/grid": {"get": {
+                "operationId": "grid",
+                "summary": "The live snapshot's grid: what a client computes its cell id from.",
+                "parameters": [IF_NONE_MATCH],
+                "responses": {
+                    "200": json_ok("The grid (gzip when accepted).", GRID, {
+                        "ETag": {"schema": {"type": "string"}, "description": "Revalidate with If-None-Match."}}),
+                    "304": {"description": "Unchanged since the ETag given in If-None-Match.",
+                            "headers": {"ETag": {"schema": {"type": "string"}}}},
                     "503": busy}}},
             "/v1/claims": {"post": {
                 "operationId": "claim",

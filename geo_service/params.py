@@ -70,6 +70,13 @@ def request_position(query_string: str, query: Callable[[], MultiMapping[str]]) 
     return position(query())
 
 
+def cell_param(text: str) -> int:
+    """Return a cell id given in a path: a decimal integer of at most 19 digits."""
+    if not (text.isascii() and text.isdigit() and len(text) <= 19):
+        raise InvalidParam(f"cell must be a cell id, a decimal integer; got {text[:40]!r}", field="cell")
+    return int(text)
+
+
 def require_admin(authorization: str, token: str, what: str) -> None:
     """Check an admin route's Authorization header against the configured token. With none configured the
     route is off: no token can pass, and the answer says so (401 all the same, as the contract promises)."""

@@ -98,6 +98,11 @@ class ServiceSettings:
     origin_endpoint: str = origin_endpoint_field()
     origin_poll_s: float = origin_poll_field()
     max_pois: int = field(default=300, metadata=_help("Cap on POIs per /v1/nearby answer; `truncated` says it cut."))
+    level_few_below: int = field(default=100, metadata=_help(
+        "Answers show a prize with fewer than this many left as level `few` (more: `plenty`), not its count: "
+        "a level moves only when a threshold is crossed, so answers and their ETags hold while claims land."))
+    level_last_below: int = field(default=10, metadata=_help(
+        "Answers show a prize with fewer than this many left (and some) as level `last`; none left: `none`."))
     next_poll_ms: int = field(default=5000, metadata=_help("Poll interval told to clients when the service is idle."))
     max_next_poll_ms: int = field(default=60000, metadata=_help("Upper bound of the poll interval under load."))
     busy_inflight: int = field(default=256, metadata=_help("In-flight requests above which clients are slowed."))
@@ -147,6 +152,8 @@ class ServiceSettings:
             problems.append(f"workers: must be in [1, 64]; got {self.workers}")
         if self.max_pois < 1:
             problems.append(f"max_pois: must be at least 1; got {self.max_pois}")
+        if not 0 < self.level_last_below < self.level_few_below:
+            problems.append("level_last_below: must be positive and below level_few_below")
         if not 0 < self.next_poll_ms <= self.max_next_poll_ms:
             problems.append("next_poll_ms: must be positive and at most max_next_poll_ms")
         if not 0 < self.busy_inflight < self.shed_inflight:

@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from geo_service.native import address
-from geo_service.nearby import COARSE_STRIDE, Lookup, _first_at_least, _put_coord, answer, encode_answer, span_key
+from geo_service.nearby import COARSE_STRIDE, Lookup, _first_at_least, _put_coord, answer, encode_answer
 from geo_service.snapshot import open_current
 from tests.conftest import SAMPLE, build_into
 from tests.support.builders import claim_poi, set_csv_field, write_claims_data
@@ -86,9 +86,12 @@ def test_answers_are_byte_for_byte_those_of_orjson(synth_lookup: Lookup, h3_look
         for n, i in enumerate(rng.choice(len(snap.cells), 1000)):
             extra = extras[n % 2]
             lat, lng = float(snap.lats[i]) + rng.normal(0, 0.001), float(snap.lngs[i]) + rng.normal(0, 0.001)
-            window = lookup.grid.window(lat, lng)
-            want = orjson.dumps({**answer(lookup, status, lat, lng, max_pois, window), **extra})
-            assert encode_answer(lookup, status, lat, lng, max_pois, extra) == (want, span_key(window[1]))
+            want = orjson.dumps({**answer(lookup, status, lat, lng, max_pois), **extra})
+            body, tag = encode_answer(lookup, status, lat, lng, max_pois, extra)
+            assert body == want
+            # Asked by its cell, the answer and its tag are those of every point of the cell.
+            cell = lookup.grid.cell_window(lookup.grid.cell_of(lat, lng))
+            assert encode_answer(lookup, status, 0.0, 0.0, max_pois, extra, cell) == (body, tag)
             parsed = orjson.loads(want)
             seen_tasks += len(parsed["tasks"])
             truncated += parsed["truncated"]
