@@ -1,6 +1,6 @@
 """Fault drill: the collector is SIGKILLed under load and started again. Meanwhile the service (two worker
 processes) answers every poll and claim, with the last status it had (a task switched off stays off)
-and that status's age; once the collector is back it catches up: fresh status, the counts the claims
+and that status's age; once the collector is back it catches up: fresh status, the levels the claims
 made meanwhile, and a kill switch thrown after the restart."""
 
 from __future__ import annotations
@@ -18,11 +18,14 @@ import aiohttp
 import orjson
 import pytest
 
+from geo_service.nearby import Levels
 from tests.support.claiming import QUOTAS, SECRET, TASKS, claim_load, ledger_world
 from tests.support.ledgers import counters
 from tests.support.processes import Process, collector, get_json, service
 
 ADMIN = "restart-admin"
+# Every quota starts at `plenty` or above; the outage's claims take task 1's cash below it.
+LEVELS = Levels(few_below=min(QUOTAS.values()), last_below=5)
 SWITCHED = TASKS[1]
 
 
@@ -38,7 +41,8 @@ def site(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Site]:
     ledger, _, snaps = ledger_world("sqlite", request, tmp_path)
     col = collector(snaps, ledger, "--admin-token", ADMIN, "--tick-floor-s", "0.2", "--data-dir", str(tmp_path / "cvar"))
     svc = service(snaps, tmp_path / "var", "--token-secret", SECRET, "--ledger", ledger, "--collector", col.url,
-                  "--status-poll-s", "0.2", workers=2)
+                  "--status-poll-s", "0.2", "--level-few-below", str(LEVELS.few_below),
+                  "--level-last-below", str(LEVELS.last_below), workers=2)
     try:
         col.start().wait_ready()
         svc.start().wait_ready(workers=2)
@@ -95,8 +99,8 @@ async def test_the_service_rides_out_a_collector_restart_and_catches_up(site: Si
     await asyncio.sleep(1.5)
     stale = nearby(site, TASKS[0])
     assert stale["status_age_s"] > 1.5  # the age says the status is old
-    before = {p["prize_type"]: p["remaining"] for p in shown(stale, TASKS[0])["prizes"]}  # type: ignore[index]
-    assert before == QUOTAS  # counts from before the outage's claims
+    before = {p["prize_type"]: p["level"] for p in shown(stale, TASKS[0])["prizes"]}  # type: ignore[index]
+    assert before == {p: LEVELS.of(q) for p, q in QUOTAS.items()}  # levels from before the outage's claims
     assert shown(nearby(site, SWITCHED), SWITCHED) is None  # the last status still holds: the task stays off
     health = site.service.health()
     assert health["status"]["failures"] > 0 and health["status"]["last_error"]
@@ -105,15 +109,16 @@ async def test_the_service_rides_out_a_collector_restart_and_catches_up(site: Si
     switch(site, SWITCHED, True)  # a change made after the restart reaches the service too
     issued = {key: i for key, (_, i) in counters(site.ledger).items()}
     assert all(issued[TASKS[0], p] > 0 for p in QUOTAS)
+    after = {p: LEVELS.of(q - issued[TASKS[0], p]) for p, q in QUOTAS.items()}
+    assert after != before  # catching up is visible in the answer
 
     def caught_up() -> bool:
         body = nearby(site, TASKS[0])
         task = shown(body, TASKS[0])
-        left = {p["prize_type"]: p["remaining"] for p in task["prizes"]} if task else {}
-        return (body["status_age_s"] < 1.0 and shown(nearby(site, SWITCHED), SWITCHED) is not None
-                and left == {p: q - issued[TASKS[0], p] for p, q in QUOTAS.items()})
+        left = {p["prize_type"]: p["level"] for p in task["prizes"]} if task else {}
+        return body["status_age_s"] < 1.0 and shown(nearby(site, SWITCHED), SWITCHED) is not None and left == after
 
-    await until(caught_up, "fresh status, counts that include the outage's claims, the task back on")
+    await until(caught_up, "fresh status, levels that include the outage's claims, the task back on")
     stop.set()
     await poller
     assert set(polls) == {200} and polls[200] > 100, polls  # no poll failed, the outage included

@@ -185,9 +185,13 @@ async def test_a_task_cancelled_inside_a_ledger_call_stops_even_where_it_catches
             calls += 1
 
     try:
-        for _ in range(20):  # bounded: cancel at twenty different points of the reads
+        started = time.perf_counter()
+        await ledger.read_state(0)
+        await ledger.problems()
+        one = time.perf_counter() - started  # how long a round of reads takes on this machine now
+        for _ in range(20):  # bounded: cancel at twenty different points of the reads, up to 3 rounds in
             task = asyncio.create_task(reader())
-            await asyncio.sleep(0.003 * (1 + _ % 7))
+            await asyncio.sleep(one * 0.15 * (1 + _))
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await asyncio.wait_for(task, timeout=5)

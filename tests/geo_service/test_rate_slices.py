@@ -25,9 +25,12 @@ SECRET = "rate-secret"
 OFFERED_PER_S, SECONDS = 200, 6.0
 
 
-async def paced_claims(ports: list[int], on_half_time: object = None) -> tuple[dict[str, int], list[tuple[float, int]]]:
-    """Offer OFFERED_PER_S claims a second for SECONDS, each by a new player, alternating the instances;
-    return {claim_id: port} of the wins, and (time answered, port) of every answer."""
+async def paced_claims(ports: list[int], on_half_time: object = None,
+                       changed_at: list[float] | None = None) -> tuple[dict[str, int], list[tuple[float, int]]]:
+    """Offer OFFERED_PER_S claims a second for SECONDS, each by a new player, alternating the instances,
+    and on until 2 s after the time on_half_time appends to `changed_at` (a loaded machine can take seconds
+    to run it), up to 3 * SECONDS; return {claim_id: port} of the wins, and (time answered, port) of every
+    answer."""
     wins: dict[str, int] = {}
     answered: list[tuple[float, int]] = []
     expires = int(time.time()) + 3600
@@ -47,7 +50,9 @@ async def paced_claims(ports: list[int], on_half_time: object = None) -> tuple[d
                 wins[answer["claim_id"]] = port
 
         started, pending = time.monotonic(), []
-        for i in range(int(OFFERED_PER_S * SECONDS)):
+        for i in range(int(OFFERED_PER_S * SECONDS * 3)):  # bounded
+            if i >= OFFERED_PER_S * SECONDS and (changed_at is None or (changed_at and time.time() > changed_at[0] + 2.0)):
+                break
             await asyncio.sleep(max(0.0, started + i / OFFERED_PER_S - time.monotonic()))
             pending.append(asyncio.create_task(one(i)))
             if on_half_time is not None and i == int(OFFERED_PER_S * SECONDS / 2):
@@ -91,7 +96,8 @@ async def test_rate_slices_hold_across_instances_and_a_live_change_applies_to_al
     try:
         for s in services:
             await asyncio.to_thread(s.wait_ready, 2)
-        wins, answered = await paced_claims([s.port for s in services], on_half_time=lower_the_rate)
+        wins, answered = await paced_claims([s.port for s in services], on_half_time=lower_the_rate,
+                                            changed_at=changed_at)
     finally:
         for s in services:
             s.stop()
