@@ -34,6 +34,6 @@ class History:
     def series(self, prize_types: list[str]) -> dict[str, object]:
         """Return issues per second by prize type between consecutive ticks, for a chart: {t: [...], prize: [...]}."""
         ticks = list(self.ticks)
-        times = [round(b[0], 1) for b in ticks[1:]]
+        times = [round(b[0], 3) for b in ticks[1:]]  # to the ms: a rate times its interval gives back the issues
         rates = [np.maximum(b[2] - a[2], 0) / max(b[0] - a[0], 1e-3) for a, b in zip(ticks, ticks[1:])]
         return {"t": times, **{p: [round(float(r[k]), 2) for r in rates] for k, p in enumerate(prize_types)}}

@@ -86,19 +86,26 @@ async def test_the_series_and_last_minute_counts_follow_claims(
     service = await make_client(sample_snapshots, token_secret="s", ledger=ledger, max_speed_mps=1e9)
     collector = await make_collector(sample_snapshots, ledger, tick_floor_s=0.1)
     snap = open_current(sample_snapshots)
+    for _ in range(100):  # bounded: the first interval has no start in the series, so claim after it
+        if len((await (await collector.get("/v1/series")).json())["t"]) >= 1:
+            break
+        await asyncio.sleep(0.05)
     won = 0
     for k in range(12):
         i = int((snap.task_index == 0).nonzero()[0][k])
         body = {"claim_id": f"s{k}", "task_id": snap.tasks[0]["task_id"], "poi_id": int(snap.poi_ids[i]),
-                "lat": float(snap.lats[i]), "lng": float(snap.lngs[i])}
+                "lat": float(snap.degrees(i)[0]), "lng": float(snap.degrees(i)[1])}
         resp = await service.post("/v1/claims", json=body, headers={"Authorization": f"Bearer {mint(f'u{k}', 's', 2**33)}"})
         won += (await resp.json())["outcome"] == "won"
     assert won >= 1
-    await asyncio.sleep(0.5)
-    series = await (await collector.get("/v1/series")).json()
+    for _ in range(100):  # bounded: up to 10 s for the collector's ticks to take in every win
+        await asyncio.sleep(0.1)
+        series = await (await collector.get("/v1/series")).json()
+        per_tick = [sum(series[p][k] for p in ("cash", "coupon")) * (series["t"][k] - (series["t"][k - 1] if k else 0))
+                    for k in range(1, len(series["t"]))]
+        if sum(per_tick) == pytest.approx(won, abs=0.5):
+            break
     assert set(series) == {"t", "cash", "coupon"} and len(series["t"]) >= 2
-    per_tick = [sum(series[p][k] for p in ("cash", "coupon")) * (series["t"][k] - (series["t"][k - 1] if k else 0))
-                for k in range(1, len(series["t"]))]
     assert sum(per_tick) == pytest.approx(won, abs=0.5)  # rates times tick lengths add up to the wins
     districts = await (await collector.get("/v1/districts")).json()
     code = snap.tasks[0]["district_code"]
