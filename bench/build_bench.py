@@ -1,11 +1,16 @@
-"""Benchmark `geo-snapshot build`: rows/s and peak RSS from a folder (10^6, 10^7) and from MySQL (10^6).
+"""Benchmark `geo-snapshot build`: wall time, peak RSS and snapshot bytes per row, from a folder (10^6, 10^7;
+10^8 with --huge) and from MySQL (10^6).
 
-    .venv/bin/python bench/build_bench.py [--sizes 1000000 10000000] [--mysql-size 1000000]
-        [--mysql mysql://root@127.0.0.1:3306/test] [--workdir bench/out]
+    .venv/bin/python bench/build_bench.py [--sizes 1000000 10000000] [--huge] [--memory-mb 2048]
+        [--baseline /path/to/an/older/checkout] [--mysql-size 1000000] [--workdir bench/out]
 
-Each build runs in its own process; its peak RSS is that process's ru_maxrss. Synthetic data is
-made once per size (seeded) and reused by later runs. Targets (issue 2, 2 cores): 10^7 POIs from a
-folder in at most 60 s under 3 GiB peak RSS; 10^6 from MySQL in at most 30 s.
+Each build runs in its own process; its peak RSS is that process's ru_maxrss. Synthetic data is made
+once per size (seeded) and reused by later runs. --huge adds 10^8 POIs: about 6 GB of CSV, 3.5 GB of
+snapshot and 6 GB of spilled runs while it builds (check `df` first). --baseline runs the same builds
+with an older checkout's code too (its own `python -m loaders`, cwd there), alternating with this one,
+so the two compare in one run on one machine. Targets (issue 14, 2 cores, default --memory-mb 2048):
+10^8 POIs in at most 4 minutes under 8 GiB peak RSS; 10^7 within 1.2x of the in-memory build it replaced;
+at most 32 bytes a row.
 """
 
 from __future__ import annotations
@@ -23,10 +28,10 @@ import orjson
 PY = sys.executable
 
 
-def run_measured(cmd: list[str]) -> tuple[float, float, int]:
-    """Run a command; return wall seconds, peak RSS in MiB, and its exit status."""
+def run_measured(cmd: list[str], cwd: Path | None = None) -> tuple[float, float, int]:
+    """Run a command (in `cwd`); return wall seconds, peak RSS in MiB, and its exit status."""
     started = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd)
     _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - started
     if status:
@@ -44,38 +49,50 @@ def ensure_synth(workdir: Path, n: int) -> Path:
     return folder
 
 
-def bench_build(label: str, source: str, out: Path, pois: int) -> None:
+def bench_build(label: str, source: str, out: Path, pois: int, memory_mb: int | None, cwd: Path | None = None) -> None:
     shutil.rmtree(out, ignore_errors=True)
-    cmd = [PY, "-m", "loaders", "build", "--source", source, "--out", str(out), "--quiet"]
-    seconds, rss_mib, code = run_measured(cmd)
+    cmd = [PY, "-m", "loaders", "build", "--source", source, "--out", str(out.resolve()), "--quiet"]
+    if memory_mb is not None:
+        cmd += ["--memory-mb", str(memory_mb)]
+    seconds, rss_mib, code = run_measured(cmd, cwd)
     if code:
         raise SystemExit(f"{label}: build failed with exit {code}")
-    manifest = orjson.loads((out / (out / "CURRENT").read_text().strip() / "manifest.json").read_bytes())
+    folder = out / (out / "CURRENT").read_text().strip()
+    manifest = orjson.loads((folder / "manifest.json").read_bytes())
     rows = manifest["counts"]["rows"]
-    print(f"{label:<28} {pois:>12,} POIs {rows:>12,} rows {seconds:8.1f} s {pois / seconds:>12,.0f} POIs/s "
-          f"{rss_mib:>8,.0f} MiB peak RSS", flush=True)
+    row_bytes = sum(info["bytes"] for name, info in manifest["files"].items() if name.endswith(".npy")) / max(rows, 1)
+    spilled = manifest.get("build", {}).get("runs_spilled", "-")
+    print(f"{label:<24} {pois:>12,} POIs {rows:>12,} rows {seconds:8.1f} s {pois / seconds:>12,.0f} POIs/s "
+          f"{rss_mib:>8,.0f} MiB peak RSS {row_bytes:6.2f} B/row  runs spilled {spilled}", flush=True)
+    shutil.rmtree(out, ignore_errors=True)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="*", default=[1_000_000, 10_000_000], help="Folder build sizes.")
+    ap.add_argument("--huge", action="store_true", help="Also build 10^8 POIs (needs ~16 GB of free disk).")
+    ap.add_argument("--memory-mb", type=int, default=None, help="--memory-mb for this checkout's builds (default: "
+                    "the build's own default).")
+    ap.add_argument("--baseline", type=Path, help="An older checkout to build with too, alternately (its venv: this one).")
     ap.add_argument("--mysql-size", type=int, default=1_000_000, help="POIs to import and build from MySQL (0: skip).")
     ap.add_argument("--mysql", default="mysql://root@127.0.0.1:3306/test", help="MySQL DSN for the MySQL build.")
     ap.add_argument("--workdir", type=Path, default=Path("bench/out"), help="Where synthetic data and snapshots go.")
     args = ap.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     print(f"geo-snapshot build benchmark on {os.cpu_count()} cores", flush=True)
-    for n in args.sizes:
+    for n in [*args.sizes, *([100_000_000] if args.huge else [])]:
         folder = ensure_synth(args.workdir, n)
-        bench_build("folder", str(folder), args.workdir / "snaps", n)
+        bench_build("folder", str(folder.resolve()), args.workdir / "snaps", n, args.memory_mb)
+        if args.baseline:
+            bench_build("folder (baseline)", str(folder.resolve()), args.workdir / "snaps", n, None, args.baseline)
+            bench_build("folder", str(folder.resolve()), args.workdir / "snaps", n, args.memory_mb)
     if args.mysql_size:
         folder = ensure_synth(args.workdir, args.mysql_size)
         t = time.perf_counter()
         subprocess.run([PY, "-m", "loaders", "import", "--source", str(folder), "--mysql", args.mysql, "--quiet"],
                        check=True, stdout=subprocess.DEVNULL)
         print(f"  (imported {args.mysql_size:,} POIs into MySQL in {time.perf_counter() - t:.1f} s)", flush=True)
-        bench_build("mysql", args.mysql, args.workdir / "snaps", args.mysql_size)
-    shutil.rmtree(args.workdir / "snaps", ignore_errors=True)
+        bench_build("mysql", args.mysql, args.workdir / "snaps", args.mysql_size, args.memory_mb)
 
 
 if __name__ == "__main__":

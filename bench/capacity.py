@@ -75,7 +75,7 @@ def main() -> None:
     ap.add_argument("--polls", type=float, default=1_000_000, help="Peak polls a second to plan for.")
     ap.add_argument("--claims-per-s", type=float, default=50_000, help="Peak claims a second to plan for.")
     ap.add_argument("--pois", type=int, default=100_000_000, help="POIs in the snapshot.")
-    ap.add_argument("--bytes-per-row", type=float, default=44, help="Snapshot bytes a row (see geo-snapshot inspect).")
+    ap.add_argument("--bytes-per-row", type=float, default=32, help="Snapshot bytes a row (see geo-snapshot inspect).")
     args = ap.parse_args()
     rows = plan(load(args.hosts), load(args.claims), load(args.collector), args.polls, args.claims_per_s, args.pois,
                 args.bytes_per_row)

@@ -62,8 +62,9 @@ def positions(lookup: Lookup, count: int, seed: int = 7) -> list[tuple[float, fl
     snap = lookup.snapshot
     rng = np.random.default_rng(seed)
     idx = rng.choice(len(snap.cells), count)
-    lats = np.round(snap.lats[idx] + rng.uniform(-0.002, 0.002, count), 6)
-    lngs = np.round(snap.lngs[idx] + rng.uniform(-0.002, 0.002, count), 6)
+    lat_deg, lng_deg = snap.degrees(idx)
+    lats = np.round(lat_deg + rng.uniform(-0.002, 0.002, count), 6)
+    lngs = np.round(lng_deg + rng.uniform(-0.002, 0.002, count), 6)
     return list(zip(lats.tolist(), lngs.tolist()))
 
 

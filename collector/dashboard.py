@@ -76,7 +76,8 @@ async def task_pois(request: web.Request) -> web.Response:
     snap = await request.app[files_key].snapshot(view.seq)
     rows = np.flatnonzero(snap.task_index == position)
     shown = rows[: int(limit_text)]
-    pois = np.column_stack([snap.lngs[shown], snap.lats[shown], snap.poi_ids[shown]]).tolist()
+    lats, lngs = snap.degrees(shown)
+    pois = [[lng, lat, poi_id] for lng, lat, poi_id in zip(lngs.tolist(), lats.tolist(), snap.poi_ids[shown].tolist())]
     return json_response({"task_id": task_id, "seq": view.seq, "total": int(len(rows)), "pois": pois})
 
 

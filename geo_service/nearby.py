@@ -260,7 +260,8 @@ class Lookup:
                 hi = mid
         rows: list[Row] = []
         while lo < len(order) and ids[j := int(order[lo])] == poi_id:
-            rows.append((int(snap.task_index[j]), poi_id, float(snap.lats[j]), float(snap.lngs[j])))
+            lat, lng = snap.degrees(j)
+            rows.append((int(snap.task_index[j]), poi_id, float(lat), float(lng)))
             lo += 1
         return rows
 
@@ -314,7 +315,7 @@ def _select(
 @numba.njit(nogil=True, cache=True)
 def select_rows(
     cells: npt.NDArray[np.int64], coarse: npt.NDArray[np.int64], task_index: npt.NDArray[np.int32],
-    poi_ids: npt.NDArray[np.int64], lats: npt.NDArray[np.float64], lngs: npt.NDArray[np.float64],
+    poi_ids: npt.NDArray[np.int64], lats: npt.NDArray[np.int32], lngs: npt.NDArray[np.int32],
     window: npt.NDArray[np.int64], active: npt.NDArray[np.uint8], band_rows: int, limit: int,
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], bool]:  # pragma: no cover - compiled
     """Return the selected rows as ([task_index, poi_id] rows, [lat, lng] rows) and whether the cap cut them."""
@@ -325,7 +326,7 @@ def select_rows(
     for m in range(positions.size):
         j = positions[m]
         ids[m, 0], ids[m, 1] = task_index[j], poi_ids[j]
-        coords[m, 0], coords[m, 1] = lats[j], lngs[j]
+        coords[m, 0], coords[m, 1] = lats[j] / 1e6, lngs[j] / 1e6  # micro-degrees to degrees (MICRO)
     return ids, coords, truncated
 
 
@@ -364,21 +365,15 @@ def _put_int(out: npt.NDArray[np.uint8], at: int, value: int) -> int:  # pragma:
 
 
 @numba.njit(nogil=True, cache=True)
-def _put_coord(out: npt.NDArray[np.uint8], at: int, x: float) -> int:  # pragma: no cover - compiled
-    """Write x as orjson would (its shortest round-trip form) if x has at most 6 decimals; else return -1.
-
-    x is then the double nearest a micro-degree value D / 10^6, whose decimal form is the shortest
-    that reads back as x: no other decimal of 6 places or fewer lies within half an ulp of it.
-    Below 1e-4 orjson may switch to exponents, so those take the general path too.
-    """
-    micro = np.rint(x * 1e6)
-    if micro / 1e6 != x or (x != 0.0 and abs(x) < 1e-4):
-        return -1
-    if x < 0.0 or (x == 0.0 and np.signbit(x)):
+def _put_micro(out: npt.NDArray[np.uint8], at: int, micro: int) -> int:  # pragma: no cover - compiled
+    """Write micro-degrees as a decimal of degrees with at most 6 places and no trailing zeros: what orjson
+    writes for the double nearest micro / 10^6 (its shortest round-trip form), but below 1e-4 degree, where
+    orjson writes an exponent and this a plain decimal; both read back as that double."""
+    if micro < 0:
         out[at] = 45  # -
         at += 1
         micro = -micro
-    whole, frac = divmod(int(micro), 1_000_000)
+    whole, frac = divmod(micro, 1_000_000)
     at = _put_int(out, at, whole)
     out[at] = 46  # .
     places = 6
@@ -395,14 +390,12 @@ def _put_coord(out: npt.NDArray[np.uint8], at: int, x: float) -> int:  # pragma:
 def encode_rows(center: int, window: npt.NDArray[np.int64], arrays: Table, status: Table) -> int:  # pragma: no cover
     """Select like select_rows and write the answer into the lookup's output buffer (sized by
     encode_size) as JSON up to the comma after "truncated", with its tasks in order of first row.
-    `arrays` is a Lookup's address table, `status` a StatusView's.
-
-    Return the bytes written, or -1 when a coordinate needs the general encoder.
+    `arrays` is a Lookup's address table, `status` a StatusView's. Return the bytes written.
     """
     rows, band_rows, seq = arrays[_AT_ROWS], arrays[_AT_BAND_ROWS], arrays[_AT_SEQ]
     cells, task_index = array_at(arrays[_AT_CELLS], rows, np.int64), array_at(arrays[_AT_TASK_INDEX], rows, np.int32)
-    poi_ids, lats, lngs = (array_at(arrays[_AT_POI_IDS], rows, np.int64), array_at(arrays[_AT_LATS], rows, np.float64),
-                           array_at(arrays[_AT_LNGS], rows, np.float64))
+    poi_ids, lats, lngs = (array_at(arrays[_AT_POI_IDS], rows, np.int64), array_at(arrays[_AT_LATS], rows, np.int32),
+                           array_at(arrays[_AT_LNGS], rows, np.int32))
     coarse = array_at(arrays[_AT_COARSE], arrays[_AT_COARSE + 1], np.int64)
     task_ids = array_at(arrays[_AT_TASK_IDS], arrays[_AT_TASK_IDS + 1], np.int64)
     out = array_at(arrays[_AT_OUT], arrays[_AT_OUT + 1], np.uint8)
@@ -430,12 +423,8 @@ def encode_rows(center: int, window: npt.NDArray[np.int64], arrays: Table, statu
             at += 1
         at = _put_int(out, _put(out, at, _POI_ID), poi_ids[j])
         at = _put_int(out, _put(out, at, _TASK_ID), task_ids[task])
-        at = _put_coord(out, _put(out, at, _LAT), lats[j])
-        if at < 0:
-            return -1
-        at = _put_coord(out, _put(out, at, _LNG), lngs[j])
-        if at < 0:
-            return -1
+        at = _put_micro(out, _put(out, at, _LAT), lats[j])
+        at = _put_micro(out, _put(out, at, _LNG), lngs[j])
         out[at] = 125  # }
         at += 1
         seen = False
@@ -491,8 +480,8 @@ def encode_answer(lookup: Lookup, status: StatusView, lat: float, lng: float, ma
 
     The tag is a checksum of the answer without `extra`: the same in every worker and host for the same
     snapshot, window and shown tasks, and unmoved by anything the answer does not show. The compiled
-    encoder writes the answer; one with coordinates it cannot write exactly goes through orjson on
-    answer(). (lat, lng) must be in the served band; a given `window` is used instead of theirs.
+    encoder writes the answer. (lat, lng) must be in the served band; a given `window` is used instead
+    of theirs.
     """
     out = lookup.scratch(encode_size(lookup.window_cells, max_pois, status.longest_view), max_pois)
     if window is None and lookup.square is not None:
@@ -500,10 +489,7 @@ def encode_answer(lookup: Lookup, status: StatusView, lat: float, lng: float, ma
     else:
         center, spans = window if window is not None else lookup.grid.window(lat, lng)
         size = encode_rows(center, spans, lookup.addresses, status.addresses)
-    if size < 0:
-        shown = orjson.dumps(answer(lookup, status, lat, lng, max_pois, window))[:-1] + b","
-    else:
-        shown = out[:size].tobytes()
+    shown = out[:size].tobytes()
     # A checksum of the bytes costs ~1.3 µs for a 3 KB answer (2-3% of a request) and is plainly right;
     # the length beside it makes a collision between two answers of one window rarer still.
     tag = (zlib.crc32(shown) << 16) | (len(shown) & 0xFFFF)

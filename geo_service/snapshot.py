@@ -29,17 +29,21 @@ import orjson
 from geo_service.grid import Grid, GridError, grid_from_params
 
 FORMAT = "geodrop-snapshot"
-VERSION = 1
+# 2: coordinates as int32 micro-degrees and a 32-bit poi_order, 32 bytes a row (1: float64 and int64, 44).
+VERSION = 2
 # Row arrays: name -> dtype, one entry per (POI, task) row each. Separate plain arrays, not one
 # packed record array: turning packed records into Python tuples costs ~10x more per row.
 ROW_ARRAYS: dict[str, np.dtype[Any]] = {
     "cells": np.dtype("<i8"),
     "task_index": np.dtype("<i4"),
     "poi_ids": np.dtype("<i8"),
-    "lats": np.dtype("<f8"),
-    "lngs": np.dtype("<f8"),
-    "poi_order": np.dtype("<i8"),  # row positions in poi_id order: finds a claimed POI by id
+    "lats": np.dtype("<i4"),  # micro-degrees: exact to 1e-6 degree (about 11 cm)
+    "lngs": np.dtype("<i4"),
+    "poi_order": np.dtype("<i4"),  # row positions in poi_id order: finds a claimed POI by id
 }
+ROW_BYTES = sum(dtype.itemsize for dtype in ROW_ARRAYS.values())
+MICRO = 1e6  # units of a stored coordinate in a degree
+MAX_ROWS = 2**31 - 1  # what a 32-bit poi_order can point at
 TABLES = ("tasks.json", "districts.json")
 # Files a snapshot may carry beyond the required ones: the district outlines simplified for maps
 # (the dashboard's), absent from snapshots built before it.
@@ -76,15 +80,19 @@ class Snapshot:
     cells: npt.NDArray[np.int64]
     task_index: npt.NDArray[np.int32]
     poi_ids: npt.NDArray[np.int64]
-    lats: npt.NDArray[np.float64]
-    lngs: npt.NDArray[np.float64]
-    poi_order: npt.NDArray[np.int64]
+    lats: npt.NDArray[np.int32]  # micro-degrees (degrees() gives degrees)
+    lngs: npt.NDArray[np.int32]
+    poi_order: npt.NDArray[np.int32]
     tasks: list[dict[str, Any]]
     districts: list[dict[str, Any]]
 
     @property
     def seq(self) -> int:
         return int(self.manifest["seq"])
+
+    def degrees(self, rows: Any) -> tuple[Any, Any]:
+        """Return (lat, lng) in degrees of a row position or an index array of them."""
+        return self.lats[rows] / MICRO, self.lngs[rows] / MICRO
 
 
 def _fsync_path(path: Path) -> None:
@@ -143,13 +151,30 @@ def _point_current(root: Path, seq: int) -> None:
     _fsync_path(root)
 
 
-def _write_files(folder: Path, arrays: Mapping[str, np.ndarray], tables: Mapping[str, Any],
+# A row array to write: the values, or an .npy file of them on the snapshots' filesystem, moved in.
+RowArray = np.ndarray | Path
+
+
+def _rows_of(array: RowArray, dtype: np.dtype[Any]) -> int:
+    if isinstance(array, np.ndarray):
+        return len(array)
+    found = np.load(array, mmap_mode="r", allow_pickle=False)
+    if found.dtype != dtype or found.ndim != 1:
+        raise SnapshotError(f"{array}: expected rows of {dtype}, got {found.shape} {found.dtype}")
+    return len(found)
+
+
+def _write_files(folder: Path, arrays: Mapping[str, RowArray], tables: Mapping[str, Any],
                  extra: Mapping[str, bytes]) -> dict[str, Any]:
     files: dict[str, Any] = {}
     for name, dtype in ROW_ARRAYS.items():
-        path = folder / f"{name}.npy"
-        np.save(path, np.ascontiguousarray(arrays[name], dtype=dtype), allow_pickle=False)
-        files[path.name] = {"dtype": dtype.str, "rows": int(len(arrays[name]))}
+        path, array = folder / f"{name}.npy", arrays[name]
+        rows = _rows_of(array, dtype)
+        if isinstance(array, Path):
+            os.replace(array, path)
+        else:
+            np.save(path, np.ascontiguousarray(array, dtype=dtype), allow_pickle=False)
+        files[path.name] = {"dtype": dtype.str, "rows": rows}
     for name in TABLES:
         (folder / name).write_bytes(orjson.dumps(tables[name.removesuffix(".json")]))
         files[name] = {}
@@ -166,14 +191,29 @@ def _write_files(folder: Path, arrays: Mapping[str, np.ndarray], tables: Mapping
 
 
 def remove_stale_tmp(root: Path) -> None:
-    # Only called under the lock: a tmp folder present then belongs to a writer that died.
+    """Remove the temp folders of writers that died. Called under the lock, so a publishing writer's folder is
+    its own; a build's spill folder is flocked while the build runs (loaders.spill) and skipped then."""
     for p in root.glob(f"{TMP_PREFIX}*"):
-        shutil.rmtree(p, ignore_errors=True)
+        if not _held(p / ".lock"):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _held(lock_path: Path) -> bool:
+    """Whether a live process holds an flock on this file."""
+    try:
+        with lock_path.open("r") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 def write_snapshot(
     root: Path,
-    arrays: Mapping[str, np.ndarray],
+    arrays: Mapping[str, RowArray],
     tables: Mapping[str, Any],
     meta: Mapping[str, Any],
     grid: Grid,
@@ -185,9 +225,11 @@ def write_snapshot(
     Everything is written and fsynced in a temp folder first, so a crash at any point leaves the
     live snapshot and CURRENT as they were.
     """
-    lengths = {len(arrays[name]) for name in ROW_ARRAYS}
+    lengths = {_rows_of(arrays[name], dtype) for name, dtype in ROW_ARRAYS.items()}
     if len(lengths) != 1:
         raise SnapshotError(f"row arrays differ in length: {sorted(lengths)}")
+    if max(lengths) > MAX_ROWS:
+        raise SnapshotError(f"{max(lengths)} rows: a snapshot holds at most {MAX_ROWS}")
     with locked(root):
         remove_stale_tmp(root)
         seq = max([*list_seqs(root), current_seq(root) or 0], default=0) + 1
@@ -263,7 +305,8 @@ def parse_manifest(raw: bytes, where: str) -> dict[str, Any]:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise SnapshotError(f"{where}: not a {FORMAT} manifest")
     if manifest.get("version") != VERSION:
-        raise SnapshotError(f"{where}: format version {manifest.get('version')!r}, expected {VERSION}")
+        raise SnapshotError(f"{where}: format version {manifest.get('version')!r}; this release reads version {VERSION} "
+                            "only: rebuild the snapshot with this release's geo-snapshot build (and publish it again)")
     required = {f"{n}.npy" for n in ROW_ARRAYS} | set(TABLES)
     listed = set(manifest.get("files", {}))
     if not required <= listed <= required | set(OPTIONAL):

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import os
+import shutil
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -11,13 +14,22 @@ import numpy as np
 import numpy.typing as npt
 
 from geo_service.grid import Grid
-from geo_service.snapshot import write_snapshot
+from geo_service.snapshot import (
+    MAX_ROWS,
+    MICRO,
+    ROW_ARRAYS,
+    ROW_BYTES,
+    StorageError,
+    storage_error,
+    write_snapshot,
+)
 from loaders.display import district_outlines
-from loaders.errors import ErrorLog, RowError
+from loaders.errors import ErrorLog, LoaderError, RowError
 from loaders.pois import PoiColumns, parse_poi_chunk
 from loaders.records import District, FieldError, Prize, Task, Zone, parse_district, parse_prize, parse_task, parse_zone
 from loaders.screening import excluded, inside
 from loaders.sources import Source, SourceRow
+from loaders.spill import Columns, Runs, SpillFolder, sort_columns, spill_folder
 
 Progress = Callable[[str, int], None]
 R = TypeVar("R")
@@ -33,6 +45,7 @@ class BuildSettings:
     skip_bad_rows: bool = False
     keep: int = 5
     error_limit: int = 50
+    memory_mb: int = 2048  # the build's working memory for POI rows; beyond it, sorted runs spill to disk
 
 
 @dataclass(slots=True)
@@ -95,57 +108,162 @@ async def read_tables(source: Source, errors: ErrorLog) -> Tables:
     return tables
 
 
+MIB = 2**20
+# Bytes of memory a buffered row and a buffered POI take while their run is sorted (the buffers, their
+# concatenation, the sort's permutation and the sorted copy), and a row while a range of the merge is.
+RUN_ROW_BYTES, RUN_POI_BYTES, MERGE_ROW_BYTES = 110, 50, 120
+# Disk a row needs beyond the snapshot's 32 bytes: its spilled run and its poi_order run; a POI: its
+# duplicate-check run.
+SPILL_ROW_BYTES, SPILL_POI_BYTES = 36 + 16, 21
+ROW_KEYS = ("cells", "task", "poi_id")  # the snapshot's row order
+KIND_EXCLUDED, KIND_UNUSED, KIND_USED = 0, 1, 2  # what became of a POI (its duplicate-check run keeps it)
+
+
+def to_micro(pois: PoiColumns) -> tuple[PoiColumns, int]:
+    """Round coordinates to the snapshot's micro-degrees (about 11 cm) and count those it changed; everything
+    after (screening, cells) sees the rounded position, the one the service will show."""
+    lat, lng = np.rint(pois.lat * MICRO) / MICRO, np.rint(pois.lng * MICRO) / MICRO
+    changed = int(np.count_nonzero(lat != pois.lat) + np.count_nonzero(lng != pois.lng))
+    return PoiColumns(pois.poi_id, pois.poi_set_id, lat, lng, pois.row), changed
+
+
+class TaskSets:
+    """Which tasks use each POI set, so a chunk of POIs becomes rows by a lookup."""
+
+    def __init__(self, tasks: list[Task]) -> None:
+        set_ids = np.array([t.poi_set_id for t in tasks], dtype=np.int64)
+        self.order = np.argsort(set_ids, kind="stable").astype(np.int32)  # task positions by set
+        self.sets = set_ids[self.order]
+
+    def expand(self, poi_set_id: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int32],
+                                                                  npt.NDArray[np.int64]]:
+        """Return (POI position, task position) of every row, and how many rows each POI makes."""
+        lo = np.searchsorted(self.sets, poi_set_id, "left")
+        counts = np.searchsorted(self.sets, poi_set_id, "right") - lo
+        pos = np.repeat(np.arange(len(poi_set_id), dtype=np.int64), counts)
+        first = np.repeat(lo - (np.cumsum(counts) - counts), counts)
+        return pos, self.order[first + np.arange(len(pos))], counts
+
+
 @dataclass(slots=True)
-class PoiStream:
-    """What streaming the POIs leaves: the valid POIs, which fall in exclusion zones, the sets seen, the counts."""
+class PoiPass:
+    """What reading the POIs leaves: sorted runs of rows and of POI ids, and what was counted on the way."""
 
-    label: str
-    pois: PoiColumns
-    in_zone: npt.NDArray[np.bool_]
-    sets_seen: npt.NDArray[np.int64]
-    read: int
-    excluded_by_zone: dict[str, int]
+    rows: Runs  # cells, task (position in Tables.tasks before check_poi_sets), poi_id, lat, lng, src_row
+    ids: Runs  # poi_id, src_row, kind, n_rows: every valid POI, for the duplicate check and the counts
+    label: str = ""
+    sets_seen: npt.NDArray[np.int64] = field(default_factory=lambda: np.empty(0, np.int64))
+    read: int = 0
+    rounded: int = 0
+    excluded_by_zone: dict[str, int] = field(default_factory=dict)
 
 
-async def stream_pois(source: Source, zones: list[Zone], errors: ErrorLog, progress: Progress) -> PoiStream:
-    """Validate and screen the POI stream chunk by chunk, keeping compact columns only."""
-    parts: list[PoiColumns] = []
-    sets: list[npt.NDArray[np.int64]] = []
-    drops: list[npt.NDArray[np.bool_]] = []
-    counts: dict[str, int] = {z.zone_id: 0 for z in zones}
-    read = 0
-    label = f"{source.name}/pois"
+async def read_pois(source: Source, tables: Tables, grid: Grid, folder: SpillFolder, memory_bytes: int,
+                    errors: ErrorLog, progress: Progress) -> PoiPass:
+    """Validate, round, screen and expand the POI stream chunk by chunk into rows, sorting them in runs
+    that fit `memory_bytes`; the runs go to disk once the first one would not fit beside the rest."""
+    task_sets = TaskSets([t for _, t in tables.tasks])
+    found = PoiPass(folder.runs("rows", ROW_KEYS), folder.runs("ids", ("poi_id", "src_row")),
+                    label=f"{source.name}/pois", excluded_by_zone={z.zone_id: 0 for z in tables.zones})
+    rows: list[Columns] = []
+    ids: list[Columns] = []
+    held = 0
+
+    async def flush(spill: bool) -> None:
+        nonlocal held
+        if spill and not found.rows.spilled:
+            await check_disk(source, folder.path, found, sum(len(r["cells"]) for r in rows))
+        # A source chunk larger than the budget still sorts in runs that fit it.
+        for table, buffered, unit in ((found.rows, rows, RUN_ROW_BYTES), (found.ids, ids, RUN_POI_BYTES)):
+            whole = _concat(buffered)
+            buffered.clear()
+            size = len(next(iter(whole.values())))
+            step = max(memory_bytes // unit, 1)
+            for at in range(0, max(size, 1), step):
+                table.add({name: column[at : at + step] for name, column in whole.items()}, spill)
+            del whole
+        held = 0
+        if spill:
+            progress("runs spilled", found.rows.spilled)
+
     async for chunk in source.poi_chunks():
-        label = chunk.source
-        cols = parse_poi_chunk(chunk, errors)
-        sets.append(np.unique(cols.poi_set_id))
-        parts.append(cols)
-        drops.append(excluded(zones, cols.lat, cols.lng, counts))
-        read += len(chunk)
-        progress("pois", read)
-    all_sets = np.unique(np.concatenate(sets)) if sets else np.empty(0, np.int64)
-    drop = np.concatenate(drops) if drops else np.empty(0, np.bool_)
-    return PoiStream(label, PoiColumns.concat(parts), drop, all_sets, read, counts)
+        found.label = chunk.source
+        cols, changed = to_micro(parse_poi_chunk(chunk, errors))
+        found.rounded += changed
+        found.sets_seen = np.union1d(found.sets_seen, cols.poi_set_id)
+        zone = excluded(tables.zones, cols.lat, cols.lng, found.excluded_by_zone)
+        pos, task, counts = task_sets.expand(cols.poi_set_id)
+        keep = ~zone[pos]
+        pos, task = pos[keep], task[keep]
+        cells = grid.cells_of(cols.lat, cols.lng)
+        rows.append({"cells": cells[pos], "task": task, "poi_id": cols.poi_id[pos],
+                     "lat": np.rint(cols.lat[pos] * MICRO).astype(np.int32),
+                     "lng": np.rint(cols.lng[pos] * MICRO).astype(np.int32), "src_row": cols.row[pos]})
+        kind = np.where(zone, KIND_EXCLUDED, np.where(counts > 0, KIND_USED, KIND_UNUSED)).astype(np.int8)
+        ids.append({"poi_id": cols.poi_id, "src_row": cols.row, "kind": kind,
+                    "n_rows": np.where(zone, 0, counts).astype(np.int32)})
+        held += len(pos) * RUN_ROW_BYTES + len(cols) * RUN_POI_BYTES
+        found.read += len(chunk)
+        progress("pois", found.read)
+        if held >= memory_bytes:
+            await flush(spill=True)
+    if rows or not found.rows.runs:
+        await flush(spill=bool(found.rows.spilled))  # a build that fits keeps its one run in memory
+    return found
 
 
-def repeated_pois(pois: PoiColumns, source: str, errors: ErrorLog) -> npt.NDArray[np.bool_]:
-    """Report every repeated poi_id after its first row; return which POIs repeat an earlier one."""
-    order = np.argsort(pois.poi_id, kind="stable")
-    ids = pois.poi_id[order]
-    repeat = np.zeros(len(ids), dtype=np.bool_)
-    repeat[1:] = ids[1:] == ids[:-1]
-    out = np.zeros(len(ids), dtype=np.bool_)
-    if not repeat.any():
-        return out
-    first_row = pois.row[order][np.maximum.accumulate(np.where(~repeat, np.arange(len(ids)), 0))]
-    where = np.flatnonzero(repeat)
-    shown = [
-        RowError(source, int(pois.row[order][i]), "poi_id", f"duplicate {int(ids[i])} (first at row {int(first_row[i])})")
-        for i in where[: max(errors.room, 0)]
-    ]
-    errors.add_many(shown, len(where))
-    out[order[where]] = True
-    return out
+def _concat(parts: list[Columns]) -> Columns:
+    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]} if parts else {
+        "cells": np.empty(0, np.int64), "task": np.empty(0, np.int32), "poi_id": np.empty(0, np.int64),
+        "lat": np.empty(0, np.int32), "lng": np.empty(0, np.int32), "src_row": np.empty(0, np.int64),
+        "kind": np.empty(0, np.int8), "n_rows": np.empty(0, np.int32)}
+
+
+async def check_disk(source: Source, folder: Path, found: PoiPass, buffered_rows: int) -> None:
+    """Refuse a build that will not fit on the disk, before its first run is written: the POIs the source
+    says it has, at the rows per POI seen so far, in spilled runs and in the snapshot."""
+    hint = await source.poi_count_hint()
+    pois = max(hint or 0, found.read)
+    rows = int(pois * max(buffered_rows, 1) / max(found.read, 1))
+    need = rows * (SPILL_ROW_BYTES + ROW_BYTES) + pois * SPILL_POI_BYTES
+    free = shutil.disk_usage(folder).free
+    if need > free:
+        raise StorageError(f"{folder.parent}: not enough free disk for this build: about {need / MIB:,.0f} MiB "
+                           f"needed for ~{rows:,} rows (sorted runs spilled beyond --memory-mb, then the snapshot), "
+                           f"{free / MIB:,.0f} MiB free; nothing was published and CURRENT is unchanged")
+
+
+@dataclass(frozen=True, slots=True)
+class Repeats:
+    """What the duplicate check found: source rows to drop, and the counts of what stays."""
+
+    dropped: npt.NDArray[np.int64]  # source rows of repeated poi_ids, sorted
+    kept: int  # POIs that make rows
+    unused: int  # POIs in sets no task uses
+    rows: int  # rows the snapshot will hold
+
+
+def find_repeats(ids: Runs, label: str, max_rows: int, errors: ErrorLog) -> Repeats:
+    """Report every repeated poi_id after its first row, in poi_id order; return what to drop."""
+    dropped: list[npt.NDArray[np.int64]] = []
+    kept = unused = rows = 0
+    for part in ids.ranges(max_rows):
+        part = sort_columns(part, ("poi_id", "src_row"))
+        poi_id, src_row = part["poi_id"], part["src_row"]
+        repeat = np.zeros(len(poi_id), dtype=np.bool_)
+        repeat[1:] = poi_id[1:] == poi_id[:-1]
+        if repeat.any():
+            first_row = src_row[np.maximum.accumulate(np.where(~repeat, np.arange(len(poi_id)), 0))]
+            where = np.flatnonzero(repeat)
+            errors.add_many([RowError(label, int(src_row[i]), "poi_id",
+                                      f"duplicate {int(poi_id[i])} (first at row {int(first_row[i])})")
+                             for i in where[: max(errors.room, 0)]], len(where))
+            dropped.append(src_row[where])
+        stays = ~repeat
+        kept += int(np.count_nonzero(stays & (part["kind"] == KIND_USED)))
+        unused += int(np.count_nonzero(stays & (part["kind"] == KIND_UNUSED)))
+        rows += int(part["n_rows"][stays].sum())
+    return Repeats(np.sort(np.concatenate(dropped)) if dropped else np.empty(0, np.int64), kept, unused, rows)
 
 
 def check_poi_sets(tables: Tables, sets_seen: npt.NDArray[np.int64], errors: ErrorLog) -> None:
@@ -161,54 +279,80 @@ def check_poi_sets(tables: Tables, sets_seen: npt.NDArray[np.int64], errors: Err
 
 
 @dataclass(frozen=True, slots=True)
-class Rows:
-    """One entry per (POI, task) pair, in no particular order yet."""
+class Merged:
+    """Per task of the snapshot: its rows and those outside its district."""
 
-    poi_pos: npt.NDArray[np.int64]
-    task_index: npt.NDArray[np.int32]
-    outside_district: list[int]
-
-
-def expand_rows(pois: PoiColumns, tasks: list[Task], districts: dict[int, District]) -> Rows:
-    """Pair each task with the POIs of its set, counting the POIs outside the task's district."""
-    order = np.argsort(pois.poi_set_id, kind="stable")
-    sorted_sets = pois.poi_set_id[order]
-    set_ids = np.array([t.poi_set_id for t in tasks], dtype=np.int64)
-    lo = np.searchsorted(sorted_sets, set_ids, "left")
-    hi = np.searchsorted(sorted_sets, set_ids, "right")
-    outside_by_pair: dict[tuple[int, int], int] = {}
-    outside = []
-    for task, a, b in zip(tasks, lo.tolist(), hi.tolist()):
-        pair = (task.district_code, task.poi_set_id)
-        if pair not in outside_by_pair:
-            members = order[a:b]
-            hit = inside(districts[task.district_code].geometry, pois.lat[members], pois.lng[members])
-            outside_by_pair[pair] = int(len(members) - hit.sum())
-        outside.append(outside_by_pair[pair])
-    poi_pos = np.concatenate([order[a:b] for a, b in zip(lo.tolist(), hi.tolist())]) if tasks else np.empty(0, np.int64)
-    task_index = np.repeat(np.arange(len(tasks), dtype=np.int32), hi - lo)
-    return Rows(poi_pos.astype(np.int64), task_index, outside)
+    pois: npt.NDArray[np.int64]
+    outside: npt.NDArray[np.int64]
 
 
-def sorted_arrays(pois: PoiColumns, rows: Rows, grid: Grid) -> dict[str, np.ndarray]:
-    """Return the snapshot's row arrays sorted by (cell, task, poi_id)."""
-    cells = grid.cells_of(pois.lat, pois.lng)[rows.poi_pos]
-    poi_ids = pois.poi_id[rows.poi_pos]
-    perm = np.lexsort((poi_ids, rows.task_index, cells))
-    positions = rows.poi_pos[perm]
-    return {
-        "cells": cells[perm],
-        "task_index": rows.task_index[perm],
-        "poi_ids": poi_ids[perm],
-        "lats": pois.lat[positions],
-        "lngs": pois.lng[positions],
-        "poi_order": np.argsort(poi_ids[perm], kind="stable"),
-    }
+def _outputs(folder: SpillFolder, rows: int) -> Columns:
+    """The snapshot's row arrays, to be filled in order: .npy files beside it, moved in when it is published."""
+    if rows == 0:
+        return {name: np.empty(0, dtype) for name, dtype in ROW_ARRAYS.items()}
+    arrays: Columns = folder.keep({})
+    for name, dtype in ROW_ARRAYS.items():
+        path = folder.path / f"out-{name}.npy"
+        arrays[name] = np.lib.format.open_memmap(path, "w+", dtype, (rows,))
+        # Allocated now: a full disk is an error here, not a SIGBUS when a page of the mapping is first written.
+        with path.open("r+b") as f:
+            os.posix_fallocate(f.fileno(), 0, path.stat().st_size)
+    return arrays
 
 
-def task_table(tasks: list[Task], tables: Tables, rows: Rows) -> list[dict[str, Any]]:
+def merge_rows(found: PoiPass, repeats: Repeats, remap: npt.NDArray[np.int32], districts: list[District],
+               folder: SpillFolder, out: Columns, max_rows: int, progress: Progress) -> Merged:
+    """Write the rows in (cell, task, poi_id) order into `out`, range by range, without the repeated POIs;
+    then poi_order, the row positions in poi_id order, the same way."""
+    n_tasks = len(districts)
+    pois, outside = np.zeros(n_tasks, np.int64), np.zeros(n_tasks, np.int64)
+    district_of = np.array([d.code for d in districts], dtype=np.int64)  # by task
+    by_poi = folder.runs("order", ("poi_id", "position"))
+    at = 0
+    for part in found.rows.ranges(max_rows):
+        if len(repeats.dropped):
+            part = {k: v[~_in_sorted(part["src_row"], repeats.dropped)] for k, v in part.items()}
+        part = sort_columns(part, ROW_KEYS)
+        n = len(part["cells"])
+        task = remap[part["task"]]
+        for name, column in (("cells", "cells"), ("task_index", "task"), ("poi_ids", "poi_id"), ("lats", "lat"),
+                             ("lngs", "lng")):
+            out[name][at : at + n] = task if column == "task" else part[column]
+        pois += np.bincount(task, minlength=n_tasks)
+        lat, lng = part["lat"] / MICRO, part["lng"] / MICRO
+        for code in np.unique(district_of[task]).tolist():  # a range is a small area: a few districts
+            mine = np.flatnonzero(district_of[task] == code)
+            hit = inside(districts[int(task[mine[0]])].geometry, lat[mine], lng[mine])
+            outside += np.bincount(task[mine[~hit]], minlength=n_tasks)
+        by_poi.add({"poi_id": part["poi_id"], "position": np.arange(at, at + n, dtype=np.int64)},
+                   spill=bool(found.rows.spilled))
+        at += n
+        progress("merge", at)
+    at = 0
+    for part in by_poi.ranges(max_rows):
+        positions = sort_columns(part, ("poi_id", "position"))["position"]
+        out["poi_order"][at : at + len(positions)] = positions
+        at += len(positions)
+    progress("poi order", at)
+    return Merged(pois, outside)
+
+
+@contextmanager
+def _storage(out: Path) -> Iterator[None]:
+    """Turn a write refused by the disk (full, read-only) into the StorageError a publish gives."""
+    try:
+        yield
+    except OSError as exc:
+        raise storage_error(out, "the build's sorted runs or rows", exc) from exc
+
+
+def _in_sorted(values: npt.NDArray[np.int64], sorted_set: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
+    at = np.minimum(np.searchsorted(sorted_set, values), len(sorted_set) - 1)
+    return sorted_set[at] == values  # type: ignore[no-any-return]
+
+
+def task_table(tasks: list[Task], tables: Tables, merged: Merged) -> list[dict[str, Any]]:
     """Return the snapshot's task table, in task_id order (the order rows point into)."""
-    counts = np.bincount(rows.task_index, minlength=len(tasks)).tolist()
     return [
         {
             **asdict(task),
@@ -216,8 +360,8 @@ def task_table(tasks: list[Task], tables: Tables, rows: Rows) -> list[dict[str, 
                 {k: v for k, v in asdict(p).items() if k != "task_id"}
                 for p in sorted(tables.prizes.get(task.task_id, []), key=lambda p: p.prize_type)
             ],
-            "pois": counts[i],
-            "outside_district": rows.outside_district[i],
+            "pois": int(merged.pois[i]),
+            "outside_district": int(merged.outside[i]),
         }
         for i, task in enumerate(tasks)
     ]
@@ -228,43 +372,59 @@ def district_table(districts: dict[int, District]) -> list[dict[str, Any]]:
 
 
 async def build(settings: BuildSettings, source: Source, progress: Progress) -> dict[str, Any]:
-    """Run the whole build and publish the snapshot; raise LoaderError and publish nothing on bad input."""
+    """Run the whole build and publish the snapshot; raise LoaderError and publish nothing on bad input.
+
+    Memory is bounded by settings.memory_mb, not by the input: POI rows are sorted in runs of that
+    size, spilled beside the snapshots when there is more than one, and merged range by range.
+    """
     errors = ErrorLog(settings.error_limit)
+    memory = settings.memory_mb * MIB
     tables = await read_tables(source, errors)
     progress("tables", len(tables.tasks))
-    stream = await stream_pois(source, tables.zones, errors, progress)
-    pois = stream.pois.take(~(repeated_pois(stream.pois, stream.label, errors) | stream.in_zone))
-    check_poi_sets(tables, stream.sets_seen, errors)
-    if not settings.skip_bad_rows:
-        errors.raise_if_any()
-    tasks = [t for _, t in tables.tasks]
-    used = np.isin(pois.poi_set_id, np.array([t.poi_set_id for t in tasks], dtype=np.int64))
-    pois = pois.take(used)
-    progress("screen", len(pois))
-    rows = expand_rows(pois, tasks, tables.districts)
-    arrays = sorted_arrays(pois, rows, settings.grid)
-    progress("sort", len(arrays["cells"]))
-    meta = {
-        "source": source.name,
-        "counts": {
-            "pois_read": stream.read,
-            "pois_kept": len(pois),
-            "pois_excluded": sum(stream.excluded_by_zone.values()),
-            "pois_unused": int((~used).sum()),
-            "rows": len(arrays["cells"]),
-            "tasks": len(tasks),
-            "districts": len(tables.districts),
-            "zones": len(tables.zones),
-        },
-        "screening": {
-            "excluded_by_zone": stream.excluded_by_zone,
-            "outside_district": {str(t.task_id): n for t, n in zip(tasks, rows.outside_district) if n},
-            "skipped_problems": errors.count,
-            "skipped_examples": [str(e) for e in errors.shown],
-        },
-    }
-    tables_out = {"tasks": task_table(tasks, tables, rows), "districts": district_table(tables.districts)}
-    manifest = write_snapshot(settings.out, arrays, tables_out, meta, settings.grid, keep=settings.keep,
-                              extra={"districts.geojson": district_outlines(tables.districts)})
+    with spill_folder(settings.out) as folder, _storage(settings.out):
+        found = await read_pois(source, tables, settings.grid, folder, memory, errors, progress)
+        repeats = find_repeats(found.ids, found.label, max(memory // RUN_POI_BYTES, 1), errors)
+        provisional = {t.task_id: i for i, (_, t) in enumerate(tables.tasks)}
+        check_poi_sets(tables, found.sets_seen, errors)
+        if not settings.skip_bad_rows:
+            errors.raise_if_any()
+        if repeats.rows > MAX_ROWS:
+            raise LoaderError(f"{source.name}: {repeats.rows:,} rows (POI x task); a snapshot holds at most {MAX_ROWS:,}")
+        tasks = [t for _, t in tables.tasks]
+        remap = np.full(len(provisional), -1, dtype=np.int32)
+        remap[[provisional[t.task_id] for t in tasks]] = np.arange(len(tasks), dtype=np.int32)
+        out = _outputs(folder, repeats.rows)
+        merged = merge_rows(found, repeats, remap, [tables.districts[t.district_code] for t in tasks], folder, out,
+                            max(memory // MERGE_ROW_BYTES, 1), progress)
+        meta = {
+            "source": source.name,
+            "coordinates": "int32 micro-degrees; counts.coordinates_rounded had more than 6 decimals",
+            "counts": {
+                "pois_read": found.read,
+                "pois_kept": repeats.kept,
+                "pois_excluded": sum(found.excluded_by_zone.values()),
+                "pois_unused": repeats.unused,
+                "rows": repeats.rows,
+                "coordinates_rounded": found.rounded,
+                "tasks": len(tasks),
+                "districts": len(tables.districts),
+                "zones": len(tables.zones),
+            },
+            "screening": {
+                "excluded_by_zone": found.excluded_by_zone,
+                "outside_district": {str(t.task_id): int(n) for t, n in zip(tasks, merged.outside) if n},
+                "skipped_problems": errors.count,
+                "skipped_examples": [str(e) for e in errors.shown],
+            },
+            "build": {"memory_mb": settings.memory_mb, "runs_spilled": found.rows.spilled},
+        }
+        tables_out = {"tasks": task_table(tasks, tables, merged), "districts": district_table(tables.districts)}
+        arrays = {name: Path(str(a.filename)) if isinstance(a, np.memmap) else a for name, a in out.items()}
+        for array in out.values():
+            if isinstance(array, np.memmap):
+                array.flush()
+        folder.release()
+        manifest = write_snapshot(settings.out, arrays, tables_out, meta, settings.grid, keep=settings.keep,
+                                  extra={"districts.geojson": district_outlines(tables.districts)})
     progress("published", manifest["seq"])
     return manifest

@@ -16,6 +16,7 @@ from geo_service.grid import Grid, GridError, H3Grid, SquareGrid, check_position
 from geo_service.nearby import Lookup, answer
 from geo_service.origin import Origin, OriginError, open_origin, publish, rollback_origin
 from geo_service.snapshot import (
+    ROW_ARRAYS,
     SnapshotError,
     StorageError,
     current_seq,
@@ -60,10 +61,23 @@ class TerminalProgress:
             self.stream.flush()
 
 
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1; got {text!r}")
+    return int(text)
+
+
 def _grid(args: argparse.Namespace) -> Grid:
     if args.grid == "h3":
         return H3Grid(res=args.h3_res, radius=args.radius)
     return SquareGrid(cell_m=args.cell_m, radius=args.radius)
+
+
+def bytes_per_row(manifest: dict[str, Any]) -> float | None:
+    """Return the row arrays' bytes on disk (headers included) per row; None for an empty snapshot."""
+    rows = manifest["files"]["cells.npy"]["rows"]
+    size = sum(manifest["files"][f"{name}.npy"]["bytes"] for name in ROW_ARRAYS)
+    return round(size / rows, 2) if rows else None
 
 
 def summary(manifest: dict[str, Any], out: Path, seconds: float) -> str:
@@ -77,7 +91,8 @@ def summary(manifest: dict[str, Any], out: Path, seconds: float) -> str:
         f"grid       {' '.join(f'{k}={v}' for k, v in manifest['grid'].items())}",
         f"pois       {c['pois_read']:,} read, {c['pois_kept']:,} kept, {c['pois_excluded']:,} in exclusion zones ({zones}), "
         f"{c['pois_unused']:,} in sets no task uses",
-        f"rows       {c['rows']:,} (POI x task), sorted by cell",
+        f"rows       {c['rows']:,} (POI x task), sorted by cell, {bytes_per_row(manifest) or 0:g} bytes a row; "
+        f"{c['coordinates_rounded']:,} coordinates rounded to 6 decimals",
         f"tasks      {c['tasks']:,} in {c['districts']:,} districts; "
         f"{len(outside)} with POIs outside their district ({sum(outside.values()):,} rows)",
         f"skipped    {s['skipped_problems']:,} bad field(s)",
@@ -103,7 +118,8 @@ async def _run_build(settings: BuildSettings, progress: TerminalProgress) -> dic
 
 def cmd_build(args: argparse.Namespace) -> int:
     settings = BuildSettings(
-        source=args.source, out=Path(args.out), grid=_grid(args), skip_bad_rows=args.skip_bad_rows, keep=args.keep
+        source=args.source, out=Path(args.out), grid=_grid(args), skip_bad_rows=args.skip_bad_rows, keep=args.keep,
+        memory_mb=args.memory_mb,
     )
     progress = TerminalProgress(sys.stderr, not args.quiet)
     try:
@@ -125,7 +141,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         raise SnapshotError(f"{root}: no CURRENT snapshot and no --seq")
     snapshot = open_snapshot(root / str(seq), verify=True) if args.verify else None
     manifest = snapshot.manifest if snapshot else read_manifest(root / str(seq))
-    report = {"current": live, "snapshots": list_seqs(root), "verified": bool(snapshot), "manifest": manifest}
+    report = {"current": live, "snapshots": list_seqs(root), "verified": bool(snapshot),
+              "format_version": manifest["version"], "bytes_per_row": bytes_per_row(manifest), "manifest": manifest}
     sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
     return 0
 
@@ -227,6 +244,10 @@ def parser() -> argparse.ArgumentParser:
                    help="Snapshots folder: the new snapshot goes to OUT/<seq>/ and OUT/CURRENT points at it.")
     _add_grid_options(p)
     p.add_argument("--keep", type=int, default=5, help="How many newest snapshots to keep for rollback (default 5).")
+    p.add_argument("--memory-mb", type=_positive_int, default=2048,
+                   help="Working memory for the POI rows, in MiB (default 2048). A build with more rows sorts them in "
+                        "runs of this size, spilled to a temp folder inside OUT (about 70 bytes of disk a row, beside "
+                        "the snapshot's 32; checked before the first run is written), then merges them in one pass.")
     p.add_argument("--skip-bad-rows", action="store_true",
                    help="Drop bad rows (reported in the summary and manifest) instead of failing the build.")
     p.add_argument("--json", action="store_true", help="Print the manifest as JSON instead of the summary.")

@@ -37,6 +37,10 @@ class Source(Protocol):
         """Stream the POIs in chunks, never the whole table at once."""
         ...
 
+    async def poi_count_hint(self) -> int | None:
+        """Roughly how many POIs there are, cheaply (for the free-disk check of a build that spills)."""
+        ...
+
     async def close(self) -> None: ...
 
 

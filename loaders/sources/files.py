@@ -78,6 +78,17 @@ class FolderSource:
             yield PoiChunk(str(path), row, {f: batch.column(f) for f in POI_FIELDS})
             row += batch.num_rows
 
+    async def poi_count_hint(self) -> int | None:
+        path = self.folder / POIS_FILE
+        try:
+            with path.open("rb") as f:
+                head = f.read(1 << 20)
+            size = path.stat().st_size
+        except OSError:
+            return None
+        lines = head.count(b"\n")
+        return int(size / (len(head) / lines)) if lines else None  # the file's size at its first MiB's line length
+
     async def close(self) -> None:
         return None
 

@@ -88,6 +88,17 @@ class MySQLSource:
         except pymysql.err.MySQLError as exc:
             raise SourceError(f"{label}: {exc}") from None
 
+    async def poi_count_hint(self) -> int | None:
+        conn = await self._connection()
+        try:
+            async with conn.cursor() as cur:  # the server's estimate: no scan of the table
+                await cur.execute("SELECT TABLE_ROWS FROM information_schema.TABLES "
+                                  "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'pois'")
+                found = await cur.fetchone()
+        except pymysql.err.MySQLError:
+            return None
+        return int(found[0]) if found and found[0] is not None else None
+
     async def disabled_task_ids(self) -> frozenset[int]:
         """Return the tasks whose `enabled` column is 0 (the collector's kill switch on a MySQL source)."""
         conn = await self._connection()

@@ -34,7 +34,7 @@ async def _claims(service: Any, snapshots: Path, count: int, seed: int) -> None:
     async def one(k: int) -> None:
         i = rng.choice(rows)
         body = {"claim_id": f"s{seed}-{k}", "task_id": snap.tasks[int(snap.task_index[i])]["task_id"],
-                "poi_id": int(snap.poi_ids[i]), "lat": float(snap.lats[i]), "lng": float(snap.lngs[i])}
+                "poi_id": int(snap.poi_ids[i]), "lat": float(snap.degrees(i)[0]), "lng": float(snap.degrees(i)[1])}
         token = mint(f"u{seed}-{k}", SECRET, int(now) + 3600)
         async with limit:
             resp = await service.post("/v1/claims", json=body, headers={"Authorization": f"Bearer {token}"})

@@ -93,7 +93,7 @@ async def test_a_cell_is_answered_as_every_point_in_it_is(make_client: MakeClien
     snap = open_current(sample_snapshots)
     rng = np.random.default_rng(8)
     for i in rng.choice(len(snap.cells), 40):
-        lat, lng = float(snap.lats[i]) + rng.normal(0, 0.002), float(snap.lngs[i]) + rng.normal(0, 0.002)
+        lat, lng = (float(x) + rng.normal(0, 0.002) for x in snap.degrees(i))
         by_point = await client.get("/v1/nearby", params={"lat": f"{lat:.6f}", "lng": f"{lng:.6f}"})
         point_body = await by_point.json()
         by_cell = await client.get(f"/v1/cells/{point_body['center_cell']}")

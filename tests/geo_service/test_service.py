@@ -39,13 +39,12 @@ async def test_nearby_returns_every_active_poi_within_reach_and_nothing_outside_
     found = 0
     for i in rng.choice(len(snap.cells), 500, replace=False):
         # Players stand near POIs: jitter up to ~300 m so windows hold POIs and reach edges are probed.
-        lat = float(snap.lats[i]) + rng.uniform(-0.003, 0.003)
-        lng = float(snap.lngs[i]) + rng.uniform(-0.003, 0.003)
+        lat, lng = (float(x) + rng.uniform(-0.003, 0.003) for x in snap.degrees(i))
         resp = await client.get("/v1/nearby", params={"lat": str(lat), "lng": str(lng)})
         assert resp.status == 200
         body = await resp.json()
         got = {(p["poi_id"], p["task_id"]) for p in body["pois"]}
-        near = (haversine_m(lat, lng, snap.lats, snap.lngs) <= snap.grid.reach_m) & active
+        near = (haversine_m(lat, lng, *snap.degrees(slice(None))) <= snap.grid.reach_m) & active
         want = {(int(p), snap.tasks[int(t)]["task_id"]) for p, t in zip(snap.poi_ids[near], snap.task_index[near])}
         assert want <= got, f"missed {sorted(want - got)[:3]} at ({lat}, {lng})"
         window = set(body["cells"])

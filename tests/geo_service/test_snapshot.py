@@ -18,9 +18,9 @@ GRID = SquareGrid()
 
 def _arrays(n: int, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
-    lats, lngs = rng.uniform(22.4, 22.8, n), rng.uniform(113.8, 114.4, n)
+    lats, lngs = rng.integers(22_400_000, 22_800_000, n, np.int32), rng.integers(113_800_000, 114_400_000, n, np.int32)
     task_index = rng.integers(0, 3, n).astype(np.int32)
-    cells = GRID.cells_of(lats, lngs)
+    cells = GRID.cells_of(lats / 1e6, lngs / 1e6)
     perm = np.lexsort((task_index, cells))
     poi_ids = np.arange(n)[perm]
     return {"cells": cells[perm], "task_index": task_index[perm], "poi_ids": poi_ids,
@@ -117,6 +117,19 @@ def test_rollback_refuses_a_damaged_target_and_keeps_current(tmp_path: Path) -> 
         rollback(tmp_path, 7)
 
 
+def test_a_snapshot_of_the_older_format_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    _publish(tmp_path)
+    folder = tmp_path / "1"
+    manifest = orjson.loads((folder / "manifest.json").read_bytes())
+    for name in ("lats", "lngs", "poi_order"):  # as version 1 wrote them: float64 degrees, int64 positions
+        old = np.load(folder / f"{name}.npy")
+        np.save(folder / f"{name}.npy", old / 1e6 if name != "poi_order" else old.astype(np.int64))
+    manifest["version"] = 1
+    (folder / "manifest.json").write_bytes(orjson.dumps(manifest))
+    with pytest.raises(SnapshotError, match="format version 1; this release reads version 2 only: rebuild"):
+        open_snapshot(folder)
+
+
 def test_rollback_and_inspect_through_the_cli(sample_snapshots: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = tmp_path / "snaps"
     shutil.copytree(sample_snapshots, root)
@@ -128,6 +141,7 @@ def test_rollback_and_inspect_through_the_cli(sample_snapshots: Path, tmp_path: 
     report = orjson.loads(capsys.readouterr().out)
     assert report["current"] == 1 and report["snapshots"] == [1, 2] and report["verified"]
     assert report["manifest"]["counts"]["rows"] == len(open_current(root).cells)
+    assert report["format_version"] == 2 and 32 <= report["bytes_per_row"] < 32.1  # 32 and the .npy headers
     assert main(["rollback", "--snapshots", str(root)]) == 2
     assert "no snapshot older than 1" in capsys.readouterr().err
 

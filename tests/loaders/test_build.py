@@ -43,7 +43,7 @@ def test_sample_build_keeps_exactly_the_pois_outside_exclusion_zones(sample_snap
 
 def test_rows_are_sorted_by_cell_task_poi_and_cells_match_the_grid(sample_snapshots: Path) -> None:
     snap = open_current(sample_snapshots)
-    assert np.array_equal(snap.cells, snap.grid.cells_of(np.asarray(snap.lats), np.asarray(snap.lngs)))
+    assert np.array_equal(snap.cells, snap.grid.cells_of(*snap.degrees(slice(None))))
     keys = list(zip(snap.cells.tolist(), snap.task_index.tolist(), snap.poi_ids.tolist()))
     assert keys == sorted(keys)
     assert [t["task_id"] for t in snap.tasks] == sorted(int(t["task_id"]) for t in csv_records(SAMPLE / "tasks.csv"))
@@ -71,11 +71,10 @@ def test_query_returns_every_active_poi_within_reach_and_nothing_outside_the_win
     rng = np.random.default_rng(11)
     hits = 0
     for i in rng.choice(len(snap.cells), 300, replace=False):
-        lat = float(snap.lats[i]) + rng.normal(0, 0.001)
-        lng = float(snap.lngs[i]) + rng.normal(0, 0.001)
+        lat, lng = (float(x) + rng.normal(0, 0.001) for x in snap.degrees(i))
         result = answer(lookup, status, lat, lng, max_pois=10**6)
         got = {(p["poi_id"], p["task_id"]) for p in result["pois"]}
-        near = (haversine_m(lat, lng, snap.lats, snap.lngs) <= snap.grid.reach_m) & active[snap.task_index]
+        near = (haversine_m(lat, lng, *snap.degrees(slice(None))) <= snap.grid.reach_m) & active[snap.task_index]
         want = {(int(p), snap.tasks[int(t)]["task_id"]) for p, t in zip(snap.poi_ids[near], snap.task_index[near])}
         assert want <= got
         window = set(result["cells"])
@@ -88,7 +87,7 @@ def test_query_returns_every_active_poi_within_reach_and_nothing_outside_the_win
 def test_query_cap_cuts_the_list_and_says_so(sample_snapshots: Path) -> None:
     snap = open_current(sample_snapshots)
     i = int(np.argmax(np.bincount(np.searchsorted(np.unique(snap.cells), snap.cells))))
-    lat, lng = float(snap.lats[i]), float(snap.lngs[i])
+    lat, lng = map(float, snap.degrees(i))
     lookup = Lookup(snap)
     status = lookup.table.status(NOW_S)
     full = answer(lookup, status, lat, lng, max_pois=10**6)

@@ -64,7 +64,9 @@ def test_a_full_disk_fails_the_build_cleanly(small_disk: Path, leave_fraction: f
     assert main(["build", "--source", str(SAMPLE), "--out", str(out), "--quiet"]) == 1
 
     err = capsys.readouterr().err
-    assert str(out) in err and "could not write snapshot 2" in err and "CURRENT is unchanged" in err, err
+    # The rows are allocated in the build's temp folder first, then the snapshot is written: either can meet the end.
+    assert str(out) in err and "CURRENT is unchanged" in err, err
+    assert "could not write snapshot 2" in err or "could not write the build's sorted runs or rows" in err, err
     assert "No space left on device" in err or "requested and" in err, err  # errno, or numpy's short write
     assert " 0.0 MiB free on its disk" in err or leave_fraction > 0, err
     assert "Traceback" not in err
