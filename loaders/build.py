@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -29,7 +28,7 @@ from loaders.pois import PoiColumns, parse_poi_chunk
 from loaders.records import District, FieldError, Prize, Task, Zone, parse_district, parse_prize, parse_task, parse_zone
 from loaders.screening import excluded, inside
 from loaders.sources import Source, SourceRow
-from loaders.spill import Columns, Runs, SpillFolder, sort_columns, spill_folder
+from loaders.spill import Columns, NpyAppender, Runs, SpillFolder, spill_folder
 
 Progress = Callable[[str, int], None]
 R = TypeVar("R")
@@ -163,7 +162,7 @@ async def read_pois(source: Source, tables: Tables, grid: Grid, folder: SpillFol
     """Validate, round, screen and expand the POI stream chunk by chunk into rows, sorting them in runs
     that fit `memory_bytes`; the runs go to disk once the first one would not fit beside the rest."""
     task_sets = TaskSets([t for _, t in tables.tasks])
-    found = PoiPass(folder.runs("rows", ROW_KEYS), folder.runs("ids", ("poi_id", "src_row")),
+    found = PoiPass(folder.runs("rows", ROW_KEYS), folder.runs("ids", ("poi_id", "src_row"), tail_in_order=True),
                     label=f"{source.name}/pois", excluded_by_zone={z.zone_id: 0 for z in tables.zones})
     rows: list[Columns] = []
     ids: list[Columns] = []
@@ -248,7 +247,6 @@ def find_repeats(ids: Runs, label: str, max_rows: int, errors: ErrorLog) -> Repe
     dropped: list[npt.NDArray[np.int64]] = []
     kept = unused = rows = 0
     for part in ids.ranges(max_rows):
-        part = sort_columns(part, ("poi_id", "src_row"))
         poi_id, src_row = part["poi_id"], part["src_row"]
         repeat = np.zeros(len(poi_id), dtype=np.bool_)
         repeat[1:] = poi_id[1:] == poi_id[:-1]
@@ -286,54 +284,49 @@ class Merged:
     outside: npt.NDArray[np.int64]
 
 
-def _outputs(folder: SpillFolder, rows: int) -> Columns:
-    """The snapshot's row arrays, to be filled in order: .npy files beside it, moved in when it is published."""
-    if rows == 0:
-        return {name: np.empty(0, dtype) for name, dtype in ROW_ARRAYS.items()}
-    arrays: Columns = folder.keep({})
-    for name, dtype in ROW_ARRAYS.items():
-        path = folder.path / f"out-{name}.npy"
-        arrays[name] = np.lib.format.open_memmap(path, "w+", dtype, (rows,))
-        # Allocated now: a full disk is an error here, not a SIGBUS when a page of the mapping is first written.
-        with path.open("r+b") as f:
-            os.posix_fallocate(f.fileno(), 0, path.stat().st_size)
-    return arrays
+def _outputs(folder: SpillFolder, rows: int) -> dict[str, NpyAppender]:
+    """The snapshot's row arrays, written in order as .npy files beside it and moved in when it is published."""
+    return folder.keep({name: NpyAppender(folder.path / f"out-{name}.npy", dtype, rows)
+                        for name, dtype in ROW_ARRAYS.items()})
 
 
 def merge_rows(found: PoiPass, repeats: Repeats, remap: npt.NDArray[np.int32], districts: list[District],
-               folder: SpillFolder, out: Columns, max_rows: int, progress: Progress) -> Merged:
+               folder: SpillFolder, out: dict[str, NpyAppender], max_rows: int, progress: Progress) -> Merged:
     """Write the rows in (cell, task, poi_id) order into `out`, range by range, without the repeated POIs;
     then poi_order, the row positions in poi_id order, the same way."""
     n_tasks = len(districts)
     pois, outside = np.zeros(n_tasks, np.int64), np.zeros(n_tasks, np.int64)
-    district_of = np.array([d.code for d in districts], dtype=np.int64)  # by task
-    by_poi = folder.runs("order", ("poi_id", "position"))
+    by_code = {d.code: d for d in districts}
+    codes, group_of = np.unique(np.array([d.code for d in districts], dtype=np.int64), return_inverse=True)
+    # Small integers: numpy's stable sort of them is a radix sort, one pass over a range's rows.
+    group_of = group_of.astype(np.uint16 if len(codes) < 2**16 else np.int64)
+    by_poi = folder.runs("order", ("poi_id", "position"), tail_in_order=True)
     at = 0
     for part in found.rows.ranges(max_rows):
         if len(repeats.dropped):
             part = {k: v[~_in_sorted(part["src_row"], repeats.dropped)] for k, v in part.items()}
-        part = sort_columns(part, ROW_KEYS)
         n = len(part["cells"])
         task = remap[part["task"]]
         for name, column in (("cells", "cells"), ("task_index", "task"), ("poi_ids", "poi_id"), ("lats", "lat"),
                              ("lngs", "lng")):
-            out[name][at : at + n] = task if column == "task" else part[column]
+            out[name].append(task if column == "task" else part[column])
         pois += np.bincount(task, minlength=n_tasks)
         lat, lng = part["lat"] / MICRO, part["lng"] / MICRO
-        for code in np.unique(district_of[task]).tolist():  # a range is a small area: a few districts
-            mine = np.flatnonzero(district_of[task] == code)
-            hit = inside(districts[int(task[mine[0]])].geometry, lat[mine], lng[mine])
-            outside += np.bincount(task[mine[~hit]], minlength=n_tasks)
+        group = group_of[task]
+        order = np.argsort(group, kind="stable")
+        bounds = np.searchsorted(group[order], np.arange(len(codes) + 1)).tolist()
+        for k, (lo, hi) in enumerate(zip(bounds, bounds[1:])):  # each district's rows: is each POI inside it?
+            if hi > lo:
+                mine = order[lo:hi]
+                hit = inside(by_code[int(codes[k])].geometry, lat[mine], lng[mine])
+                outside += np.bincount(task[mine[~hit]], minlength=n_tasks)
         by_poi.add({"poi_id": part["poi_id"], "position": np.arange(at, at + n, dtype=np.int64)},
                    spill=bool(found.rows.spilled))
         at += n
         progress("merge", at)
-    at = 0
     for part in by_poi.ranges(max_rows):
-        positions = sort_columns(part, ("poi_id", "position"))["position"]
-        out["poi_order"][at : at + len(positions)] = positions
-        at += len(positions)
-    progress("poi order", at)
+        out["poi_order"].append(part["position"])
+    progress("poi order", out["poi_order"].written)
     return Merged(pois, outside)
 
 
@@ -419,10 +412,7 @@ async def build(settings: BuildSettings, source: Source, progress: Progress) -> 
             "build": {"memory_mb": settings.memory_mb, "runs_spilled": found.rows.spilled},
         }
         tables_out = {"tasks": task_table(tasks, tables, merged), "districts": district_table(tables.districts)}
-        arrays = {name: Path(str(a.filename)) if isinstance(a, np.memmap) else a for name, a in out.items()}
-        for array in out.values():
-            if isinstance(array, np.memmap):
-                array.flush()
+        arrays = {name: file.close() for name, file in out.items()}
         folder.release()
         manifest = write_snapshot(settings.out, arrays, tables_out, meta, settings.grid, keep=settings.keep,
                                   extra={"districts.geojson": district_outlines(tables.districts)})

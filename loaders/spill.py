@@ -9,6 +9,7 @@ Equal keys always fall in one range.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import shutil
 import tempfile
@@ -16,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -32,23 +34,26 @@ class SpillFolder:
     """A build's temp folder and what it has mapped from there."""
 
     path: Path
-    mapped: list[Columns | list[Columns]] = field(default_factory=list)
+    mapped: list[dict[str, Any] | list[Columns]] = field(default_factory=list)
 
-    def runs(self, name: str, keys: tuple[str, ...]) -> Runs:
+    def runs(self, name: str, keys: tuple[str, ...], tail_in_order: bool = False) -> Runs:
         """A new table of sorted runs whose files live here."""
-        runs = Runs(self.path, name, keys)
+        runs = Runs(self.path, name, keys, tail_in_order)
         self.mapped.append(runs.runs)
         return runs
 
-    def keep(self, arrays: Columns) -> Columns:
-        """Register arrays mapped from files here, to be let go with the folder."""
-        self.mapped.append(arrays)
-        return arrays
+    def keep(self, files: dict[str, Any]) -> dict[str, Any]:
+        """Register arrays mapped from files here, or open files, to be let go with the folder."""
+        self.mapped.append(files)
+        return files
 
     def release(self) -> None:
-        """Drop every mapping of the folder's files, so their disk space is free once they are removed, even
-        while a traceback still holds the frames that used them."""
+        """Close and drop every mapping and open file of the folder's, so their disk space is free once they
+        are removed, even while a traceback still holds the frames that used them."""
         for held in self.mapped:
+            for value in held.values() if isinstance(held, dict) else ():
+                if isinstance(value, NpyAppender):
+                    value.abandon()
             held.clear()
 
 
@@ -68,9 +73,41 @@ def spill_folder(root: Path) -> Iterator[SpillFolder]:
         shutil.rmtree(folder.path, ignore_errors=True)
 
 
-def sort_columns(columns: Columns, keys: tuple[str, ...]) -> Columns:
-    """Return the columns sorted by `keys`, most significant first (stable)."""
-    perm = np.lexsort(tuple(columns[k] for k in reversed(keys)))
+class NpyAppender:
+    """An .npy file of a known length written front to back: its header, then the values in order, so a
+    sorted table goes to disk as it is produced, with plain writes (a full disk is an OSError)."""
+
+    def __init__(self, path: Path, dtype: np.dtype[Any], rows: int) -> None:
+        self.path, self.dtype, self.rows, self.written = path, dtype, rows, 0
+        self._file = path.open("wb")
+        np.lib.format.write_array_header_1_0(self._file, {"descr": np.lib.format.dtype_to_descr(dtype),
+                                                          "fortran_order": False, "shape": (rows,)})
+
+    def append(self, values: np.ndarray) -> None:
+        self._file.write(np.ascontiguousarray(values, dtype=self.dtype).tobytes())
+        self.written += len(values)
+
+    def abandon(self) -> None:
+        """Close the file of a build that failed (what a full disk left in its buffer is dropped)."""
+        with contextlib.suppress(OSError):
+            self._file.close()
+
+    def close(self) -> Path:
+        """Close the file; return its path once it holds every row it promised."""
+        self._file.close()
+        if self.written != self.rows:
+            raise ValueError(f"{self.path}: {self.written} rows written of {self.rows}")
+        return self.path
+
+
+def sort_columns(columns: Columns, keys: tuple[str, ...], tail_in_order: bool = False) -> Columns:
+    """Return the columns sorted by `keys`, most significant first. With `tail_in_order` the rows already
+    come in order of the last key, so a stable sort by the others gives the same order, cheaper."""
+    by = keys[:-1] if tail_in_order else keys
+    if len(by) == 1:
+        perm = np.argsort(columns[by[0]], kind="stable")
+    else:
+        perm = np.lexsort(tuple(columns[k] for k in reversed(by)))
     return {name: column[perm] for name, column in columns.items()}
 
 
@@ -81,6 +118,7 @@ class Runs:
     folder: Path
     name: str
     keys: tuple[str, ...]  # the sort order; keys[0] is what ranges are cut by
+    tail_in_order: bool = False  # rows are added in order of the last key (a source row, a position)
     runs: list[Columns] = field(default_factory=list)
 
     @property
@@ -93,7 +131,7 @@ class Runs:
 
     def add(self, columns: Columns, spill: bool) -> None:
         """Sort `columns` into a new run, written to disk when `spill` (and mapped back read-only)."""
-        run = sort_columns(columns, self.keys)
+        run = sort_columns(columns, self.keys, self.tail_in_order)
         if spill:
             number = len(self.runs)
             for column, values in run.items():
@@ -103,9 +141,12 @@ class Runs:
         self.runs.append(run)
 
     def ranges(self, max_rows: int) -> Iterator[Columns]:
-        """Yield every row once, in consecutive ranges of key values of about `max_rows` rows (a range
-        holds every row of its key values, so one key held by more rows makes a larger range), each
-        range's rows concatenated from the runs and not yet sorted."""
+        """Yield every row once, sorted, in consecutive ranges of key values of about `max_rows` rows (a
+        range holds every row of its key values, so one key held by more rows makes a larger range)."""
+        if len(self.runs) == 1:  # one run is sorted already: a build that fits in memory sorts once
+            run = self.runs[0]
+            yield dict(run)
+            return
         if not self.runs:
             return
         key = self.keys[0]
@@ -117,6 +158,7 @@ class Runs:
         # The runs are looked up at each step, never held here: SpillFolder.release can let them go.
         for bound in [*bounds, None]:
             ends = [len(run[key]) if bound is None else int(np.searchsorted(run[key], bound, "left")) for run in self.runs]
-            yield {column: np.concatenate([run[column][a:b] for run, a, b in zip(self.runs, starts, ends)])
-                   for column in self.runs[0]}
+            # Runs are concatenated in the order they were added, which keeps the last key in order.
+            yield sort_columns({column: np.concatenate([run[column][a:b] for run, a, b in zip(self.runs, starts, ends)])
+                                for column in self.runs[0]}, self.keys, self.tail_in_order)
             starts = ends
