@@ -1,6 +1,7 @@
 """Benchmark the nearby path: in-process lookups at 10^6 and 10^7 POIs, then HTTP against a bare aiohttp handler.
 
     .venv/bin/python bench/nearby_bench.py [--sizes 1000000 10000000] [--rounds 6] [--seconds 5] [--connections 64]
+        [--baseline /path/to/an/older/checkout]
 
 In-process: `Lookup.find` (window, binary search, status filter, rows found) timed one call at a
 time over 20,000 positions near random POIs, five passes after a warm-up pass; median and p99 over
@@ -10,6 +11,9 @@ bench/minimal_server.py (2 workers, a fixed body of the median answer size), eac
 `wrk -t2 -c64` cycling through the same 20,000 positions, alternated for `--rounds` rounds;
 medians over the rounds, and the median of each round's nearby/minimal ratio.
 Both the servers and wrk share this machine's cores, as they would in any one-box run.
+--baseline runs an older checkout's lookups (its own bench script, cwd there, on a snapshot its own build
+makes of the same synthetic data) after this one's, and its server as a third in each HTTP round, so
+two snapshot formats or encoders compare in one run.
 """
 
 from __future__ import annotations
@@ -93,8 +97,13 @@ def bench_inprocess(n: int) -> tuple[Lookup, list[tuple[float, float]]]:
     return lookup, points
 
 
+def serve(snaps: Path, port: int, data_dir: str, cwd: Path | None = None) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([PY, "-m", "geo_service", "serve", "--snapshots", str(snaps.resolve()), "--port", str(port),
+                             "--workers", "2", "--log-level", "warning", "--data-dir", data_dir], cwd=cwd)
+
+
 def bench_http(lookup: Lookup, points: list[tuple[float, float]], snaps: Path, rounds_n: int, seconds: int,
-               connections: int) -> None:
+               connections: int, baseline: Path | None) -> None:
     if shutil.which("wrk") is None:
         print("http     skipped: wrk is not installed (apt-get install wrk)")
         return
@@ -104,23 +113,25 @@ def bench_http(lookup: Lookup, points: list[tuple[float, float]], snaps: Path, r
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / "points.lua"
         script.write_text(LUA % ",".join(f"{{{a},{b}}}" for a, b in points) + WRK_DONE)
-        ours_port, bare_port = free_port(), free_port()
-        ours = subprocess.Popen([PY, "-m", "geo_service", "serve", "--snapshots", str(snaps), "--port", str(ours_port),
-                                 "--workers", "2", "--log-level", "warning", "--data-dir", tmp])
-        bare = subprocess.Popen([PY, "bench/minimal_server.py", "--port", str(bare_port), "--workers", "2", "--size", str(size)])
+        ports = {"nearby": free_port(), "minimal": free_port(), "baseline": free_port()}
+        procs = [serve(snaps, ports["nearby"], tmp),
+                 subprocess.Popen([PY, "bench/minimal_server.py", "--port", str(ports["minimal"]), "--workers", "2",
+                                   "--size", str(size)])]
+        if baseline is not None:
+            procs.append(serve(baseline / WORKDIR / snaps.name, ports["baseline"], f"{tmp}/baseline", baseline))
         try:
-            wait_ready(f"http://127.0.0.1:{ours_port}/healthz")
-            wait_ready(f"http://127.0.0.1:{bare_port}/v1/nearby")
-            rounds: dict[str, list[dict[str, float]]] = {"nearby": [], "minimal": []}
+            rounds: dict[str, list[dict[str, float]]] = {"nearby": [], "minimal": [], **({"baseline": []} if baseline else {})}
+            for name in rounds:
+                wait_ready(f"http://127.0.0.1:{ports[name]}/v1/nearby?lat=0&lng=0")
             for _ in range(rounds_n):
-                rounds["minimal"].append(run_wrk(bare_port, script, seconds, connections))
-                rounds["nearby"].append(run_wrk(ours_port, script, seconds, connections))
+                for name in rounds:
+                    rounds[name].append(run_wrk(ports[name], script, seconds, connections))
         finally:
-            for proc in (ours, bare):
+            for proc in procs:
                 proc.terminate()
                 proc.wait(timeout=30)
     med = {k: {m: statistics.median(r[m] for r in v) for m in v[0]} for k, v in rounds.items()}
-    for name in ("minimal", "nearby"):
+    for name in rounds:
         m = med[name]
         print(f"http     {name:<8} {m['rps']:>9,.0f} req/s  p50 {m['p50_ms']:5.2f} ms  p99 {m['p99_ms']:5.2f} ms  "
               f"errors {m['errors']:.0f}  (body ~{size} B, 2 workers, {connections} connections)", flush=True)
@@ -129,6 +140,10 @@ def bench_http(lookup: Lookup, points: list[tuple[float, float]], snaps: Path, r
     ratios = [a["rps"] / b["rps"] for a, b in zip(rounds["nearby"], rounds["minimal"])]
     print(f"http     ratio nearby/minimal throughput: median {statistics.median(ratios):.2f} over {len(ratios)} rounds "
           f"(each round's adjacent runs; min {min(ratios):.2f}, max {max(ratios):.2f})")
+    if baseline is not None:
+        ratios = [a["rps"] / b["rps"] for a, b in zip(rounds["nearby"], rounds["baseline"])]
+        print(f"http     ratio nearby/baseline throughput: median {statistics.median(ratios):.2f} over {len(ratios)} "
+              f"rounds (min {min(ratios):.2f}, max {max(ratios):.2f})")
     print("raw " + json.dumps(rounds))
 
 
@@ -139,13 +154,18 @@ def main() -> None:
     ap.add_argument("--seconds", type=int, default=5, help="Seconds per wrk run.")
     ap.add_argument("--connections", type=int, default=64, help="wrk connections.")
     ap.add_argument("--no-http", action="store_true", help="Only the in-process lookups.")
+    ap.add_argument("--baseline", type=Path, help="An older checkout to compare with in the same run (cwd there).")
     args = ap.parse_args()
     WORKDIR.mkdir(parents=True, exist_ok=True)
     last = None
     for n in args.sizes:
         last = (*bench_inprocess(n), WORKDIR / f"snaps-{n}")
+        if args.baseline is not None:
+            print("baseline:", flush=True)
+            subprocess.run([PY, "bench/nearby_bench.py", "--no-http", "--sizes", str(n)], cwd=args.baseline, check=True)
+            bench_inprocess(n)  # this checkout again: the two alternate
     if last and not args.no_http:
-        bench_http(*last, args.rounds, args.seconds, args.connections)
+        bench_http(*last, args.rounds, args.seconds, args.connections, args.baseline)
 
 
 if __name__ == "__main__":

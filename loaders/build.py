@@ -110,7 +110,7 @@ async def read_tables(source: Source, errors: ErrorLog) -> Tables:
 MIB = 2**20
 # Bytes of memory a buffered row and a buffered POI take while their run is sorted (the buffers, their
 # concatenation, the sort's permutation and the sorted copy), and a row while a range of the merge is.
-RUN_ROW_BYTES, RUN_POI_BYTES, MERGE_ROW_BYTES = 110, 50, 120
+RUN_ROW_BYTES, RUN_POI_BYTES, MERGE_ROW_BYTES = 110, 50, 180
 # Disk a row needs beyond the snapshot's 32 bytes: its spilled run and its poi_order run; a POI: its
 # duplicate-check run.
 SPILL_ROW_BYTES, SPILL_POI_BYTES = 36 + 16, 21

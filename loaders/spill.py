@@ -26,7 +26,7 @@ from geo_service.snapshot import TMP_PREFIX
 Columns = dict[str, np.ndarray]
 SPILL_PREFIX = f"{TMP_PREFIX}build-"
 LOCK = ".lock"
-_SAMPLES = 200_000  # keys sampled across all runs to place the range bounds
+_SAMPLES = 20_000  # keys sampled across all runs to place the range bounds (a few pages of each run read)
 
 
 @dataclass
@@ -100,6 +100,15 @@ class NpyAppender:
         return self.path
 
 
+def _read(values: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """values[start:stop] as a private array. A spilled run is read from its file, not through its mapping:
+    pages touched through a mapping would stay in the process's resident set (and its peak RSS) until the
+    run is dropped, however long ago they were used."""
+    if not isinstance(values, np.memmap) or values.filename is None:
+        return values[start:stop]
+    return np.fromfile(values.filename, values.dtype, stop - start, offset=values.offset + start * values.itemsize)
+
+
 def sort_columns(columns: Columns, keys: tuple[str, ...], tail_in_order: bool = False) -> Columns:
     """Return the columns sorted by `keys`, most significant first. With `tail_in_order` the rows already
     come in order of the last key, so a stable sort by the others gives the same order, cheaper."""
@@ -143,9 +152,8 @@ class Runs:
     def ranges(self, max_rows: int) -> Iterator[Columns]:
         """Yield every row once, sorted, in consecutive ranges of key values of about `max_rows` rows (a
         range holds every row of its key values, so one key held by more rows makes a larger range)."""
-        if len(self.runs) == 1:  # one run is sorted already: a build that fits in memory sorts once
-            run = self.runs[0]
-            yield dict(run)
+        if len(self.runs) == 1 and not self.spilled:  # one run in memory is sorted already: a build that fits sorts once
+            yield dict(self.runs[0])
             return
         if not self.runs:
             return
@@ -159,6 +167,6 @@ class Runs:
         for bound in [*bounds, None]:
             ends = [len(run[key]) if bound is None else int(np.searchsorted(run[key], bound, "left")) for run in self.runs]
             # Runs are concatenated in the order they were added, which keeps the last key in order.
-            yield sort_columns({column: np.concatenate([run[column][a:b] for run, a, b in zip(self.runs, starts, ends)])
+            yield sort_columns({column: np.concatenate([_read(run[column], a, b) for run, a, b in zip(self.runs, starts, ends)])
                                 for column in self.runs[0]}, self.keys, self.tail_in_order)
             starts = ends
