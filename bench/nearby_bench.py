@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -162,7 +163,8 @@ def main() -> None:
         last = (*bench_inprocess(n), WORKDIR / f"snaps-{n}")
         if args.baseline is not None:
             print("baseline:", flush=True)
-            subprocess.run([PY, "bench/nearby_bench.py", "--no-http", "--sizes", str(n)], cwd=args.baseline, check=True)
+            subprocess.run([PY, "bench/nearby_bench.py", "--no-http", "--sizes", str(n)], cwd=args.baseline, check=True,
+                           env={**os.environ, "PYTHONPATH": str(args.baseline)})  # its code, not this install's
             bench_inprocess(n)  # this checkout again: the two alternate
     if last and not args.no_http:
         bench_http(*last, args.rounds, args.seconds, args.connections, args.baseline)

@@ -141,8 +141,8 @@ class ServiceSettings:
     shutdown_timeout_s: float = field(default=5.0, metadata=_help("Grace period for requests in flight at shutdown."))
     access_log: bool = field(default=False, metadata=_help("Log every request (quiet by default)."))
     uvloop: bool = field(default=True, metadata=_help(
-        "Run workers on uvloop (8 to 12 percent more /v1/nearby requests a second than asyncio's loop here); "
-        "false: asyncio's own loop."))
+        "Run workers on uvloop, a faster event loop than asyncio's own (false: asyncio's, e.g. to rule uvloop "
+        "out when chasing a bug)."))
 
     def __post_init__(self) -> None:
         problems = []
