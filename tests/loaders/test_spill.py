@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,6 @@ from geo_service.snapshot import ROW_ARRAYS, open_current
 from loaders.cli import main
 from tests.conftest import REPO, build_into
 from tests.support.builders import folder_state
-from tests.support.parts import missing
 
 
 @pytest.fixture(scope="module")
@@ -88,23 +86,6 @@ def test_a_build_killed_in_its_merge_publishes_nothing_and_the_next_one_cleans_u
     build_into(synth_100k, out, "--memory-mb", "1")
     assert (out / "CURRENT").read_text().strip() == "2"
     assert sorted(p.name for p in out.iterdir()) == [".lock", "1", "2", "CURRENT"]  # ... and the next build removes them
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 4 MiB tmpfs mounted for this test alone (root and mount(8) needed; unmounted at the end)."""
-    where = tmp_path / "disk"
-    where.mkdir()
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        missing("a mountable tmpfs (root and mount)", "run the suite as root to drill a full disk")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(where)],
-                          capture_output=True, text=True, timeout=30)
-    if done.returncode != 0:
-        missing(f"a mountable tmpfs ({done.stderr.strip()})", "run the suite as root outside a restricted container")
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", str(where)], check=True, timeout=30)
 
 
 def test_too_little_disk_for_the_runs_is_refused_before_any_is_written(synth_100k: Path, small_disk: Path,
