@@ -208,7 +208,7 @@ class Lookup:
         self.task_position = {task_id: i for i, task_id in enumerate(self.task_ids)}
         self.coarse = np.ascontiguousarray(snapshot.cells[::COARSE_STRIDE])
         # GET /v1/grid's body, ready: a client computes cell ids from it (a 100 m grid's column counts
-        # are ~170 KB of JSON, ~40 KB gzipped).
+        # are ~170 KB of JSON, ~65 KB gzipped).
         self.grid_json = orjson.dumps({"seq": self.seq, **self.grid.client_params()})
         self.grid_gzip = gzip.compress(self.grid_json, mtime=0)
         self.grid_tag = zlib.crc32(self.grid_json)
