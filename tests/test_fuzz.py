@@ -15,7 +15,7 @@ import pytest
 
 from geo_service.tokens import mint
 from tests.conftest import REPO, SAMPLE
-from tests.support.processes import Process, collector, service
+from tests.support.processes import Process, collector, running_pair, service
 
 SECRET, ADMIN = "fuzz-secret", "fuzz-admin"
 
@@ -34,16 +34,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
                    check=True, timeout=120)
     svc = service(snaps, tmp / "var", "--ledger", ledger, "--token-secret", SECRET, "--admin-token", ADMIN, workers=1)
     col = collector(snaps, ledger, "--admin-token", ADMIN, "--service", svc.url, "--stream-max-s", "0.3")
-    svc.args += ["--collector", col.url]
-    try:
-        col.start()
-        svc.start()
-        col.wait_ready()
-        svc.wait_ready()
+    with running_pair(svc, col):
         yield Site(svc, col)
-    finally:
-        svc.stop()
-        col.stop()
 
 
 def fuzz(url: str, examples: int) -> subprocess.CompletedProcess[str]:

@@ -19,7 +19,7 @@ from playwright.sync_api import ConsoleMessage, Page
 from geo_service.snapshot import Snapshot, open_current
 from geo_service.tokens import mint
 from tests.conftest import ARTIFACTS, SAMPLE
-from tests.support.processes import Process, collector, get_json, service
+from tests.support.processes import Process, collector, get_json, running_pair, service
 
 SECRET, ADMIN = "dash-secret", "dash-admin"
 DISTRICT = 440305
@@ -41,16 +41,8 @@ def site(tmp_path: Path) -> Iterator[Site]:
     svc = service(snaps, tmp_path / "var", "--ledger", ledger, "--token-secret", SECRET, "--status-poll-s", "0.2",
                   "--max-speed-mps", "1000000000", workers=1)
     col = collector(snaps, ledger, "--admin-token", ADMIN, "--service", svc.url, "--tick-floor-s", "0.3")
-    svc.args += ["--collector", col.url]
-    try:
-        col.start()
-        svc.start()
-        col.wait_ready()
-        svc.wait_ready()
+    with running_pair(svc, col):
         yield Site(svc, col, open_current(snaps))
-    finally:
-        svc.stop()
-        col.stop()
 
 
 def open_page(page: Page, site: Site, errors: list[str]) -> None:

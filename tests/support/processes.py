@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,3 +90,19 @@ def service(snapshots: Path, data_dir: Path, *extra: str, workers: int = 2) -> P
 def collector(snapshots: Path, ledger: str, *extra: str) -> Process:
     """A geo-collector run process (not started)."""
     return Process("collector", ["run", "--snapshots", str(snapshots), "--ledger", ledger, *extra])
+
+
+@contextmanager
+def running_pair(svc: Process, col: Process) -> Iterator[None]:
+    """Run a service that takes task status from a collector (which may ask it back): both ready inside,
+    both stopped after."""
+    svc.args += ["--collector", col.url]
+    try:
+        col.start()
+        svc.start()
+        col.wait_ready()
+        svc.wait_ready()
+        yield
+    finally:
+        svc.stop()
+        col.stop()
