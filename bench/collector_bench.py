@@ -36,10 +36,10 @@ from harness import drop_ledger_tables  # noqa: E402
 
 from collector.ticker import Ticker  # noqa: E402
 from collector.views import ViewHolder  # noqa: E402
-from geo_service.grid import SquareGrid  # noqa: E402
 from geo_service.ledger import ClaimRequest, open_ledger  # noqa: E402
 from geo_service.settings import MySQLSettings  # noqa: E402
 from geo_service.snapshot import ROW_ARRAYS, write_snapshot  # noqa: E402
+from geo_service.snapshot.grid import SquareGrid  # noqa: E402
 from tests.support.redis_nodes import start_redis  # noqa: E402
 
 CODES = Path(__file__).resolve().parents[1] / "data" / "china_county_codes.tsv"

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harness import free_port, wait_ready  # noqa: E402
 
-from geo_service.grid import EARTH_RADIUS_M, M_PER_DEG  # noqa: E402
+from geo_service.snapshot.grid import EARTH_RADIUS_M, M_PER_DEG  # noqa: E402
 from geo_service.tokens import mint  # noqa: E402
 
 PY = sys.executable

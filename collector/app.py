@@ -31,11 +31,11 @@ from collector.views import ViewHolder
 from geo_service.ledger import LedgerCheck, open_ledger
 from geo_service.ledger.redis import RedisLedger
 from geo_service.ledger.ship import RecordStore, Shipper, ship_part
-from geo_service.metrics import Metrics
-from geo_service.origin import open_origin
-from geo_service.pull import Puller, pulling
-from geo_service.routing import Guard, add_guarded_routes
 from geo_service.settings import MySQLSettings
+from geo_service.snapshot.origin import open_origin
+from geo_service.snapshot.pull import Puller, pulling
+from geo_service.web.metrics import Metrics
+from geo_service.web.routing import Guard, add_guarded_routes
 from loaders.sources.mysql import MySQLSource
 
 

@@ -17,11 +17,11 @@ from aiohttp import web
 from collector.keys import files_key, service_key, settings_key, ticker_key, views_key
 from collector.service import ServiceUnavailable
 from collector.views import View
-from geo_service.errors import InvalidParam, LedgerUnavailable, NotFound, SnapshotUnavailable
 from geo_service.ledger import LedgerError
-from geo_service.params import coordinate, json_object, require_admin
-from geo_service.responses import etag_matches, json_response, not_modified
-from geo_service.routing import Route
+from geo_service.web.errors import InvalidParam, LedgerUnavailable, NotFound, SnapshotUnavailable
+from geo_service.web.params import coordinate, json_object, require_admin
+from geo_service.web.responses import etag_matches, json_response, not_modified
+from geo_service.web.routing import Route
 
 log = logging.getLogger("geodrop.collector")
 STATIC = Path(str(resources.files("collector").joinpath("static")))

@@ -1,5 +1,5 @@
 """The snapshot files the dashboard reads beyond the task and district tables: the rows of the snapshot
-last asked about (a private copy, memory-mapped read-only: see geo_service.staging) and its district
+last asked about (a private copy, memory-mapped read-only: see geo_service.snapshot.staging) and its district
 outlines, gzipped once."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import gzip
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from geo_service.errors import NotFound, SnapshotUnavailable
 from geo_service.snapshot import Snapshot, SnapshotError, open_snapshot
-from geo_service.staging import staged
+from geo_service.snapshot.staging import staged
+from geo_service.web.errors import NotFound, SnapshotUnavailable
 
 
 @dataclass(slots=True)

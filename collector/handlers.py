@@ -22,7 +22,10 @@ from collector.keys import (
 )
 from collector.openapi import openapi_spec
 from collector.views import View, change_json
-from geo_service.errors import (
+from geo_service.ledger import LedgerError, PrizeChangeRefused
+from geo_service.ledger.rates import UNLIMITED, rate_milli
+from geo_service.snapshot.pull import pull_metrics
+from geo_service.web.errors import (
     InvalidParam,
     LedgerUnavailable,
     NotFound,
@@ -30,12 +33,9 @@ from geo_service.errors import (
     SnapshotUnavailable,
     error_response,
 )
-from geo_service.ledger import LedgerError, PrizeChangeRefused
-from geo_service.ledger.rates import UNLIMITED, rate_milli
-from geo_service.params import field_of, integer_of, json_object, one_value, require_admin
-from geo_service.pull import pull_metrics
-from geo_service.responses import etag_matches, json_response, not_modified
-from geo_service.routing import Route
+from geo_service.web.params import field_of, integer_of, json_object, one_value, require_admin
+from geo_service.web.responses import etag_matches, json_response, not_modified
+from geo_service.web.routing import Route
 
 log = logging.getLogger("geodrop.collector")
 

@@ -12,8 +12,8 @@ from collector.ticker import Ticker
 from collector.views import ViewHolder
 from geo_service.ledger import LedgerCheck
 from geo_service.ledger.ship import Shipper
-from geo_service.metrics import Metrics
-from geo_service.pull import Puller
+from geo_service.snapshot.pull import Puller
+from geo_service.web.metrics import Metrics
 
 settings_key = web.AppKey("settings_key", CollectorSettings)
 views_key = web.AppKey("views_key", ViewHolder)

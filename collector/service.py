@@ -6,7 +6,7 @@ from typing import Any
 
 import aiohttp
 
-from geo_service.errors import ApiError, NotFound
+from geo_service.web.errors import ApiError, NotFound
 
 
 class ServiceUnavailable(ApiError):

@@ -28,15 +28,15 @@ from geo_service.keys import (
 )
 from geo_service.ledger import Ledger, LedgerCheck, LedgerError, open_ledger
 from geo_service.ledger.rates import rate_milli
-from geo_service.live import SnapshotHolder, Watcher
-from geo_service.load import LoadMonitor
-from geo_service.metrics import Metrics
 from geo_service.nearby import Levels, Lookup
-from geo_service.origin import open_origin
-from geo_service.pull import Puller, pulling
-from geo_service.routing import Guard, add_guarded_routes
+from geo_service.nearby.live import SnapshotHolder, Watcher
 from geo_service.settings import ServiceSettings
-from geo_service.status import StatusPoller
+from geo_service.snapshot.origin import open_origin
+from geo_service.snapshot.pull import Puller, pulling
+from geo_service.status_poller import StatusPoller
+from geo_service.web.load import LoadMonitor
+from geo_service.web.metrics import Metrics
+from geo_service.web.routing import Guard, add_guarded_routes
 
 log = logging.getLogger("geodrop.service")
 # Health and metrics must answer even when the service sheds load: they are how operators see it.

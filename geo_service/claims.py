@@ -12,10 +12,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from geo_service.errors import NotFound, PoiNotInTask
 from geo_service.ledger import ClaimRequest, Ledger, Outcome, distance_m
 from geo_service.nearby import Lookup, StatusView
-from geo_service.params import ClaimBody
+from geo_service.web.errors import NotFound, PoiNotInTask
+from geo_service.web.params import ClaimBody
 
 
 def draw_order(prizes: Sequence[dict[str, Any]], rng: random.Random) -> list[str]:

@@ -20,9 +20,9 @@ from aiohttp import web
 
 from geo_service.app import create_app
 from geo_service.ledger import Difference, LedgerError, open_ledger
-from geo_service.logs import configure_logging
 from geo_service.settings import ServiceSettings, add_settings_flags, cli_settings
 from geo_service.tokens import mint
+from geo_service.web.logs import configure_logging
 
 ENV_PREFIX = "GEODROP_SERVICE_"
 log = logging.getLogger("geodrop.service")

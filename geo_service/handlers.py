@@ -10,16 +10,6 @@ from aiohttp import web
 
 from geo_service import __version__
 from geo_service.claims import process_claim
-from geo_service.errors import (
-    ClaimsDisabled,
-    LedgerUnavailable,
-    NotFound,
-    RequestTimeout,
-    SnapshotUnavailable,
-    Unauthorized,
-    error_response,
-)
-from geo_service.grid import GridError, Window
 from geo_service.keys import (
     ledger_check_key,
     ledger_key,
@@ -34,14 +24,24 @@ from geo_service.keys import (
     watcher_key,
 )
 from geo_service.ledger import LedgerError
-from geo_service.live import Live
 from geo_service.nearby import encode_answer
+from geo_service.nearby.live import Live
 from geo_service.openapi import openapi_spec
-from geo_service.params import cell_param, claim_body, request_position, require_admin
-from geo_service.pull import pull_metrics
-from geo_service.responses import etag_matches, json_response, not_modified
-from geo_service.routing import Route
+from geo_service.snapshot.grid import GridError, Window
+from geo_service.snapshot.pull import pull_metrics
 from geo_service.tokens import TokenError, verify
+from geo_service.web.errors import (
+    ClaimsDisabled,
+    LedgerUnavailable,
+    NotFound,
+    RequestTimeout,
+    SnapshotUnavailable,
+    Unauthorized,
+    error_response,
+)
+from geo_service.web.params import cell_param, claim_body, request_position, require_admin
+from geo_service.web.responses import etag_matches, json_response, not_modified
+from geo_service.web.routing import Route
 
 
 async def nearby(request: web.Request) -> web.Response:

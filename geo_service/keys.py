@@ -8,12 +8,12 @@ from aiohttp import web
 
 from geo_service.claims import ClaimRules
 from geo_service.ledger import Ledger, LedgerCheck
-from geo_service.live import SnapshotHolder, Watcher
-from geo_service.load import LoadMonitor
-from geo_service.metrics import Metrics
-from geo_service.pull import Puller
+from geo_service.nearby.live import SnapshotHolder, Watcher
 from geo_service.settings import ServiceSettings
-from geo_service.status import StatusPoller
+from geo_service.snapshot.pull import Puller
+from geo_service.status_poller import StatusPoller
+from geo_service.web.load import LoadMonitor
+from geo_service.web.metrics import Metrics
 
 settings_key = web.AppKey("settings_key", ServiceSettings)
 snapshot_key = web.AppKey("snapshot_key", SnapshotHolder)

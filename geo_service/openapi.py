@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from geo_service import __version__
-from geo_service.grid import MAX_ABS_LAT
+from geo_service.snapshot.grid import MAX_ABS_LAT
 
 ERROR = {
     "type": "object",

@@ -12,7 +12,6 @@ from typing import Any, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from geo_service.grid import Grid
 from geo_service.snapshot import (
     MAX_ROWS,
     MICRO,
@@ -22,6 +21,7 @@ from geo_service.snapshot import (
     storage_error,
     write_snapshot,
 )
+from geo_service.snapshot.grid import Grid
 from loaders.display import district_outlines
 from loaders.errors import ErrorLog, LoaderError, RowError
 from loaders.pois import PoiColumns, parse_poi_chunk

@@ -12,9 +12,7 @@ from typing import Any, TextIO, TypeVar
 
 import orjson
 
-from geo_service.grid import Grid, GridError, H3Grid, SquareGrid, check_position
 from geo_service.nearby import Lookup, answer
-from geo_service.origin import Origin, OriginError, open_origin, publish, rollback_origin
 from geo_service.snapshot import (
     ROW_ARRAYS,
     SnapshotError,
@@ -26,6 +24,8 @@ from geo_service.snapshot import (
     read_manifest,
     rollback,
 )
+from geo_service.snapshot.grid import Grid, GridError, H3Grid, SquareGrid, check_position
+from geo_service.snapshot.origin import Origin, OriginError, open_origin, publish, rollback_origin
 from loaders.build import BuildSettings, build
 from loaders.errors import LoaderError
 from loaders.mysql_import import import_folder

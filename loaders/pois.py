@@ -9,7 +9,7 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from geo_service.grid import MAX_ABS_LAT, position_mask
+from geo_service.snapshot.grid import MAX_ABS_LAT, position_mask
 from loaders.errors import ErrorLog, RowError
 
 POI_FIELDS = ("poi_id", "poi_set_id", "lat", "lng")

@@ -13,9 +13,9 @@ import numpy as np
 import orjson
 import pytest
 
-from geo_service.grid import Grid, H3Grid
 from geo_service.nearby import Levels, Lookup, TaskOverride, encode_answer
 from geo_service.snapshot import open_current
+from geo_service.snapshot.grid import Grid, H3Grid
 from tests.conftest import REPO, SAMPLE, MakeClient, build_into
 from tests.support.builders import claim_poi, write_claims_data
 from tests.support.processes import service

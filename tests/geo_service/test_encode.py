@@ -9,8 +9,8 @@ import numpy as np
 import orjson
 import pytest
 
-from geo_service.native import address
 from geo_service.nearby import COARSE_STRIDE, Lookup, _first_at_least, _put_micro, answer, encode_answer
+from geo_service.nearby.encoder import address
 from geo_service.snapshot import open_current
 from tests.conftest import SAMPLE, build_into
 from tests.support.builders import claim_poi, set_csv_field, write_claims_data

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from geo_service.grid import Grid, GridError, H3Grid, SquareGrid, grid_from_params
+from geo_service.snapshot.grid import Grid, GridError, H3Grid, SquareGrid, grid_from_params
 from tests.support.oracle import haversine_m, scatter_around
 
 LATITUDES = [0.0, 22.0, 40.0, 53.0, 70.0]

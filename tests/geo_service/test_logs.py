@@ -9,7 +9,7 @@ import orjson
 import pytest
 from aiohttp.http_exceptions import BadHttpMessage
 
-from geo_service.logs import configure_logging
+from geo_service.web.logs import configure_logging
 
 
 @pytest.fixture

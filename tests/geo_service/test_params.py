@@ -6,8 +6,8 @@ import random
 
 from yarl import URL
 
-from geo_service.errors import ApiError
-from geo_service.params import position, request_position
+from geo_service.web.errors import ApiError
+from geo_service.web.params import position, request_position
 
 
 def _outcome(call: object) -> object:

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from geo_service.keys import puller_key
-from geo_service.origin import Origin, open_origin, publish
-from geo_service.pull import Puller
 from geo_service.snapshot import current_seq, open_snapshot
+from geo_service.snapshot.origin import Origin, open_origin, publish
+from geo_service.snapshot.pull import Puller
 from loaders.cli import main as snapshot_cli
 from tests.conftest import MakeClient, build_into
 from tests.support.builders import set_csv_field, write_claims_data

@@ -9,8 +9,8 @@ import numpy as np
 import orjson
 import pytest
 
-from geo_service.grid import SquareGrid
 from geo_service.snapshot import SnapshotError, current_seq, list_seqs, open_current, open_snapshot, rollback, write_snapshot
+from geo_service.snapshot.grid import SquareGrid
 from loaders.cli import main
 
 GRID = SquareGrid()

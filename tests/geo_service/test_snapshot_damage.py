@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from geo_service.snapshot import _point_current
+from geo_service.snapshot.folder import _point_current
 from tests.conftest import SAMPLE, build_into
 from tests.support.processes import Process, get_json, service
 

@@ -9,9 +9,9 @@ import numpy as np
 import orjson
 import shapely
 
-from geo_service.grid import SquareGrid
 from geo_service.nearby import Lookup, answer
 from geo_service.snapshot import ROW_ARRAYS, open_current
+from geo_service.snapshot.grid import SquareGrid
 from loaders.records import parse_time
 from tests.conftest import SAMPLE
 from tests.support.builders import csv_records

@@ -17,7 +17,7 @@ from typing import Any, TypeGuard
 
 from geo_service.nearby import DEFAULT_LEVELS, NEVER, Levels, Lookup, StatusView, TaskOverride, answer, encode_answer
 from geo_service.snapshot import SnapshotError, current_seq, open_snapshot
-from geo_service.staging import identity, source_problem, staged
+from geo_service.snapshot.staging import identity, source_problem, staged
 
 log = logging.getLogger("geodrop.snapshot")
 # How far ahead of a task window's start or end its status is computed, and how often to look.

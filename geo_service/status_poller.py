@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import aiohttp
 import orjson
 
-from geo_service.live import SnapshotHolder
 from geo_service.nearby import TaskOverride
+from geo_service.nearby.live import SnapshotHolder
 
 log = logging.getLogger("geodrop.status")
 

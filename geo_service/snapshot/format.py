@@ -1,23 +1,19 @@
-"""The snapshot format: sorted flat arrays plus a manifest, written atomically and opened memory-mapped.
+"""The snapshot format: sorted flat arrays plus a manifest; written and opened memory-mapped, verified.
 
-Layout of SNAPSHOTS_DIR:
-    <seq>/manifest.json   format, version, seq, grid, counts, screening, sha256 of every file
-    <seq>/*.npy           the row arrays, sorted by (cell, task), opened with mmap_mode="r"
-    <seq>/tasks.json      the task table (rows point into it by position)
-    <seq>/districts.json  the district table
-    CURRENT               the live seq, replaced by rename
-    .lock                 flock held while a writer allocates a seq and publishes
+Layout of a snapshot folder <seq>/:
+    manifest.json   format, version, seq, grid, counts, screening, sha256 of every file
+    *.npy           the row arrays, sorted by (cell, task), opened with mmap_mode="r"
+    tasks.json      the task table (rows point into it by position)
+    districts.json  the district table
+folder.py publishes such folders in a snapshots folder; this module knows one folder at a time.
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import shutil
-import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from geo_service.grid import Grid, GridError, grid_from_params
+from geo_service.snapshot.grid import Grid, GridError, grid_from_params
 
 FORMAT = "geodrop-snapshot"
 # 2: coordinates as int32 micro-degrees and a 32-bit poi_order, 32 bytes a row (1: float64 and int64, 44).
@@ -48,7 +44,6 @@ TABLES = ("tasks.json", "districts.json")
 # Files a snapshot may carry beyond the required ones: the district outlines simplified for maps
 # (the dashboard's), absent from snapshots built before it.
 OPTIONAL = ("districts.geojson",)
-TMP_PREFIX = ".tmp-"
 
 
 class SnapshotError(Exception):
@@ -95,7 +90,7 @@ class Snapshot:
         return self.lats[rows] / MICRO, self.lngs[rows] / MICRO
 
 
-def _fsync_path(path: Path) -> None:
+def fsync_path(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -108,54 +103,11 @@ def _sha256(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-@contextmanager
-def locked(root: Path) -> Iterator[None]:
-    root.mkdir(parents=True, exist_ok=True)
-    with (root / ".lock").open("a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def list_seqs(root: Path) -> list[int]:
-    """Return the seqs of the published snapshot folders, oldest first."""
-    if not root.is_dir():
-        return []
-    return sorted(int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit())
-
-
-def current_seq(root: Path) -> int | None:
-    """Return the seq CURRENT points at, or None before the first publish."""
-    try:
-        text = (root / "CURRENT").read_text().strip()
-    except FileNotFoundError:
-        return None
-    if not text.isdigit():
-        raise SnapshotError(f"{root / 'CURRENT'}: not a snapshot seq: {text[:40]!r}")
-    return int(text)
-
-
-def _point_current(root: Path, seq: int) -> None:
-    tmp = root / f"CURRENT.{os.getpid()}.tmp"
-    try:
-        with tmp.open("w") as f:
-            f.write(f"{seq}\n")
-            f.flush()
-            os.fsync(f.fileno())
-    except OSError:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, root / "CURRENT")
-    _fsync_path(root)
-
-
 # A row array to write: the values, or an .npy file of them on the snapshots' filesystem, moved in.
 RowArray = np.ndarray | Path
 
 
-def _rows_of(array: RowArray, dtype: np.dtype[Any]) -> int:
+def rows_of(array: RowArray, dtype: np.dtype[Any]) -> int:
     if isinstance(array, np.ndarray):
         return len(array)
     found = np.load(array, mmap_mode="r", allow_pickle=False)
@@ -164,12 +116,12 @@ def _rows_of(array: RowArray, dtype: np.dtype[Any]) -> int:
     return len(found)
 
 
-def _write_files(folder: Path, arrays: Mapping[str, RowArray], tables: Mapping[str, Any],
+def write_files(folder: Path, arrays: Mapping[str, RowArray], tables: Mapping[str, Any],
                  extra: Mapping[str, bytes]) -> dict[str, Any]:
     files: dict[str, Any] = {}
     for name, dtype in ROW_ARRAYS.items():
         path, array = folder / f"{name}.npy", arrays[name]
-        rows = _rows_of(array, dtype)
+        rows = rows_of(array, dtype)
         if isinstance(array, Path):
             os.replace(array, path)
         else:
@@ -185,106 +137,9 @@ def _write_files(folder: Path, arrays: Mapping[str, RowArray], tables: Mapping[s
         files[name] = {}
     for name, info in files.items():
         path = folder / name
-        _fsync_path(path)
+        fsync_path(path)
         info.update(bytes=path.stat().st_size, sha256=_sha256(path))
     return files
-
-
-def remove_stale_tmp(root: Path) -> None:
-    """Remove the temp folders of writers that died. Called under the lock, so a publishing writer's folder is
-    its own; a build's spill folder is flocked while the build runs (loaders.spill) and skipped then."""
-    for p in root.glob(f"{TMP_PREFIX}*"):
-        if not _held(p / ".lock"):
-            shutil.rmtree(p, ignore_errors=True)
-
-
-def _held(lock_path: Path) -> bool:
-    """Whether a live process holds an flock on this file."""
-    try:
-        with lock_path.open("r") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            fcntl.flock(lock, fcntl.LOCK_UN)
-    except BlockingIOError:
-        return True
-    except OSError:
-        return False
-    return False
-
-
-def write_snapshot(
-    root: Path,
-    arrays: Mapping[str, RowArray],
-    tables: Mapping[str, Any],
-    meta: Mapping[str, Any],
-    grid: Grid,
-    keep: int = 5,
-    extra: Mapping[str, bytes] | None = None,
-) -> dict[str, Any]:
-    """Write a snapshot beside the others, publish it by replacing CURRENT, and return its manifest.
-
-    Everything is written and fsynced in a temp folder first, so a crash at any point leaves the
-    live snapshot and CURRENT as they were.
-    """
-    lengths = {_rows_of(arrays[name], dtype) for name, dtype in ROW_ARRAYS.items()}
-    if len(lengths) != 1:
-        raise SnapshotError(f"row arrays differ in length: {sorted(lengths)}")
-    if max(lengths) > MAX_ROWS:
-        raise SnapshotError(f"{max(lengths)} rows: a snapshot holds at most {MAX_ROWS}")
-    with locked(root):
-        remove_stale_tmp(root)
-        seq = max([*list_seqs(root), current_seq(root) or 0], default=0) + 1
-        tmp = root / f"{TMP_PREFIX}{seq}-{os.getpid()}"
-        try:
-            tmp.mkdir()
-            manifest = {
-                "format": FORMAT,
-                "version": VERSION,
-                "seq": seq,
-                "built_at": int(time.time()),
-                "grid": grid.params(),
-                **meta,
-                "files": _write_files(tmp, arrays, tables, extra or {}),
-            }
-            (tmp / "manifest.json").write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
-            _publish(root, tmp, seq, keep)
-        except OSError as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise storage_error(root, f"snapshot {seq}", exc) from exc
-    return manifest
-
-
-def _publish(root: Path, tmp: Path, seq: int, keep: int) -> None:
-    """Make a complete, fsynced-file folder snapshot `seq` and point CURRENT at it (the caller holds the lock)."""
-    _fsync_path(tmp / "manifest.json")
-    _fsync_path(tmp)
-    os.rename(tmp, root / str(seq))
-    try:
-        _fsync_path(root)
-        _point_current(root, seq)
-    except OSError:
-        if current_seq(root) != seq:  # never left looking like a published snapshot
-            shutil.rmtree(root / str(seq), ignore_errors=True)
-        raise
-    prune(root, keep)
-
-
-def install_pulled(root: Path, tmp: Path, seq: int, keep: int = 5) -> None:
-    """Publish a snapshot folder fetched from an origin (every file written and checked) as seq, the way a
-    build publishes: rename, then CURRENT."""
-    with locked(root):
-        if (root / str(seq)).exists():
-            shutil.rmtree(root / str(seq))  # a copy that failed verification when it was pulled before
-        _publish(root, tmp, seq, keep)
-
-
-def prune(root: Path, keep: int) -> list[int]:
-    """Delete all but the `keep` newest snapshots, never the live one; return the seqs removed."""
-    live = current_seq(root)
-    removable = [s for s in list_seqs(root) if s != live]
-    doomed = removable[: max(len(removable) - max(keep - 1, 0), 0)]
-    for seq in doomed:
-        shutil.rmtree(root / str(seq), ignore_errors=True)
-    return doomed
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:
@@ -374,29 +229,3 @@ def open_snapshot(folder: Path, verify: bool = True, checksums: bool = True) -> 
                                 and bool(np.all(np.diff(arrays["poi_ids"][by_poi]) >= 0))):
             raise SnapshotError(f"{folder}/poi_order.npy: not the rows in poi_id order")
     return Snapshot(folder, manifest, grid, tasks=tasks, districts=districts, **arrays)
-
-
-def open_current(root: Path, verify: bool = True) -> Snapshot:
-    """Open the snapshot CURRENT points at."""
-    seq = current_seq(root)
-    if seq is None:
-        raise SnapshotError(f"{root}: no CURRENT snapshot; run `geo-snapshot build` first")
-    return open_snapshot(root / str(seq), verify=verify)
-
-
-def rollback(root: Path, to_seq: int | None = None) -> int:
-    """Point CURRENT at an older verified snapshot (default: the newest one before the live one), or at any
-    snapshot already here that `to_seq` names (how a host follows its origin to a seq it has)."""
-    with locked(root):
-        live = current_seq(root)
-        seqs = list_seqs(root)
-        if to_seq is None:
-            older = [s for s in seqs if live is None or s < live]
-            if not older:
-                raise SnapshotError(f"{root}: no snapshot older than {live} to roll back to")
-            to_seq = older[-1]
-        if to_seq not in seqs:
-            raise SnapshotError(f"{root}: no snapshot {to_seq}; have {seqs}")
-        open_snapshot(root / str(to_seq), verify=True)
-        _point_current(root, to_seq)
-    return to_seq

@@ -12,8 +12,8 @@ from typing import Any
 import orjson
 from multidict import MultiMapping
 
-from geo_service.errors import InvalidJson, InvalidParam, MissingParam, Unauthorized
-from geo_service.grid import MAX_ABS_LAT, GridError, check_position
+from geo_service.snapshot.grid import MAX_ABS_LAT, GridError, check_position
+from geo_service.web.errors import InvalidJson, InvalidParam, MissingParam, Unauthorized
 
 _CLAIM_ID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 # The query every map client sends. Matching it whole is a third of the cost of parsing a query

@@ -20,9 +20,9 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from geo_service.grid import SquareGrid, Window, cells_in, span_cells, square_window
-from geo_service.native import Table, address, array_at, float_at, float_bits
+from geo_service.nearby.encoder import Table, address, array_at, float_at, float_bits
 from geo_service.snapshot import Snapshot
+from geo_service.snapshot.grid import SquareGrid, Window, cells_in, span_cells, square_window
 
 NEVER = 2**62
 # One cell id in every COARSE_STRIDE (a 4 KiB page of them) is copied into a small index that stays

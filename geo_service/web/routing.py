@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 from aiohttp import hdrs, web
 
-from geo_service.errors import Handler, Overloaded, QueryTooLong, from_exception
-from geo_service.load import LoadMonitor
-from geo_service.metrics import Metrics
+from geo_service.web.errors import Handler, Overloaded, QueryTooLong, from_exception
+from geo_service.web.load import LoadMonitor
+from geo_service.web.metrics import Metrics
 
 UNMATCHED = "unmatched"  # the route label of 404s and 405s
 Route = tuple[str, str, Handler]  # method, path, handler

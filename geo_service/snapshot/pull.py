@@ -26,8 +26,8 @@ from typing import Any
 
 import orjson
 
-from geo_service.origin import Origin, OriginError, current_of
 from geo_service.snapshot import SnapshotError, current_seq, install_pulled, parse_manifest, rollback, verify_file
+from geo_service.snapshot.origin import Origin, OriginError, current_of
 
 log = logging.getLogger("geodrop.pull")
 MAX_BACKOFF_S = 30.0
