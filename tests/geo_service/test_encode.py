@@ -9,9 +9,11 @@ import numpy as np
 import orjson
 import pytest
 
-from geo_service.nearby import COARSE_STRIDE, Lookup, _first_at_least, _put_micro, answer, encode_answer
-from geo_service.nearby.encoder import address
-from geo_service.snapshot import open_current
+from geo_service import nearby
+from geo_service.nearby import Lookup, answer, encode_answer, encoder
+from geo_service.nearby.encoder import COARSE_STRIDE, Layout, _first_at_least, _put_micro, address, encode_size
+from geo_service.snapshot import Snapshot, open_current
+from geo_service.snapshot.grid import SquareGrid
 from tests.conftest import SAMPLE, build_into
 from tests.support.builders import claim_poi, set_csv_field, write_claims_data
 
@@ -103,3 +105,52 @@ def test_coordinates_with_more_decimals_are_rounded_at_build_and_counted(tmp_pat
     body, _ = encode_answer(lookup, status, lat, lng, 300, {"next_poll_ms": 1})
     assert body == orjson.dumps({**answer(lookup, status, lat, lng, 300), "next_poll_ms": 1})
     assert 22.532901 in {p["lat"] for p in orjson.loads(body)["pois"]}  # to the nearest micro-degree
+
+
+def test_tables_are_packed_by_name_with_each_arrays_declared_dtype() -> None:
+    layout = Layout((("n", int), ("x", float), ("a", np.int32)))
+    a = np.arange(3, dtype=np.int32)
+    table = layout.pack(n=7, x=0.5, a=a)
+    assert (layout.size, layout.slot("a")) == (4, 2)
+    assert table.tolist() == [7, np.array([0.5]).view(np.int64)[0], a.ctypes.data, 3]
+    with pytest.raises(TypeError, match="exactly"):
+        layout.pack(n=7, a=a)
+    with pytest.raises(TypeError, match="int32"):
+        layout.pack(n=7, x=0.5, a=a.astype(np.int64))
+
+
+def _widest_lookup(pois: int) -> tuple[Lookup, float, float]:
+    """A snapshot in memory whose every number is written at its longest: ids from -(2^63 - 1) (20 bytes),
+    coordinates at -179.999999 (11 bytes), one task of a long name per POI, all in one cell."""
+    grid = SquareGrid()
+    lat, lng = 22.5329, 113.9305
+    ids = np.arange(pois, dtype=np.int64) - np.iinfo(np.int64).max
+    rows = {"cells": np.full(pois, grid.cell_of(lat, lng), np.int64), "task_index": np.arange(pois, dtype=np.int32),
+            "poi_ids": ids, "lats": np.full(pois, -179_999_999, np.int32), "lngs": np.full(pois, -179_999_999, np.int32),
+            "poi_order": np.arange(pois, dtype=np.int32)}
+    tasks = [{"task_id": int(t), "name": "红" * 200, "district_code": 440305, "poi_set_id": 1, "starts_at": 0,
+              "ends_at": 2**33, "enabled": True, "prizes": [{"prize_type": "cash", "quota": 1, "weight": 1.0,
+                                                             "rate_per_s": None}]} for t in ids]
+    snapshot = Snapshot(Path("/nonexistent"), {"seq": 2**63 - 1}, grid, tasks=tasks, districts=[], **rows)
+    return Lookup(snapshot), lat, lng
+
+
+def test_the_widest_answer_fits_the_budget_derived_from_the_byte_pieces() -> None:
+    lookup, lat, lng = _widest_lookup(40)
+    status = lookup.table.status(NOW_S)
+    body, _ = encode_answer(lookup, status, lat, lng, 40, {})
+    assert body == orjson.dumps(answer(lookup, status, lat, lng, 40))  # written as orjson writes it
+    assert len(body) <= encode_size(lookup.window_cells, 40, status.longest_view)
+    # A POI at its longest, as orjson writes it, and its comma: what the budget gives each POI.
+    widest = orjson.loads(body)["pois"][0]
+    assert len(orjson.dumps(widest)) + 1 == encoder._POI_BYTES
+
+
+def test_an_answer_larger_than_its_buffer_is_refused_not_written_past(monkeypatch: pytest.MonkeyPatch) -> None:
+    lookup, lat, lng = _widest_lookup(3)
+    status = lookup.table.status(NOW_S)
+    fits = len(encode_answer(lookup, status, lat, lng, 3, {})[0])
+    fresh, _, _ = _widest_lookup(3)
+    monkeypatch.setattr(nearby, "encode_size", lambda *_: fits - 1)
+    with pytest.raises(OverflowError, match="buffer"):
+        encode_answer(fresh, status, lat, lng, 3, {})
