@@ -36,8 +36,8 @@ from harness import drop_ledger_tables  # noqa: E402
 
 from collector.ticker import Ticker  # noqa: E402
 from collector.views import ViewHolder  # noqa: E402
+from geo_service.dsn import MySQLSettings  # noqa: E402
 from geo_service.ledger import ClaimRequest, open_ledger  # noqa: E402
-from geo_service.settings import MySQLSettings  # noqa: E402
 from geo_service.snapshot import ROW_ARRAYS, write_snapshot  # noqa: E402
 from geo_service.snapshot.grid import SquareGrid  # noqa: E402
 from tests.support.redis_nodes import start_redis  # noqa: E402
@@ -95,7 +95,8 @@ def issue_some(dsn: str) -> None:
 
 def issue_some_redis(dsn: str) -> None:
     """issue_some on a Redis ledger: the same issued counts, and no task in the buckets' changed sets."""
-    from geo_service.ledger.redis import BUCKETS, bucket_key
+    from geo_service.dsn import REDIS_BUCKETS
+    from geo_service.ledger.redis import bucket_key
     from tests.support.ledgers import redis_client
 
     client = redis_client(dsn)
@@ -111,7 +112,7 @@ def issue_some_redis(dsn: str) -> None:
                         prize = field_name[2:]
                         pipe.hset(key, f"i:{prize}", int(quota) * ((task_id * 7919 + len(prize)) % 100) // 100)
             pipe.execute()
-        for b in range(BUCKETS):
+        for b in range(REDIS_BUCKETS):
             client.delete(bucket_key(b, "changed"))
     finally:
         client.close()

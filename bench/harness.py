@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pymysql
 
+from geo_service.dsn import MySQLSettings
 from geo_service.ledger.plans import LEDGER_TABLES
-from geo_service.settings import MySQLSettings
 
 
 def free_port() -> int:

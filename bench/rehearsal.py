@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harness import free_port, wait_ready  # noqa: E402
 
-from geo_service.snapshot.grid import EARTH_RADIUS_M, M_PER_DEG  # noqa: E402
+from geo_service.snapshot.grid import M_PER_DEG, distance_m  # noqa: E402
 from geo_service.tokens import mint  # noqa: E402
 
 PY = sys.executable
@@ -43,13 +43,6 @@ REPO = Path(__file__).resolve().parents[1]
 SECRET = "rehearsal-secret"
 WALK_M_PER_S = 1.5
 CLAIM_WITHIN_M = 40.0
-
-
-def distance_m(lat1: float, lng1: float, lat2: float, lng2: float) -> float:
-    """Great-circle distance (haversine) on the sphere the grid uses."""
-    p1, p2 = math.radians(lat1), math.radians(lat2)
-    a = math.sin((p2 - p1) / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(math.radians(lng2 - lng1) / 2) ** 2
-    return 2 * EARTH_RADIUS_M * math.asin(math.sqrt(a))
 
 
 @dataclass

@@ -28,10 +28,11 @@ from collector.service import ServiceClient
 from collector.settings import CollectorSettings
 from collector.ticker import Ticker
 from collector.views import ViewHolder
+from geo_service.dsn import MySQLSettings, ship_part
 from geo_service.ledger import LedgerCheck, open_ledger
+from geo_service.ledger.records import RecordStore
 from geo_service.ledger.redis import RedisLedger
-from geo_service.ledger.ship import RecordStore, Shipper, ship_part
-from geo_service.settings import MySQLSettings
+from geo_service.ledger.ship import Shipper
 from geo_service.snapshot.origin import open_origin
 from geo_service.snapshot.pull import Puller, pulling
 from geo_service.web.metrics import Metrics

@@ -14,9 +14,9 @@ from aiohttp import web
 from collector.app import create_app
 from collector.settings import CollectorSettings
 from collector.views import change_json
+from geo_service.config import add_settings_flags, cli_settings
 from geo_service.ledger import LedgerError, PrizeChange, PrizeChangeRefused, open_ledger
 from geo_service.ledger.rates import UNLIMITED, rate_milli
-from geo_service.settings import add_settings_flags, cli_settings
 from geo_service.web.logs import configure_logging
 
 ENV_PREFIX = "GEODROP_COLLECTOR_"

@@ -5,58 +5,48 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from geo_service.ledger.ship import ship_part
-from geo_service.settings import (
-    SettingsError,
-    ledger_problems,
-    origin_endpoint_field,
-    origin_field,
-    origin_poll_field,
-)
-
-
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
+from geo_service.config import SettingsError, help_text, origin_endpoint_field, origin_field, origin_poll_field
+from geo_service.dsn import ledger_problems, ship_part
 
 
 @dataclass(frozen=True, slots=True)
 class CollectorSettings:
     """geo-collector settings. Env: GEODROP_COLLECTOR_<FIELD>; TOML: top-level keys named as the fields."""
 
-    snapshots: Path = field(default=Path("snapshots"), metadata=_help("Snapshots folder: task and district tables."))
-    data_dir: Path = field(default=Path("var"), metadata=_help(
+    snapshots: Path = field(default=Path("snapshots"), metadata=help_text("Snapshots folder: task and district tables."))
+    data_dir: Path = field(default=Path("var"), metadata=help_text(
         "Folder for the collector's own files: under mapped/ the private copy of the snapshot the dashboard maps "
         "(shared with a service on the same host and data_dir)."))
     origin: str = origin_field()
     origin_endpoint: str = origin_endpoint_field()
     origin_poll_s: float = origin_poll_field()
     ledger: str = field(default="sqlite:///var/ledger.sqlite3", repr=False,
-                        metadata=_help("Ledger DSN to read: sqlite:///PATH, mysql://user:pass@host:port/db, "
+                        metadata=help_text("Ledger DSN to read: sqlite:///PATH, mysql://user:pass@host:port/db, "
                                        "redis://host:port[/db] or redis+cluster://host:port[,host:port...]."))
     record_db: str = field(default="", repr=False,
-                           metadata=_help("MySQL DSN to ship a Redis ledger's flow log of claims into (the system of "
+                           metadata=help_text("MySQL DSN to ship a Redis ledger's flow log of claims into (the system of "
                                           "record); the collector then runs the shipper."))
-    ship_part: str = field(default="1/1", metadata=_help(
+    ship_part: str = field(default="1/1", metadata=help_text(
         "Which buckets of the flow log this collector ships, K/N: run N collectors with 1/N .. N/N to share the "
         "shipping (1/1: all of it)."))
-    admin_token: str = field(default="", repr=False, metadata=_help(
+    admin_token: str = field(default="", repr=False, metadata=help_text(
         "Bearer token of the admin routes (live prize changes, the dashboard's kill switch); empty disables them."))
-    service: str = field(default="", metadata=_help(
+    service: str = field(default="", metadata=help_text(
         "geo-service base URL the dashboard's probe and health strip ask, e.g. http://127.0.0.1:8080 (empty: none)."))
     source: str = field(default="", repr=False,
-                        metadata=_help("MySQL source DSN whose tasks.enabled column also switches tasks off (optional)."))
-    host: str = field(default="127.0.0.1", metadata=_help("Address to listen on."))
-    port: int = field(default=8081, metadata=_help("TCP port of the views."))
-    tick_floor_s: float = field(default=1.0, metadata=_help("Shortest tick interval (the normal pace)."))
-    tick_ceiling_s: float = field(default=30.0, metadata=_help("Longest tick interval when the database is slow or down."))
-    slow_read_s: float = field(default=0.5, metadata=_help("A ledger read slower than this lengthens the interval."))
-    sweep_page_rows: int = field(default=10_000, metadata=_help(
+                        metadata=help_text("MySQL source DSN whose tasks.enabled column also switches tasks off (optional)."))
+    host: str = field(default="127.0.0.1", metadata=help_text("Address to listen on."))
+    port: int = field(default=8081, metadata=help_text("TCP port of the views."))
+    tick_floor_s: float = field(default=1.0, metadata=help_text("Shortest tick interval (the normal pace)."))
+    tick_ceiling_s: float = field(default=30.0, metadata=help_text("Longest tick interval when the database is slow or down."))
+    slow_read_s: float = field(default=0.5, metadata=help_text("A ledger read slower than this lengthens the interval."))
+    sweep_page_rows: int = field(default=10_000, metadata=help_text(
         "Counters read per tick by the sweep, the complete read spread over ticks that fills a new snapshot's index."))
-    sweep_every_s: float = field(default=60.0, metadata=_help(
+    sweep_every_s: float = field(default=60.0, metadata=help_text(
         "How often the sweep re-reads every counter of the live snapshot (heals what a delta could miss)."))
-    preview_horizon_s: int = field(default=86400, metadata=_help("How far ahead /v1/previews looks for tasks starting."))
-    stream_heartbeat_s: float = field(default=15.0, metadata=_help("Idle time after which the stream sends a comment."))
-    stream_max_s: float = field(default=600.0, metadata=_help(
+    preview_horizon_s: int = field(default=86400, metadata=help_text("How far ahead /v1/previews looks for tasks starting."))
+    stream_heartbeat_s: float = field(default=15.0, metadata=help_text("Idle time after which the stream sends a comment."))
+    stream_max_s: float = field(default=600.0, metadata=help_text(
         "Longest a stream stays open; then it ends and the client reconnects (EventSource does so by itself), "
         "so no connection outlives a deploy or a balancer's limits by long."))
 

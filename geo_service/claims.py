@@ -12,8 +12,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from geo_service.ledger import ClaimRequest, Ledger, Outcome, distance_m
+from geo_service.ledger import ClaimRequest, Ledger, Outcome
 from geo_service.nearby import Lookup, StatusView
+from geo_service.snapshot.grid import distance_m
 from geo_service.web.errors import NotFound, PoiNotInTask
 from geo_service.web.params import ClaimBody
 

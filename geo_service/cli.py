@@ -19,8 +19,9 @@ import uvloop
 from aiohttp import web
 
 from geo_service.app import create_app
+from geo_service.config import add_settings_flags, cli_settings
 from geo_service.ledger import Difference, LedgerError, open_ledger
-from geo_service.settings import ServiceSettings, add_settings_flags, cli_settings
+from geo_service.settings import ServiceSettings
 from geo_service.tokens import mint
 from geo_service.web.logs import configure_logging
 

@@ -16,7 +16,7 @@ import aiomysql
 import pymysql
 import shapely
 
-from geo_service.settings import MySQLSettings
+from geo_service.dsn import MySQLSettings
 from loaders.build import read_tables
 from loaders.errors import ErrorLog, RowError, SourceError
 from loaders.pois import parse_poi_chunk

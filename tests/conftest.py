@@ -13,8 +13,9 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from geo_service.app import create_app
+from geo_service.config import load_settings
 from geo_service.ledger.plans import LEDGER_TABLES
-from geo_service.settings import ServiceSettings, load_settings
+from geo_service.settings import ServiceSettings
 from loaders.cli import main as snapshot_cli
 from tests.support.parts import missing
 from tests.support.redis_nodes import REDIS_SERVER, RedisDeployment, redis_available, start_redis

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from collector.settings import CollectorSettings
-from geo_service.settings import ServiceSettings, documented
+from geo_service.config import documented
+from geo_service.settings import ServiceSettings
 from tests.conftest import REPO
 
 

@@ -13,7 +13,8 @@ from typing import Any
 import aiomysql
 import pymysql
 
-from geo_service.ledger import (
+from geo_service.dsn import MySQLSettings
+from geo_service.ledger.interface import (
     ClaimRequest,
     Counters,
     Difference,
@@ -40,7 +41,6 @@ from geo_service.ledger.plans import (
     set_enabled_plan,
     set_prize_plan,
 )
-from geo_service.settings import MySQLSettings
 
 _DUPLICATE_KEY = 1062
 _RETRYABLE = {1205, 1213}  # lock wait timeout, deadlock: InnoDB rolled the transaction back; run it again

@@ -7,20 +7,20 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from typing import Any, Literal
 
-from geo_service.ledger import (
+from geo_service.ledger.interface import (
     ClaimRequest,
     Counters,
-    Difference,
     LedgerState,
     Outcome,
     PrizeChange,
     PrizeChangeRefused,
-    distance_m,
 )
 from geo_service.ledger.rates import slice_of, take
+from geo_service.ledger.records import CLAIMS_INDEX, CLAIMS_TABLE, WON_BY_COUNTER, ClaimRecord, differences, insert_claim
+from geo_service.snapshot.grid import distance_m
 
 Clock = Callable[[], float]
 
@@ -59,13 +59,6 @@ MYSQL = Dialect("mysql", " ON DUPLICATE KEY UPDATE {first} = {first}", "INSERT",
                 "SELECT COUNT(*) FROM information_schema.columns WHERE table_schema = DATABASE() "
                 "AND table_name = ? AND column_name = ?")
 
-CLAIMS_TABLE = (
-    "CREATE TABLE IF NOT EXISTS claims (claim_id VARCHAR(64) NOT NULL PRIMARY KEY, user_id VARCHAR(64) NOT NULL, "
-    "task_id BIGINT NOT NULL, poi_id BIGINT NOT NULL, prize_type VARCHAR(40) NULL, outcome VARCHAR(32) NOT NULL, "
-    "reason VARCHAR(80) NULL, created_at DOUBLE NOT NULL)"
-)
-CLAIMS_INDEX = "CREATE INDEX IF NOT EXISTS claims_task_prize ON claims (task_id, prize_type, outcome)"
-CLAIM_COLUMNS = ("claim_id", "user_id", "task_id", "poi_id", "prize_type", "outcome", "reason", "created_at")
 SCHEMA = [
     # changed_at lets the collector read only what changed since its last tick; slice and slice_issued
     # are the prize's rate slice (rates.py): the last slice it issued in and how many it issued there.
@@ -123,10 +116,7 @@ def claim_plan(request: ClaimRequest, draw: Sequence[str], win_cap: int, max_spe
     at = r.at_s
     if outcome is None:
         outcome, at = yield from _draw(r, draw, win_cap, dialect, clock)
-    yield Statement(
-        f"INSERT INTO claims ({', '.join(CLAIM_COLUMNS)}) VALUES ({', '.join('?' * len(CLAIM_COLUMNS))})",
-        (r.claim_id, r.user_id, r.task_id, r.poi_id, outcome.prize_type, outcome.outcome, outcome.reason, at),
-    )
+    yield Statement(insert_claim("?"), astuple(ClaimRecord.of(r, outcome, at)))
     return outcome
 
 
@@ -228,10 +218,6 @@ def set_enabled_plan(task_id: int, enabled: bool, dialect: Dialect) -> Plan:
     return None
 
 
-WON_BY_COUNTER = ("SELECT task_id, prize_type, COUNT(*) FROM claims WHERE outcome = 'won' "
-                  "GROUP BY task_id, prize_type")
-
-
 def reconcile_plan(repair: bool) -> Plan:
     """Compare every counter with its won claims; with repair, set issued to that count."""
     issued = yield Statement("SELECT task_id, prize_type, issued FROM prize_counters ORDER BY task_id, prize_type",
@@ -245,6 +231,3 @@ def reconcile_plan(repair: bool) -> Plan:
     return diffs
 
 
-def differences(issued: Any, won: dict[tuple[int, str], int]) -> list[Difference]:
-    """Return the counters, given as (task_id, prize_type, issued), whose issued count is not their won claims."""
-    return [Difference(t, p, i, won.get((t, p), 0)) for t, p, i in issued if i != won.get((t, p), 0)]

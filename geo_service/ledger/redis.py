@@ -1,6 +1,6 @@
 """The Redis ledger: one server-side script settles a claim, on one node or a Redis Cluster.
 
-Key layout (version LAYOUT). Tasks fall into BUCKETS buckets (task_id mod BUCKETS); every key of a
+Key layout (version LAYOUT). Tasks fall into REDIS_BUCKETS buckets (task_id mod REDIS_BUCKETS); every key of a
 bucket carries its hash tag, so one claim touches one slot and buckets spread over a cluster's nodes:
 
     gd:{b<k>}:t:<task>             hash  q:/i:/r:/s:/n:<prize> quota, issued, rate (thousandths/s, -1 none),
@@ -21,10 +21,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, TypeVar
-from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
@@ -32,7 +30,8 @@ from redis.commands.core import AsyncScript
 from redis.crc import key_slot
 from redis.exceptions import RedisError
 
-from geo_service.ledger import (
+from geo_service.dsn import REDIS_BUCKETS, MySQLSettings, RedisSettings
+from geo_service.ledger.interface import (
     ClaimRequest,
     CounterRow,
     Counters,
@@ -45,9 +44,10 @@ from geo_service.ledger import (
     Seed,
     raised_in,
 )
+from geo_service.ledger.records import RecordStore, differences
+from geo_service.snapshot.grid import EARTH_RADIUS_M
 
-BUCKETS = 128
-LAYOUT = f"geodrop-ledger 1 buckets={BUCKETS}"
+LAYOUT = f"geodrop-ledger 1 buckets={REDIS_BUCKETS}"
 POSITION_TTL_S = 86_400  # a player unseen for a day starts afresh (as after a long trip)
 READ_CALLS_IN_FLIGHT = 16  # per read of many tasks: well inside the connection pool, enough to keep nodes busy
 CHANGED_KEEP_S = 3_600  # how long a task stays in a bucket's changed set: far longer than any delta read's reach
@@ -58,49 +58,8 @@ T = TypeVar("T")
 Client = aioredis.Redis | RedisCluster
 
 
-@dataclass(frozen=True, slots=True)
-class RedisSettings:
-    """Where the Redis ledger is: one node (redis://) or a cluster's seed nodes (redis+cluster://)."""
-
-    nodes: tuple[tuple[str, int], ...] = (("127.0.0.1", 6379),)
-    cluster: bool = False
-    db: int = 0
-    password: str = field(default="", repr=False)
-    max_connections: int = 64  # per node; calls in flight are bounded to it (the cluster pool raises beyond)
-    timeout_s: float = 2.0
-    record_ttl_s: int = 172_800  # how long a claim id is remembered in Redis for retries
-
-    @classmethod
-    def from_dsn(cls, dsn: str) -> RedisSettings:
-        """Parse redis://[:pass@]host:port[/db] or redis+cluster://[:pass@]host:port[,host:port...]."""
-        scheme, _, rest = dsn.partition("://")
-        if scheme not in ("redis", "redis+cluster"):
-            raise ValueError(f"DSN scheme must be redis:// or redis+cluster://, got {scheme!r}")
-        userinfo, _, hosts = rest.rpartition("@")
-        hosts, _, db = hosts.partition("/")
-        password = unquote(userinfo.partition(":")[2])
-        nodes = []
-        for item in hosts.split(","):
-            parts = urlsplit(f"//{item}")
-            try:
-                nodes.append((parts.hostname or "127.0.0.1", parts.port or 6379))
-            except ValueError:
-                raise ValueError(f"DSN port of {item!r} is not a number") from None
-        if scheme == "redis+cluster" and db:
-            raise ValueError("a Redis Cluster has only database 0: give no /db")
-        if not db.isdigit() and db:
-            raise ValueError(f"DSN database must be a number, got {db!r}")
-        return cls(tuple(nodes), scheme == "redis+cluster", int(db or 0), password)
-
-    @property
-    def redacted(self) -> str:
-        """Return the DSN without its password, for messages."""
-        hosts = ",".join(f"{h}:{p}" for h, p in self.nodes)
-        return f"redis+cluster://{hosts}" if self.cluster else f"redis://{hosts}/{self.db}"
-
-
 def bucket_tag(task_id: int) -> str:
-    return f"{{b{task_id % BUCKETS}}}"
+    return f"{{b{task_id % REDIS_BUCKETS}}}"
 
 
 def task_key(task_id: int) -> str:
@@ -112,11 +71,24 @@ def bucket_key(bucket: int, name: str) -> str:
     return f"gd:{{b{bucket}}}:{name}"
 
 
+# The movement and claim scripts' arguments, in ARGV order: each script reads them by name from the table
+# `args` that _script prepends; the claim's prize types in draw order follow, from ARGV[FIRST_PRIZE].
+MOVE_ARGS = ("lat", "lng", "at_s", "max_speed_mps", "position_ttl_s")
+CLAIM_ARGS = ("claim_id", "user_id", "task_id", "poi_id", "win_cap", "plausible", "record_ttl_s", *MOVE_ARGS)
+_SCRIPT_ARGS = {"claim": CLAIM_ARGS, "movement": MOVE_ARGS}
+
+
 def _script(name: str) -> str:
-    """Return a script's text; the claim and movement scripts share the movement check (position.lua)."""
+    """Return a script's text. The claim and movement scripts get their arguments by name and the earth's
+    radius from here, and share the movement check (position.lua)."""
     lua = resources.files("geo_service.ledger").joinpath("lua")
-    shared = lua.joinpath("position.lua").read_text() if name in ("claim", "movement") else ""
-    return shared + lua.joinpath(f"{name}.lua").read_text()
+    names = _SCRIPT_ARGS.get(name)
+    if names is None:
+        return lua.joinpath(f"{name}.lua").read_text()
+    bound = ", ".join(f"{arg} = ARGV[{i}]" for i, arg in enumerate(names, 1))
+    prelude = (f"local EARTH_RADIUS_M = {EARTH_RADIUS_M!r}\nlocal args = {{{bound}}}\n"
+               f"local FIRST_PRIZE = {len(names) + 1}\n")
+    return prelude + lua.joinpath("position.lua").read_text() + lua.joinpath(f"{name}.lua").read_text()
 
 
 class RedisLedger:
@@ -184,7 +156,7 @@ class RedisLedger:
                     key = task_key(task_id)
                     for name, value in (("q", quota), ("i", 0), ("r", rate), ("s", 0), ("n", 0)):
                         pipe.hsetnx(key, f"{name}:{prize}", value)
-                    pipe.zadd(bucket_key(task_id % BUCKETS, "changed"), {str(task_id): now_ms})
+                    pipe.zadd(bucket_key(task_id % REDIS_BUCKETS, "changed"), {str(task_id): now_ms})
                 pipe.zadd("gd:tasks", {str(t): t for t in {c[0] for c in chunk}})
                 await pipe.execute()
 
@@ -197,17 +169,19 @@ class RedisLedger:
         async def settle(client: Client) -> str:
             keys = [task_key(r.task_id), f"gd:{tag}:w:{r.task_id}", f"gd:{tag}:c:{r.task_id}:{r.claim_id}",
                     f"gd:{tag}:flow", f"gd:{tag}:changed"]
-            moved: list[str | int | float] = [r.lat, r.lng, r.at_s, max_speed_mps, POSITION_TTL_S]
+            values = {"claim_id": r.claim_id, "user_id": r.user_id, "task_id": r.task_id, "poi_id": r.poi_id,
+                      "win_cap": win_cap, "record_ttl_s": self.settings.record_ttl_s, "lat": r.lat, "lng": r.lng,
+                      "at_s": r.at_s, "max_speed_mps": max_speed_mps, "position_ttl_s": POSITION_TTL_S}
             player = f"gd:{{u:{r.user_id}}}:pos"
             if isinstance(client, RedisCluster):
                 # The movement check is per player across tasks: on a cluster the player's key lives on another
                 # node than the task's, so it is one call of its own, under the player's tag, first.
-                plausible = await self._run_script(client, "movement", [player], moved)
+                values["plausible"] = await self._run_script(client, "movement", [player],
+                                                             [values[arg] for arg in MOVE_ARGS])
             else:
-                plausible = "?"  # one node holds every key: the claim's own call checks it
+                values["plausible"] = "?"  # one node holds every key: the claim's own call checks it
                 keys.append(player)
-            args = [r.claim_id, r.user_id, r.task_id, r.poi_id, win_cap, plausible, self.settings.record_ttl_s, *moved,
-                    *draw]
+            args = [*(values[arg] for arg in CLAIM_ARGS), *draw]
             return str(await self._run_script(client, "claim", keys, args))
 
         return _outcome(r.claim_id, await self.call(settle))
@@ -233,7 +207,7 @@ class RedisLedger:
         return None if raw is None else _outcome(claim_id, raw)
 
     async def set_prize(self, task_id: int, prize_type: str, quota: int | None, rate_milli: int | None) -> PrizeChange:
-        bucket = task_id % BUCKETS
+        bucket = task_id % REDIS_BUCKETS
 
         async def change(r: Client) -> tuple[int, list[str]]:
             seq = int(await r.incr("gd:change_seq"))  # a refused change leaves a gap: seqs only need to grow
@@ -255,7 +229,7 @@ class RedisLedger:
         calls in flight at a time), not one command per task."""
         by_bucket: dict[int, list[int]] = {}
         for task_id in sorted(set(task_ids)):
-            by_bucket.setdefault(task_id % BUCKETS, []).append(task_id)
+            by_bucket.setdefault(task_id % REDIS_BUCKETS, []).append(task_id)
         groups = list(by_bucket.values())
 
         async def read(r: Client) -> list[list[list[str]]]:
@@ -275,14 +249,14 @@ class RedisLedger:
 
         async def read(r: Client) -> list[Any]:
             pipe = r.pipeline(transaction=False)
-            for b in range(BUCKETS):
+            for b in range(REDIS_BUCKETS):
                 pipe.zrangebyscore(bucket_key(b, "changed"), since_ms, "+inf")
                 pipe.zremrangebyscore(bucket_key(b, "changed"), "-inf", f"({since_ms - CHANGED_KEEP_S * 1000}")
             pipe.hgetall("gd:flags")
             return list(await pipe.execute())
 
         answers = await self.call(read)
-        tasks = {int(t) for i in range(0, 2 * BUCKETS, 2) for t in answers[i]}
+        tasks = {int(t) for i in range(0, 2 * REDIS_BUCKETS, 2) for t in answers[i]}
         disabled = frozenset(int(t) for t, flag in answers[-1].items() if flag == "0")
         return LedgerState(Counters.from_rows(await self.task_counters(tasks)), disabled)
 
@@ -291,7 +265,7 @@ class RedisLedger:
 
         async def read(r: Client) -> list[Any]:
             pipe = r.pipeline(transaction=False)
-            for b in range(BUCKETS):
+            for b in range(REDIS_BUCKETS):
                 pipe.xrange(bucket_key(b, "changes"), min=f"{since_ms}-0")
             return list(await pipe.execute())
 
@@ -315,8 +289,6 @@ class RedisLedger:
         await self.call(lambda r: r.hdel("gd:flags", str(task_id)) if enabled else r.hset("gd:flags", str(task_id), "0"))
 
     async def reconcile(self, repair: bool) -> list[Difference]:
-        from geo_service.ledger.ship import reconcile_redis
-
         return await reconcile_redis(self, repair)
 
     async def set_issued(self, counts: Sequence[Difference]) -> None:
@@ -326,7 +298,7 @@ class RedisLedger:
             pipe = r.pipeline(transaction=False)
             for d in counts:
                 pipe.hset(task_key(d.task_id), f"i:{d.prize_type}", d.won_claims)
-                pipe.zadd(bucket_key(d.task_id % BUCKETS, "changed"), {str(d.task_id): int(time.time() * 1000)})
+                pipe.zadd(bucket_key(d.task_id % REDIS_BUCKETS, "changed"), {str(d.task_id): int(time.time() * 1000)})
             await pipe.execute()
 
         await self.call(write)
@@ -371,3 +343,55 @@ def _outcome(claim_id: str, raw: str) -> Outcome:
 def _change(fields: dict[str, str]) -> PrizeChange:
     return PrizeChange(int(fields["seq"]), float(fields["at"]), int(fields["task_id"]), fields["prize_type"],
                        int(fields["quota"]), int(fields["rate_milli"]))
+
+
+async def _stream_wins(ledger: RedisLedger) -> list[dict[str, str]]:
+    """Return the won records the streams hold (shipped and not yet trimmed, or not shipped)."""
+    records: list[dict[str, str]] = []
+
+    async def read(r: Client) -> None:
+        for b in range(REDIS_BUCKETS):
+            start = "-"
+            for _ in range(10**6):  # bounded: a stream is read to its end in pages
+                page: Any = await r.xrange(bucket_key(b, "flow"), min=start, count=10_000)
+                records.extend(fields for _, fields in page if fields.get("outcome") == "won")
+                if len(page) < 10_000:
+                    break
+                start = f"({page[-1][0]}"
+
+    await ledger.call(read)
+    return records
+
+
+async def _all_issued(ledger: RedisLedger) -> Iterable[tuple[int, str, int]]:
+    issued: list[tuple[int, str, int]] = []
+    after = None
+    for _ in range(10**6):  # bounded: pages until a short one
+        page = await ledger.read_page(after, 10_000)
+        issued += [(int(t), p, int(q - left)) for t, p, q, left in zip(page.task_id, page.prize_type, page.quota, page.left)]
+        if len(page) < 10_000:
+            break
+        after = page.last_key()
+    return issued
+
+
+async def reconcile_redis(ledger: RedisLedger, repair: bool) -> list[Difference]:
+    """Compare every Redis counter with its won claims: those in MySQL plus those not shipped yet."""
+    if not ledger.record_db:
+        raise LedgerError("reconciling a Redis ledger reads the claims shipped into MySQL: give record_db")
+    store = RecordStore(MySQLSettings.from_dsn(ledger.record_db))
+    try:
+        # The streams first, then MySQL: a record shipped (and trimmed) in between is then counted once.
+        records = await _stream_wins(ledger)
+        won = await store.won_counts()
+        shipped = await store.present([f["claim_id"] for f in records])
+        for f in records:
+            if f["claim_id"] not in shipped:
+                key = (int(f["task_id"]), f["prize_type"])
+                won[key] = won.get(key, 0) + 1
+        diffs = differences(await _all_issued(ledger), won)
+    finally:
+        await store.close()
+    if repair and diffs:
+        await ledger.set_issued(diffs)
+    return diffs

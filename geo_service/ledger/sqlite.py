@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from geo_service.ledger import ClaimRequest, Counters, Difference, LedgerError, LedgerState, Outcome, PrizeChange, Seed
+from geo_service.ledger.interface import ClaimRequest, Counters, Difference, LedgerError, LedgerState, Outcome, PrizeChange, Seed
 from geo_service.ledger.plans import (
     SCHEMA,
     SEED_COLUMNS,

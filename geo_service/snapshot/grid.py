@@ -31,6 +31,13 @@ IntArray = npt.NDArray[np.int64]
 Window = tuple[int, IntArray]
 
 
+def distance_m(lat0: float, lng0: float, lat1: float, lng1: float) -> float:
+    """Return the great-circle distance in metres (haversine on the EARTH_RADIUS_M sphere)."""
+    p0, p1 = math.radians(lat0), math.radians(lat1)
+    a = math.sin((p1 - p0) / 2) ** 2 + math.cos(p0) * math.cos(p1) * math.sin(math.radians(lng1 - lng0) / 2) ** 2
+    return 2 * EARTH_RADIUS_M * math.asin(math.sqrt(min(a, 1.0)))
+
+
 class GridError(ValueError):
     """A position or grid parameter outside what the grid supports."""
 

@@ -9,7 +9,7 @@ import aiomysql
 import pyarrow as pa
 import pymysql
 
-from geo_service.settings import MySQLSettings
+from geo_service.dsn import MySQLSettings
 from loaders.errors import SourceError
 from loaders.pois import POI_FIELDS, PoiChunk
 from loaders.sources import Kind, SourceRow

@@ -12,10 +12,11 @@ from typing import Any
 
 import pytest
 
+from geo_service.dsn import REDIS_BUCKETS, MySQLSettings
 from geo_service.ledger import ClaimRequest, open_ledger
-from geo_service.ledger.redis import BUCKETS, RedisLedger, bucket_key, task_key
-from geo_service.ledger.ship import CONSUMER, GROUP, RecordStore, Shipper, claim_row
-from geo_service.settings import MySQLSettings
+from geo_service.ledger.records import ClaimRecord, RecordStore
+from geo_service.ledger.redis import RedisLedger, bucket_key, task_key
+from geo_service.ledger.ship import CONSUMER, GROUP, Shipper
 from tests.conftest import MakeClient, build_into, fresh_ledger
 from tests.support.builders import write_claims_data
 from tests.support.claiming import SECRET, TASKS, Served, assert_exact, claim_load, ledger_world, reconcile, settle
@@ -47,11 +48,11 @@ async def test_records_read_but_never_acknowledged_are_shipped_once_by_the_next_
                                ["cash"], 5, 30.0)
         # A shipper that read the new records and committed half of them to MySQL, then died before XACK.
         client = redis_client(dsn)
-        answers: list[Any] = [client.xreadgroup(GROUP, CONSUMER, {bucket_key(b, "flow"): ">"}) for b in range(BUCKETS)]
+        answers: list[Any] = [client.xreadgroup(GROUP, CONSUMER, {bucket_key(b, "flow"): ">"}) for b in range(REDIS_BUCKETS)]
         client.close()
         read = [fields for answer in answers for _, entries in (answer or []) for _, fields in entries]
         assert len(read) == 60
-        await store.insert([claim_row(fields) for fields in read[:30]])
+        await store.insert([ClaimRecord.from_flow(fields) for fields in read[:30]])
         shipped = 0
         second = Shipper(ledger, store)
         for _ in range(10):  # bounded
@@ -210,7 +211,7 @@ async def test_two_shippers_share_the_buckets_and_ship_every_record_once(
     try:
         await _claims(ledger, 160)  # tasks 1..8: buckets 1..8, half odd, half even
         first = Shipper(ledger, store, part=(1, 2))
-        assert await first.ship_once() == 80 and first.buckets == list(range(0, BUCKETS, 2))
+        assert await first.ship_once() == 80 and first.buckets == list(range(0, REDIS_BUCKETS, 2))
         assert len(flow_records(dsn)) == 80  # the other part's records wait for their shipper
         second = Shipper(ledger, store, part=(2, 2))
         assert await second.ship_once() == 80

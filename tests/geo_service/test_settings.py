@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from geo_service.cli import main, parser
-from geo_service.settings import ServiceSettings, SettingsError, documented, load_settings
+from geo_service.config import SettingsError, documented, load_settings
+from geo_service.settings import ServiceSettings
 
 P = "GEODROP_SERVICE_"
 

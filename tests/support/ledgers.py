@@ -9,8 +9,8 @@ import pymysql
 import redis
 from redis.cluster import ClusterNode, RedisCluster
 
+from geo_service.dsn import MySQLSettings
 from geo_service.ledger.redis import RedisSettings
-from geo_service.settings import MySQLSettings
 
 
 def sql_rows(dsn: str, sql: str) -> list[tuple[Any, ...]]:
@@ -83,11 +83,12 @@ def won_claims(dsn: str, record_db: str = "") -> list[tuple[str, int, str]]:
 
 def flow_records(dsn: str) -> list[dict[str, str]]:
     """Return every claim record in a Redis ledger's flow streams (shipped ones may have been trimmed)."""
-    from geo_service.ledger.redis import BUCKETS, bucket_key
+    from geo_service.dsn import REDIS_BUCKETS
+    from geo_service.ledger.redis import bucket_key
 
     client = redis_client(dsn)
     try:
-        entries: list[Any] = [client.xrange(bucket_key(b, "flow")) for b in range(BUCKETS)]
+        entries: list[Any] = [client.xrange(bucket_key(b, "flow")) for b in range(REDIS_BUCKETS)]
         return [fields for stream in entries for _, fields in stream]
     finally:
         client.close()
@@ -110,8 +111,9 @@ def set_issued(dsn: str, task_id: int, prize_type: str, issued: int) -> None:
 async def ship_all(dsn: str, record_db: str) -> int:
     """Ship a Redis ledger's flow streams into the record database until they are empty; return the records shipped."""
     from geo_service.ledger import open_ledger
+    from geo_service.ledger.records import RecordStore
     from geo_service.ledger.redis import RedisLedger
-    from geo_service.ledger.ship import RecordStore, Shipper
+    from geo_service.ledger.ship import Shipper
 
     ledger = open_ledger(dsn, record_db)
     assert isinstance(ledger, RedisLedger)

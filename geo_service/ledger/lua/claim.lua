@@ -6,9 +6,9 @@
 --       slice, issued in that slice), 2 wins hash (user -> wins), 3 the claim's record,
 --       4 the bucket's flow stream, 5 the bucket's changed-tasks zset,
 --       6 (one node only) the player's position hash, for the movement check made right here
--- ARGV: 1 claim_id, 2 user_id, 3 task_id, 4 poi_id, 5 win cap, 6 movement plausible: "1", "0", or "?" (check it
---       here, KEYS[6]), 7 seconds to keep the claim's record, 8 lat, 9 lng, 10 at, 11 max speed (m/s),
---       12 seconds to keep the position, 13.. prize types in draw order
+-- args (ARGV by name, redis.py CLAIM_ARGS): claim_id, user_id, task_id, poi_id, win_cap, plausible (the movement
+--       check: "1", "0", or "?" to check it here, KEYS[6]), record_ttl_s (how long the claim's record is kept),
+--       lat, lng, at_s, max_speed_mps, position_ttl_s; then ARGV[FIRST_PRIZE..] the prize types in draw order
 -- Returns "<outcome>\t<prize_type>" (prize_type empty unless won), the first outcome for a retried claim_id.
 local prior = redis.call('GET', KEYS[3])
 if prior then
@@ -28,17 +28,17 @@ local function allowance(rate, n)
   return math.floor((m + 1) * rate / 10000) - math.floor(m * rate / 10000)
 end
 
-local moved = ARGV[6]
+local moved = args.plausible
 if moved == '?' then
-  moved = tostring(plausible(KEYS[6], ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12]))
+  moved = tostring(plausible(KEYS[6], args.lat, args.lng, args.at_s, args.max_speed_mps, args.position_ttl_s))
 end
 local outcome, prize, slice, used = 'no_prize_left', '', 0, 0
 if moved ~= '1' then
   outcome = 'implausible_movement'
-elseif tonumber(redis.call('HGET', KEYS[2], ARGV[2]) or '0') >= tonumber(ARGV[5]) then
+elseif tonumber(redis.call('HGET', KEYS[2], args.user_id) or '0') >= tonumber(args.win_cap) then
   outcome = 'cap_reached'
 else
-  for i = 13, #ARGV do
+  for i = FIRST_PRIZE, #ARGV do
     local p = ARGV[i]
     local f = redis.call('HMGET', KEYS[1], 'q:' .. p, 'i:' .. p, 'r:' .. p, 's:' .. p, 'n:' .. p)
     if f[1] and tonumber(f[2] or '0') < tonumber(f[1]) then
@@ -58,11 +58,11 @@ end
 if outcome == 'won' then
   redis.call('HINCRBY', KEYS[1], 'i:' .. prize, 1)
   redis.call('HSET', KEYS[1], 's:' .. prize, string.format('%d', slice), 'n:' .. prize, used)
-  redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
-  redis.call('ZADD', KEYS[5], string.format('%d', sec * 1000 + math.floor(usec / 1000)), ARGV[3])
+  redis.call('HINCRBY', KEYS[2], args.user_id, 1)
+  redis.call('ZADD', KEYS[5], string.format('%d', sec * 1000 + math.floor(usec / 1000)), args.task_id)
 end
 local result = outcome .. '\t' .. prize
-redis.call('SET', KEYS[3], result, 'EX', ARGV[7])
-redis.call('XADD', KEYS[4], '*', 'claim_id', ARGV[1], 'user_id', ARGV[2], 'task_id', ARGV[3], 'poi_id', ARGV[4],
+redis.call('SET', KEYS[3], result, 'EX', args.record_ttl_s)
+redis.call('XADD', KEYS[4], '*', 'claim_id', args.claim_id, 'user_id', args.user_id, 'task_id', args.task_id, 'poi_id', args.poi_id,
   'prize_type', prize, 'outcome', outcome, 'at', string.format('%d.%06d', sec, usec))
 return result

@@ -1,0 +1,111 @@
+"""Where the databases are: DSNs parsed into settings for MySQL and Redis, and the ledger schemes.
+
+A leaf: it imports nothing of geodrop, so settings, the ledger, the loaders and the collector all may.
+Passwords never appear in a repr, a message or a manifest (`redacted`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from urllib.parse import unquote, urlsplit
+
+LEDGER_SCHEMES = ("sqlite:///", "mysql://", "redis://", "redis+cluster://")
+# The Redis ledger's key layout (ledger/redis.py) spreads tasks over this many buckets, each a hash tag
+# with a flow-log stream; shippers divide the buckets among themselves by part K/N.
+REDIS_BUCKETS = 128
+
+
+@dataclass(frozen=True, slots=True)
+class MySQLSettings:
+    """Where a MySQL/MariaDB database is; the password never appears in repr or logs."""
+
+    host: str = "127.0.0.1"
+    port: int = 3306
+    user: str = "root"
+    password: str = field(default="", repr=False)
+    database: str = "test"
+
+    @classmethod
+    def from_dsn(cls, dsn: str) -> MySQLSettings:
+        """Parse mysql://user:pass@host:port/db; raise ValueError naming what is wrong."""
+        parts = urlsplit(dsn)
+        if parts.scheme != "mysql":
+            raise ValueError(f"DSN scheme must be mysql://, got {parts.scheme or 'none'!r}")
+        database = parts.path.lstrip("/")
+        if not database:
+            raise ValueError("DSN names no database (mysql://user@host:port/DATABASE)")
+        try:
+            port = parts.port or 3306
+        except ValueError:
+            raise ValueError("DSN port is not a number") from None
+        return cls(
+            host=parts.hostname or "127.0.0.1",
+            port=port,
+            user=unquote(parts.username or "root"),
+            password=unquote(parts.password or ""),
+            database=database,
+        )
+
+    @property
+    def redacted(self) -> str:
+        """Return the DSN without its password, for messages and manifests."""
+        return f"mysql://{self.user}@{self.host}:{self.port}/{self.database}"
+
+
+@dataclass(frozen=True, slots=True)
+class RedisSettings:
+    """Where the Redis ledger is: one node (redis://) or a cluster's seed nodes (redis+cluster://)."""
+
+    nodes: tuple[tuple[str, int], ...] = (("127.0.0.1", 6379),)
+    cluster: bool = False
+    db: int = 0
+    password: str = field(default="", repr=False)
+    max_connections: int = 64  # per node; calls in flight are bounded to it (the cluster pool raises beyond)
+    timeout_s: float = 2.0
+    record_ttl_s: int = 172_800  # how long a claim id is remembered in Redis for retries
+
+    @classmethod
+    def from_dsn(cls, dsn: str) -> RedisSettings:
+        """Parse redis://[:pass@]host:port[/db] or redis+cluster://[:pass@]host:port[,host:port...]."""
+        scheme, _, rest = dsn.partition("://")
+        if scheme not in ("redis", "redis+cluster"):
+            raise ValueError(f"DSN scheme must be redis:// or redis+cluster://, got {scheme!r}")
+        userinfo, _, hosts = rest.rpartition("@")
+        hosts, _, db = hosts.partition("/")
+        password = unquote(userinfo.partition(":")[2])
+        nodes = []
+        for item in hosts.split(","):
+            parts = urlsplit(f"//{item}")
+            try:
+                nodes.append((parts.hostname or "127.0.0.1", parts.port or 6379))
+            except ValueError:
+                raise ValueError(f"DSN port of {item!r} is not a number") from None
+        if scheme == "redis+cluster" and db:
+            raise ValueError("a Redis Cluster has only database 0: give no /db")
+        if not db.isdigit() and db:
+            raise ValueError(f"DSN database must be a number, got {db!r}")
+        return cls(tuple(nodes), scheme == "redis+cluster", int(db or 0), password)
+
+    @property
+    def redacted(self) -> str:
+        """Return the DSN without its password, for messages."""
+        hosts = ",".join(f"{h}:{p}" for h, p in self.nodes)
+        return f"redis+cluster://{hosts}" if self.cluster else f"redis://{hosts}/{self.db}"
+
+
+def ledger_problems(ledger: str, record_db: str) -> list[str]:
+    """Return what is wrong with a ledger DSN (empty: the default) and a record database DSN."""
+    problems = []
+    if ledger and not ledger.startswith(LEDGER_SCHEMES):
+        problems.append(f"ledger: must start with one of {', '.join(LEDGER_SCHEMES)}")
+    if record_db and not record_db.startswith("mysql://"):
+        problems.append("record_db: must be mysql://user:pass@host:port/db (or empty)")
+    return problems
+
+
+def ship_part(text: str) -> tuple[int, int]:
+    """Parse "K/N" (this shipper's part K of N); raise ValueError."""
+    k, _, n = text.partition("/")
+    if not (k.isdigit() and n.isdigit() and 1 <= int(k) <= int(n) <= REDIS_BUCKETS):
+        raise ValueError(f"a shipping part is K/N with 1 <= K <= N <= {REDIS_BUCKETS}; got {text!r}")
+    return int(k), int(n)

@@ -1,0 +1,232 @@
+"""The ledger's interface: the Ledger protocol every backend implements and the values that cross it.
+
+Backends (sqlite.py, mysql.py, redis.py) import this module, never the package head, which opens them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+log = logging.getLogger("geodrop.ledger")
+FAILURE_LOG_EVERY_S = 10.0
+
+# Why a claim came to what it did; one text per outcome, the same from every backend.
+REASONS = {
+    "no_prize_left": "every prize of this task is taken or paused",
+    "cap_reached": "the player has reached the win cap of this task",
+    "implausible_movement": "moved faster than a person can",
+    "too_far": "the player is farther from the POI than the catch radius",
+    "task_inactive": "the task is disabled, not started, ended or exhausted",
+}
+
+
+class LedgerError(Exception):
+    """The ledger cannot be reached or failed. For a claim: it may or may not have settled; a retry with
+    the same claim_id returns its outcome if it did."""
+
+
+class PrizeChangeRefused(ValueError):
+    """A live quota or rate change the ledger refuses; `code` says why (no_such_prize, quota_below_issued)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimRequest:
+    claim_id: str
+    user_id: str
+    task_id: int
+    poi_id: int
+    lat: float
+    lng: float
+    at_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What a claim came to. outcome: won, no_prize_left, cap_reached or implausible_movement."""
+
+    claim_id: str
+    outcome: str
+    prize_type: str | None = None
+    reason: str | None = None
+
+    @classmethod
+    def of(cls, claim_id: str, outcome: str, prize_type: str | None = None) -> Outcome:
+        """Return an outcome with its standard reason (none for a win)."""
+        return cls(claim_id, outcome, prize_type, REASONS.get(outcome))
+
+
+@dataclass(frozen=True, slots=True)
+class Difference:
+    """A counter that disagrees with its claim records."""
+
+    task_id: int
+    prize_type: str
+    issued: int
+    won_claims: int
+
+
+Seed = tuple[int, str, int, int]  # (task_id, prize_type, quota, rate_milli): a counter as a snapshot first makes it
+CounterRow = tuple[int, str, int, int, int]  # (task_id, prize_type, quota - issued, quota, rate_milli)
+
+
+@dataclass(frozen=True, slots=True)
+class Counters:
+    """Prize counters as columns: the collector aggregates hundreds of thousands of them."""
+
+    task_id: npt.NDArray[np.int64]
+    prize_type: list[str]
+    left: npt.NDArray[np.int64]  # quota minus issued
+    quota: npt.NDArray[np.int64]  # the quota in force (a live change may have moved it from the snapshot's)
+    rate_milli: npt.NDArray[np.int64]  # the issue rate in force, thousandths per second; -1: no limit
+
+    @classmethod
+    def from_rows(cls, rows: Sequence[CounterRow]) -> Counters:
+        """Return the columns of (task_id, prize_type, quota - issued, quota, rate_milli) rows."""
+        if not rows:
+            empty = np.empty(0, dtype=np.int64)
+            return cls(empty, [], empty, empty, empty)
+        task_id, prize_type, left, quota, rate = zip(*rows)
+        return cls(np.array(task_id, dtype=np.int64), [str(p) for p in prize_type], np.array(left, dtype=np.int64),
+                   np.array(quota, dtype=np.int64), np.array(rate, dtype=np.int64))
+
+    def __len__(self) -> int:
+        return len(self.prize_type)
+
+    def last_key(self) -> tuple[int, str] | None:
+        """Return the (task_id, prize_type) of the last row, where the next page of a key-order read starts."""
+        return (int(self.task_id[-1]), self.prize_type[-1]) if len(self) else None
+
+
+@dataclass(frozen=True, slots=True)
+class PrizeChange:
+    """One live change of a prize's quota or rate: numbered in the order the ledger took them."""
+
+    seq: int
+    at: float
+    task_id: int
+    prize_type: str
+    quota: int
+    rate_milli: int
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerState:
+    """The counters changed since a given time, and the tasks switched off."""
+
+    counters: Counters
+    disabled: frozenset[int]
+
+
+class Ledger(Protocol):
+    kind: str  # sqlite, mysql, redis or redis+cluster
+
+    async def seed(self, counters: Sequence[Seed]) -> None:
+        """Create missing prize counters; existing ones keep their counts, quota and rate."""
+        ...
+
+    async def claim(self, request: ClaimRequest, draw: Sequence[str], win_cap: int, max_speed_mps: float) -> Outcome:
+        """Settle a claim: the first prize of `draw` below its quota with room in its rate slice wins.
+        A retried claim_id returns its first outcome."""
+        ...
+
+    async def outcome_of(self, claim_id: str, task_id: int) -> Outcome | None:
+        """Return the recorded outcome of a claim id, if any."""
+        ...
+
+    async def set_prize(self, task_id: int, prize_type: str, quota: int | None, rate_milli: int | None) -> PrizeChange:
+        """Change a prize's quota and/or rate now (None: keep); raise PrizeChangeRefused if it cannot be."""
+        ...
+
+    async def reconcile(self, repair: bool) -> list[Difference]:
+        """Return counters that differ from their won claims; with repair, set them to the claims' count."""
+        ...
+
+    async def read_state(self, since: float) -> LedgerState:
+        """Return the counters changed at or after `since` and every task flag, as of one moment."""
+        ...
+
+    async def read_changes(self, since: float) -> list[PrizeChange]:
+        """Return the live prize changes made at or after `since`, in seq order."""
+        ...
+
+    async def read_page(self, after: tuple[int, str] | None, limit: int) -> Counters:
+        """Return up to `limit` counters in key order, starting after the (task_id, prize_type) key `after`:
+        a complete read in pieces, each cheap for the database and for the reader."""
+        ...
+
+    async def set_enabled(self, task_id: int, enabled: bool) -> None:
+        """Set a task's kill switch (the collector applies it on its next tick)."""
+        ...
+
+    async def problems(self) -> list[str]:
+        """Return what the ledger's server lacks for the guarantees (empty when none; SQL: always empty)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(slots=True)
+class LedgerCheck:
+    """The latest look at what the ledger's server lacks for the guarantees (Ledger.problems), for health views."""
+
+    problems: list[str] = field(default_factory=list)
+    checked_at: float = 0.0
+    error: str | None = None
+    # Claims the ledger failed to settle (unreachable, or no answer within claim_timeout_s).
+    failures: int = 0
+    last_failure: str | None = None
+    last_failure_at: float = 0.0
+    _logged_failures: int = 0
+    _logged_at: float = 0.0
+
+    def failed(self, error: str, now: float) -> None:
+        """Count a claim the ledger could not settle. The first is logged, then at most one line every
+        FAILURE_LOG_EVERY_S with the count meanwhile: an outage at a thousand claims a second stays readable."""
+        self.failures += 1
+        self.last_failure, self.last_failure_at = error, now
+        if now - self._logged_at >= FAILURE_LOG_EVERY_S:
+            log.warning("claims failing: the ledger is unavailable",
+                        extra={"failed": self.failures - self._logged_failures, "error": error})
+            self._logged_at, self._logged_failures = now, self.failures
+
+    async def run(self, ledger: Ledger, every_s: float = 30.0) -> None:
+        """Look now and every `every_s` until cancelled; a server that cannot be asked keeps the last answer."""
+        while True:
+            try:
+                problems = await ledger.problems()
+            except LedgerError as exc:
+                self.error = str(exc)
+            else:
+                if problems and problems != self.problems:
+                    log.warning(
+                        "the ledger's server does not meet the ledger's requirements", extra={"problems": problems})
+                self.problems, self.checked_at, self.error = problems, time.time(), None
+            await asyncio.sleep(every_s)
+
+    def health(self, kind: str) -> dict[str, object]:
+        return {"kind": kind, "problems": self.problems, "check_error": self.error, "claim_failures": self.failures,
+                "last_failure": self.last_failure,
+                "last_failure_s_ago": round(time.time() - self.last_failure_at, 1) if self.last_failure else None}
+
+
+def raised_in(exc: BaseException, *packages: str) -> bool:
+    """Whether an exception was raised inside one of these client packages, asyncio's streams or uvloop's
+    transports (where a connection the server just reset surfaces as RuntimeError), not in geodrop's code."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    path = tb.tb_frame.f_code.co_filename if tb is not None else ""
+    return path.startswith("uvloop/") or any(f"{os.sep}{p}{os.sep}" in path for p in (*packages, "asyncio"))
