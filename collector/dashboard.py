@@ -14,11 +14,11 @@ from typing import Any
 import numpy as np
 from aiohttp import web
 
-from collector.keys import files_key, service_key, settings_key, ticker_key, views_key
+from collector.handlers import current_view
+from collector.keys import files_key, service_key, settings_key, ticker_key
 from collector.service import ServiceUnavailable
-from collector.views import View
 from geo_service.ledger import LedgerError
-from geo_service.web.errors import InvalidParam, LedgerUnavailable, NotFound, SnapshotUnavailable
+from geo_service.web.errors import InvalidParam, LedgerUnavailable, NotFound
 from geo_service.web.params import coordinate, json_object, require_admin
 from geo_service.web.responses import etag_matches, json_response, not_modified
 from geo_service.web.routing import Route
@@ -26,13 +26,6 @@ from geo_service.web.routing import Route
 log = logging.getLogger("geodrop.collector")
 STATIC = Path(str(resources.files("collector").joinpath("static")))
 MAX_POIS = 20_000
-
-
-def _view(request: web.Request) -> View:
-    view = request.app[views_key].current
-    if view is None:
-        raise SnapshotUnavailable("no view yet: the first tick has not completed")
-    return view
 
 
 async def index(request: web.Request) -> web.StreamResponse:
@@ -47,7 +40,7 @@ async def static_file(request: web.Request) -> web.StreamResponse:
 
 
 async def outlines(request: web.Request) -> web.Response:
-    view = _view(request)
+    view = current_view(request)
     etag = f'"outlines-{view.seq}"'
     if etag_matches(request, etag):
         return not_modified(etag, {})
@@ -66,7 +59,7 @@ def _task_id(request: web.Request) -> int:
 
 
 async def task_pois(request: web.Request) -> web.Response:
-    view, task_id = _view(request), _task_id(request)
+    view, task_id = current_view(request), _task_id(request)
     limit_text = request.query.get("limit", "2000")
     if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_POIS:
         raise InvalidParam(f"limit must be a whole number in [1, {MAX_POIS}]; got {limit_text[:20]!r}", field="limit")
@@ -94,14 +87,14 @@ async def probe(request: web.Request) -> web.Response:
 
 
 async def series(request: web.Request) -> web.Response:
-    view = _view(request)
+    view = current_view(request)
     return json_response(request.app[ticker_key].history.series(view.index.prize_types))
 
 
 async def overview(request: web.Request) -> web.Response:
     """The health strip and what the page may offer: admin actions, the probe."""
     app = request.app
-    view, settings, h = _view(request), app[settings_key], app[ticker_key].health
+    view, settings, h = current_view(request), app[settings_key], app[ticker_key].health
     built_at = (await app[files_key].snapshot(view.seq)).manifest.get("built_at", 0)
     try:
         service: Any = await app[service_key].get("/healthz") if settings.service else None
@@ -125,7 +118,7 @@ async def set_task(request: web.Request) -> web.Response:
     enabled = body.get("enabled")
     if not isinstance(enabled, bool):
         raise InvalidParam("enabled must be true or false", field="enabled")
-    if _view(request).index.positions(np.array([task_id], dtype=np.int64))[0] < 0:
+    if current_view(request).index.positions(np.array([task_id], dtype=np.int64))[0] < 0:
         raise NotFound(f"no task {task_id} in the live snapshot", field="task_id")
     try:
         await app[ticker_key].ledger.set_enabled(task_id, enabled)

@@ -31,7 +31,7 @@ from geo_service.web.errors import (
     NotFound,
     QuotaBelowIssued,
     SnapshotUnavailable,
-    error_response,
+    ViewUnavailable,
 )
 from geo_service.web.params import field_of, integer_of, json_object, one_value, require_admin
 from geo_service.web.responses import etag_matches, json_response, not_modified
@@ -40,7 +40,8 @@ from geo_service.web.routing import Route
 log = logging.getLogger("geodrop.collector")
 
 
-def _view(request: web.Request) -> View:
+def current_view(request: web.Request) -> View:
+    """Return the live view; 503 before the first tick has made one."""
     view = request.app[views_key].current
     if view is None:
         raise SnapshotUnavailable("no view yet: the first tick has not completed")
@@ -55,12 +56,12 @@ def _bytes(request: web.Request, view: View, body: bytes) -> web.Response:
 
 
 async def districts(request: web.Request) -> web.Response:
-    view = _view(request)
+    view = current_view(request)
     return _bytes(request, view, view.districts_body)
 
 
 async def task_status(request: web.Request) -> web.Response:
-    view = _view(request)
+    view = current_view(request)
     return _bytes(request, view, view.status_body)
 
 
@@ -71,7 +72,7 @@ def _district_code(text: str) -> int:
 
 
 async def district(request: web.Request) -> web.Response:
-    view = _view(request)
+    view = current_view(request)
     code = _district_code(request.match_info["code"])
     totals = next((d for d in view.districts if d["code"] == code), None)
     if totals is None:
@@ -81,7 +82,7 @@ async def district(request: web.Request) -> web.Response:
 
 
 async def previews(request: web.Request) -> web.Response:
-    view = _view(request)
+    view = current_view(request)
     code = _district_code(one_value(request.query, "district"))
     horizon = time.time() + request.app[settings_key].preview_horizon_s
     soon = [view.task(i) for i in view.tasks_of(code)
@@ -91,7 +92,7 @@ async def previews(request: web.Request) -> web.Response:
 
 async def stream(request: web.Request) -> web.StreamResponse:
     """Server-sent events: every district (or one, with ?district=) now, then each change."""
-    view = _view(request)
+    view = current_view(request)
     code = _district_code(one_value(request.query, "district")) if "district" in request.query else None
     feed = request.app[feed_key]
     queue = feed.subscribe()
@@ -150,7 +151,7 @@ def _health(app: web.Application) -> dict[str, object]:
 async def healthz(request: web.Request) -> web.Response:
     health = _health(request.app)
     if health["view"] is None:
-        return error_response(503, "view_unavailable", "no view yet", details=health)
+        raise ViewUnavailable("no view yet", details=health)
     return json_response({"ok": True, **health})
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from geo_service import __version__
-from geo_service.openapi import COORDINATE_LAT, COORDINATE_LNG, ERROR, EXAMPLE, _error, json_ok, text_ok
+from geo_service.web.openapi import COORDINATE_LAT, COORDINATE_LNG, ERROR, EXAMPLE, error_spec, json_ok, text_ok
 
 DISTRICT = {"type": "string", "pattern": "^[0-9]{6}$", "example": "440303"}
 _NO_VIEW = {"503": "No view yet: the first tick has not completed (snapshot_unavailable)."}
@@ -32,14 +32,14 @@ def _get(summary: str, params: list[dict[str, Any]], errors: dict[str, str], con
     responses: dict[str, Any] = {"200": ok or json_ok(summary, headers=_ETAG if conditional else None)}
     if conditional:
         responses["304"] = {"description": "Unchanged since the ETag given in If-None-Match.", "headers": _ETAG}
-    responses |= {code: _error(text) for code, text in errors.items()}
+    responses |= {code: error_spec(text) for code, text in errors.items()}
     return {"get": {"summary": summary, "parameters": params, "responses": responses}}
 
 
 def _post(summary: str, params: list[dict[str, Any]], body: dict[str, Any], errors: dict[str, str]) -> dict[str, Any]:
     return {"post": {"summary": summary, "security": [{"admin": []}], "parameters": params,
                      "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
-                     "responses": {"200": json_ok(summary), **{code: _error(text) for code, text in errors.items()}}}}
+                     "responses": {"200": json_ok(summary), **{code: error_spec(text) for code, text in errors.items()}}}}
 
 
 def openapi_spec() -> dict[str, Any]:

@@ -9,7 +9,7 @@ import time
 from aiohttp import web
 
 from geo_service import __version__
-from geo_service.claims import process_claim
+from geo_service.claims import claim_body, process_claim
 from geo_service.keys import (
     ledger_check_key,
     ledger_key,
@@ -35,11 +35,11 @@ from geo_service.web.errors import (
     LedgerUnavailable,
     NotFound,
     RequestTimeout,
+    SnapshotRefused,
     SnapshotUnavailable,
     Unauthorized,
-    error_response,
 )
-from geo_service.web.params import cell_param, claim_body, request_position, require_admin
+from geo_service.web.params import cell_param, request_position, require_admin
 from geo_service.web.responses import etag_matches, json_response, not_modified
 from geo_service.web.routing import Route
 
@@ -170,7 +170,7 @@ def _health(app: web.Application) -> dict[str, object]:
 async def healthz(request: web.Request) -> web.Response:
     health = _health(request.app)
     if health["snapshot"] is None:
-        return error_response(503, "snapshot_unavailable", "no snapshot is loaded", details=health)
+        raise SnapshotUnavailable("no snapshot is loaded", details=health)
     return json_response({"ok": True, **health})
 
 
@@ -207,7 +207,7 @@ async def admin_reload(request: web.Request) -> web.Response:
     require_admin(request.headers.get("Authorization", ""), request.app[settings_key].admin_token, "admin reload")
     outcome = await request.app[watcher_key].refresh(force=True)
     if outcome["error"]:
-        return error_response(409, "snapshot_refused", f"snapshot refused; the live one stays: {outcome['error']}")
+        raise SnapshotRefused(f"snapshot refused; the live one stays: {outcome['error']}")
     return json_response(outcome)
 
 

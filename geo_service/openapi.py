@@ -6,51 +6,18 @@ from __future__ import annotations
 from typing import Any
 
 from geo_service import __version__
-from geo_service.snapshot.grid import MAX_ABS_LAT
+from geo_service.snapshot.grid import MAX_ABS_LAT, MAX_ABS_LNG
+from geo_service.web.openapi import (
+    COORDINATE_LAT,
+    COORDINATE_LNG,
+    ERROR,
+    EXAMPLE,
+    error_spec,
+    json_ok,
+    text_ok,
+)
 
-ERROR = {
-    "type": "object",
-    "required": ["error"],
-    "properties": {"error": {
-        "type": "object",
-        "required": ["status", "code", "message"],
-        "properties": {
-            "status": {"type": "integer", "description": "Equals the HTTP status."},
-            "code": {"type": "string", "pattern": "^[a-z_]+$", "description": "Stable snake_case code, e.g. invalid_param."},
-            "message": {"type": "string", "description": "Human-readable, safe to show."},
-            "field": {"type": "string", "description": "The input at fault, when there is one."},
-            "details": {"description": "More context, for some codes."},
-        },
-    }},
-}
-RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before trying again.",
-                               "schema": {"type": "string", "pattern": "^[0-9]+$"}}}
-JSON_OBJECT = {"application/json": {"schema": {"type": "object"}}}
-# A position on data/sample's ground: a POI of task 44030300 (罗湖区 red envelope #1).
-EXAMPLE = {"task_id": 44030300, "poi_id": 10001857, "lat": 22.54331, "lng": 114.107695}
 EXAMPLE_CELL = 50094482270  # the cell of EXAMPLE on the sample's grid (100 m squares)
-
-
-def _error(description: str, retry: bool = False) -> dict[str, Any]:
-    """Return an error response: the one JSON shape (optionally with Retry-After)."""
-    response: dict[str, Any] = {"description": description,
-                                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
-    if retry:
-        response["headers"] = RETRY_AFTER
-    return response
-
-
-def json_ok(description: str, schema: dict[str, Any] | None = None, headers: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Return a 200 response with a JSON body (any object unless a schema is given)."""
-    response: dict[str, Any] = {"description": description,
-                                "content": {"application/json": {"schema": schema or {"type": "object"}}}}
-    if headers:
-        response["headers"] = headers
-    return response
-
-
-def text_ok(description: str, media: str = "text/plain") -> dict[str, Any]:
-    return {"description": description, "content": {media: {"schema": {"type": "string"}}}}
 
 
 def _coordinate(name: str, bound: float, example: float) -> dict[str, Any]:
@@ -60,8 +27,6 @@ def _coordinate(name: str, bound: float, example: float) -> dict[str, Any]:
 
 
 INT64 = {"type": "integer", "minimum": -(2**63), "maximum": 2**63 - 1}
-COORDINATE_LAT = {"type": "number", "minimum": -MAX_ABS_LAT, "maximum": MAX_ABS_LAT}
-COORDINATE_LNG = {"type": "number", "minimum": -180, "maximum": 180}
 NEARBY = {
     "type": "object",
     "required": ["answer_version", "seq", "center_cell", "cells", "pois", "tasks", "truncated", "next_poll_ms"],
@@ -126,7 +91,7 @@ OUTCOME = {
                                                           "implausible_movement"]},
                    "prize_type": {"type": "string"}, "reason": {"type": "string"}},
 }
-BAD_BODY = _error("Body not a JSON object (invalid_json); a field missing (missing_param) or of the wrong type or "
+BAD_BODY = error_spec("Body not a JSON object (invalid_json); a field missing (missing_param) or of the wrong type or "
                   "range (invalid_param).")
 
 
@@ -146,7 +111,7 @@ def _answer(description: str) -> dict[str, Any]:
 
 def openapi_spec() -> dict[str, Any]:
     """Return the service's OpenAPI document."""
-    busy = _error("Overloaded (overloaded) or no snapshot loaded yet (snapshot_unavailable).", retry=True)
+    busy = error_spec("Overloaded (overloaded) or no snapshot loaded yet (snapshot_unavailable).", retry=True)
     live_snapshot = {"type": ["object", "null"], "required": ["seq", "age_s", "loaded_s_ago", "source_problem"], "properties": {
         "seq": {"type": "integer"}, "age_s": {"type": "number"}, "loaded_s_ago": {"type": "number"},
         "source_problem": {"type": ["string", "null"], "description": "What is wrong with the live snapshot's folder "
@@ -164,13 +129,13 @@ def openapi_spec() -> dict[str, Any]:
                     {**_coordinate("lat", MAX_ABS_LAT, EXAMPLE["lat"]), "description":
                         f"WGS84 degrees in [{-MAX_ABS_LAT:g}, {MAX_ABS_LAT:g}] (square cells stop being squares "
                         "beyond: the served band), given once."},
-                    _coordinate("lng", 180, EXAMPLE["lng"]), IF_NONE_MATCH],
+                    _coordinate("lng", MAX_ABS_LNG, EXAMPLE["lng"]), IF_NONE_MATCH],
                 "responses": {
                     "200": _answer("The answer."),
                     "304": NOT_MODIFIED,
-                    "400": _error("A parameter is missing (missing_param), or repeated, not a number or out of range "
+                    "400": error_spec("A parameter is missing (missing_param), or repeated, not a number or out of range "
                                   "(invalid_param)."),
-                    "414": _error("Query string too long (query_too_long)."),
+                    "414": error_spec("Query string too long (query_too_long)."),
                     "503": busy}}},
             "/v1/cells/{cell}": {"get": {
                 "operationId": "cell",
@@ -182,8 +147,8 @@ def openapi_spec() -> dict[str, Any]:
                 "responses": {
                     "200": _answer("The answer, as /v1/nearby gives it at any point of the cell."),
                     "304": NOT_MODIFIED,
-                    "400": _error("Not a decimal cell id (invalid_param)."),
-                    "404": _error("A number that is no cell of the grid, or one beyond the served band (not_found)."),
+                    "400": error_spec("Not a decimal cell id (invalid_param)."),
+                    "404": error_spec("A number that is no cell of the grid, or one beyond the served band (not_found)."),
                     "503": busy}}},
             "/v1/grid": {"get": {
                 "operationId": "grid",
@@ -205,19 +170,19 @@ def openapi_spec() -> dict[str, Any]:
                                    "task_inactive or implausible_movement (with reason). A retried claim_id returns "
                                    "its first outcome.", OUTCOME),
                     "400": BAD_BODY,
-                    "401": _error("No, forged or expired player token (invalid_token)."),
-                    "404": _error("Unknown task or POI in the live snapshot (not_found), or the POI is not one of the "
+                    "401": error_spec("No, forged or expired player token (invalid_token)."),
+                    "404": error_spec("Unknown task or POI in the live snapshot (not_found), or the POI is not one of the "
                                   "task's (poi_not_in_task)."),
-                    "408": _error("The body did not arrive within keepalive_timeout_s (request_timeout); the "
+                    "408": error_spec("The body did not arrive within keepalive_timeout_s (request_timeout); the "
                                   "connection is closed."),
-                    "503": _error("Claims off: no token secret (claims_disabled); the ledger unreachable or silent for "
+                    "503": error_spec("Claims off: no token secret (claims_disabled); the ledger unreachable or silent for "
                                   "claim_timeout_s (ledger_unavailable, retry with the same claim_id); no snapshot; "
                                   "overloaded.",
                                   retry=True)}}},
             "/healthz": {"get": {"summary": "Live snapshot seq and age, status age, origin, ledger, load, worker id.",
                                  "responses": {
                                      "200": json_ok("Serving.", health_body),
-                                     "503": _error("No snapshot loaded (snapshot_unavailable); details holds the report.")}}},
+                                     "503": error_spec("No snapshot loaded (snapshot_unavailable); details holds the report.")}}},
             "/metrics": {"get": {"summary": "Prometheus text metrics of this worker.",
                                  "responses": {"200": text_ok("Text exposition format 0.0.4.")}}},
             "/openapi.json": {"get": {"summary": "This document.", "responses": {"200": json_ok("OpenAPI 3.1.")}}},
@@ -226,8 +191,8 @@ def openapi_spec() -> dict[str, Any]:
                 "security": [{"admin": []}],
                 "responses": {
                     "200": json_ok("{seq, swapped, error: null}."),
-                    "401": _error("Missing or wrong bearer token, or admin routes off: no admin_token (invalid_token)."),
-                    "409": _error("The snapshot failed verification and was refused (snapshot_refused).")}}},
+                    "401": error_spec("Missing or wrong bearer token, or admin routes off: no admin_token (invalid_token)."),
+                    "409": error_spec("The snapshot failed verification and was refused (snapshot_refused).")}}},
         },
         "components": {
             "schemas": {"Error": ERROR},

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,10 +25,11 @@ from geo_service.snapshot.grid import Grid
 from loaders.display import district_outlines
 from loaders.errors import ErrorLog, LoaderError, RowError
 from loaders.pois import PoiColumns, parse_poi_chunk
-from loaders.records import District, FieldError, Prize, Task, Zone, parse_district, parse_prize, parse_task, parse_zone
+from loaders.records import District, Task
 from loaders.screening import excluded, inside
-from loaders.sources import Source, SourceRow
+from loaders.sources import Source
 from loaders.spill import Columns, NpyAppender, Runs, SpillFolder, spill_folder
+from loaders.tables import Tables, check_poi_sets, district_table, read_tables, task_table
 
 Progress = Callable[[str, int], None]
 R = TypeVar("R")
@@ -45,66 +46,6 @@ class BuildSettings:
     keep: int = 5
     error_limit: int = 50
     memory_mb: int = 2048  # the build's working memory for POI rows; beyond it, sorted runs spill to disk
-
-
-@dataclass(slots=True)
-class Tables:
-    """The small tables after validation and cross-checks, with each record's source row."""
-
-    districts: dict[int, District] = field(default_factory=dict)
-    zones: list[Zone] = field(default_factory=list)
-    tasks: list[tuple[SourceRow, Task]] = field(default_factory=list)
-    prizes: dict[int, list[Prize]] = field(default_factory=dict)
-
-
-def _parse(rows: Iterable[SourceRow], parse: Callable[[SourceRow], R], errors: ErrorLog) -> list[tuple[SourceRow, R]]:
-    parsed = []
-    for row in rows:
-        try:
-            parsed.append((row, parse(row)))
-        except FieldError as exc:
-            errors.add(RowError(row.source, row.row, exc.field, exc.reason))
-    return parsed
-
-
-def _unique(
-    pairs: list[tuple[SourceRow, R]], key: Callable[[R], Any], field_name: str, errors: ErrorLog
-) -> list[tuple[SourceRow, R]]:
-    seen: dict[Any, int] = {}
-    kept = []
-    for row, record in pairs:
-        k = key(record)
-        if k in seen:
-            errors.add(RowError(row.source, row.row, field_name, f"duplicate {k!r} (first at row {seen[k]})"))
-            continue
-        seen[k] = row.row
-        kept.append((row, record))
-    return kept
-
-
-async def read_tables(source: Source, errors: ErrorLog) -> Tables:
-    """Read, parse and cross-check districts, zones, tasks and prizes."""
-    districts = _parse(await source.rows("districts"), lambda r: parse_district(r.fields, r.geometry), errors)
-    districts = _unique(districts, lambda d: d.code, "code", errors)
-    zones = _parse(await source.rows("zones"), lambda r: parse_zone(r.fields, r.geometry), errors)
-    zones = _unique(zones, lambda z: z.zone_id, "id", errors)
-    tables = Tables(districts={d.code: d for _, d in districts}, zones=[z for _, z in zones])
-    tasks = _parse(await source.rows("tasks"), lambda r: parse_task(r.fields), errors)
-    tasks = _unique(tasks, lambda t: t.task_id, "task_id", errors)
-    for row, task in tasks:
-        if task.district_code in tables.districts:
-            tables.tasks.append((row, task))
-        else:
-            errors.add(RowError(row.source, row.row, "district_code", f"unknown district {task.district_code}"))
-    task_ids = {t.task_id for _, t in tables.tasks}
-    prizes = _parse(await source.rows("prizes"), lambda r: parse_prize(r.fields), errors)
-    for row, prize in _unique(prizes, lambda p: (p.task_id, p.prize_type), "prize_type", errors):
-        if prize.task_id in task_ids:
-            tables.prizes.setdefault(prize.task_id, []).append(prize)
-        else:
-            errors.add(RowError(row.source, row.row, "task_id", f"unknown task {prize.task_id}"))
-    tables.tasks.sort(key=lambda pair: pair[1].task_id)
-    return tables
 
 
 MIB = 2**20
@@ -264,18 +205,6 @@ def find_repeats(ids: Runs, label: str, max_rows: int, errors: ErrorLog) -> Repe
     return Repeats(np.sort(np.concatenate(dropped)) if dropped else np.empty(0, np.int64), kept, unused, rows)
 
 
-def check_poi_sets(tables: Tables, sets_seen: npt.NDArray[np.int64], errors: ErrorLog) -> None:
-    """Report and drop tasks whose POI set no valid POI belongs to."""
-    known = set(sets_seen.tolist())
-    kept = []
-    for row, task in tables.tasks:
-        if task.poi_set_id in known:
-            kept.append((row, task))
-        else:
-            errors.add(RowError(row.source, row.row, "poi_set_id", f"unknown poi_set {task.poi_set_id}: no POI has it"))
-    tables.tasks = kept
-
-
 @dataclass(frozen=True, slots=True)
 class Merged:
     """Per task of the snapshot: its rows and those outside its district."""
@@ -344,26 +273,6 @@ def _in_sorted(values: npt.NDArray[np.int64], sorted_set: npt.NDArray[np.int64])
     return sorted_set[at] == values  # type: ignore[no-any-return]
 
 
-def task_table(tasks: list[Task], tables: Tables, merged: Merged) -> list[dict[str, Any]]:
-    """Return the snapshot's task table, in task_id order (the order rows point into)."""
-    return [
-        {
-            **asdict(task),
-            "prizes": [
-                {k: v for k, v in asdict(p).items() if k != "task_id"}
-                for p in sorted(tables.prizes.get(task.task_id, []), key=lambda p: p.prize_type)
-            ],
-            "pois": int(merged.pois[i]),
-            "outside_district": int(merged.outside[i]),
-        }
-        for i, task in enumerate(tasks)
-    ]
-
-
-def district_table(districts: dict[int, District]) -> list[dict[str, Any]]:
-    return [{"code": d.code, "name": d.name, "parent_code": d.parent_code} for _, d in sorted(districts.items())]
-
-
 async def build(settings: BuildSettings, source: Source, progress: Progress) -> dict[str, Any]:
     """Run the whole build and publish the snapshot; raise LoaderError and publish nothing on bad input.
 
@@ -411,7 +320,8 @@ async def build(settings: BuildSettings, source: Source, progress: Progress) -> 
             },
             "build": {"memory_mb": settings.memory_mb, "runs_spilled": found.rows.spilled},
         }
-        tables_out = {"tasks": task_table(tasks, tables, merged), "districts": district_table(tables.districts)}
+        tables_out = {"tasks": task_table(tasks, tables, merged.pois, merged.outside),
+                      "districts": district_table(tables.districts)}
         arrays = {name: file.close() for name, file in out.items()}
         folder.release()
         manifest = write_snapshot(settings.out, arrays, tables_out, meta, settings.grid, keep=settings.keep,

@@ -17,12 +17,12 @@ import pymysql
 import shapely
 
 from geo_service.dsn import MySQLSettings
-from loaders.build import read_tables
 from loaders.errors import ErrorLog, RowError, SourceError
 from loaders.pois import parse_poi_chunk
 from loaders.sources import Kind
 from loaders.sources.files import FolderSource
 from loaders.sources.mysql import connect
+from loaders.tables import read_tables
 
 INSERTS = {
     "districts": "INSERT INTO districts (code, name, parent_code, geojson) VALUES (%s, %s, %s, %s)",

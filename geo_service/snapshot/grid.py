@@ -16,6 +16,7 @@ M_PER_DEG = EARTH_RADIUS_M * math.pi / 180.0
 # Square cells lose ground width toward the poles without bound; past this band (which holds every
 # populated place) a cell would stop being a square, so positions there are refused, not served.
 MAX_ABS_LAT = 85.0
+MAX_ABS_LNG = 180.0
 # A band's cells are widest at its equator-side edge, by tan(lat) * band height / R relative to its
 # poleward edge: 2 km bands keep that under 0.4% up to 85°, 5 km under 1%.
 _MAX_BAND_M = 2000.0
@@ -47,21 +48,27 @@ class GridError(ValueError):
         self.reason = reason
 
 
+def in_band(lat: float, lng: float) -> bool:
+    """Whether (lat, lng) lies in the served band: the one test of it (NaN and infinities fail it)."""
+    return -MAX_ABS_LAT <= lat <= MAX_ABS_LAT and -MAX_ABS_LNG <= lng <= MAX_ABS_LNG
+
+
 def check_position(lat: float, lng: float) -> None:
-    """Raise GridError unless (lat, lng) is a finite WGS84 position inside the served band."""
+    """Raise GridError unless (lat, lng) is a finite WGS84 position inside the served band, naming the field."""
+    if in_band(lat, lng):
+        return
     if not math.isfinite(lat) or not -90.0 <= lat <= 90.0:
         raise GridError("lat", f"must be a number in [-90, 90]; got {lat!r}")
-    if not math.isfinite(lng) or not -180.0 <= lng <= 180.0:
+    if not math.isfinite(lng) or not -MAX_ABS_LNG <= lng <= MAX_ABS_LNG:
         raise GridError("lng", f"must be a number in [-180, 180]; got {lng!r}")
-    if abs(lat) > MAX_ABS_LAT:
-        raise GridError("lat", f"is beyond the served band of ±{MAX_ABS_LAT}°; got {lat!r}")
+    raise GridError("lat", f"is beyond the served band of ±{MAX_ABS_LAT}°; got {lat!r}")
 
 
 def position_mask(lat: FloatArray, lng: FloatArray) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
-    """Return (lat_ok, lng_ok) masks: the vectorised form of check_position."""
+    """Return (lat_ok, lng_ok) masks: in_band and check_position over arrays."""
     with np.errstate(invalid="ignore"):
         lat_ok = np.isfinite(lat) & (np.abs(lat) <= MAX_ABS_LAT)
-        lng_ok = np.isfinite(lng) & (lng >= -180.0) & (lng <= 180.0)
+        lng_ok = np.isfinite(lng) & (np.abs(lng) <= MAX_ABS_LNG)
     return lat_ok, lng_ok
 
 
@@ -178,8 +185,7 @@ class SquareGrid:
         return (band * self.max_cols + cols) * self.band_rows + k
 
     def window(self, lat: float, lng: float) -> Window:
-        # NaN and infinities fail the range test.
-        if not (-MAX_ABS_LAT <= lat <= MAX_ABS_LAT and -180.0 <= lng <= 180.0):
+        if not in_band(lat, lng):
             check_position(lat, lng)
         return square_window(lat, lng, self.row_height_deg, self.radius, self.band_rows, self.max_cols, self.band_cols)
 

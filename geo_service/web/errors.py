@@ -22,11 +22,13 @@ class ApiError(Exception):
     status = 500
     code = "internal_error"
 
-    def __init__(self, message: str, field: str | None = None, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, message: str, field: str | None = None, headers: dict[str, str] | None = None,
+                 details: Any = None) -> None:
         super().__init__(message)
         self.message = message
         self.field = field
         self.headers = headers or {}
+        self.details = details
 
 
 class InvalidParam(ApiError):
@@ -77,6 +79,14 @@ class SnapshotUnavailable(ApiError):
     status, code = 503, "snapshot_unavailable"
 
 
+class SnapshotRefused(ApiError):
+    status, code = 409, "snapshot_refused"  # a snapshot failed verification; the live one stays
+
+
+class ViewUnavailable(ApiError):
+    status, code = 503, "view_unavailable"  # the collector has no view yet (its first tick has not completed)
+
+
 class Overloaded(ApiError):
     status, code = 503, "overloaded"
 
@@ -105,7 +115,7 @@ def error_response(status: int, code: str, message: str, field: str | None = Non
 def from_exception(request: web.Request, exc: BaseException) -> web.Response:
     """Translate any exception into the error shape; unexpected ones are logged, never shown."""
     if isinstance(exc, ApiError):
-        response = error_response(exc.status, exc.code, exc.message, exc.field, exc.headers)
+        response = error_response(exc.status, exc.code, exc.message, exc.field, exc.headers, exc.details)
         if exc.headers.get("Connection") == "close":  # aiohttp closes on force_close(), not on the header alone
             response.force_close()
         return response

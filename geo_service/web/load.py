@@ -5,16 +5,32 @@ from __future__ import annotations
 import asyncio
 import math
 from dataclasses import dataclass
-
-from geo_service.settings import ServiceSettings
+from typing import Protocol
 
 _PROBE_S = 0.05
 _EWMA = 0.3  # weight of the newest lag sample: reacts within a few probes, ignores one hiccup
 
 
+class LoadLimits(Protocol):
+    """The thresholds a LoadMonitor reads (a service's settings hold them)."""
+
+    @property
+    def next_poll_ms(self) -> int: ...
+    @property
+    def max_next_poll_ms(self) -> int: ...
+    @property
+    def busy_inflight(self) -> int: ...
+    @property
+    def shed_inflight(self) -> int: ...
+    @property
+    def busy_lag_ms(self) -> float: ...
+    @property
+    def shed_lag_ms(self) -> float: ...
+
+
 @dataclass(slots=True)
 class LoadMonitor:
-    settings: ServiceSettings
+    settings: LoadLimits
     inflight: int = 0
     lag_ms: float = 0.0
     shed: int = 0

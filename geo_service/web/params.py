@@ -6,16 +6,14 @@ import hmac
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from multidict import MultiMapping
 
-from geo_service.snapshot.grid import MAX_ABS_LAT, GridError, check_position
+from geo_service.snapshot.grid import MAX_ABS_LNG, GridError, check_position, in_band
 from geo_service.web.errors import InvalidJson, InvalidParam, MissingParam, Unauthorized
 
-_CLAIM_ID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 # The query every map client sends. Matching it whole is a third of the cost of parsing a query
 # into a multidict; any other form, valid or not, goes to the general parser and its errors.
 _PLAIN_POSITION = re.compile(r"lat=(-?[0-9]{1,3}(?:\.[0-9]{1,15})?)&lng=(-?[0-9]{1,3}(?:\.[0-9]{1,15})?)")
@@ -31,7 +29,7 @@ def one_value(query: MultiMapping[str], name: str) -> str:
     return values[0]
 
 
-def _in_range(name: str, value: float, shown: object, lo: float, hi: float) -> float:
+def number_in_range(name: str, value: float, shown: object, lo: float, hi: float) -> float:
     if not math.isfinite(value) or not lo <= value <= hi:
         raise InvalidParam(f"{name} must be a number in [{lo:g}, {hi:g}]; got {str(shown)[:40]!r}", field=name)
     return value
@@ -43,10 +41,11 @@ def coordinate(query: MultiMapping[str], name: str, lo: float, hi: float) -> flo
         value = float(text)
     except ValueError:
         value = math.nan
-    return _in_range(name, value, text, lo, hi)
+    return number_in_range(name, value, text, lo, hi)
 
 
-def _served(lat: float, lng: float) -> tuple[float, float]:
+def served_position(lat: float, lng: float) -> tuple[float, float]:
+    """Return (lat, lng) if it lies in the grid's served band, else InvalidParam naming the field."""
     try:
         check_position(lat, lng)
     except GridError as exc:
@@ -56,7 +55,7 @@ def _served(lat: float, lng: float) -> tuple[float, float]:
 
 def position(query: MultiMapping[str]) -> tuple[float, float]:
     """Return (lat, lng) from the query, checked against the grid's served band."""
-    return _served(coordinate(query, "lat", -90.0, 90.0), coordinate(query, "lng", -180.0, 180.0))
+    return served_position(coordinate(query, "lat", -90.0, 90.0), coordinate(query, "lng", -MAX_ABS_LNG, MAX_ABS_LNG))
 
 
 def request_position(query_string: str, query: Callable[[], MultiMapping[str]]) -> tuple[float, float]:
@@ -65,7 +64,7 @@ def request_position(query_string: str, query: Callable[[], MultiMapping[str]]) 
     plain = _PLAIN_POSITION.fullmatch(query_string)
     if plain is not None:
         lat, lng = float(plain[1]), float(plain[2])
-        if -MAX_ABS_LAT <= lat <= MAX_ABS_LAT and -180.0 <= lng <= 180.0:
+        if in_band(lat, lng):
             return lat, lng
     return position(query())
 
@@ -97,15 +96,6 @@ def json_object(raw: bytes) -> dict[str, Any]:
     return body
 
 
-@dataclass(frozen=True, slots=True)
-class ClaimBody:
-    claim_id: str
-    task_id: int
-    poi_id: int
-    lat: float
-    lng: float
-
-
 def field_of(body: dict[str, Any], name: str, kinds: tuple[type, ...], what: str) -> Any:
     if name not in body:
         raise MissingParam(f"{name} is required", field=name)
@@ -123,15 +113,3 @@ def integer_of(body: dict[str, Any], name: str) -> int:
     if not -(2**63) <= value < 2**63:
         raise InvalidParam(f"{name} must fit in 64 bits", field=name)
     return int(value)
-
-
-def claim_body(raw: bytes) -> ClaimBody:
-    """Parse and check a claim's JSON body."""
-    body = json_object(raw)
-    claim_id = field_of(body, "claim_id", (str,), "a string")
-    if not _CLAIM_ID_RE.fullmatch(claim_id):
-        raise InvalidParam("claim_id must be 1-64 characters of A-Z a-z 0-9 _ . : -", field="claim_id")
-    task_id, poi_id = integer_of(body, "task_id"), integer_of(body, "poi_id")
-    lat = _in_range("lat", float(field_of(body, "lat", (int, float), "a number")), body["lat"], -90.0, 90.0)
-    lng = _in_range("lng", float(field_of(body, "lng", (int, float), "a number")), body["lng"], -180.0, 180.0)
-    return ClaimBody(claim_id, task_id, poi_id, *_served(lat, lng))
