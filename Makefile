@@ -53,4 +53,4 @@ clean:
 lint: $(BIN)/geo-snapshot
 	$(BIN)/pip install --quiet -c constraints.txt ruff mypy
 	$(BIN)/ruff check .
-	$(BIN)/mypy --ignore-missing-imports geo_service loaders collector
+	$(BIN)/mypy

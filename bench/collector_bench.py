@@ -181,7 +181,10 @@ def main() -> None:
             finally:
                 if redis is not None:
                     redis.close()
-            ms = lambda xs: f"median {statistics.median(xs) * 1000:4.0f} ms, worst {max(xs) * 1000:4.0f} ms"  # noqa: E731
+
+            def ms(xs: list[float]) -> str:
+                return f"median {statistics.median(xs) * 1000:4.0f} ms, worst {max(xs) * 1000:4.0f} ms"
+
             switched = run.seqs.index(run.seqs[-1]) - args.ticks // 4 if run.seqs[-1] != run.seqs[0] else None
             print(f"tick     {backend:<13} {args.tasks:,} tasks x {len(PRIZES)} prizes, {run.districts:,} districts: "
                   f"start (every counter) {run.tick_s[0] * 1000:.0f} ms; then {args.ticks} ticks, {CLAIMS_PER_TICK} "

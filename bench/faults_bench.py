@@ -166,7 +166,7 @@ def main() -> None:
             for key in path:
                 value = value[key]
             values.append(value)
-        return statistics.median(values)
+        return float(statistics.median(values))
 
     shed_share = statistics.median(r["overload"]["shed"] / max(1, r["overload"]["ok"] + r["overload"]["shed"]) for r in rounds)
     print(f"\nnormal polling (wrk -c16, closed loop), medians of {args.rounds} rounds:")

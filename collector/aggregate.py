@@ -12,7 +12,7 @@ import numpy.typing as npt
 
 from geo_service.ledger import Counters
 from geo_service.ledger.rates import rate_milli
-from geo_service.snapshot import SnapshotError, read_tables
+from geo_service.snapshot import DistrictRow, SnapshotError, TaskRow, read_tables
 
 STATUSES = ("active", "upcoming", "exhausted", "ended", "disabled")
 ACTIVE, UPCOMING, EXHAUSTED, ENDED, DISABLED = range(len(STATUSES))
@@ -23,7 +23,7 @@ class Aggregator:
     """One snapshot's task table as arrays, and what is left of each of its prizes. It keeps no task
     dicts: it is built in a child process and sent back whole, which columns make cheap."""
 
-    def __init__(self, seq: int, tasks: list[dict[str, Any]], districts: list[dict[str, Any]]) -> None:
+    def __init__(self, seq: int, tasks: list[TaskRow], districts: list[DistrictRow]) -> None:
         self.seq, self.districts = seq, districts
         self.task_ids = np.array([t["task_id"] for t in tasks], dtype=np.int64)
         self.names = [t["name"] for t in tasks]

@@ -29,7 +29,8 @@ class History:
         while self.ticks and self.ticks[0][0] < at - KEEP_S:
             self.ticks.popleft()
         minute_ago = next((t for t in self.ticks if t[0] >= at - 60.0), self.ticks[0])
-        return np.maximum(by_district - minute_ago[1], 0)
+        recent: IntArray = np.maximum(by_district - minute_ago[1], 0)
+        return recent
 
     def series(self, prize_types: list[str]) -> dict[str, object]:
         """Return issues per second by prize type between consecutive ticks, for a chart: {t: [...], prize: [...]}."""

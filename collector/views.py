@@ -14,7 +14,7 @@ import orjson
 from collector.aggregate import STATUSES, Aggregator, IntArray
 from geo_service.ledger import PrizeChange
 from geo_service.ledger.rates import rate_per_s
-from geo_service.nearby import iso_utc
+from geo_service.nearby.task_status import iso_utc
 
 _STATUS_NAMES = np.array(STATUSES, dtype=object)
 ChangeKey = tuple[int, str]  # (task_id, prize_type)
@@ -62,7 +62,7 @@ class View:
         codes = [d["code"] for d in self.index.districts]
         if district_code not in codes:
             return []
-        return np.flatnonzero(self.index.district_of == codes.index(district_code)).tolist()  # type: ignore[no-any-return]
+        return np.flatnonzero(self.index.district_of == codes.index(district_code)).tolist()
 
 
 def _mine(index: Aggregator, changes: Mapping[ChangeKey, PrizeChange]) -> tuple[list[PrizeChange], IntArray]:

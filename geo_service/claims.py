@@ -11,10 +11,10 @@ import random
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from geo_service.ledger import ClaimRequest, Ledger, Outcome
 from geo_service.nearby import Lookup, StatusView
+from geo_service.snapshot import PrizeRow
 from geo_service.snapshot.grid import MAX_ABS_LNG, distance_m
 from geo_service.web.errors import InvalidParam, NotFound, PoiNotInTask
 from geo_service.web.params import field_of, integer_of, json_object, number_in_range, served_position
@@ -46,7 +46,7 @@ def claim_body(raw: bytes) -> ClaimBody:
     return ClaimBody(claim_id, task_id, poi_id, *served_position(lat, lng))
 
 
-def draw_order(prizes: Sequence[dict[str, Any]], rng: random.Random) -> list[str]:
+def draw_order(prizes: Sequence[PrizeRow], rng: random.Random) -> list[str]:
     """Return the prize types to try, in order: a weighted draw without replacement. The ledger takes
     the first below its quota with room in its rate slice, so later entries are the fallback
     (Efraimidis-Spirakis keys: u ** (1 / weight), highest first)."""

@@ -51,7 +51,7 @@ class PoiColumns:
         if not parts:
             empty_i, empty_f = np.empty(0, np.int64), np.empty(0, np.float64)
             return cls(empty_i, empty_i, empty_f, empty_f, empty_i)
-        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in cls.__slots__))  # type: ignore[arg-type]
+        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in cls.__slots__))
 
 
 def _numeric(arr: pa.Array, integer: bool) -> tuple[np.ndarray, Mask]:

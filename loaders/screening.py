@@ -20,7 +20,7 @@ def inside(geometry: BaseGeometry, lat: FloatArray, lng: FloatArray) -> Mask:
     when a small zone is screened against millions of POIs.
     """
     x0, y0, x1, y1 = geometry.bounds
-    mask = (lng >= x0) & (lng <= x1) & (lat >= y0) & (lat <= y1)
+    mask: npt.NDArray[np.bool_] = (lng >= x0) & (lng <= x1) & (lat >= y0) & (lat <= y1)
     candidates = np.flatnonzero(mask)
     if len(candidates):
         shapely.prepare(geometry)

@@ -4,12 +4,13 @@ snapshot's task and district tables made from them."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
+from geo_service.snapshot import DistrictRow, PrizeRow, TaskRow
 from loaders.errors import ErrorLog, RowError
 from loaders.records import District, FieldError, Prize, Task, Zone, parse_district, parse_prize, parse_task, parse_zone
 from loaders.sources import Source, SourceRow
@@ -90,21 +91,18 @@ def check_poi_sets(tables: Tables, sets_seen: npt.NDArray[np.int64], errors: Err
 
 
 def task_table(tasks: list[Task], tables: Tables, pois: npt.NDArray[np.int64], outside: npt.NDArray[np.int64]
-               ) -> list[dict[str, Any]]:
+               ) -> list[TaskRow]:
     """Return the snapshot's task table, in task_id order (the order rows point into)."""
     return [
-        {
-            **asdict(task),
-            "prizes": [
-                {k: v for k, v in asdict(p).items() if k != "task_id"}
-                for p in sorted(tables.prizes.get(task.task_id, []), key=lambda p: p.prize_type)
-            ],
-            "pois": int(pois[i]),
-            "outside_district": int(outside[i]),
-        }
+        TaskRow(task_id=task.task_id, name=task.name, district_code=task.district_code, poi_set_id=task.poi_set_id,
+                starts_at=task.starts_at, ends_at=task.ends_at, enabled=task.enabled,
+                prizes=[PrizeRow(prize_type=p.prize_type, quota=p.quota, weight=p.weight, rate_per_s=p.rate_per_s)
+                        for p in sorted(tables.prizes.get(task.task_id, []), key=lambda p: p.prize_type)],
+                pois=int(pois[i]), outside_district=int(outside[i]))
         for i, task in enumerate(tasks)
     ]
 
 
-def district_table(districts: dict[int, District]) -> list[dict[str, Any]]:
-    return [{"code": d.code, "name": d.name, "parent_code": d.parent_code} for _, d in sorted(districts.items())]
+def district_table(districts: dict[int, District]) -> list[DistrictRow]:
+    """Return the snapshot's district table, in code order."""
+    return [DistrictRow(code=d.code, name=d.name, parent_code=d.parent_code) for _, d in sorted(districts.items())]

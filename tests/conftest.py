@@ -10,6 +10,7 @@ from typing import Any
 
 import pymysql
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from geo_service.app import create_app
@@ -130,7 +131,7 @@ def build_into(source: Path, out: Path, *extra: str) -> None:
     assert snapshot_cli(["build", "--source", str(source), "--out", str(out), "--quiet", *extra]) == 0
 
 
-MakeClient = Callable[..., Awaitable[TestClient[Any, Any]]]
+MakeClient = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
 
 
 def make_settings(**overrides: Any) -> ServiceSettings:

@@ -127,7 +127,7 @@ def encode_size(window_cells: int, max_pois: int, longest_view: int) -> int:
 
 @intrinsic
 def _pointer(typingctx: Any, at: Any, dtype: Any) -> Any:  # pragma: no cover - compiled
-    pointer = types.CPointer(dtype.dtype)
+    pointer = types.CPointer(dtype.dtype)  # type: ignore[no-untyped-call]
 
     def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
         return builder.inttoptr(args[0], context.get_value_type(pointer))
@@ -138,13 +138,14 @@ def _pointer(typingctx: Any, at: Any, dtype: Any) -> Any:  # pragma: no cover - 
 @numba.njit(nogil=True, cache=True, inline="always")
 def array_at(at: int, size: int, dtype: Any) -> Any:  # pragma: no cover - compiled
     """Return the `size` items of `dtype` at address `at` as an array (no copy)."""
-    return numba.carray(_pointer(at, dtype), size)  # type: ignore[call-arg]  # numba passes typingctx
+    return numba.carray(_pointer(at, dtype), size)  # type: ignore[attr-defined, call-arg]  # numba passes typingctx
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
 def float_at(table: Table, slot: int) -> float:  # pragma: no cover - compiled
     """Return the float stored with float_bits in a table slot."""
-    return table[slot : slot + 1].view(np.float64)[0]
+    value: float = table[slot : slot + 1].view(np.float64)[0]
+    return value
 
 
 @numba.njit(nogil=True, cache=True)

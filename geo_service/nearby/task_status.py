@@ -17,6 +17,7 @@ import numpy.typing as npt
 import orjson
 
 from geo_service.nearby.encoder import STATUS_TABLE, Table
+from geo_service.snapshot import TaskRow
 
 NEVER = 2**62
 
@@ -92,7 +93,7 @@ class StatusView:
 class TaskTable:
     """The snapshot's tasks as arrays, for computing status views."""
 
-    tasks: list[dict[str, Any]]
+    tasks: list[TaskRow]
     levels: Levels = DEFAULT_LEVELS
     starts_at: npt.NDArray[np.int64] = field(init=False)
     ends_at: npt.NDArray[np.int64] = field(init=False)
@@ -140,7 +141,7 @@ class TaskTable:
         return data
 
 
-def _task_view(task: dict[str, Any], levels: tuple[str | None, ...]) -> dict[str, Any]:
+def _task_view(task: TaskRow, levels: tuple[str | None, ...]) -> dict[str, Any]:
     return {
         "task_id": task["task_id"],
         "name": task["name"],

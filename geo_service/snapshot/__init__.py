@@ -22,9 +22,13 @@ from geo_service.snapshot.format import (
     ROW_ARRAYS,
     ROW_BYTES,
     VERSION,
+    DistrictRow,
+    Manifest,
+    PrizeRow,
     Snapshot,
     SnapshotError,
     StorageError,
+    TaskRow,
     open_snapshot,
     parse_manifest,
     read_manifest,
@@ -34,7 +38,8 @@ from geo_service.snapshot.format import (
 )
 
 __all__ = [
-    "MAX_ROWS", "MICRO", "ROW_ARRAYS", "ROW_BYTES", "TMP_PREFIX", "VERSION", "Snapshot", "SnapshotError", "StorageError",
-    "current_seq", "install_pulled", "list_seqs", "locked", "open_current", "open_snapshot", "parse_manifest", "prune",
-    "read_manifest", "read_tables", "remove_stale_tmp", "rollback", "storage_error", "verify_file", "write_snapshot",
+    "DistrictRow", "MAX_ROWS", "MICRO", "Manifest", "PrizeRow", "ROW_ARRAYS", "ROW_BYTES", "Snapshot",
+    "SnapshotError", "StorageError", "TMP_PREFIX", "TaskRow", "VERSION", "current_seq", "install_pulled",
+    "list_seqs", "locked", "open_current", "open_snapshot", "parse_manifest", "prune", "read_manifest",
+    "read_tables", "remove_stale_tmp", "rollback", "storage_error", "verify_file", "write_snapshot",
 ]

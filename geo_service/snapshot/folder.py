@@ -25,6 +25,7 @@ from geo_service.snapshot.format import (
     MAX_ROWS,
     ROW_ARRAYS,
     VERSION,
+    Manifest,
     RowArray,
     Snapshot,
     SnapshotError,
@@ -113,7 +114,7 @@ def write_snapshot(
     grid: Grid,
     keep: int = 5,
     extra: Mapping[str, bytes] | None = None,
-) -> dict[str, Any]:
+) -> Manifest:
     """Write a snapshot beside the others, publish it by replacing CURRENT, and return its manifest.
 
     Everything is written and fsynced in a temp folder first, so a crash at any point leaves the

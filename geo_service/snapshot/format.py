@@ -16,7 +16,7 @@ import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import numpy.typing as npt
@@ -46,6 +46,41 @@ TABLES = ("tasks.json", "districts.json")
 OPTIONAL = ("districts.geojson",)
 
 
+class PrizeRow(TypedDict):
+    """A prize of a task in tasks.json."""
+
+    prize_type: str
+    quota: int
+    weight: float
+    rate_per_s: float | None
+
+
+class TaskRow(TypedDict):
+    """A row of tasks.json: the task, its prizes by type, and what the build found of its POIs."""
+
+    task_id: int
+    name: str
+    district_code: int
+    poi_set_id: int
+    starts_at: int  # epoch seconds
+    ends_at: int
+    enabled: bool
+    prizes: list[PrizeRow]
+    pois: int  # its rows in the snapshot
+    outside_district: int  # of those, the POIs outside its district
+
+
+class DistrictRow(TypedDict):
+    """A row of districts.json."""
+
+    code: int
+    name: str
+    parent_code: int | None
+
+
+Manifest = dict[str, Any]  # manifest.json: format, version, seq, grid, counts, screening, files
+
+
 class SnapshotError(Exception):
     """A snapshot that cannot be written, found or trusted."""
 
@@ -70,7 +105,7 @@ class Snapshot:
     """An opened, verified snapshot: read-only memory-mapped rows and its small tables."""
 
     path: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
     grid: Grid
     cells: npt.NDArray[np.int64]
     task_index: npt.NDArray[np.int32]
@@ -78,8 +113,8 @@ class Snapshot:
     lats: npt.NDArray[np.int32]  # micro-degrees (degrees() gives degrees)
     lngs: npt.NDArray[np.int32]
     poi_order: npt.NDArray[np.int32]
-    tasks: list[dict[str, Any]]
-    districts: list[dict[str, Any]]
+    tasks: list[TaskRow]
+    districts: list[DistrictRow]
 
     @property
     def seq(self) -> int:
@@ -142,7 +177,7 @@ def write_files(folder: Path, arrays: Mapping[str, RowArray], tables: Mapping[st
     return files
 
 
-def read_manifest(folder: Path) -> dict[str, Any]:
+def read_manifest(folder: Path) -> Manifest:
     """Return a snapshot folder's manifest after checking its format and version."""
     try:
         raw = (folder / "manifest.json").read_bytes()
@@ -151,7 +186,7 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     return parse_manifest(raw, f"{folder}/manifest.json")
 
 
-def parse_manifest(raw: bytes, where: str) -> dict[str, Any]:
+def parse_manifest(raw: bytes, where: str) -> Manifest:
     """Return a manifest's content after checking its format, version and file list; `where` names it."""
     try:
         manifest = orjson.loads(raw)
@@ -177,12 +212,12 @@ def verify_file(path: Path, info: Mapping[str, Any]) -> None:
         raise SnapshotError(f"{path}: checksum mismatch")
 
 
-def _verify_files(folder: Path, manifest: dict[str, Any]) -> None:
+def _verify_files(folder: Path, manifest: Manifest) -> None:
     for name, info in manifest["files"].items():
         verify_file(folder / name, info)
 
 
-def _open_rows(folder: Path, manifest: dict[str, Any]) -> dict[str, np.ndarray]:
+def _open_rows(folder: Path, manifest: Manifest) -> dict[str, np.ndarray]:
     arrays = {}
     for name, dtype in ROW_ARRAYS.items():
         info = manifest["files"][f"{name}.npy"]
@@ -198,7 +233,7 @@ def _open_rows(folder: Path, manifest: dict[str, Any]) -> dict[str, np.ndarray]:
     return arrays
 
 
-def read_tables(folder: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def read_tables(folder: Path) -> tuple[list[TaskRow], list[DistrictRow]]:
     """Return a snapshot folder's task and district tables (no arrays mapped)."""
     try:
         return orjson.loads((folder / "tasks.json").read_bytes()), orjson.loads((folder / "districts.json").read_bytes())

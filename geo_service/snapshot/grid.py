@@ -182,7 +182,8 @@ class SquareGrid:
         band, k = np.divmod(rows, self.band_rows)
         n = self.band_cols[band]
         cols = ((lng + 180.0) / 360.0 * n).astype(np.int64) % n
-        return (band * self.max_cols + cols) * self.band_rows + k
+        cells: IntArray = (band * self.max_cols + cols) * self.band_rows + k
+        return cells
 
     def window(self, lat: float, lng: float) -> Window:
         if not in_band(lat, lng):
@@ -234,7 +235,7 @@ class H3Grid:
         # Hexagons k rings out have centres at least 1.5*k edges away, so a disk of radius k covers
         # (1.5k - 0.5) edges around any point of the centre cell. H3's smallest hexagons are about
         # half the average area, hence the 1/sqrt(2) on the average edge.
-        edge = h3.average_hexagon_edge_length(self.res, unit="m") / math.sqrt(2.0)
+        edge = float(h3.average_hexagon_edge_length(self.res, unit="m")) / math.sqrt(2.0)
         return (1.5 * self.radius - 0.5) * edge
 
     def params(self) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import pyarrow.csv as pacsv
 
 from loaders.errors import SourceError
 from loaders.pois import POI_FIELDS, PoiChunk
-from loaders.sources import Kind, SourceRow
+from loaders.sources.interface import Kind, SourceRow
 
 FILES: dict[Kind, str] = {
     "districts": "districts.geojson",

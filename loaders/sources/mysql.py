@@ -12,7 +12,7 @@ import pymysql
 from geo_service.dsn import MySQLSettings
 from loaders.errors import SourceError
 from loaders.pois import POI_FIELDS, PoiChunk
-from loaders.sources import Kind, SourceRow
+from loaders.sources.interface import Kind, SourceRow
 
 TABLES: dict[Kind, tuple[str, str]] = {
     # kind: (table, key to order by so row numbers are stable between runs)

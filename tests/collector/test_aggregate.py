@@ -3,27 +3,28 @@
 from __future__ import annotations
 
 import random
-from typing import Any
 
 from collector.aggregate import ACTIVE, STATUSES, UPCOMING, Aggregator
 from geo_service.ledger import Counters
+from geo_service.snapshot import DistrictRow, PrizeRow, TaskRow
 
 NOW = 1_800_000_000
-DISTRICTS = [{"code": 440300 + k, "name": f"d{k}"} for k in range(7)]
+DISTRICTS = [DistrictRow(code=440300 + k, name=f"d{k}", parent_code=None) for k in range(7)]
 
 
-def _tasks(n: int, rng: random.Random) -> list[dict[str, Any]]:
-    tasks = []
+def _tasks(n: int, rng: random.Random) -> list[TaskRow]:
+    tasks: list[TaskRow] = []
     for i in range(1, n + 1):
         starts = NOW + rng.choice([-10_000, -10, 10, 10_000])
         prizes = [p for p in ("cash", "coupon", "voucher") if rng.random() < 0.7] or ["cash"]
-        tasks.append({"task_id": i, "name": f"t{i}", "district_code": 440300 + i % 7, "enabled": rng.random() > 0.1,
-                      "starts_at": starts, "ends_at": starts + rng.choice([5, 20_000]),
-                      "prizes": [{"prize_type": p, "quota": rng.randint(0, 50)} for p in prizes]})
+        tasks.append(TaskRow(task_id=i, name=f"t{i}", district_code=440300 + i % 7, poi_set_id=i, enabled=rng.random() > 0.1,
+                             starts_at=starts, ends_at=starts + rng.choice([5, 20_000]), pois=1, outside_district=0,
+                             prizes=[PrizeRow(prize_type=p, quota=rng.randint(0, 50), weight=1.0, rate_per_s=None)
+                                     for p in prizes]))
     return tasks
 
 
-def _expected(tasks: list[dict[str, Any]], left: dict[tuple[int, str], int], disabled: frozenset[int]) -> dict[int, str]:
+def _expected(tasks: list[TaskRow], left: dict[tuple[int, str], int], disabled: frozenset[int]) -> dict[int, str]:
     out = {}
     for t in tasks:
         enabled = t["enabled"] and t["task_id"] not in disabled

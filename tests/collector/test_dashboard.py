@@ -64,7 +64,8 @@ def task_poi(snapshot: Snapshot, district: int) -> tuple[int, int, float, float]
     for i, t in enumerate(snapshot.tasks):
         if t["district_code"] == district and t["enabled"] and t["starts_at"] <= now < t["ends_at"]:
             row = int((snapshot.task_index == i).nonzero()[0][0])
-            return t["task_id"], int(snapshot.poi_ids[row]), *map(float, snapshot.degrees(row))
+            lat, lng = snapshot.degrees(row)
+            return t["task_id"], int(snapshot.poi_ids[row]), float(lat), float(lng)
     raise LookupError(f"no active task in {district}")
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from geo_service.claims import draw_order
+from geo_service.snapshot import PrizeRow
 from geo_service.tokens import mint
 from tests.conftest import MakeClient, build_into, fresh_ledger
 from tests.support.builders import OTHER_POI, write_claims_data
@@ -140,8 +141,7 @@ async def test_claims_are_off_without_a_secret(make_client: MakeClient, claims_s
 
 
 def test_draw_follows_the_weights() -> None:
-    prizes = [{"prize_type": "cash", "weight": 1}, {"prize_type": "coupon", "weight": 3},
-              {"prize_type": "never", "weight": 0}]
+    prizes = [PrizeRow(prize_type=p, quota=1, weight=w, rate_per_s=None) for p, w in (("cash", 1), ("coupon", 3), ("never", 0))]
     rng = random.Random(3)
     orders = [draw_order(prizes, rng) for _ in range(4000)]
     firsts = [order[0] for order in orders]

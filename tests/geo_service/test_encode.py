@@ -12,7 +12,7 @@ import pytest
 from geo_service import nearby
 from geo_service.nearby import Lookup, answer, encode_answer, encoder
 from geo_service.nearby.encoder import COARSE_STRIDE, Layout, _first_at_least, _put_micro, address, encode_size
-from geo_service.snapshot import Snapshot, open_current
+from geo_service.snapshot import PrizeRow, Snapshot, TaskRow, open_current
 from geo_service.snapshot.grid import SquareGrid
 from tests.conftest import SAMPLE, build_into
 from tests.support.builders import claim_poi, set_csv_field, write_claims_data
@@ -125,13 +125,13 @@ def _widest_lookup(pois: int) -> tuple[Lookup, float, float]:
     grid = SquareGrid()
     lat, lng = 22.5329, 113.9305
     ids = np.arange(pois, dtype=np.int64) - np.iinfo(np.int64).max
-    rows = {"cells": np.full(pois, grid.cell_of(lat, lng), np.int64), "task_index": np.arange(pois, dtype=np.int32),
-            "poi_ids": ids, "lats": np.full(pois, -179_999_999, np.int32), "lngs": np.full(pois, -179_999_999, np.int32),
-            "poi_order": np.arange(pois, dtype=np.int32)}
-    tasks = [{"task_id": int(t), "name": "红" * 200, "district_code": 440305, "poi_set_id": 1, "starts_at": 0,
-              "ends_at": 2**33, "enabled": True, "prizes": [{"prize_type": "cash", "quota": 1, "weight": 1.0,
-                                                             "rate_per_s": None}]} for t in ids]
-    snapshot = Snapshot(Path("/nonexistent"), {"seq": 2**63 - 1}, grid, tasks=tasks, districts=[], **rows)
+    widest = np.full(pois, -179_999_999, np.int32)
+    tasks = [TaskRow(task_id=int(t), name="红" * 200, district_code=440305, poi_set_id=1, starts_at=0, ends_at=2**33,
+                     enabled=True, prizes=[PrizeRow(prize_type="cash", quota=1, weight=1.0, rate_per_s=None)], pois=1,
+                     outside_district=0) for t in ids]
+    snapshot = Snapshot(Path("/nonexistent"), {"seq": 2**63 - 1}, grid, cells=np.full(pois, grid.cell_of(lat, lng), np.int64),
+                        task_index=np.arange(pois, dtype=np.int32), poi_ids=ids, lats=widest, lngs=widest,
+                        poi_order=np.arange(pois, dtype=np.int32), tasks=tasks, districts=[])
     return Lookup(snapshot), lat, lng
 
 

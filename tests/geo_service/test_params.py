@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+from multidict import MultiDictProxy
 from yarl import URL
 
 from geo_service.web.errors import ApiError
@@ -31,7 +32,12 @@ def test_request_position_matches_the_general_parser() -> None:
     for qs in queries:
         query = URL(f"/v1/nearby?{qs}").query
         parsed: list[object] = []
-        got = _outcome(lambda: request_position(qs, lambda: parsed.append(1) or query))  # noqa: B023
+
+        def parse_query() -> MultiDictProxy[str]:
+            parsed.append(1)  # noqa: B023
+            return query  # noqa: B023
+
+        got = _outcome(lambda: request_position(qs, parse_query))  # noqa: B023
         assert got == _outcome(lambda: position(query)), qs  # noqa: B023
         plain += not parsed
     assert plain > 300  # the shortcut did answer a good share by itself

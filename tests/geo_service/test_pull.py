@@ -121,7 +121,7 @@ async def _serves(client: Any, seq: int) -> bool:
 async def test_a_corrupt_copy_at_the_origin_is_refused_and_the_live_one_stays(
         make_client: MakeClient, world: World, builds: Path, tmp_path: Path) -> None:
     client = await host(make_client, world, tmp_path)
-    puller: Puller = client.server.app[puller_key]  # type: ignore[union-attr]
+    puller: Puller = client.app[puller_key]
     puller.refused_retry_s = 0.5
     await asyncio.to_thread(publish_cli, world, builds, 1)
     await until(lambda: _serves(client, 1))

@@ -12,8 +12,8 @@ import pytest
 from geo_service.handlers import ROUTES
 from geo_service.keys import load_key, snapshot_key
 from geo_service.nearby import Lookup
-from geo_service.openapi import EXAMPLE
 from geo_service.snapshot import open_current
+from geo_service.web.openapi import EXAMPLE
 from tests.conftest import SAMPLE, MakeClient, build_into
 from tests.support.builders import claim_poi, set_csv_field, write_claims_data
 from tests.support.oracle import haversine_m
@@ -144,7 +144,7 @@ async def test_next_poll_rises_with_real_loop_lag_and_sheds_past_the_limit(
         await asyncio.sleep(0.06)
     busy = await (await client.get("/v1/nearby?lat=22.5329&lng=113.9305")).json()
     assert busy["next_poll_ms"] > idle["next_poll_ms"]
-    load = client.server.app[load_key]  # type: ignore[union-attr]
+    load = client.app[load_key]
     load.lag_ms = 20_000.0  # past shed_lag_ms: as if the loop had stalled for 20 s
     shed = await client.get("/v1/nearby?lat=22.5329&lng=113.9305")
     assert shed.status == 503 and (await shed.json())["error"]["code"] == "overloaded"
@@ -171,7 +171,8 @@ async def test_admin_reload_needs_the_token_and_refuses_a_corrupt_snapshot(
     (root / "CURRENT").write_text("2\n")
     refused = await client.post("/v1/admin/reload", headers={"Authorization": "Bearer s3cret"})
     assert refused.status == 409 and (await refused.json())["error"]["code"] == "snapshot_refused"
-    assert client.server.app[snapshot_key].live.lookup.seq == 1  # type: ignore[union-attr]
+    live = client.app[snapshot_key].live
+    assert live is not None and live.lookup.seq == 1
     assert (await (await client.get("/v1/nearby?lat=22.5329&lng=113.9305")).json())["seq"] == 1
 
 
@@ -195,4 +196,4 @@ async def test_a_task_window_edge_is_crossed_with_a_status_prepared_ahead(make_c
     assert seen[0][0] < edge - 1, "the service came up too late to see the edge"
     assert all(tasks == ([1] if at < edge else [2]) for at, tasks in seen if abs(at - edge) > 0.1)
     assert seen[0][1] == [1] and seen[-1][1] == [2]
-    assert client.server.app[snapshot_key].edges_inline == 0  # type: ignore[union-attr]
+    assert client.app[snapshot_key].edges_inline == 0

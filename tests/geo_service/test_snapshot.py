@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
@@ -27,10 +28,10 @@ def _arrays(n: int, seed: int = 0) -> dict[str, np.ndarray]:
             "lats": lats[perm], "lngs": lngs[perm], "poi_order": np.argsort(poi_ids)}
 
 
-TABLES = {"tasks": [{"task_id": i + 1} for i in range(3)], "districts": [{"code": 440305}]}
+TABLES: dict[str, Any] = {"tasks": [{"task_id": i + 1} for i in range(3)], "districts": [{"code": 440305}]}
 
 
-def _publish(root: Path, n: int = 1000, keep: int = 5) -> dict:
+def _publish(root: Path, n: int = 1000, keep: int = 5) -> dict[str, Any]:
     return write_snapshot(root, _arrays(n, seed=n), TABLES, {"source": "test"}, GRID, keep=keep)
 
 

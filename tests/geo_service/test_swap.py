@@ -73,7 +73,7 @@ async def test_swaps_under_load_fail_no_request_and_never_serve_the_corrupt_snap
     assert {status for _, _, status, _ in log} == {200}
     seqs = {body["seq"] for _, _, _, body in log}
     assert seqs == {1, 2, 4}
-    holder = client.server.app[snapshot_key]
+    holder = client.app[snapshot_key]
     assert holder.refused >= 1 and any(i.startswith("3-") for i in holder.refused_ids)
     lookups = {seq: Lookup(open_snapshot(root / str(seq))) for seq in seqs}
     now = int(time.time())

@@ -24,7 +24,7 @@ def _published(data: Path, out: Path) -> None:
     assert main(["build", "--source", str(data), "--out", str(out), "--quiet"]) == 0
 
 
-Edit = Callable[[Path], None]
+Edit = Callable[[Path], object]
 CASES: list[tuple[str, Edit, str]] = [
     ("non-numeric lat", lambda d: set_csv_field(d / "pois.csv", 1042, "lat", "4O.1"),
      "pois.csv:1042: lat: not a number ('4O.1')"),

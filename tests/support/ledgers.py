@@ -9,8 +9,7 @@ import pymysql
 import redis
 from redis.cluster import ClusterNode, RedisCluster
 
-from geo_service.dsn import MySQLSettings
-from geo_service.ledger.redis import RedisSettings
+from geo_service.dsn import MySQLSettings, RedisSettings
 
 
 def sql_rows(dsn: str, sql: str) -> list[tuple[Any, ...]]:
@@ -31,7 +30,8 @@ def sql_rows(dsn: str, sql: str) -> list[tuple[Any, ...]]:
 def redis_client(dsn: str) -> redis.Redis | RedisCluster:
     s = RedisSettings.from_dsn(dsn)
     if s.cluster:
-        return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in s.nodes], decode_responses=True)
+        nodes = [ClusterNode(h, p) for h, p in s.nodes]  # type: ignore[no-untyped-call]
+        return RedisCluster(startup_nodes=nodes, decode_responses=True)
     return redis.Redis(host=s.nodes[0][0], port=s.nodes[0][1], db=s.db, decode_responses=True)
 
 

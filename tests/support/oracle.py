@@ -15,7 +15,8 @@ def haversine_m(lat0: float, lng0: float, lat: npt.ArrayLike, lng: npt.ArrayLike
     dp = p1 - p0
     dl = np.radians(np.asarray(lng, dtype=np.float64) - lng0)
     a = np.sin(dp / 2) ** 2 + np.cos(p0) * np.cos(p1) * np.sin(dl / 2) ** 2
-    return 2 * EARTH_RADIUS_M * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0)))
+    metres: npt.NDArray[np.float64] = 2 * EARTH_RADIUS_M * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0)))
+    return metres
 
 
 def scatter_around(lat: float, lng: float, reach_m: float, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
