@@ -38,7 +38,8 @@ from collector.ticker import Ticker  # noqa: E402
 from collector.views import ViewHolder  # noqa: E402
 from geo_service.dsn import MySQLSettings  # noqa: E402
 from geo_service.ledger import ClaimRequest, open_ledger  # noqa: E402
-from geo_service.snapshot import ROW_ARRAYS, write_snapshot  # noqa: E402
+from geo_service.snapshot.folder import write_snapshot  # noqa: E402
+from geo_service.snapshot.format import ROW_ARRAYS  # noqa: E402
 from geo_service.snapshot.grid import SquareGrid  # noqa: E402
 from tests.support.redis_nodes import start_redis  # noqa: E402
 

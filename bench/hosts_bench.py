@@ -33,7 +33,7 @@ from harness import WRK_DONE, free_port, run_wrk, wait_ready  # noqa: E402
 from nearby_bench import LUA, WORKDIR, ensure_snapshot, positions  # noqa: E402
 
 from geo_service.nearby import Lookup, answer  # noqa: E402
-from geo_service.snapshot import open_current  # noqa: E402
+from geo_service.snapshot.folder import open_current  # noqa: E402
 from geo_service.snapshot.origin import open_origin, publish  # noqa: E402
 from geo_service.snapshot.pull import Puller  # noqa: E402
 from tests.support.nginx import load_balancer, origin_server  # noqa: E402

@@ -34,7 +34,7 @@ import orjson
 from harness import WRK_DONE, free_port, run_wrk, wait_ready
 
 from geo_service.nearby import Lookup, answer
-from geo_service.snapshot import open_current
+from geo_service.snapshot.folder import open_current
 
 PY = sys.executable
 # The machine is shared and noisy: several passes over the same positions, reported together and

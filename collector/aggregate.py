@@ -12,7 +12,7 @@ import numpy.typing as npt
 
 from geo_service.ledger import Counters
 from geo_service.ledger.rates import rate_milli
-from geo_service.snapshot import DistrictRow, SnapshotError, TaskRow, read_tables
+from geo_service.snapshot.format import DistrictRow, SnapshotError, TaskRow, read_tables
 
 STATUSES = ("active", "upcoming", "exhausted", "ended", "disabled")
 ACTIVE, UPCOMING, EXHAUSTED, ENDED, DISABLED = range(len(STATUSES))

@@ -18,6 +18,7 @@ from collector.handlers import current_view
 from collector.keys import files_key, service_key, settings_key, ticker_key
 from collector.service import ServiceUnavailable
 from geo_service.ledger import LedgerError
+from geo_service.snapshot.grid import MAX_ABS_LNG
 from geo_service.web.errors import InvalidParam, LedgerUnavailable, NotFound
 from geo_service.web.params import coordinate, json_object, require_admin
 from geo_service.web.responses import etag_matches, json_response, not_modified
@@ -76,7 +77,7 @@ async def task_pois(request: web.Request) -> web.Response:
 
 async def probe(request: web.Request) -> web.Response:
     """What a phone at (lat, lng) gets from the service, and its window's cells as polygons."""
-    lat, lng = coordinate(request.query, "lat", -90.0, 90.0), coordinate(request.query, "lng", -180.0, 180.0)
+    lat, lng = coordinate(request.query, "lat", -90.0, 90.0), coordinate(request.query, "lng", -MAX_ABS_LNG, MAX_ABS_LNG)
     answer = await request.app[service_key].get(f"/v1/nearby?lat={lat}&lng={lng}")
     if "cells" not in answer:  # the service's own error answer, in the one error shape: passed on as it is
         return json_response(answer, status=int(answer.get("error", {}).get("status", 502)))

@@ -9,7 +9,7 @@ import gzip
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from geo_service.snapshot import Snapshot, SnapshotError, open_snapshot
+from geo_service.snapshot.format import Snapshot, SnapshotError, open_snapshot
 from geo_service.snapshot.staging import staged
 from geo_service.web.errors import NotFound, SnapshotUnavailable
 

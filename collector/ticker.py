@@ -23,7 +23,8 @@ from collector.aggregate import Aggregator, load_index
 from collector.history import History
 from collector.views import ChangeKey, View, ViewHolder, build_view
 from geo_service.ledger import Counters, Ledger, LedgerError, LedgerState, PrizeChange
-from geo_service.snapshot import SnapshotError, current_seq
+from geo_service.snapshot.folder import current_seq
+from geo_service.snapshot.format import SnapshotError
 from loaders.errors import LoaderError
 from loaders.sources.mysql import MySQLSource
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from geo_service.ledger import ClaimRequest, Ledger, Outcome
 from geo_service.nearby import Lookup, StatusView
-from geo_service.snapshot import PrizeRow
+from geo_service.snapshot.format import PrizeRow
 from geo_service.snapshot.grid import MAX_ABS_LNG, distance_m
 from geo_service.web.errors import InvalidParam, NotFound, PoiNotInTask
 from geo_service.web.params import field_of, integer_of, json_object, number_in_range, served_position

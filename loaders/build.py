@@ -12,15 +12,8 @@ from typing import Any, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from geo_service.snapshot import (
-    MAX_ROWS,
-    MICRO,
-    ROW_ARRAYS,
-    ROW_BYTES,
-    StorageError,
-    storage_error,
-    write_snapshot,
-)
+from geo_service.snapshot.folder import write_snapshot
+from geo_service.snapshot.format import MAX_ROWS, MICRO, ROW_ARRAYS, ROW_BYTES, StorageError, storage_error
 from geo_service.snapshot.grid import Grid
 from loaders.display import district_outlines
 from loaders.errors import ErrorLog, LoaderError, RowError

@@ -13,17 +13,8 @@ from typing import Any, TextIO, TypeVar
 import orjson
 
 from geo_service.nearby import Lookup, answer
-from geo_service.snapshot import (
-    ROW_ARRAYS,
-    SnapshotError,
-    StorageError,
-    current_seq,
-    list_seqs,
-    open_current,
-    open_snapshot,
-    read_manifest,
-    rollback,
-)
+from geo_service.snapshot.folder import current_seq, list_seqs, open_current, rollback
+from geo_service.snapshot.format import ROW_ARRAYS, SnapshotError, StorageError, open_snapshot, read_manifest
 from geo_service.snapshot.grid import Grid, GridError, H3Grid, SquareGrid, check_position
 from geo_service.snapshot.origin import Origin, OriginError, open_origin, publish, rollback_origin
 from loaders.build import BuildSettings, build

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from geo_service.snapshot import TMP_PREFIX
+from geo_service.snapshot.folder import TMP_PREFIX
 
 Columns = dict[str, np.ndarray]
 SPILL_PREFIX = f"{TMP_PREFIX}build-"

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from geo_service.snapshot import DistrictRow, PrizeRow, TaskRow
+from geo_service.snapshot.format import DistrictRow, PrizeRow, TaskRow
 from loaders.errors import ErrorLog, RowError
 from loaders.records import District, FieldError, Prize, Task, Zone, parse_district, parse_prize, parse_task, parse_zone
 from loaders.sources import Source, SourceRow

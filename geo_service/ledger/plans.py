@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import astuple, dataclass
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from geo_service.ledger.interface import (
@@ -19,7 +19,15 @@ from geo_service.ledger.interface import (
     PrizeChangeRefused,
 )
 from geo_service.ledger.rates import slice_of, take
-from geo_service.ledger.records import CLAIMS_INDEX, CLAIMS_TABLE, WON_BY_COUNTER, ClaimRecord, differences, insert_claim
+from geo_service.ledger.records import (
+    CLAIMS_INDEX,
+    CLAIMS_TABLE,
+    WON_BY_COUNTER,
+    ClaimRecord,
+    claim_row,
+    differences,
+    insert_claim,
+)
 from geo_service.snapshot.grid import distance_m
 
 Clock = Callable[[], float]
@@ -116,7 +124,7 @@ def claim_plan(request: ClaimRequest, draw: Sequence[str], win_cap: int, max_spe
     at = r.at_s
     if outcome is None:
         outcome, at = yield from _draw(r, draw, win_cap, dialect, clock)
-    yield Statement(insert_claim("?"), astuple(ClaimRecord.of(r, outcome, at)))
+    yield Statement(insert_claim("?"), claim_row(ClaimRecord.of(r, outcome, at)))
     return outcome
 
 

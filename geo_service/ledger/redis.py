@@ -13,7 +13,8 @@ bucket carries its hash tag, so one claim touches one slot and buckets spread ov
     gd:{u:<user>}:pos              hash  the player's last claimed position (the movement check)
     gd:tasks (zset of task ids, the complete read), gd:flags (disabled tasks), gd:change_seq, gd:layout
 
-This module may touch Redis only; ship.py moves the flow log into MySQL.
+This module may touch Redis, and the record database to reconcile against it; ship.py moves the flow log
+into the record database.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from geo_service.ledger.interface import (
     Seed,
     raised_in,
 )
-from geo_service.ledger.records import RecordStore, differences
+from geo_service.ledger.records import FLOW_FIELDS, RecordStore, differences
 from geo_service.snapshot.grid import EARTH_RADIUS_M
 
 LAYOUT = f"geodrop-ledger 1 buckets={REDIS_BUCKETS}"
@@ -79,15 +80,16 @@ _SCRIPT_ARGS = {"claim": CLAIM_ARGS, "movement": MOVE_ARGS}
 
 
 def _script(name: str) -> str:
-    """Return a script's text. The claim and movement scripts get their arguments by name and the earth's
-    radius from here, and share the movement check (position.lua)."""
+    """Return a script's text. The claim and movement scripts get their arguments by name, the earth's radius
+    and the flow log's field names from here, and share the movement check (position.lua)."""
     lua = resources.files("geo_service.ledger").joinpath("lua")
     names = _SCRIPT_ARGS.get(name)
     if names is None:
         return lua.joinpath(f"{name}.lua").read_text()
     bound = ", ".join(f"{arg} = ARGV[{i}]" for i, arg in enumerate(names, 1))
+    flow = ", ".join(f"'{name}'" for name in FLOW_FIELDS)
     prelude = (f"local EARTH_RADIUS_M = {EARTH_RADIUS_M!r}\nlocal args = {{{bound}}}\n"
-               f"local FIRST_PRIZE = {len(names) + 1}\n")
+               f"local FIRST_PRIZE = {len(names) + 1}\nlocal FLOW_FIELDS = {{{flow}}}\n")
     return prelude + lua.joinpath("position.lua").read_text() + lua.joinpath(f"{name}.lua").read_text()
 
 

@@ -29,7 +29,7 @@ from geo_service.nearby.encoder import (
     select_rows,
 )
 from geo_service.nearby.task_status import DEFAULT_LEVELS, NEVER, Levels, StatusView, TaskOverride, TaskTable, iso_utc
-from geo_service.snapshot import Snapshot
+from geo_service.snapshot.format import Snapshot
 from geo_service.snapshot.grid import SquareGrid, Window, cells_in
 
 __all__ = ["ANSWER_VERSION", "DEFAULT_LEVELS", "NEVER", "Levels", "Lookup", "NearbyResult", "StatusView", "TaskOverride",
@@ -85,7 +85,7 @@ class Lookup:
             band_rows=self.grid.band_rows, seq=self.seq, radius=self.grid.radius,
             row_height_deg=square.row_height_deg if square is not None else 0.0,
             max_cols=square.max_cols if square is not None else 0,
-            band_cols=square.band_cols if square is not None else np.zeros(0, np.int64),
+            band_cols=square.band_cols if square is not None else None,
             cells=snap.cells, task_index=snap.task_index, poi_ids=snap.poi_ids, lats=snap.lats, lngs=snap.lngs,
             coarse=self.coarse, task_ids=self.task_id_array, out=self._out, tasks=self._rows)
 

@@ -5,8 +5,9 @@ encoder's nineteen, a third of a whole lookup. So compiled code here takes its a
 address table, built once per snapshot or status from a Layout that declares its slots by name; the
 compiled side rebuilds its arrays with `array_at`. Whoever passes a table must hold the arrays it points
 into: each table lives beside its arrays in one object (Lookup, StatusView) and is only used through it.
-numba checks no bounds, so the output buffer is sized by `encode_size`, derived from the byte pieces
-below, and `encode` refuses a buffer smaller than that.
+numba checks no bounds, so the output buffer is sized by `encode_size` from the byte pieces below and the
+widest values they are written with (tests check those widths against orjson's), and `encode_rows` refuses,
+before writing, an answer whose rows and task views would not fit the buffer it was given.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ class Layout:
     """An address table's slots, declared once by name: an int or a float takes one slot, an array of a
     dtype two (its address, then its size). Tables are packed by name and read by `slot`."""
 
-    fields: tuple[tuple[str, Any], ...]  # (name, int | float | a numpy scalar type)
+    fields: tuple[tuple[str, Any], ...]  # (name, int | float | a numpy scalar type); an array may be None: (0, 0)
 
     def slot(self, name: str) -> int:
         """Return where a field starts in the table."""
@@ -74,7 +75,7 @@ class Layout:
                 table[at] = float_bits(value)
             elif kind is int:
                 table[at] = int(value)
-            else:
+            elif value is not None:
                 if value.dtype != np.dtype(kind):
                     raise TypeError(f"{name}: an array of {np.dtype(kind)}, got {value.dtype}")
                 table[at], table[at + 1] = address(value), value.size
@@ -109,9 +110,11 @@ _SEQ_TEXT, _CENTER = _ascii(f'{{"answer_version":{ANSWER_VERSION},"seq":'), _asc
 _CELLS_TEXT, _POIS = _ascii(',"cells":['), _ascii('],"pois":[')
 _POI_ID, _TASK_ID, _LAT, _LNG = _ascii('{"poi_id":'), _ascii(',"task_id":'), _ascii(',"lat":'), _ascii(',"lng":')
 _TASKS_TEXT, _CUT, _WHOLE = _ascii('],"tasks":['), _ascii('],"truncated":true,'), _ascii('],"truncated":false,')
-# The longest an id (an int64 above -2^63) and a coordinate (micro-degrees within ±180°) are written.
-_INT_BYTES = len(str(-(2**63 - 1)))
-_MICRO_BYTES = len(f"{-180 - 1 / MICRO:.6f}")
+_INT64_MIN = -(2**63)
+_INT64_MIN_TEXT = _ascii(str(_INT64_MIN))
+# The longest an int64 and an int32 of micro-degrees (whatever a snapshot holds) are written.
+_INT_BYTES = _INT64_MIN_TEXT.size
+_MICRO_BYTES = len(f"{-(2**31 - 1) / MICRO:.6f}")
 _FIXED_BYTES = (_SEQ_TEXT.size + _CENTER.size + 2 * _INT_BYTES + _CELLS_TEXT.size + _POIS.size + _TASKS_TEXT.size
                 + max(_CUT.size, _WHOLE.size))
 _CELL_BYTES = _INT_BYTES + 1  # a cell id and its comma
@@ -212,6 +215,8 @@ def _put(out: npt.NDArray[np.uint8], at: int, text: npt.NDArray[np.uint8]) -> in
 
 @numba.njit(nogil=True, cache=True)
 def _put_int(out: npt.NDArray[np.uint8], at: int, value: int) -> int:  # pragma: no cover - compiled
+    if value == _INT64_MIN:  # the one int64 whose negation overflows
+        return _put(out, at, _INT64_MIN_TEXT)
     if value < 0:
         out[at] = 45  # -
         at += 1

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any, TypeGuard
 
 from geo_service.nearby import DEFAULT_LEVELS, NEVER, Levels, Lookup, StatusView, TaskOverride, answer, encode_answer
-from geo_service.snapshot import SnapshotError, current_seq, open_snapshot
+from geo_service.snapshot.folder import current_seq
+from geo_service.snapshot.format import SnapshotError, open_snapshot
 from geo_service.snapshot.staging import identity, source_problem, staged
 
 log = logging.getLogger("geodrop.snapshot")

@@ -17,7 +17,7 @@ import numpy.typing as npt
 import orjson
 
 from geo_service.nearby.encoder import STATUS_TABLE, Table
-from geo_service.snapshot import TaskRow
+from geo_service.snapshot.format import TaskRow
 
 NEVER = 2**62
 

@@ -26,7 +26,8 @@ from typing import Any
 
 import orjson
 
-from geo_service.snapshot import SnapshotError, current_seq, install_pulled, parse_manifest, rollback, verify_file
+from geo_service.snapshot.folder import current_seq, install_pulled, rollback
+from geo_service.snapshot.format import SnapshotError, parse_manifest, verify_file
 from geo_service.snapshot.origin import Origin, OriginError, current_of
 
 log = logging.getLogger("geodrop.pull")

@@ -18,7 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from geo_service.snapshot import TMP_PREFIX, SnapshotError, locked, parse_manifest, remove_stale_tmp, storage_error
+from geo_service.snapshot.folder import TMP_PREFIX, locked, remove_stale_tmp
+from geo_service.snapshot.format import SnapshotError, parse_manifest, storage_error
 
 # Copies kept beside the newest: the one a worker still serves while its siblings move on, and the one
 # before it, which a rollback would want back.

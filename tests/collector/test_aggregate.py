@@ -6,7 +6,7 @@ import random
 
 from collector.aggregate import ACTIVE, STATUSES, UPCOMING, Aggregator
 from geo_service.ledger import Counters
-from geo_service.snapshot import DistrictRow, PrizeRow, TaskRow
+from geo_service.snapshot.format import DistrictRow, PrizeRow, TaskRow
 
 NOW = 1_800_000_000
 DISTRICTS = [DistrictRow(code=440300 + k, name=f"d{k}", parent_code=None) for k in range(7)]

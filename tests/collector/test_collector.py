@@ -13,7 +13,7 @@ import pytest
 
 from collector.keys import ticker_key
 from geo_service.keys import status_key
-from geo_service.snapshot import open_current
+from geo_service.snapshot.folder import open_current
 from geo_service.tokens import mint
 from tests.conftest import MakeClient, build_into
 from tests.support.builders import write_claims_data

@@ -16,7 +16,8 @@ import orjson
 import pytest
 from playwright.sync_api import ConsoleMessage, Page
 
-from geo_service.snapshot import Snapshot, open_current
+from geo_service.snapshot.folder import open_current
+from geo_service.snapshot.format import Snapshot
 from geo_service.tokens import mint
 from tests.conftest import ARTIFACTS, SAMPLE
 from tests.support.processes import Process, collector, get_json, running_pair, service

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
-from geo_service.snapshot import open_current
+from geo_service.snapshot.folder import open_current
 from geo_service.tokens import mint
 from tests.conftest import MakeClient
 from tests.support.ledgers import sql_rows

@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from geo_service.nearby import Levels, Lookup, TaskOverride, encode_answer
-from geo_service.snapshot import open_current
+from geo_service.snapshot.folder import open_current
 from geo_service.snapshot.grid import Grid, H3Grid
 from tests.conftest import REPO, SAMPLE, MakeClient, build_into
 from tests.support.builders import claim_poi, write_claims_data

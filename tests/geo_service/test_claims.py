@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from geo_service.claims import draw_order
-from geo_service.snapshot import PrizeRow
+from geo_service.snapshot.format import PrizeRow
 from geo_service.tokens import mint
 from tests.conftest import MakeClient, build_into, fresh_ledger
 from tests.support.builders import OTHER_POI, write_claims_data

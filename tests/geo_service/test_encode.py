@@ -12,7 +12,8 @@ import pytest
 from geo_service import nearby
 from geo_service.nearby import Lookup, answer, encode_answer, encoder
 from geo_service.nearby.encoder import COARSE_STRIDE, Layout, _first_at_least, _put_micro, address, encode_size
-from geo_service.snapshot import PrizeRow, Snapshot, TaskRow, open_current
+from geo_service.snapshot.folder import open_current
+from geo_service.snapshot.format import PrizeRow, Snapshot, TaskRow
 from geo_service.snapshot.grid import SquareGrid
 from tests.conftest import SAMPLE, build_into
 from tests.support.builders import claim_poi, set_csv_field, write_claims_data
@@ -120,12 +121,12 @@ def test_tables_are_packed_by_name_with_each_arrays_declared_dtype() -> None:
 
 
 def _widest_lookup(pois: int) -> tuple[Lookup, float, float]:
-    """A snapshot in memory whose every number is written at its longest: ids from -(2^63 - 1) (20 bytes),
-    coordinates at -179.999999 (11 bytes), one task of a long name per POI, all in one cell."""
+    """A snapshot in memory whose every number is written at its longest: ids from -2^63 (20 bytes), int32
+    micro-degrees at -(2^31 - 1) (12 bytes), one task of a long name per POI, all in one cell."""
     grid = SquareGrid()
     lat, lng = 22.5329, 113.9305
-    ids = np.arange(pois, dtype=np.int64) - np.iinfo(np.int64).max
-    widest = np.full(pois, -179_999_999, np.int32)
+    ids = np.arange(pois, dtype=np.int64) + np.iinfo(np.int64).min
+    widest = np.full(pois, -(2**31 - 1), np.int32)
     tasks = [TaskRow(task_id=int(t), name="红" * 200, district_code=440305, poi_set_id=1, starts_at=0, ends_at=2**33,
                      enabled=True, prizes=[PrizeRow(prize_type="cash", quota=1, weight=1.0, rate_per_s=None)], pois=1,
                      outside_district=0) for t in ids]

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from geo_service.keys import puller_key
-from geo_service.snapshot import current_seq, open_snapshot
+from geo_service.snapshot.folder import current_seq
+from geo_service.snapshot.format import open_snapshot
 from geo_service.snapshot.origin import Origin, open_origin, publish
 from geo_service.snapshot.pull import Puller
 from loaders.cli import main as snapshot_cli

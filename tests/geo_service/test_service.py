@@ -12,7 +12,7 @@ import pytest
 from geo_service.handlers import ROUTES
 from geo_service.keys import load_key, snapshot_key
 from geo_service.nearby import Lookup
-from geo_service.snapshot import open_current
+from geo_service.snapshot.folder import open_current
 from geo_service.web.openapi import EXAMPLE
 from tests.conftest import SAMPLE, MakeClient, build_into
 from tests.support.builders import claim_poi, set_csv_field, write_claims_data

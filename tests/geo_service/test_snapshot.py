@@ -10,7 +10,8 @@ import numpy as np
 import orjson
 import pytest
 
-from geo_service.snapshot import SnapshotError, current_seq, list_seqs, open_current, open_snapshot, rollback, write_snapshot
+from geo_service.snapshot.folder import current_seq, list_seqs, open_current, rollback, write_snapshot
+from geo_service.snapshot.format import SnapshotError, open_snapshot
 from geo_service.snapshot.grid import SquareGrid
 from loaders.cli import main
 

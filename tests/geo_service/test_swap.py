@@ -12,7 +12,7 @@ from typing import Any
 
 from geo_service.keys import snapshot_key
 from geo_service.nearby import Lookup, answer
-from geo_service.snapshot import open_snapshot
+from geo_service.snapshot.format import open_snapshot
 from tests.conftest import SAMPLE, MakeClient, build_into
 from tests.support.builders import set_csv_field
 

@@ -10,7 +10,8 @@ import orjson
 import shapely
 
 from geo_service.nearby import Lookup, answer
-from geo_service.snapshot import ROW_ARRAYS, open_current
+from geo_service.snapshot.folder import open_current
+from geo_service.snapshot.format import ROW_ARRAYS
 from geo_service.snapshot.grid import SquareGrid
 from loaders.records import parse_time
 from tests.conftest import SAMPLE

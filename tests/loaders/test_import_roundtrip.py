@@ -16,7 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from geo_service.snapshot import ROW_ARRAYS, open_current
+from geo_service.snapshot.folder import open_current
+from geo_service.snapshot.format import ROW_ARRAYS
 from loaders.cli import main
 from tests.conftest import MYSQL_DSN
 

@@ -8,7 +8,8 @@ import numpy as np
 import pymysql
 import pytest
 
-from geo_service.snapshot import ROW_ARRAYS, open_current
+from geo_service.snapshot.folder import open_current
+from geo_service.snapshot.format import ROW_ARRAYS
 from loaders.cli import main
 from tests.conftest import MYSQL_DSN, SAMPLE
 from tests.support.builders import csv_records, set_csv_field

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from geo_service.snapshot import ROW_ARRAYS, open_current
+from geo_service.snapshot.folder import open_current
+from geo_service.snapshot.format import ROW_ARRAYS
 from loaders.cli import main
 from tests.conftest import REPO, build_into
 from tests.support.builders import folder_state

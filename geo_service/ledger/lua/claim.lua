@@ -55,6 +55,19 @@ else
   end
 end
 
+-- The flow record, its fields in FLOW_FIELDS order (records.py), made before the first write: a field without
+-- a value stops the script here, with nothing written.
+local record = {claim_id = args.claim_id, user_id = args.user_id, task_id = args.task_id, poi_id = args.poi_id,
+  prize_type = prize, outcome = outcome, at = string.format('%d.%06d', sec, usec)}
+local entry = {}
+for _, name in ipairs(FLOW_FIELDS) do
+  if record[name] == nil then
+    error('the flow record has no ' .. name)
+  end
+  entry[#entry + 1] = name
+  entry[#entry + 1] = record[name]
+end
+
 if outcome == 'won' then
   redis.call('HINCRBY', KEYS[1], 'i:' .. prize, 1)
   redis.call('HSET', KEYS[1], 's:' .. prize, string.format('%d', slice), 'n:' .. prize, used)
@@ -63,6 +76,5 @@ if outcome == 'won' then
 end
 local result = outcome .. '\t' .. prize
 redis.call('SET', KEYS[3], result, 'EX', args.record_ttl_s)
-redis.call('XADD', KEYS[4], '*', 'claim_id', args.claim_id, 'user_id', args.user_id, 'task_id', args.task_id, 'poi_id', args.poi_id,
-  'prize_type', prize, 'outcome', outcome, 'at', string.format('%d.%06d', sec, usec))
+redis.call('XADD', KEYS[4], '*', unpack(entry))
 return result
