@@ -97,7 +97,7 @@ def issue_some(dsn: str) -> None:
 def issue_some_redis(dsn: str) -> None:
     """issue_some on a Redis ledger: the same issued counts, and no task in the buckets' changed sets."""
     from geo_service.dsn import REDIS_BUCKETS
-    from geo_service.ledger.redis import bucket_key
+    from geo_service.ledger.redis_layout import bucket_key
     from tests.support.ledgers import redis_client
 
     client = redis_client(dsn)

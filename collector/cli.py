@@ -17,6 +17,7 @@ from collector.views import change_json
 from geo_service.config import add_settings_flags, cli_settings
 from geo_service.ledger import LedgerError, PrizeChange, PrizeChangeRefused, open_ledger
 from geo_service.ledger.rates import UNLIMITED, rate_milli
+from geo_service.nearby.task_status import iso_utc
 from geo_service.web.logs import configure_logging
 
 ENV_PREFIX = "GEODROP_COLLECTOR_"
@@ -31,8 +32,10 @@ def parser() -> argparse.ArgumentParser:
                      help="Level of the JSON log lines on stderr (default info).")
     add_settings_flags(run, CollectorSettings)
     task = sub.add_parser("task", help="The kill switch: enable or disable a task without a rebuild.",
-                          description="Sets the task's flag in the ledger; the collector applies it within one tick and "
-                                      "the services drop or restore the task on their next status poll.")
+                          description="Sets the task's flag in the ledger, which claims obey from that moment (no win "
+                                      "follows a disable, whether or not the collector is up), and prints the time of "
+                                      "the task's last win; the services drop or restore the task on their maps within "
+                                      "a tick and a status poll.")
     task.add_argument("action", choices=("enable", "disable"), help="What to do with the task.")
     task.add_argument("task_id", type=int, help="The task's id.")
     add_settings_flags(task, CollectorSettings)
@@ -52,10 +55,10 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
-async def _set_flag(dsn: str, task_id: int, enabled: bool) -> None:
+async def _set_flag(dsn: str, task_id: int, enabled: bool) -> float | None:
     ledger = open_ledger(dsn)
     try:
-        await ledger.set_enabled(task_id, enabled)
+        return await ledger.set_enabled(task_id, enabled)
     finally:
         await ledger.close()
 
@@ -107,11 +110,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "task":
         try:
-            asyncio.run(_set_flag(settings.ledger, args.task_id, args.action == "enable"))
+            won_at = asyncio.run(_set_flag(settings.ledger, args.task_id, args.action == "enable"))
         except LedgerError as exc:
             print(f"geo-collector task: {exc}", file=sys.stderr)
             return 2
-        print(f"task {args.task_id} {args.action}d")
+        last = "no win yet" if won_at is None else f"last win at {iso_utc(won_at)}"
+        print(f"task {args.task_id} {args.action}d; {last}" + (" (none can follow)" if args.action == "disable" else ""))
         return 0
     if args.command == "prize":
         return cmd_prize(settings, args)

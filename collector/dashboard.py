@@ -122,12 +122,12 @@ async def set_task(request: web.Request) -> web.Response:
     if current_view(request).index.positions(np.array([task_id], dtype=np.int64))[0] < 0:
         raise NotFound(f"no task {task_id} in the live snapshot", field="task_id")
     try:
-        await app[ticker_key].ledger.set_enabled(task_id, enabled)
+        won_at = await app[ticker_key].ledger.set_enabled(task_id, enabled)
     except LedgerError as exc:
         raise LedgerUnavailable(f"the ledger is unreachable; nothing changed: {exc}") from exc
     log.info("kill switch", extra={"audit": "task_enabled", "task_id": task_id, "enabled": enabled, "at": time.time(),
-                                   "client": request.remote})
-    return json_response({"task_id": task_id, "enabled": enabled})
+                                   "last_win_at": won_at, "client": request.remote})
+    return json_response({"task_id": task_id, "enabled": enabled, "last_win_at": won_at})
 
 
 ROUTES: list[Route] = [

@@ -95,7 +95,8 @@ def openapi_spec() -> dict[str, Any]:
             "/v1/dashboard": _get("The health strip: snapshot, ticks, the service's health; whether admin and probe are on.",
                                   [], _NO_VIEW),
             "/v1/admin/tasks/{task_id}": _post(
-                "The kill switch: enable or disable a task (audited); the services drop it within a tick.", [_TASK_P],
+                "The kill switch: enable or disable a task (audited). Claims obey it at once, the services' maps "
+                "within a tick; the answer gives the task's last win (last_win_at, epoch s; null: none yet).", [_TASK_P],
                 {"type": "object", "required": ["enabled"], "properties": {"enabled": {"type": "boolean"}},
                  "example": {"enabled": False}},
                 {"400": "Body not a JSON object (invalid_json), or enabled missing or not a boolean (invalid_param).",

@@ -82,12 +82,13 @@ def check_claim(lookup: Lookup, status: StatusView, body: ClaimBody, rules: Clai
 async def process_claim(lookup: Lookup, status: StatusView, ledger: Ledger, rng: random.Random, user_id: str,
                         body: ClaimBody, rules: ClaimRules, now: float) -> Outcome:
     """Answer a claim: check it against the snapshot, draw, and settle it in one ledger call, which
-    returns a retried claim_id's first outcome. A claim the snapshot rejects is looked up first, so a
-    retry still gets its first outcome after the task has ended or run out."""
+    returns a retried claim's first outcome. A claim the snapshot rejects is looked up first, so a
+    retry still gets its first outcome after the task has ended or run out. A claim_id bound to another
+    claim raises ClaimIdTaken, from either call."""
     task, rejected = check_claim(lookup, status, body, rules)
+    request = ClaimRequest(body.claim_id, user_id, body.task_id, body.poi_id, body.lat, body.lng, now)
     if rejected is not None:
-        replay = await ledger.outcome_of(body.claim_id, body.task_id)
+        replay = await ledger.outcome_of(request)
         return replay if replay is not None else Outcome.of(body.claim_id, rejected)
     order = draw_order(lookup.snapshot.tasks[task]["prizes"], rng)
-    request = ClaimRequest(body.claim_id, user_id, body.task_id, body.poi_id, body.lat, body.lng, now)
     return await ledger.claim(request, order, rules.win_cap, rules.max_speed_mps)

@@ -23,7 +23,7 @@ from geo_service.keys import (
     status_key,
     watcher_key,
 )
-from geo_service.ledger import LedgerError
+from geo_service.ledger import ClaimIdTaken, LedgerError
 from geo_service.nearby import encode_answer
 from geo_service.nearby.live import Live
 from geo_service.openapi import openapi_spec
@@ -31,6 +31,7 @@ from geo_service.snapshot.grid import GridError, Window
 from geo_service.snapshot.pull import pull_metrics
 from geo_service.tokens import TokenError, verify
 from geo_service.web.errors import (
+    ClaimIdConflict,
     ClaimsDisabled,
     LedgerUnavailable,
     NotFound,
@@ -118,6 +119,8 @@ async def claim(request: web.Request) -> web.Response:
         async with asyncio.timeout(settings.claim_timeout_s):
             outcome = await process_claim(live.lookup, live.status, app[ledger_key], app[rng_key],
                                           user_id, body, app[rules_key], now)
+    except ClaimIdTaken as exc:
+        raise ClaimIdConflict(str(exc), field="claim_id") from None
     except (LedgerError, TimeoutError) as exc:
         app[ledger_check_key].failed(str(exc) or f"no answer within claim_timeout_s ({settings.claim_timeout_s:g} s)", now)
         raise LedgerUnavailable("the ledger is unreachable; retry with the same claim_id, which settles a claim once",

@@ -167,14 +167,16 @@ def openapi_spec() -> dict[str, Any]:
                 "requestBody": {"required": True, "content": {"application/json": {"schema": CLAIM}}},
                 "responses": {
                     "200": json_ok("The outcome: won (with prize_type), no_prize_left, cap_reached, too_far, "
-                                   "task_inactive or implausible_movement (with reason). A retried claim_id returns "
-                                   "its first outcome.", OUTCOME),
+                                   "task_inactive or implausible_movement (with reason). The same claim retried (same player, "
+                                   "claim_id, task and POI) returns its first outcome.", OUTCOME),
                     "400": BAD_BODY,
                     "401": error_spec("No, forged or expired player token (invalid_token)."),
                     "404": error_spec("Unknown task or POI in the live snapshot (not_found), or the POI is not one of the "
                                   "task's (poi_not_in_task)."),
                     "408": error_spec("The body did not arrive within keepalive_timeout_s (request_timeout); the "
                                   "connection is closed."),
+                    "409": error_spec("The claim_id was first used by another player, or for another task or POI "
+                                      "(claim_id_conflict): nothing changed; send each claim with a fresh random id."),
                     "503": error_spec("Claims off: no token secret (claims_disabled); the ledger unreachable or silent for "
                                   "claim_timeout_s (ledger_unavailable, retry with the same claim_id); no snapshot; "
                                   "overloaded.",

@@ -11,6 +11,7 @@ from __future__ import annotations
 from geo_service.dsn import LEDGER_SCHEMES, MySQLSettings, RedisSettings
 from geo_service.ledger.interface import (
     REASONS,
+    ClaimIdTaken,
     ClaimRequest,
     CounterRow,
     Counters,
@@ -26,7 +27,7 @@ from geo_service.ledger.interface import (
 )
 
 __all__ = [
-    "REASONS", "ClaimRequest", "CounterRow", "Counters", "Difference", "Ledger", "LedgerCheck", "LedgerError",
+    "REASONS", "ClaimIdTaken", "ClaimRequest", "CounterRow", "Counters", "Difference", "Ledger", "LedgerCheck", "LedgerError",
     "LedgerState", "Outcome", "PrizeChange", "PrizeChangeRefused", "Seed", "open_ledger",
 ]
 

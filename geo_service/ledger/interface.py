@@ -34,6 +34,15 @@ class LedgerError(Exception):
     the same claim_id returns its outcome if it did."""
 
 
+class ClaimIdTaken(Exception):
+    """The claim's id is bound to another claim (another player, task or POI): refused, and nothing changed. A
+    claim id is bound to its player, task and POI the first time a ledger sees it, on every kind."""
+
+    def __init__(self, claim_id: str) -> None:
+        super().__init__(f"claim_id {claim_id!r} belongs to another claim; send each claim with a fresh random id")
+        self.claim_id = claim_id
+
+
 class PrizeChangeRefused(ValueError):
     """A live quota or rate change the ledger refuses; `code` says why (no_such_prize, quota_below_issued)."""
 
@@ -139,11 +148,11 @@ class Ledger(Protocol):
 
     async def claim(self, request: ClaimRequest, draw: Sequence[str], win_cap: int, max_speed_mps: float) -> Outcome:
         """Settle a claim: the first prize of `draw` below its quota with room in its rate slice wins.
-        A retried claim_id returns its first outcome."""
+        A retried claim returns its first outcome; a claim_id bound to another claim raises ClaimIdTaken."""
         ...
 
-    async def outcome_of(self, claim_id: str, task_id: int) -> Outcome | None:
-        """Return the recorded outcome of a claim id, if any."""
+    async def outcome_of(self, request: ClaimRequest) -> Outcome | None:
+        """Return the recorded outcome of this claim, if any; raise ClaimIdTaken if its id is another claim's."""
         ...
 
     async def set_prize(self, task_id: int, prize_type: str, quota: int | None, rate_milli: int | None) -> PrizeChange:
@@ -167,8 +176,9 @@ class Ledger(Protocol):
         a complete read in pieces, each cheap for the database and for the reader."""
         ...
 
-    async def set_enabled(self, task_id: int, enabled: bool) -> None:
-        """Set a task's kill switch (the collector applies it on its next tick)."""
+    async def set_enabled(self, task_id: int, enabled: bool) -> float | None:
+        """Set a task's kill switch. Claims settled after it answer task_inactive, whether or not the collector
+        is up; return the time of the task's last win (None: none yet), the last one the switch allowed."""
         ...
 
     async def problems(self) -> list[str]:

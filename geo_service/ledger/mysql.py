@@ -15,6 +15,7 @@ import pymysql
 
 from geo_service.dsn import MySQLSettings
 from geo_service.ledger.interface import (
+    ClaimIdTaken,
     ClaimRequest,
     Counters,
     Difference,
@@ -22,6 +23,7 @@ from geo_service.ledger.interface import (
     LedgerState,
     Outcome,
     PrizeChange,
+    PrizeChangeRefused,
     Seed,
     raised_in,
 )
@@ -104,6 +106,9 @@ class MySQLLedger:
                     if exc.args[0] not in _RETRYABLE or attempt == _ATTEMPTS - 1:
                         raise
                     await asyncio.sleep(random.uniform(0.002, 0.01) * (attempt + 1))  # jitter: no lockstep retries
+                except (ClaimIdTaken, PrizeChangeRefused):
+                    await conn.rollback()  # refused by the plan between statements: the connection is sound
+                    raise
                 except BaseException:
                     # Abandoned mid-statement (cancelled, or the link failed): the connection's state is unknown,
                     # so it is closed, not rolled back (a rollback on it can fail and mask a cancellation); the
@@ -143,8 +148,8 @@ class MySQLLedger:
                 await conn.commit()
         await self._run(lambda: fill_rates_plan(counters))
 
-    async def outcome_of(self, claim_id: str, task_id: int) -> Outcome | None:
-        outcome: Outcome | None = await self._run(lambda: outcome_plan(claim_id))
+    async def outcome_of(self, request: ClaimRequest) -> Outcome | None:
+        outcome: Outcome | None = await self._run(lambda: outcome_plan(request))
         return outcome
 
     async def claim(self, request: ClaimRequest, draw: Sequence[str], win_cap: int, max_speed_mps: float) -> Outcome:
@@ -171,8 +176,9 @@ class MySQLLedger:
         page: Counters = await self._run(lambda: read_page_plan(after, limit))
         return page
 
-    async def set_enabled(self, task_id: int, enabled: bool) -> None:
-        await self._run(lambda: set_enabled_plan(task_id, enabled, MYSQL))
+    async def set_enabled(self, task_id: int, enabled: bool) -> float | None:
+        last_win: float | None = await self._run(lambda: set_enabled_plan(task_id, enabled, MYSQL))
+        return last_win
 
     async def problems(self) -> list[str]:
         return []

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from geo_service.ledger.interface import (
+    ClaimIdTaken,
     ClaimRequest,
     Counters,
     LedgerState,
@@ -117,7 +118,7 @@ def claim_plan(request: ClaimRequest, draw: Sequence[str], win_cap: int, max_spe
                clock: Clock = time.time) -> Plan:
     """The claim transaction, step by step; returns an Outcome."""
     r = request
-    done = yield from outcome_plan(r.claim_id)
+    done = yield from outcome_plan(r)
     if done is not None:
         return done
     outcome = yield from _movement(r, max_speed_mps, dialect)
@@ -129,12 +130,15 @@ def claim_plan(request: ClaimRequest, draw: Sequence[str], win_cap: int, max_spe
 
 
 def _movement(r: ClaimRequest, max_speed_mps: float, dialect: Dialect) -> Plan:
-    last = yield Statement("SELECT lat, lng, at_s FROM user_positions WHERE user_id = ?", (r.user_id,), fetch="one")
-    if last is not None:
-        seconds = max(r.at_s - float(last[2]), 1.0)  # clocks and retries jitter: never divide by ~0
-        if distance_m(float(last[0]), float(last[1]), r.lat, r.lng) / seconds > max_speed_mps:
-            return Outcome.of(r.claim_id, "implausible_movement")
-    yield Statement(dialect.insert_ignore("user_positions", ("user_id", "lat", "lng", "at_s")), (r.user_id, r.lat, r.lng, r.at_s))
+    """Return implausible_movement if the player could not have come from their last claim's position, else
+    keep this one. The player's row is made first (here, long ago: any move from it is plausible) and read
+    under its row lock, so one player's concurrent claims take turns: each sees the one before it."""
+    yield Statement(dialect.insert_ignore("user_positions", ("user_id", "lat", "lng", "at_s")), (r.user_id, r.lat, r.lng, 0.0))
+    last = yield Statement(f"SELECT lat, lng, at_s FROM user_positions WHERE user_id = ?{dialect.for_update}",
+                           (r.user_id,), fetch="one")
+    seconds = max(r.at_s - float(last[2]), 1.0)  # clocks and retries jitter: never divide by ~0
+    if distance_m(float(last[0]), float(last[1]), r.lat, r.lng) / seconds > max_speed_mps:
+        return Outcome.of(r.claim_id, "implausible_movement")
     yield Statement("UPDATE user_positions SET lat = ?, lng = ?, at_s = ? WHERE user_id = ?", (r.lat, r.lng, r.at_s, r.user_id))
     return None
 
@@ -154,6 +158,13 @@ def _draw(r: ClaimRequest, draw: Sequence[str], win_cap: int, dialect: Dialect, 
     # Read the clock holding the task's lock: claims then take rate slices in time order, and the
     # claim row's time is the slice it counted against.
     now = clock()
+    # The kill switch, read under the task's lock (and locking, so MySQL reads the flag as committed, not as
+    # this transaction's first read saw it): set_enabled_plan takes the same lock, so no win follows it.
+    flag = yield Statement(f"SELECT enabled FROM task_flags WHERE task_id = ?{dialect.for_update}", (r.task_id,),
+                           fetch="one")
+    if flag is not None and not flag[0]:
+        yield Statement("UPDATE user_wins SET wins = wins - 1 WHERE user_id = ? AND task_id = ?", (r.user_id, r.task_id))
+        return Outcome.of(r.claim_id, "task_inactive"), now
     counters = {str(p): (int(left), int(rate), int(s), int(used)) for p, left, rate, s, used in rows}
     for prize_type in draw:
         left, rate, slice_no, used = counters.get(prize_type, (0, -1, 0, 0))
@@ -166,9 +177,16 @@ def _draw(r: ClaimRequest, draw: Sequence[str], win_cap: int, dialect: Dialect, 
     return Outcome.of(r.claim_id, "no_prize_left"), now
 
 
-def outcome_plan(claim_id: str) -> Plan:
-    row = yield Statement("SELECT outcome, prize_type, reason FROM claims WHERE claim_id = ?", (claim_id,), fetch="one")
-    return None if row is None else Outcome(claim_id, row[0], row[1], row[2])
+def outcome_plan(r: ClaimRequest) -> Plan:
+    """Return a claim's recorded outcome (None: not settled yet); raise ClaimIdTaken if its id was first used by
+    another player, or for another task or POI."""
+    row = yield Statement("SELECT outcome, prize_type, reason, user_id, task_id, poi_id FROM claims WHERE claim_id = ?",
+                          (r.claim_id,), fetch="one")
+    if row is None:
+        return None
+    if (str(row[3]), int(row[4]), int(row[5])) != (r.user_id, r.task_id, r.poi_id):
+        raise ClaimIdTaken(r.claim_id)
+    return Outcome(r.claim_id, row[0], row[1], row[2])
 
 
 def set_prize_plan(task_id: int, prize_type: str, quota: int | None, rate_milli: int | None, dialect: Dialect,
@@ -221,9 +239,14 @@ def read_page_plan(after: tuple[int, str] | None, limit: int) -> Plan:
 
 
 def set_enabled_plan(task_id: int, enabled: bool, dialect: Dialect) -> Plan:
+    """Set a task's kill switch, holding the task's counters as a claim's draw does; return the time of the
+    task's last win (None: none yet), which then is the last the switch allowed."""
+    yield Statement(f"SELECT prize_type FROM prize_counters WHERE task_id = ?{dialect.for_update}", (task_id,), fetch="all")
     yield Statement(dialect.insert_ignore("task_flags", ("task_id", "enabled")), (task_id, int(enabled)))
     yield Statement("UPDATE task_flags SET enabled = ? WHERE task_id = ?", (int(enabled), task_id))
-    return None
+    last = yield Statement("SELECT MAX(created_at) FROM claims WHERE task_id = ? AND outcome = 'won'", (task_id,),
+                           fetch="one")
+    return None if last[0] is None else float(last[0])
 
 
 def reconcile_plan(repair: bool) -> Plan:

@@ -1,17 +1,7 @@
 """The Redis ledger: one server-side script settles a claim, on one node or a Redis Cluster.
 
-Key layout (version LAYOUT). Tasks fall into REDIS_BUCKETS buckets (task_id mod REDIS_BUCKETS); every key of a
-bucket carries its hash tag, so one claim touches one slot and buckets spread over a cluster's nodes:
-
-    gd:{b<k>}:t:<task>             hash  q:/i:/r:/s:/n:<prize> quota, issued, rate (thousandths/s, -1 none),
-                                         rate slice, issued in that slice
-    gd:{b<k>}:w:<task>             hash  user -> wins (the win cap)
-    gd:{b<k>}:c:<task>:<claim_id>  str   the claim's outcome (idempotency), kept record_ttl_s
-    gd:{b<k>}:flow                 stream  every claim's record: the flow log shipped into MySQL (ship.py)
-    gd:{b<k>}:changed              zset  task -> ms of its last counter change (the collector's delta read)
-    gd:{b<k>}:changes              stream  live quota/rate changes
-    gd:{u:<user>}:pos              hash  the player's last claimed position (the movement check)
-    gd:tasks (zset of task ids, the complete read), gd:flags (disabled tasks), gd:change_seq, gd:layout
+The key layout and the scripts' arguments are in redis_layout.py: every key a claim touches shares its
+task's bucket hash tag, so one claim is one slot.
 
 This module may touch Redis, and the record database to reconcile against it; ship.py moves the flow log
 into the record database.
@@ -22,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from importlib import resources
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
@@ -33,6 +22,7 @@ from redis.exceptions import RedisError
 
 from geo_service.dsn import REDIS_BUCKETS, MySQLSettings, RedisSettings
 from geo_service.ledger.interface import (
+    ClaimIdTaken,
     ClaimRequest,
     CounterRow,
     Counters,
@@ -45,10 +35,20 @@ from geo_service.ledger.interface import (
     Seed,
     raised_in,
 )
-from geo_service.ledger.records import FLOW_FIELDS, RecordStore, differences
-from geo_service.snapshot.grid import EARTH_RADIUS_M
+from geo_service.ledger.records import RecordStore, differences
+from geo_service.ledger.redis_layout import (
+    CLAIM_ARGS,
+    LAYOUT,
+    MOVE_ARGS,
+    bind_key,
+    bucket_key,
+    bucket_tag,
+    claim_of,
+    script,
+    task_key,
+)
 
-LAYOUT = f"geodrop-ledger 1 buckets={REDIS_BUCKETS}"
+CLAIM_ID_TAKEN = "claim_id_taken"  # the claim script's answer when the id is bound to another claim
 POSITION_TTL_S = 86_400  # a player unseen for a day starts afresh (as after a long trip)
 READ_CALLS_IN_FLIGHT = 16  # per read of many tasks: well inside the connection pool, enough to keep nodes busy
 CHANGED_KEEP_S = 3_600  # how long a task stays in a bucket's changed set: far longer than any delta read's reach
@@ -57,40 +57,6 @@ REQUIRED_CONFIG = {"appendonly": "yes", "appendfsync": "always", "maxmemory-poli
                    "no-appendfsync-on-rewrite": "no"}
 T = TypeVar("T")
 Client = aioredis.Redis | RedisCluster
-
-
-def bucket_tag(task_id: int) -> str:
-    return f"{{b{task_id % REDIS_BUCKETS}}}"
-
-
-def task_key(task_id: int) -> str:
-    return f"gd:{bucket_tag(task_id)}:t:{task_id}"
-
-
-def bucket_key(bucket: int, name: str) -> str:
-    """Return a bucket's key `name` (flow, changed, changes)."""
-    return f"gd:{{b{bucket}}}:{name}"
-
-
-# The movement and claim scripts' arguments, in ARGV order: each script reads them by name from the table
-# `args` that _script prepends; the claim's prize types in draw order follow, from ARGV[FIRST_PRIZE].
-MOVE_ARGS = ("lat", "lng", "at_s", "max_speed_mps", "position_ttl_s")
-CLAIM_ARGS = ("claim_id", "user_id", "task_id", "poi_id", "win_cap", "plausible", "record_ttl_s", *MOVE_ARGS)
-_SCRIPT_ARGS = {"claim": CLAIM_ARGS, "movement": MOVE_ARGS}
-
-
-def _script(name: str) -> str:
-    """Return a script's text. The claim and movement scripts get their arguments by name, the earth's radius
-    and the flow log's field names from here, and share the movement check (position.lua)."""
-    lua = resources.files("geo_service.ledger").joinpath("lua")
-    names = _SCRIPT_ARGS.get(name)
-    if names is None:
-        return lua.joinpath(f"{name}.lua").read_text()
-    bound = ", ".join(f"{arg} = ARGV[{i}]" for i, arg in enumerate(names, 1))
-    flow = ", ".join(f"'{name}'" for name in FLOW_FIELDS)
-    prelude = (f"local EARTH_RADIUS_M = {EARTH_RADIUS_M!r}\nlocal args = {{{bound}}}\n"
-               f"local FIRST_PRIZE = {len(names) + 1}\nlocal FLOW_FIELDS = {{{flow}}}\n")
-    return prelude + lua.joinpath("position.lua").read_text() + lua.joinpath(f"{name}.lua").read_text()
 
 
 class RedisLedger:
@@ -122,8 +88,8 @@ class RedisLedger:
             if layout != LAYOUT:
                 await client.aclose()
                 raise LedgerError(f"{s.redacted} holds a ledger of layout {layout!r}; this release reads {LAYOUT!r}")
-            self._scripts = {name: client.register_script(_script(name))
-                             for name in ("claim", "movement", "set_prize", "read_tasks")}
+            self._scripts = {name: client.register_script(script(name))
+                             for name in ("claim", "movement", "set_prize", "set_flag", "read_tasks")}
             self._client = client
         return self._client
 
@@ -176,17 +142,24 @@ class RedisLedger:
                       "at_s": r.at_s, "max_speed_mps": max_speed_mps, "position_ttl_s": POSITION_TTL_S}
             player = f"gd:{{u:{r.user_id}}}:pos"
             if isinstance(client, RedisCluster):
-                # The movement check is per player across tasks: on a cluster the player's key lives on another
-                # node than the task's, so it is one call of its own, under the player's tag, first.
-                values["plausible"] = await self._run_script(client, "movement", [player],
-                                                             [values[arg] for arg in MOVE_ARGS])
+                # The claim id's binding and the player's position live on other nodes than the task's keys: on a
+                # cluster each is a call of its own, made together, before the claim's.
+                holder, values["plausible"] = await asyncio.gather(
+                    client.set(bind_key(r.claim_id), claim_of(r), nx=True, get=True, ex=self.settings.record_ttl_s),
+                    self._run_script(client, "movement", [player], [values[arg] for arg in MOVE_ARGS]))
+                if holder is not None and holder != claim_of(r):
+                    return CLAIM_ID_TAKEN
+                values["bound"] = "1"
             else:
-                values["plausible"] = "?"  # one node holds every key: the claim's own call checks it
-                keys.append(player)
+                values["plausible"] = values["bound"] = "?"  # one node holds every key: the claim's call checks both
+                keys += [player, bind_key(r.claim_id)]
             args = [*(values[arg] for arg in CLAIM_ARGS), *draw]
             return str(await self._run_script(client, "claim", keys, args))
 
-        return _outcome(r.claim_id, await self.call(settle))
+        answer = await self.call(settle)
+        if answer == CLAIM_ID_TAKEN:
+            raise ClaimIdTaken(r.claim_id)
+        return _outcome(r.claim_id, answer)
 
     async def _run_script(self, client: Client, name: str, keys: list[str], args: Sequence[Any]) -> Any:
         """Run a script on the node serving its keys. On a cluster the call goes straight to the node that the
@@ -203,10 +176,13 @@ class RedisLedger:
                 pass
         return await script(keys=keys, args=args)
 
-    async def outcome_of(self, claim_id: str, task_id: int) -> Outcome | None:
-        tag = bucket_tag(task_id)
-        raw: Any = await self.call(lambda r: r.get(f"gd:{tag}:c:{task_id}:{claim_id}"))
-        return None if raw is None else _outcome(claim_id, raw)
+    async def outcome_of(self, request: ClaimRequest) -> Outcome | None:
+        r = request
+        holder: Any = await self.call(lambda c: c.get(bind_key(r.claim_id)))
+        if holder is not None and holder != claim_of(r):
+            raise ClaimIdTaken(r.claim_id)
+        raw: Any = await self.call(lambda c: c.get(f"gd:{bucket_tag(r.task_id)}:c:{r.task_id}:{r.claim_id}"))
+        return None if raw is None else _outcome(r.claim_id, raw)
 
     async def set_prize(self, task_id: int, prize_type: str, quota: int | None, rate_milli: int | None) -> PrizeChange:
         bucket = task_id % REDIS_BUCKETS
@@ -287,8 +263,15 @@ class RedisLedger:
                 break
         return Counters.from_rows(rows[:limit])
 
-    async def set_enabled(self, task_id: int, enabled: bool) -> None:
-        await self.call(lambda r: r.hdel("gd:flags", str(task_id)) if enabled else r.hset("gd:flags", str(task_id), "0"))
+    async def set_enabled(self, task_id: int, enabled: bool) -> float | None:
+        async def switch(r: Client) -> Any:
+            won_at = await self._run_script(r, "set_flag", [task_key(task_id)], ["0" if enabled else "1"])
+            # The list the collector reads of every flag (the task hash holds the switch the claims obey).
+            await (r.hdel("gd:flags", str(task_id)) if enabled else r.hset("gd:flags", str(task_id), "0"))
+            return won_at
+
+        won_at = await self.call(switch)
+        return None if won_at is None else float(won_at)
 
     async def reconcile(self, repair: bool) -> list[Difference]:
         return await reconcile_redis(self, repair)

@@ -20,7 +20,8 @@ from redis.exceptions import ResponseError
 from geo_service.dsn import REDIS_BUCKETS
 from geo_service.ledger.interface import LedgerError
 from geo_service.ledger.records import ClaimRecord, RecordStore
-from geo_service.ledger.redis import Client, RedisLedger, bucket_key
+from geo_service.ledger.redis import Client, RedisLedger
+from geo_service.ledger.redis_layout import bucket_key
 
 log = logging.getLogger("geodrop.ship")
 GROUP, CONSUMER = "ship", "shipper"

@@ -101,9 +101,9 @@ class SQLiteLedger:
 
         await self._run(insert)
 
-    async def outcome_of(self, claim_id: str, task_id: int) -> Outcome | None:
+    async def outcome_of(self, request: ClaimRequest) -> Outcome | None:
         # A read: a deferred transaction, so looking up a retry never queues on the writers' lock.
-        outcome: Outcome | None = await self._run(lambda conn: run_plan(conn, lambda: outcome_plan(claim_id), write=False))
+        outcome: Outcome | None = await self._run(lambda conn: run_plan(conn, lambda: outcome_plan(request), write=False))
         return outcome
 
     async def claim(self, request: ClaimRequest, draw: Sequence[str], win_cap: int, max_speed_mps: float) -> Outcome:
@@ -133,8 +133,10 @@ class SQLiteLedger:
         page: Counters = await self._run(lambda conn: run_plan(conn, lambda: read_page_plan(after, limit), write=False))
         return page
 
-    async def set_enabled(self, task_id: int, enabled: bool) -> None:
-        await self._run(lambda conn: run_plan(conn, lambda: set_enabled_plan(task_id, enabled, SQLITE)))
+    async def set_enabled(self, task_id: int, enabled: bool) -> float | None:
+        last_win: float | None = await self._run(
+            lambda conn: run_plan(conn, lambda: set_enabled_plan(task_id, enabled, SQLITE)))
+        return last_win
 
     async def problems(self) -> list[str]:
         return []

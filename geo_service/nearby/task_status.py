@@ -22,8 +22,8 @@ from geo_service.snapshot.format import TaskRow
 NEVER = 2**62
 
 
-def iso_utc(epoch_s: int) -> str:
-    """Return epoch seconds as an ISO-8601 UTC string."""
+def iso_utc(epoch_s: float) -> str:
+    """Return epoch seconds as an ISO-8601 UTC string (with microseconds when they are not 0)."""
     return datetime.fromtimestamp(epoch_s, UTC).isoformat().replace("+00:00", "Z")
 
 

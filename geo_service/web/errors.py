@@ -63,6 +63,10 @@ class PoiNotInTask(ApiError):
     status, code = 404, "poi_not_in_task"  # the task has no such POI: a not-found, as the contract's clients expect
 
 
+class ClaimIdConflict(ApiError):
+    status, code = 409, "claim_id_conflict"  # the claim_id was first used by another player, task or POI
+
+
 class QuotaBelowIssued(ApiError):
     status, code = 409, "quota_below_issued"
 

@@ -65,7 +65,7 @@ async def test_the_kill_switch_refuses_a_missing_or_bad_token_and_changes_nothin
     assert sql_rows(f"sqlite:///{ledger}", "SELECT * FROM task_flags") == []
     ok = await client.post("/v1/admin/tasks/44030500", json={"enabled": False},
                            headers={"Authorization": f"Bearer {ADMIN}"})
-    assert ok.status == 200 and (await ok.json()) == {"task_id": 44030500, "enabled": False}
+    assert ok.status == 200 and (await ok.json()) == {"task_id": 44030500, "enabled": False, "last_win_at": None}
     assert sql_rows(f"sqlite:///{ledger}", "SELECT task_id, enabled FROM task_flags") == [(44030500, 0)]
 
 

@@ -1,4 +1,4 @@
-"""POST /v1/claims in-process on the SQLite ledger: outcomes, idempotency, bad input, draw and rate."""
+"""POST /v1/claims in-process: outcomes, idempotency, claim ids bound to their claims, bad input, draw and rate."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ from typing import Any
 import pytest
 
 from geo_service.claims import draw_order
+from geo_service.ledger import open_ledger
 from geo_service.snapshot.format import PrizeRow
 from geo_service.tokens import mint
 from tests.conftest import MakeClient, build_into, fresh_ledger
-from tests.support.builders import OTHER_POI, write_claims_data
+from tests.support.builders import OTHER_POI, claim_poi, set_csv_field, write_claims_data
 from tests.support.ledgers import counters, flow_records, sql_rows
 
 SECRET = "test-secret"
@@ -71,6 +72,57 @@ async def test_the_same_claim_id_sent_20_times_at_once_has_one_outcome_and_one_r
     records = (flow_records(any_ledger_dsn) if any_ledger_dsn.startswith("redis")
                else [{"claim_id": c} for (c,) in sql_rows(any_ledger_dsn, "SELECT claim_id FROM claims")])
     assert [r["claim_id"] for r in records] == ["same-id"]
+    assert sum(issued for _, issued in counters(any_ledger_dsn).values()) == 1
+
+
+def records(dsn: str) -> list[tuple[Any, ...]]:
+    """Every claim record the ledger holds, read from its own storage: the claims table, or the flow log."""
+    if dsn.startswith("redis"):
+        return sorted(tuple(sorted(r.items())) for r in flow_records(dsn))
+    return sorted(sql_rows(dsn, "SELECT claim_id, user_id, task_id, poi_id, prize_type, outcome FROM claims"))
+
+
+def assert_conflict(status: int, body: dict[str, Any]) -> None:
+    assert status == 409 and body["error"]["code"] == "claim_id_conflict" and body["error"]["status"] == 409
+    assert body["error"]["field"] == "claim_id" and "alice" not in body["error"]["message"]
+
+
+async def test_another_players_claim_id_is_refused_and_changes_nothing(
+    make_client: MakeClient, claims_snapshots: Path, any_ledger_dsn: str
+) -> None:
+    client = await make_client(claims_snapshots, token_secret=SECRET, ledger=any_ledger_dsn)
+    status, first = await post(client, "alice", "shared-id")
+    assert (status, first["outcome"]) == (200, "won")
+    before = counters(any_ledger_dsn), records(any_ledger_dsn)
+    assert_conflict(*await post(client, "mallory", "shared-id"))  # at the same POI: it would have won
+    assert_conflict(*await post(client, "mallory", "shared-id", lat=22.6229))  # too far: the replay path
+    assert (counters(any_ledger_dsn), records(any_ledger_dsn)) == before
+    assert await post(client, "alice", "shared-id") == (200, first)  # the owner's retry: its first outcome
+
+
+async def test_one_claim_id_on_two_tasks_is_refused_the_second_time(
+    make_client: MakeClient, claims_snapshots: Path, any_ledger_dsn: str
+) -> None:
+    client = await make_client(claims_snapshots, token_secret=SECRET, ledger=any_ledger_dsn)
+    status, first = await post(client, "alice", "twice")
+    assert (status, first["outcome"]) == (200, "won")
+    before = counters(any_ledger_dsn), records(any_ledger_dsn)
+    assert_conflict(*await post(client, "alice", "twice", task_id=2, poi_id=OTHER_POI, lat=22.5338))
+    assert_conflict(*await post(client, "alice", "twice", poi_id=1001, lng=113.93055))  # another POI of the task
+    assert (counters(any_ledger_dsn), records(any_ledger_dsn)) == before
+
+
+async def test_twenty_players_racing_for_one_claim_id_one_owns_it(
+    make_client: MakeClient, claims_snapshots: Path, any_ledger_dsn: str
+) -> None:
+    client = await make_client(claims_snapshots, token_secret=SECRET, ledger=any_ledger_dsn)
+    answers = await asyncio.gather(*(post(client, f"racer{i}", "contested") for i in range(20)))
+    owners = [i for i, (status, _) in enumerate(answers) if status == 200]
+    assert len(owners) == 1 and answers[owners[0]][1]["outcome"] == "won"
+    for i, (status, body) in enumerate(answers):
+        if i not in owners:
+            assert_conflict(status, body)
+    assert len(records(any_ledger_dsn)) == 1  # the owner's, one record of one claim
     assert sum(issued for _, issued in counters(any_ledger_dsn).values()) == 1
 
 
@@ -147,3 +199,49 @@ def test_draw_follows_the_weights() -> None:
     firsts = [order[0] for order in orders]
     assert 0.72 < firsts.count("coupon") / len(firsts) < 0.78  # weight 3 of 4
     assert all(sorted(order) == ["cash", "coupon"] for order in orders)  # the rest is the fallback; weight 0 never
+
+
+@pytest.fixture
+def far_apart_snapshots(tmp_path: Path) -> Path:
+    """Fifty tasks of one POI each, the POIs 5 km apart on a line north from Nanshan."""
+    data, out = tmp_path / "far-data", tmp_path / "far-snaps"
+    write_claims_data(data, {"cash": 2}, pois=1, tasks=50)
+    for task in range(1, 51):
+        set_csv_field(data / "pois.csv", task + 1, "lat", f"{22.5329 + (task - 1) * 0.045:.6f}")
+    build_into(data, out)
+    return out
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "mysql"])
+async def test_one_players_concurrent_claims_5_km_apart_pass_the_movement_check_once(
+    make_client: MakeClient, far_apart_snapshots: Path, kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    dsn = fresh_ledger(kind, request, tmp_path)
+    client = await make_client(far_apart_snapshots, token_secret=SECRET, ledger=dsn)
+    claims = [{"task_id": t, "poi_id": claim_poi(t, 0)[0], "lat": 22.5329 + (t - 1) * 0.045, "lng": claim_poi(t, 0)[2]}
+              for t in range(1, 51)]
+    answers = await asyncio.gather(*(post(client, "sprinter", f"far-{c['task_id']}", **c) for c in claims))
+    outcomes = [body["outcome"] for _, body in answers]
+    assert outcomes.count("won") == 1 and outcomes.count("implausible_movement") == 49, outcomes
+    assert sum(issued for _, issued in counters(dsn).values()) == 1
+
+
+async def test_the_kill_switch_is_held_by_the_ledger_without_a_collector(
+    make_client: MakeClient, claims_snapshots: Path, any_ledger_dsn: str
+) -> None:
+    client = await make_client(claims_snapshots, token_secret=SECRET, ledger=any_ledger_dsn)  # no collector
+    assert (await post(client, "alice", "before"))[1]["outcome"] == "won"
+    won_at = [float(r["at"]) for r in flow_records(any_ledger_dsn)] if any_ledger_dsn.startswith("redis") else [
+        float(t) for (t,) in sql_rows(any_ledger_dsn, "SELECT created_at FROM claims WHERE outcome = 'won'")]
+    ledger = open_ledger(any_ledger_dsn)
+    try:
+        assert await ledger.set_enabled(1, False) == pytest.approx(won_at[0], abs=1e-6)  # the last win it allowed
+        before = counters(any_ledger_dsn)
+        status, body = await post(client, "bob", "after")
+        assert (status, body["outcome"]) == (200, "task_inactive")
+        assert counters(any_ledger_dsn) == before
+        assert await ledger.set_enabled(1, True) == pytest.approx(won_at[0], abs=1e-6)
+        assert (await post(client, "carol", "again"))[1]["outcome"] == "won"
+        assert await ledger.set_enabled(2, False) is None  # a task without a win
+    finally:
+        await ledger.close()

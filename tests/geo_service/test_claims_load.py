@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from geo_service.ledger.redis import task_key
+from geo_service.ledger.redis_layout import task_key
 from tests.conftest import LEDGER_KINDS, fresh_ledger
 from tests.support.claiming import QUOTAS, SECRET, TASKS, Served, assert_exact, claim_load, ledger_world, reconcile, settle
 from tests.support.ledgers import counters, set_issued

@@ -15,7 +15,8 @@ import pytest
 from geo_service.dsn import REDIS_BUCKETS, MySQLSettings
 from geo_service.ledger import ClaimRequest, open_ledger
 from geo_service.ledger.records import ClaimRecord, RecordStore
-from geo_service.ledger.redis import RedisLedger, bucket_key, task_key
+from geo_service.ledger.redis import RedisLedger
+from geo_service.ledger.redis_layout import bucket_key, task_key
 from geo_service.ledger.ship import CONSUMER, GROUP, Shipper
 from tests.conftest import MakeClient, build_into, fresh_ledger
 from tests.support.builders import write_claims_data

@@ -84,7 +84,7 @@ def won_claims(dsn: str, record_db: str = "") -> list[tuple[str, int, str]]:
 def flow_records(dsn: str) -> list[dict[str, str]]:
     """Return every claim record in a Redis ledger's flow streams (shipped ones may have been trimmed)."""
     from geo_service.dsn import REDIS_BUCKETS
-    from geo_service.ledger.redis import bucket_key
+    from geo_service.ledger.redis_layout import bucket_key
 
     client = redis_client(dsn)
     try:
@@ -99,7 +99,7 @@ def set_issued(dsn: str, task_id: int, prize_type: str, issued: int) -> None:
     if not dsn.startswith("redis"):
         execute(dsn, f"UPDATE prize_counters SET issued = {issued} WHERE task_id = {task_id} AND prize_type = '{prize_type}'")
         return
-    from geo_service.ledger.redis import task_key
+    from geo_service.ledger.redis_layout import task_key
 
     client = redis_client(dsn)
     try:

@@ -3,13 +3,23 @@
 -- script that fails midway keeps the writes it made.
 --
 -- KEYS: 1 task hash (q:/i:/r:/s:/n:<prize>: quota, issued, rate in thousandths per s (-1: none),
---       slice, issued in that slice), 2 wins hash (user -> wins), 3 the claim's record,
+--       slice, issued in that slice; off: the kill switch; won_at: the last win's time), 2 wins hash (user -> wins), 3 the claim's record,
 --       4 the bucket's flow stream, 5 the bucket's changed-tasks zset,
---       6 (one node only) the player's position hash, for the movement check made right here
--- args (ARGV by name, redis.py CLAIM_ARGS): claim_id, user_id, task_id, poi_id, win_cap, plausible (the movement
---       check: "1", "0", or "?" to check it here, KEYS[6]), record_ttl_s (how long the claim's record is kept),
+--       6 (one node only) the player's position hash, for the movement check made right here,
+--       7 (one node only) the claim id's binding, checked and set right here
+-- args (ARGV by name, redis_layout.py CLAIM_ARGS): claim_id, user_id, task_id, poi_id, win_cap, plausible (the movement
+--       check: "1", "0", or "?" to check it here, KEYS[6]), bound (the claim id's binding: "1" checked and set by
+--       its own call, or "?" to do it here, KEYS[7]), record_ttl_s (how long the claim's record is kept),
 --       lat, lng, at_s, max_speed_mps, position_ttl_s; then ARGV[FIRST_PRIZE..] the prize types in draw order
--- Returns "<outcome>\t<prize_type>" (prize_type empty unless won), the first outcome for a retried claim_id.
+-- Returns "<outcome>\t<prize_type>" (prize_type empty unless won), the first outcome for a retried claim_id, or
+-- "claim_id_taken" (nothing written) when the id is bound to another player, task or POI.
+local mine = args.user_id .. '\t' .. args.task_id .. '\t' .. args.poi_id
+if args.bound == '?' then
+  local holder = redis.call('GET', KEYS[7])
+  if holder and holder ~= mine then
+    return 'claim_id_taken'
+  end
+end
 local prior = redis.call('GET', KEYS[3])
 if prior then
   return prior
@@ -37,6 +47,8 @@ if moved ~= '1' then
   outcome = 'implausible_movement'
 elseif tonumber(redis.call('HGET', KEYS[2], args.user_id) or '0') >= tonumber(args.win_cap) then
   outcome = 'cap_reached'
+elseif redis.call('HGET', KEYS[1], 'off') then
+  outcome = 'task_inactive'  -- the kill switch (set_flag.lua), held here whether or not the collector is up
 else
   for i = FIRST_PRIZE, #ARGV do
     local p = ARGV[i]
@@ -70,11 +82,14 @@ end
 
 if outcome == 'won' then
   redis.call('HINCRBY', KEYS[1], 'i:' .. prize, 1)
-  redis.call('HSET', KEYS[1], 's:' .. prize, string.format('%d', slice), 'n:' .. prize, used)
+  redis.call('HSET', KEYS[1], 's:' .. prize, string.format('%d', slice), 'n:' .. prize, used, 'won_at', record.at)
   redis.call('HINCRBY', KEYS[2], args.user_id, 1)
   redis.call('ZADD', KEYS[5], string.format('%d', sec * 1000 + math.floor(usec / 1000)), args.task_id)
 end
 local result = outcome .. '\t' .. prize
 redis.call('SET', KEYS[3], result, 'EX', args.record_ttl_s)
+if args.bound == '?' then
+  redis.call('SET', KEYS[7], mine, 'EX', args.record_ttl_s)
+end
 redis.call('XADD', KEYS[4], '*', unpack(entry))
 return result

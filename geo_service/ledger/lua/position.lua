@@ -1,6 +1,6 @@
 -- The movement check, per player across tasks: was the player's last claimed position reachable from
 -- this one at a person's speed? Keeps the new position if so. Great-circle distance as in
--- geo_service/snapshot/grid.py:distance_m, on the radius redis.py prepends (EARTH_RADIUS_M). Shared by
+-- geo_service/snapshot/grid.py:distance_m, on the radius redis_layout.py prepends (EARTH_RADIUS_M). Shared by
 -- movement.lua and claim.lua (prepended to both).
 local function plausible(key, lat, lng, at, max_speed, ttl)
   local last = redis.call('HMGET', key, 'lat', 'lng', 'at')
