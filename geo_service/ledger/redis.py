@@ -145,8 +145,7 @@ class RedisLedger:
                 # The claim id's binding and the player's position live on other nodes than the task's keys: on a
                 # cluster each is a call of its own, made together, before the claim's.
                 holder, values["plausible"] = await asyncio.gather(
-                    client.set(bind_key(r.claim_id), claim_of(r), nx=True, get=True, ex=self.settings.record_ttl_s),
-                    self._run_script(client, "movement", [player], [values[arg] for arg in MOVE_ARGS]))
+                    self._bind(client, r), self._run_script(client, "movement", [player], [values[arg] for arg in MOVE_ARGS]))
                 if holder is not None and holder != claim_of(r):
                     return CLAIM_ID_TAKEN
                 values["bound"] = "1"
@@ -175,6 +174,17 @@ class RedisLedger:
             except RedisError:
                 pass
         return await script(keys=keys, args=args)
+
+    async def _bind(self, client: RedisCluster, r: ClaimRequest) -> Any:
+        """Bind the claim id to this claim unless it is bound, and return what it was bound to (None: nothing),
+        straight to the key's node as _run_script does. Safe to run twice: the second finds this claim."""
+        key, ttl = bind_key(r.claim_id), self.settings.record_ttl_s
+        node = client.nodes_manager.get_node_from_slot(key_slot(key.encode()))
+        try:
+            # get=True tells the reply callback to hand back the old value (its default turns a reply into OK or not).
+            return await node.execute_command("SET", key, claim_of(r), "NX", "GET", "EX", ttl, get=True)
+        except RedisError:
+            return await client.set(key, claim_of(r), nx=True, get=True, ex=ttl)
 
     async def outcome_of(self, request: ClaimRequest) -> Outcome | None:
         r = request
