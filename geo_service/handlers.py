@@ -111,6 +111,9 @@ async def claim(request: web.Request) -> web.Response:
         raise RequestTimeout(f"the body did not arrive within {settings.keepalive_timeout_s:g} s",
                              headers={"Connection": "close"}) from None
     body = claim_body(raw)
+    refusal = app[ledger_check_key].refusal()
+    if refusal is not None:
+        raise LedgerUnavailable(f"claims are refused: {refusal}", headers={"Retry-After": "5"})
     now = time.time()
     live = app[snapshot_key].current(int(now))
     if live is None:
@@ -164,7 +167,7 @@ def _health(app: web.Application) -> dict[str, object]:
         "snapshot": snapshot,
         "status": _status_health(app),
         "snapshot_error": holder.last_error,
-        "ledger": app[ledger_check_key].health(app[ledger_key].kind),
+        "ledger": {**app[ledger_check_key].health(app[ledger_key].kind), "claims": app[ledger_check_key].claims()},
         "origin": app[puller_key].view() if puller_key in app else None,
         "load": {"inflight": load.inflight, "lag_ms": round(load.lag_ms, 2), "next_poll_ms": load.next_poll_ms()},
     }

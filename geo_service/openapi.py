@@ -178,7 +178,8 @@ def openapi_spec() -> dict[str, Any]:
                     "409": error_spec("The claim_id was first used by another player, or for another task or POI "
                                       "(claim_id_conflict): nothing changed; send each claim with a fresh random id."),
                     "503": error_spec("Claims off: no token secret (claims_disabled); the ledger unreachable or silent for "
-                                  "claim_timeout_s (ledger_unavailable, retry with the same claim_id); no snapshot; "
+                                  "claim_timeout_s, or its server short of the ledger's requirements (ledger_unavailable, "
+                                  "retry with the same claim_id); no snapshot; "
                                   "overloaded.",
                                   retry=True)}}},
             "/healthz": {"get": {"summary": "Live snapshot seq and age, status age, origin, ledger, load, worker id.",

@@ -57,6 +57,10 @@ class ServiceSettings:
                                  metadata=help_text("Fastest plausible movement between a player's claims, m/s."))
     admin_token: str = field(default="", repr=False,
                              metadata=help_text("Bearer token for POST /v1/admin/reload; empty disables the route."))
+    ledger_unsafe_ok: bool = field(default=False, metadata=help_text(
+        "Let claims settle on a ledger whose server lacks the guarantees (on Redis: AOF with fsync always, "
+        "noeviction, no replica failing over on its own), which /healthz lists: a throwaway test box only, said in "
+        "the log at start and in /healthz."))
     claim_timeout_s: float = field(default=3.0, metadata=help_text(
         "Longest a claim waits for the ledger before answering 503 ledger_unavailable (a stalled database "
         "must not hold players and connections; a retry with the same claim_id settles it once)."))

@@ -190,8 +190,10 @@ class Ledger(Protocol):
 
 @dataclass(slots=True)
 class LedgerCheck:
-    """The latest look at what the ledger's server lacks for the guarantees (Ledger.problems), for health views."""
+    """The latest look at what the ledger's server lacks for the guarantees (Ledger.problems): claims are
+    refused while it lacks any, or before it has been looked at, unless `unsafe_ok` (a throwaway test box)."""
 
+    unsafe_ok: bool = False
     problems: list[str] = field(default_factory=list)
     checked_at: float = 0.0
     error: str | None = None
@@ -212,23 +214,45 @@ class LedgerCheck:
                         extra={"failed": self.failures - self._logged_failures, "error": error})
             self._logged_at, self._logged_failures = now, self.failures
 
+    async def look(self, ledger: Ledger) -> None:
+        """Ask the server once; one that cannot be asked keeps the last answer."""
+        try:
+            problems = await ledger.problems()
+        except LedgerError as exc:
+            self.error = str(exc)
+            return
+        if problems and problems != self.problems:
+            log.warning("the ledger's server does not meet the ledger's requirements; " + (
+                "claims go on regardless (ledger_unsafe_ok)" if self.unsafe_ok else "claims are refused until it does"),
+                extra={"problems": problems})
+        self.problems, self.checked_at, self.error = problems, time.time(), None
+
     async def run(self, ledger: Ledger, every_s: float = 30.0) -> None:
-        """Look now and every `every_s` until cancelled; a server that cannot be asked keeps the last answer."""
+        """Look every `every_s` (each second until a first answer) until cancelled."""
         while True:
-            try:
-                problems = await ledger.problems()
-            except LedgerError as exc:
-                self.error = str(exc)
-            else:
-                if problems and problems != self.problems:
-                    log.warning(
-                        "the ledger's server does not meet the ledger's requirements", extra={"problems": problems})
-                self.problems, self.checked_at, self.error = problems, time.time(), None
-            await asyncio.sleep(every_s)
+            await self.look(ledger)
+            await asyncio.sleep(every_s if self.checked_at else min(every_s, 1.0))
+
+    def refusal(self) -> str | None:
+        """Return why claims must not settle now (None: they may)."""
+        if self.unsafe_ok:
+            return None
+        if not self.checked_at:
+            return "the ledger's server has not been checked yet: " + (self.error or "the first look is under way")
+        if self.problems:
+            return "the ledger's server does not meet the ledger's requirements: " + "; ".join(self.problems)
+        return None
+
+    def claims(self) -> str:
+        """Say whether claims are taken, for a service's health view."""
+        refusal = self.refusal()
+        if refusal is not None:
+            return f"refused: {refusal}"
+        return "taken without the ledger's guarantees (ledger_unsafe_ok)" if self.problems else "taken"
 
     def health(self, kind: str) -> dict[str, object]:
-        return {"kind": kind, "problems": self.problems, "check_error": self.error, "claim_failures": self.failures,
-                "last_failure": self.last_failure,
+        return {"kind": kind, "problems": self.problems, "check_error": self.error,
+                "claim_failures": self.failures, "last_failure": self.last_failure,
                 "last_failure_s_ago": round(time.time() - self.last_failure_at, 1) if self.last_failure else None}
 
 

@@ -18,8 +18,9 @@ from geo_service.ledger.records import ClaimRecord, RecordStore
 from geo_service.ledger.redis import RedisLedger
 from geo_service.ledger.redis_layout import bucket_key, task_key
 from geo_service.ledger.ship import CONSUMER, GROUP, Shipper
+from geo_service.tokens import mint
 from tests.conftest import MakeClient, build_into, fresh_ledger
-from tests.support.builders import write_claims_data
+from tests.support.builders import claim_poi, write_claims_data
 from tests.support.claiming import SECRET, TASKS, Served, assert_exact, claim_load, ledger_world, reconcile, settle
 from tests.support.ledgers import flow_records, redis_client, sql_rows
 from tests.support.processes import Process, collector, service
@@ -70,26 +71,47 @@ async def test_records_read_but_never_acknowledged_are_shipped_once_by_the_next_
         await ledger.close()
 
 
-async def test_health_and_metrics_warn_when_the_redis_node_lacks_what_the_ledger_needs(
-        make_client: MakeClient, redis_single: RedisDeployment, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+async def _claim(client: Any, user: str, claim_id: str) -> tuple[int, dict[str, Any]]:
+    poi_id, lat, lng = claim_poi(1, 0)
+    resp = await client.post("/v1/claims", json={"claim_id": claim_id, "task_id": 1, "poi_id": poi_id, "lat": lat,
+                                                  "lng": lng}, headers={"Authorization": f"Bearer {mint(user, SECRET, 2**33)}"})
+    return resp.status, await resp.json()
+
+
+@pytest.mark.parametrize(("key", "bad", "good"), [("appendfsync", "everysec", "always"),
+                                                   ("maxmemory-policy", "allkeys-lru", "noeviction")])
+async def test_a_redis_node_lacking_what_the_ledger_needs_takes_no_claims_and_says_why(
+        make_client: MakeClient, redis_single: RedisDeployment, request: pytest.FixtureRequest, tmp_path: Path,
+        key: str, bad: str, good: str) -> None:
     dsn = fresh_ledger("redis", request, tmp_path)
     data, snaps = tmp_path / "data", tmp_path / "snaps"
     write_claims_data(data, {"cash": 3}, pois=2)
     await asyncio.to_thread(build_into, data, snaps)
-    healthy = await make_client(snaps, ledger=dsn)
-    assert (await (await healthy.get("/healthz")).json())["ledger"] == {"kind": "redis", "problems": [], "check_error": None,
-                                                                    "claim_failures": 0, "last_failure": None,
-                                                                    "last_failure_s_ago": None}
+    healthy = await make_client(snaps, ledger=dsn, token_secret=SECRET)
+    assert (await (await healthy.get("/healthz")).json())["ledger"] == {
+        "kind": "redis", "problems": [], "check_error": None, "claims": "taken", "claim_failures": 0,
+        "last_failure": None, "last_failure_s_ago": None}
+    assert (await _claim(healthy, "alice", "before"))[1]["outcome"] == "won"
     client = redis_client(dsn)
-    client.config_set("appendfsync", "everysec")
+    client.config_set(key, bad)
     try:
-        service = await make_client(snaps, ledger=dsn)
+        service = await make_client(snaps, ledger=dsn, token_secret=SECRET)
         ledger = (await (await service.get("/healthz")).json())["ledger"]
-        assert len(ledger["problems"]) == 1 and "appendfsync is 'everysec', needs 'always'" in ledger["problems"][0]
+        assert len(ledger["problems"]) == 1 and f"{key} is '{bad}', needs '{good}'" in ledger["problems"][0]
+        assert ledger["claims"].startswith("refused: ") and f"{key} is '{bad}'" in ledger["claims"]
         metrics = await (await service.get("/metrics")).text()
         assert any(line.startswith("geodrop_ledger_config_problems{") and line.endswith(" 1") for line in metrics.splitlines())
+        before = flow_records(dsn)
+        status, body = await _claim(service, "bob", "during")
+        assert status == 503 and body["error"]["code"] == "ledger_unavailable"
+        assert f"{key} is '{bad}', needs '{good}'" in body["error"]["message"]
+        assert flow_records(dsn) == before  # nothing settled: no record, no count
+        unsafe = await make_client(snaps, ledger=dsn, token_secret=SECRET, ledger_unsafe_ok=True)
+        assert (await _claim(unsafe, "carol", "despite"))[1]["outcome"] == "won"
+        said = (await (await unsafe.get("/healthz")).json())["ledger"]["claims"]
+        assert said == "taken without the ledger's guarantees (ledger_unsafe_ok)"
     finally:
-        client.config_set("appendfsync", "always")
+        client.config_set(key, good)
         client.close()
 
 
