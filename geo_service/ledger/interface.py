@@ -130,6 +130,12 @@ class PrizeChange:
     quota: int
     rate_milli: int
 
+    @classmethod
+    def from_fields(cls, fields: dict[str, str]) -> PrizeChange:
+        """Return a change from its fields as text (a Redis ledger's change stream keeps them so)."""
+        return cls(int(fields["seq"]), float(fields["at"]), int(fields["task_id"]), fields["prize_type"],
+                   int(fields["quota"]), int(fields["rate_milli"]))
+
 
 @dataclass(frozen=True, slots=True)
 class LedgerState:
@@ -218,8 +224,8 @@ class LedgerCheck:
         """Ask the server once; one that cannot be asked keeps the last answer."""
         try:
             problems = await ledger.problems()
-        except LedgerError as exc:
-            self.error = str(exc)
+        except Exception as exc:  # noqa: BLE001 - whatever the client raises, the check must go on looking
+            self.error = str(exc) or type(exc).__name__
             return
         if problems and problems != self.problems:
             log.warning("the ledger's server does not meet the ledger's requirements; " + (
@@ -239,8 +245,9 @@ class LedgerCheck:
             return None
         if not self.checked_at:
             return "the ledger's server has not been checked yet: " + (self.error or "the first look is under way")
-        if self.problems:
-            return "the ledger's server does not meet the ledger's requirements: " + "; ".join(self.problems)
+        if self.problems:  # what is missing, without the nodes' addresses (/healthz has those)
+            missing = sorted({problem.partition(": ")[2] for problem in self.problems})
+            return "the ledger's server does not meet the ledger's requirements: " + "; ".join(missing)
         return None
 
     def claims(self) -> str:
@@ -254,6 +261,15 @@ class LedgerCheck:
         return {"kind": kind, "problems": self.problems, "check_error": self.error,
                 "claim_failures": self.failures, "last_failure": self.last_failure,
                 "last_failure_s_ago": round(time.time() - self.last_failure_at, 1) if self.last_failure else None}
+
+
+def deliver_cancellation(cause: BaseException | None) -> None:
+    """Raise CancelledError if this task was asked to stop during a ledger call: a client can turn a
+    cancellation into a connection error (which callers retry), or finish the call anyway, and the caller
+    must still stop."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError() from cause
 
 
 def raised_in(exc: BaseException, *packages: str) -> bool:

@@ -25,6 +25,7 @@ from geo_service.ledger.interface import (
     PrizeChange,
     PrizeChangeRefused,
     Seed,
+    deliver_cancellation,
     raised_in,
 )
 from geo_service.ledger.plans import (
@@ -79,12 +80,14 @@ class MySQLLedger:
         try:
             yield
         except (pymysql.err.MySQLError, OSError) as exc:
+            deliver_cancellation(exc)  # aiomysql can turn a cancellation into a lost connection
             raise LedgerError(f"mysql ledger {self.settings.redacted}: {exc}") from exc
         except RuntimeError as exc:
             # aiomysql asks a transport the server just reset for its socket and gets RuntimeError ("Transport
             # does not expose socket instance", under uvloop): a lost connection when raised in there.
             if not raised_in(exc, "aiomysql", "pymysql"):
                 raise
+            deliver_cancellation(exc)
             raise LedgerError(f"mysql ledger {self.settings.redacted}: connection lost ({exc})") from exc
 
     async def _run(self, make_plan: Callable[[], Plan]) -> Any:
@@ -145,6 +148,12 @@ class MySQLLedger:
             async with pool.acquire() as conn, conn.cursor() as cur:
                 for start in range(0, len(rows), 1000):
                     await cur.executemany(sql, rows[start : start + 1000])
+                # A flag row for every task (enabled until switched): a claim's locking read of a missing row would
+                # take a gap lock, behind which the first disable of a task could wait out the lock timeout.
+                flags = MYSQL.insert_ignore("task_flags", ("task_id", "enabled")).replace("?", "%s")
+                tasks = sorted({c[0] for c in counters})
+                for start in range(0, len(tasks), 1000):
+                    await cur.executemany(flags, [(t, 1) for t in tasks[start : start + 1000]])
                 await conn.commit()
         await self._run(lambda: fill_rates_plan(counters))
 

@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.commands.core import AsyncScript
 from redis.crc import key_slot
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from geo_service.dsn import REDIS_BUCKETS, MySQLSettings, RedisSettings
 from geo_service.ledger.interface import (
@@ -33,10 +33,12 @@ from geo_service.ledger.interface import (
     PrizeChange,
     PrizeChangeRefused,
     Seed,
+    deliver_cancellation,
     raised_in,
 )
 from geo_service.ledger.records import RecordStore, differences
 from geo_service.ledger.redis_layout import (
+    BIND_MARGIN_S,
     CLAIM_ARGS,
     LAYOUT,
     MOVE_ARGS,
@@ -89,7 +91,7 @@ class RedisLedger:
                 await client.aclose()
                 raise LedgerError(f"{s.redacted} holds a ledger of layout {layout!r}; this release reads {LAYOUT!r}")
             self._scripts = {name: client.register_script(script(name))
-                             for name in ("claim", "movement", "set_prize", "set_flag", "read_tasks")}
+                             for name in ("claim", "movement", "set_prize", "set_flag", "unbind", "read_tasks")}
             self._client = client
         return self._client
 
@@ -98,8 +100,8 @@ class RedisLedger:
         try:
             async with self._limit:
                 result = await work(await self.client())
-        except (RedisError, OSError) as exc:
-            _deliver_cancellation(exc)
+        except (RedisError, RedisClusterException, OSError) as exc:  # the cluster client's own is no RedisError
+            deliver_cancellation(exc)
             raise LedgerError(f"redis ledger {self.settings.redacted}: {type(exc).__name__}: {exc}") from exc
         except (AttributeError, TypeError, RuntimeError) as exc:
             # redis-py's asyncio connection lets a write on a connection the peer just reset fail with these
@@ -107,9 +109,9 @@ class RedisLedger:
             # closed"): a lost connection when raised in there.
             if not raised_in(exc, "redis"):
                 raise
-            _deliver_cancellation(exc)
+            deliver_cancellation(exc)
             raise LedgerError(f"redis ledger {self.settings.redacted}: connection lost ({exc})") from exc
-        _deliver_cancellation(None)
+        deliver_cancellation(None)
         return result
 
     async def seed(self, counters: Sequence[Seed]) -> None:
@@ -117,9 +119,13 @@ class RedisLedger:
         now_ms = int(time.time() * 1000)
 
         async def write(r: Client) -> None:
+            # Tasks switched off by a release that kept the switch in gd:flags alone get it in their hash too.
+            disabled = {int(t) for t, flag in (await r.hgetall("gd:flags")).items() if flag == "0"}
             for start in range(0, len(counters), 2000):
                 pipe = r.pipeline(transaction=False)
                 chunk = counters[start : start + 2000]
+                for task_id in {c[0] for c in chunk} & disabled:
+                    pipe.hset(task_key(task_id), "off", "1")
                 for task_id, prize, quota, rate in chunk:
                     key = task_key(task_id)
                     for name, value in (("q", quota), ("i", 0), ("r", rate), ("s", 0), ("n", 0)):
@@ -138,7 +144,8 @@ class RedisLedger:
             keys = [task_key(r.task_id), f"gd:{tag}:w:{r.task_id}", f"gd:{tag}:c:{r.task_id}:{r.claim_id}",
                     f"gd:{tag}:flow", f"gd:{tag}:changed"]
             values = {"claim_id": r.claim_id, "user_id": r.user_id, "task_id": r.task_id, "poi_id": r.poi_id,
-                      "win_cap": win_cap, "record_ttl_s": self.settings.record_ttl_s, "lat": r.lat, "lng": r.lng,
+                      "win_cap": win_cap, "record_ttl_s": self.settings.record_ttl_s,
+                      "bind_ttl_s": self.settings.record_ttl_s + BIND_MARGIN_S, "lat": r.lat, "lng": r.lng,
                       "at_s": r.at_s, "max_speed_mps": max_speed_mps, "position_ttl_s": POSITION_TTL_S}
             player = f"gd:{{u:{r.user_id}}}:pos"
             if isinstance(client, RedisCluster):
@@ -153,7 +160,11 @@ class RedisLedger:
                 values["plausible"] = values["bound"] = "?"  # one node holds every key: the claim's call checks both
                 keys += [player, bind_key(r.claim_id)]
             args = [*(values[arg] for arg in CLAIM_ARGS), *draw]
-            return str(await self._run_script(client, "claim", keys, args))
+            answer = str(await self._run_script(client, "claim", keys, args))
+            if answer == CLAIM_ID_TAKEN and values["bound"] == "1":
+                # Bound here a moment ago to an id whose outcome is another player's: give the binding back.
+                await self._run_script(client, "unbind", [bind_key(r.claim_id)], [claim_of(r)])
+            return answer
 
         answer = await self.call(settle)
         if answer == CLAIM_ID_TAKEN:
@@ -178,7 +189,7 @@ class RedisLedger:
     async def _bind(self, client: RedisCluster, r: ClaimRequest) -> Any:
         """Bind the claim id to this claim unless it is bound, and return what it was bound to (None: nothing),
         straight to the key's node as _run_script does. Safe to run twice: the second finds this claim."""
-        key, ttl = bind_key(r.claim_id), self.settings.record_ttl_s
+        key, ttl = bind_key(r.claim_id), self.settings.record_ttl_s + BIND_MARGIN_S
         node = client.nodes_manager.get_node_from_slot(key_slot(key.encode()))
         try:
             # get=True tells the reply callback to hand back the old value (its default turns a reply into OK or not).
@@ -192,7 +203,12 @@ class RedisLedger:
         if holder is not None and holder != claim_of(r):
             raise ClaimIdTaken(r.claim_id)
         raw: Any = await self.call(lambda c: c.get(f"gd:{bucket_tag(r.task_id)}:c:{r.task_id}:{r.claim_id}"))
-        return None if raw is None else _outcome(r.claim_id, raw)
+        if raw is None:
+            return None
+        owner = raw.split("\t", 2)[2:]  # none in outcomes settled before claim ids were bound: they answer as then
+        if owner and owner[0] != claim_of(r):
+            raise ClaimIdTaken(r.claim_id)
+        return _outcome(r.claim_id, raw)
 
     async def set_prize(self, task_id: int, prize_type: str, quota: int | None, rate_milli: int | None) -> PrizeChange:
         bucket = task_id % REDIS_BUCKETS
@@ -257,7 +273,8 @@ class RedisLedger:
                 pipe.xrange(bucket_key(b, "changes"), min=f"{since_ms}-0")
             return list(await pipe.execute())
 
-        return sorted((_change(fields) for entries in await self.call(read) for _, fields in entries), key=lambda c: c.seq)
+        changes = [PrizeChange.from_fields(fields) for entries in await self.call(read) for _, fields in entries]
+        return sorted(changes, key=lambda c: c.seq)
 
     async def read_page(self, after: tuple[int, str] | None, limit: int) -> Counters:
         # Whole tasks from the task index, from after's task on, a slice at a time until `limit` counters: a
@@ -322,22 +339,10 @@ class RedisLedger:
             await client.aclose()
 
 
-def _deliver_cancellation(cause: BaseException | None) -> None:
-    """Raise CancelledError if this task was asked to stop during a call: the cluster client can turn a
-    cancellation into a connection error, or finish the call anyway, and the caller must still stop."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError() from cause
-
-
 def _outcome(claim_id: str, raw: str) -> Outcome:
-    outcome, _, prize = raw.partition("\t")
+    """Return a claim's outcome from "<outcome>\t<prize_type>[\t<the claim it belongs to>]"."""
+    outcome, prize = raw.split("\t", 2)[:2]
     return Outcome.of(claim_id, outcome, prize or None)
-
-
-def _change(fields: dict[str, str]) -> PrizeChange:
-    return PrizeChange(int(fields["seq"]), float(fields["at"]), int(fields["task_id"]), fields["prize_type"],
-                       int(fields["quota"]), int(fields["rate_milli"]))
 
 
 async def _stream_wins(ledger: RedisLedger) -> list[dict[str, str]]:

@@ -6,13 +6,13 @@ bucket carries its hash tag, so one claim touches one slot and buckets spread ov
     gd:{b<k>}:t:<task>             hash  q:/i:/r:/s:/n:<prize> quota, issued, rate (thousandths/s, -1 none),
                                          rate slice, issued in that slice; off (the kill switch), won_at
     gd:{b<k>}:w:<task>             hash  user -> wins (the win cap)
-    gd:{b<k>}:c:<task>:<claim_id>  str   the claim's outcome (idempotency), kept record_ttl_s
+    gd:{b<k>}:c:<task>:<claim_id>  str   the claim's outcome and the claim it belongs to, kept record_ttl_s
     gd:{b<k>}:flow                 stream  every claim's record: the flow log shipped into MySQL (ship.py)
     gd:{b<k>}:changed              zset  task -> ms of its last counter change (the collector's delta read)
     gd:{b<k>}:changes              stream  live quota/rate changes
     gd:{u:<user>}:pos              hash  the player's last claimed position (the movement check)
     gd:{c:<claim_id>}:bind         str   "<user>\t<task>\t<poi>": the claim the id was first used for, kept
-                                         record_ttl_s (another player's or task's use of it is refused)
+                                         record_ttl_s + BIND_MARGIN_S (another player's or task's use is refused)
     gd:tasks (zset of task ids, the complete read), gd:flags (disabled tasks), gd:change_seq, gd:layout
 
 Nothing here talks to Redis: these are the names both the ledger (redis.py) and the shipper (ship.py) use.
@@ -56,7 +56,11 @@ def bucket_key(bucket: int, name: str) -> str:
 # The movement and claim scripts' arguments, in ARGV order: each script reads them by name from the table
 # `args` that _script prepends; the claim's prize types in draw order follow, from ARGV[FIRST_PRIZE].
 MOVE_ARGS = ("lat", "lng", "at_s", "max_speed_mps", "position_ttl_s")
-CLAIM_ARGS = ("claim_id", "user_id", "task_id", "poi_id", "win_cap", "plausible", "bound", "record_ttl_s", *MOVE_ARGS)
+CLAIM_ARGS = ("claim_id", "user_id", "task_id", "poi_id", "win_cap", "plausible", "bound", "record_ttl_s", "bind_ttl_s",
+              *MOVE_ARGS)
+# A binding is kept this much longer than its claim's outcome: a cluster binds before it settles, so the
+# binding must not be the first to go.
+BIND_MARGIN_S = 3_600
 _SCRIPT_ARGS = {"claim": CLAIM_ARGS, "movement": MOVE_ARGS}
 
 

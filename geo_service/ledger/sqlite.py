@@ -1,8 +1,8 @@
 """The embedded ledger: one SQLite file in WAL mode, shared by every worker process on the host.
 
 Durable: every commit is fsynced (synchronous=FULL), so an acknowledged win survives a power cut. Fair:
-writers queue on an flock of a lock file beside the database before they begin, so the kernel hands the
-write lock to the next waiter at once; SQLite's own busy handler polls with sleeps that grow to 100 ms,
+writers wait on an flock of a lock file beside the database before they begin, so the kernel hands the
+write lock to a waiting writer at once; SQLite's own busy handler polls with sleeps that grow to 100 ms,
 which left one process's claims waiting while the other's came and went.
 """
 
@@ -84,7 +84,8 @@ class SQLiteLedger:
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-            self._writers = os.open(f"{self.path}.writers", os.O_RDWR | os.O_CREAT, 0o600)
+            if self._writers is None:  # once: a connection that fails to open is tried again, its lock file kept
+                self._writers = os.open(f"{self.path}.writers", os.O_RDONLY | os.O_CREAT, 0o644)
             conn = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")  # every commit fsynced: an acknowledged win survives a power cut
@@ -97,7 +98,7 @@ class SQLiteLedger:
 
     @contextmanager
     def _writing(self) -> Iterator[None]:
-        """Hold the writers' flock: first come, first served across the host's processes."""
+        """Hold the writers' flock: released, it passes to a waiting writer at once, in any process of the host."""
         assert self._writers is not None
         fcntl.flock(self._writers, fcntl.LOCK_EX)
         try:
@@ -116,7 +117,7 @@ class SQLiteLedger:
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._pool, run)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             raise LedgerError(f"sqlite ledger {self.path}: {exc}") from exc
 
     async def seed(self, counters: Sequence[Seed]) -> None:

@@ -12,11 +12,12 @@ import pytest
 
 from geo_service.claims import draw_order
 from geo_service.ledger import open_ledger
+from geo_service.ledger.redis_layout import bind_key
 from geo_service.snapshot.format import PrizeRow
 from geo_service.tokens import mint
 from tests.conftest import MakeClient, build_into, fresh_ledger
 from tests.support.builders import OTHER_POI, claim_poi, set_csv_field, write_claims_data
-from tests.support.ledgers import counters, flow_records, sql_rows
+from tests.support.ledgers import counters, flow_records, redis_client, sql_rows
 
 SECRET = "test-secret"
 POI = {"task_id": 1, "poi_id": 1000, "lat": 22.5329, "lng": 113.9305}
@@ -245,3 +246,24 @@ async def test_the_kill_switch_is_held_by_the_ledger_without_a_collector(
         assert await ledger.set_enabled(2, False) is None  # a task without a win
     finally:
         await ledger.close()
+
+
+@pytest.mark.parametrize("kind", ["redis", "redis+cluster"])
+async def test_an_outcome_outliving_its_binding_still_belongs_to_its_player(
+    make_client: MakeClient, claims_snapshots: Path, kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    dsn = fresh_ledger(kind, request, tmp_path)
+    client = await make_client(claims_snapshots, token_secret=SECRET, ledger=dsn)
+    status, first = await post(client, "alice", "lapsed")
+    assert (status, first["outcome"]) == (200, "won")
+    redis = redis_client(dsn)
+    try:
+        assert redis.delete(bind_key("lapsed")) == 1  # as if the binding had expired before the outcome
+        before = counters(dsn), records(dsn)
+        assert_conflict(*await post(client, "mallory", "lapsed"))
+        assert_conflict(*await post(client, "mallory", "lapsed", lat=22.6229))  # too far: the replay path
+        assert (counters(dsn), records(dsn)) == before
+        assert redis.get(bind_key("lapsed")) is None  # the refused claim kept no binding of its own
+    finally:
+        redis.close()
+    assert await post(client, "alice", "lapsed") == (200, first)

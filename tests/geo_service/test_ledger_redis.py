@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from geo_service.dsn import REDIS_BUCKETS, MySQLSettings
-from geo_service.ledger import ClaimRequest, open_ledger
+from geo_service.ledger import ClaimRequest, LedgerCheck, LedgerError, open_ledger
 from geo_service.ledger.records import ClaimRecord, RecordStore
 from geo_service.ledger.redis import RedisLedger
 from geo_service.ledger.redis_layout import bucket_key, task_key
@@ -242,4 +242,18 @@ async def test_two_shippers_share_the_buckets_and_ship_every_record_once(
         assert sorted(c for (c,) in rows) == sorted(f"c{i}" for i in range(160)) and flow_records(dsn) == []
     finally:
         await store.close()
+        await ledger.close()
+
+
+@pytest.mark.parametrize("dsn", ["redis://127.0.0.1:1", "redis+cluster://127.0.0.1:1"])
+async def test_an_unreachable_server_is_a_ledger_error_and_the_check_goes_on(dsn: str) -> None:
+    ledger = open_ledger(dsn)
+    check = LedgerCheck()
+    try:
+        with pytest.raises(LedgerError):  # the cluster client's own exception too, not a 500 or a dead worker
+            await ledger.problems()
+        await check.look(ledger)
+        assert check.error and check.checked_at == 0.0
+        assert (check.refusal() or "").startswith("the ledger's server has not been checked yet")
+    finally:
         await ledger.close()

@@ -10,8 +10,10 @@
 -- args (ARGV by name, redis_layout.py CLAIM_ARGS): claim_id, user_id, task_id, poi_id, win_cap, plausible (the movement
 --       check: "1", "0", or "?" to check it here, KEYS[6]), bound (the claim id's binding: "1" checked and set by
 --       its own call, or "?" to do it here, KEYS[7]), record_ttl_s (how long the claim's record is kept),
+--       bind_ttl_s (how long its binding is: longer),
 --       lat, lng, at_s, max_speed_mps, position_ttl_s; then ARGV[FIRST_PRIZE..] the prize types in draw order
--- Returns "<outcome>\t<prize_type>" (prize_type empty unless won), the first outcome for a retried claim_id, or
+-- Returns "<outcome>\t<prize_type>\t<user>\t<task>\t<poi>" (prize_type empty unless won; the claim it belongs
+-- to after it), the first outcome for a retried claim, or
 -- "claim_id_taken" (nothing written) when the id is bound to another player, task or POI.
 local mine = args.user_id .. '\t' .. args.task_id .. '\t' .. args.poi_id
 if args.bound == '?' then
@@ -22,6 +24,12 @@ if args.bound == '?' then
 end
 local prior = redis.call('GET', KEYS[3])
 if prior then
+  -- "<outcome>\t<prize>\t<user>\t<task>\t<poi>": a claim of another player is refused even where its
+  -- binding is gone (an outcome settled before claim ids were bound has no owner, and answers as then).
+  local owner = string.match(prior, '^[^\t]*\t[^\t]*\t(.*)$')
+  if owner and owner ~= mine then
+    return 'claim_id_taken'
+  end
   return prior
 end
 
@@ -86,10 +94,10 @@ if outcome == 'won' then
   redis.call('HINCRBY', KEYS[2], args.user_id, 1)
   redis.call('ZADD', KEYS[5], string.format('%d', sec * 1000 + math.floor(usec / 1000)), args.task_id)
 end
-local result = outcome .. '\t' .. prize
+local result = outcome .. '\t' .. prize .. '\t' .. mine
 redis.call('SET', KEYS[3], result, 'EX', args.record_ttl_s)
 if args.bound == '?' then
-  redis.call('SET', KEYS[7], mine, 'EX', args.record_ttl_s)
+  redis.call('SET', KEYS[7], mine, 'EX', args.bind_ttl_s)
 end
 redis.call('XADD', KEYS[4], '*', unpack(entry))
 return result
