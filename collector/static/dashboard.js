@@ -43,12 +43,13 @@ function restyle(code) {
   const layer = state.features.get(code);
   if (layer) layer.setStyle({ fillColor: colour(state.districts.get(code)) });
 }
+// A node, never an HTML string: Leaflet writes a string tooltip as innerHTML, and names come from the data.
 function tooltip(code) {
   const d = state.districts.get(code);
-  if (!d) return String(code);
+  if (!d) return el("span", {}, String(code));
   const left = Object.entries(d.remaining).map(([p, n]) => `${p} ${n.toLocaleString()}`).join(", ") || "nothing";
-  return `<b>${d.name}</b> (${code})<br>left: ${left}<br>${pct(ratio(d))} of quota · ${d.tasks.active} active tasks` +
-    `<br>${d.claims_last_minute} claims in the last minute`;
+  return el("span", {}, el("b", {}, d.name), ` (${code})`, el("br"), `left: ${left}`, el("br"),
+    `${pct(ratio(d))} of quota · ${d.tasks.active} active tasks`, el("br"), `${d.claims_last_minute} claims in the last minute`);
 }
 
 let legend;

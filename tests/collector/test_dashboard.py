@@ -137,3 +137,22 @@ def test_a_probe_click_draws_the_windows_cells_and_the_answers_pois(page: Page, 
     assert page.locator("path.probe-cell").count() == len(site.snapshot.grid.window_cells(lat, lng))
     assert page.locator("path.probe-poi").count() >= 1  # the POI the click was on
     assert errors == []
+
+
+def test_a_district_named_like_markup_shows_as_text_and_runs_nothing(page: Page, site: Site) -> None:
+    errors: list[str] = []
+    open_page(page, site, errors)
+    name = "<img src=x onerror=\"window.pwned=1\">"
+    shown = page.evaluate("""(name) => {
+        const code = state.districts.keys().next().value;
+        state.districts.set(code, {...state.districts.get(code), name});
+        const layer = state.features.get(code);
+        layer.setTooltipContent(tooltip(code));
+        layer.openTooltip();
+        const tip = document.querySelector(".leaflet-tooltip");
+        return {text: tip.textContent, images: tip.querySelectorAll("img").length};
+    }""", name)
+    page.wait_for_timeout(200)  # an onerror would have run by now
+    assert name in shown["text"] and shown["images"] == 0
+    assert page.evaluate("() => window.pwned") is None
+    assert errors == []
