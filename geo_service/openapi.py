@@ -6,12 +6,13 @@ from __future__ import annotations
 from typing import Any
 
 from geo_service import __version__
-from geo_service.snapshot.grid import MAX_ABS_LAT, MAX_ABS_LNG
+from geo_service.snapshot.grid import MAX_ABS_LAT
 from geo_service.web.openapi import (
     COORDINATE_LAT,
     COORDINATE_LNG,
     ERROR,
     EXAMPLE,
+    SPEC_MAX_ABS_LNG,
     error_spec,
     json_ok,
     text_ok,
@@ -129,7 +130,7 @@ def openapi_spec() -> dict[str, Any]:
                     {**_coordinate("lat", MAX_ABS_LAT, EXAMPLE["lat"]), "description":
                         f"WGS84 degrees in [{-MAX_ABS_LAT:g}, {MAX_ABS_LAT:g}] (square cells stop being squares "
                         "beyond: the served band), given once."},
-                    _coordinate("lng", MAX_ABS_LNG, EXAMPLE["lng"]), IF_NONE_MATCH],
+                    _coordinate("lng", SPEC_MAX_ABS_LNG, EXAMPLE["lng"]), IF_NONE_MATCH],
                 "responses": {
                     "200": _answer("The answer."),
                     "304": NOT_MODIFIED,

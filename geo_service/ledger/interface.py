@@ -64,7 +64,8 @@ class ClaimRequest:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """What a claim came to. outcome: won, no_prize_left, cap_reached or implausible_movement."""
+    """What a claim came to. outcome: won, or one of REASONS (the ledger's own: no_prize_left, cap_reached,
+    implausible_movement, task_inactive; the snapshot's: too_far, task_inactive)."""
 
     claim_id: str
     outcome: str
@@ -236,8 +237,11 @@ class LedgerCheck:
     async def run(self, ledger: Ledger, every_s: float = 30.0) -> None:
         """Look every `every_s` (each second until a first answer) until cancelled."""
         while True:
+            if self.checked_at:  # looked at already (the start-up look): wait first
+                await asyncio.sleep(every_s)
             await self.look(ledger)
-            await asyncio.sleep(every_s if self.checked_at else min(every_s, 1.0))
+            if not self.checked_at:
+                await asyncio.sleep(min(every_s, 1.0))
 
     def refusal(self) -> str | None:
         """Return why claims must not settle now (None: they may)."""

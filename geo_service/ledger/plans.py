@@ -97,6 +97,9 @@ ADDED_COLUMNS = (("prize_counters", "rate_milli", "BIGINT NULL"),
 SEED_COLUMNS = ("task_id", "prize_type", "quota", "rate_milli", "issued", "changed_at")
 
 
+_INSERT_CLAIM = insert_claim("?")
+
+
 def migrate_plan(dialect: Dialect) -> Plan:
     """Add the columns a ledger made by an earlier release lacks."""
     for table, column, kind in ADDED_COLUMNS:
@@ -125,7 +128,7 @@ def claim_plan(request: ClaimRequest, draw: Sequence[str], win_cap: int, max_spe
     at = r.at_s
     if outcome is None:
         outcome, at = yield from _draw(r, draw, win_cap, dialect, clock)
-    yield Statement(insert_claim("?"), claim_row(ClaimRecord.of(r, outcome, at)))
+    yield Statement(_INSERT_CLAIM, claim_row(ClaimRecord.of(r, outcome, at)))
     return outcome
 
 
@@ -152,20 +155,18 @@ def _draw(r: ClaimRequest, draw: Sequence[str], win_cap: int, dialect: Dialect, 
         return Outcome.of(r.claim_id, "cap_reached"), r.at_s
     # Lock all of the task's counters at once, in key order: taking them one by one in each claim's
     # own draw order lets two claims each hold the counter the other needs (a deadlock).
-    rows = yield Statement("SELECT prize_type, quota - issued, COALESCE(rate_milli, -1), slice, slice_issued "
-                           f"FROM prize_counters WHERE task_id = ? ORDER BY prize_type{dialect.for_update}",
-                           (r.task_id,), fetch="all")
+    # The kill switch comes with them, in the same locking read (so MySQL reads the flag as committed, not as
+    # this transaction's first read saw it): set_enabled_plan takes the same lock, so no win follows it.
+    rows = yield Statement("SELECT c.prize_type, c.quota - c.issued, COALESCE(c.rate_milli, -1), c.slice, c.slice_issued, "
+                           "COALESCE(f.enabled, 1) FROM prize_counters c LEFT JOIN task_flags f ON f.task_id = c.task_id "
+                           f"WHERE c.task_id = ? ORDER BY c.prize_type{dialect.for_update}", (r.task_id,), fetch="all")
     # Read the clock holding the task's lock: claims then take rate slices in time order, and the
     # claim row's time is the slice it counted against.
     now = clock()
-    # The kill switch, read under the task's lock (and locking, so MySQL reads the flag as committed, not as
-    # this transaction's first read saw it): set_enabled_plan takes the same lock, so no win follows it.
-    flag = yield Statement(f"SELECT enabled FROM task_flags WHERE task_id = ?{dialect.for_update}", (r.task_id,),
-                           fetch="one")
-    if flag is not None and not flag[0]:
+    if rows and not rows[0][5]:
         yield Statement("UPDATE user_wins SET wins = wins - 1 WHERE user_id = ? AND task_id = ?", (r.user_id, r.task_id))
         return Outcome.of(r.claim_id, "task_inactive"), now
-    counters = {str(p): (int(left), int(rate), int(s), int(used)) for p, left, rate, s, used in rows}
+    counters = {str(p): (int(left), int(rate), int(s), int(used)) for p, left, rate, s, used, _ in rows}
     for prize_type in draw:
         left, rate, slice_no, used = counters.get(prize_type, (0, -1, 0, 0))
         taken = take(rate, slice_no, used, slice_of(now)) if left > 0 else None

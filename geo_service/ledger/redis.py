@@ -46,6 +46,7 @@ from geo_service.ledger.redis_layout import (
     bucket_key,
     bucket_tag,
     claim_of,
+    owner_of,
     script,
     task_key,
 )
@@ -62,7 +63,8 @@ Client = aioredis.Redis | RedisCluster
 
 
 class RedisLedger:
-    """Claims in one script call each (plus one for the movement check, under the player's own tag)."""
+    """Claims in one script call each on one node; on a cluster, the claim id's binding and the movement check
+    (under the id's and the player's own tags) are two more calls, made together before it."""
 
     def __init__(self, settings: RedisSettings, record_db: str = "") -> None:
         self.settings = settings
@@ -199,16 +201,14 @@ class RedisLedger:
 
     async def outcome_of(self, request: ClaimRequest) -> Outcome | None:
         r = request
-        holder: Any = await self.call(lambda c: c.get(bind_key(r.claim_id)))
-        if holder is not None and holder != claim_of(r):
+        holder: Any
+        raw: Any
+        holder, raw = await asyncio.gather(  # two keys of two slots: two calls, made together
+            self.call(lambda c: c.get(bind_key(r.claim_id))),
+            self.call(lambda c: c.get(f"gd:{bucket_tag(r.task_id)}:c:{r.task_id}:{r.claim_id}")))
+        if (holder is not None and holder != claim_of(r)) or (raw is not None and owner_of(raw) not in (None, claim_of(r))):
             raise ClaimIdTaken(r.claim_id)
-        raw: Any = await self.call(lambda c: c.get(f"gd:{bucket_tag(r.task_id)}:c:{r.task_id}:{r.claim_id}"))
-        if raw is None:
-            return None
-        owner = raw.split("\t", 2)[2:]  # none in outcomes settled before claim ids were bound: they answer as then
-        if owner and owner[0] != claim_of(r):
-            raise ClaimIdTaken(r.claim_id)
-        return _outcome(r.claim_id, raw)
+        return None if raw is None else _outcome(r.claim_id, raw)
 
     async def set_prize(self, task_id: int, prize_type: str, quota: int | None, rate_milli: int | None) -> PrizeChange:
         bucket = task_id % REDIS_BUCKETS

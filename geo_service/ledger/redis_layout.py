@@ -48,13 +48,20 @@ def claim_of(r: ClaimRequest) -> str:
     return f"{r.user_id}\t{r.task_id}\t{r.poi_id}"
 
 
+def owner_of(outcome: str) -> str | None:
+    """Return the claim a stored outcome ("<outcome>\t<prize>\t<claim_of>") belongs to; None in outcomes settled
+    before claim ids were bound, which answer as they did."""
+    parts = outcome.split("\t", 2)
+    return parts[2] if len(parts) == 3 else None
+
+
 def bucket_key(bucket: int, name: str) -> str:
     """Return a bucket's key `name` (flow, changed, changes)."""
     return f"gd:{{b{bucket}}}:{name}"
 
 
 # The movement and claim scripts' arguments, in ARGV order: each script reads them by name from the table
-# `args` that _script prepends; the claim's prize types in draw order follow, from ARGV[FIRST_PRIZE].
+# `args` that script() prepends; the claim's prize types in draw order follow, from ARGV[FIRST_PRIZE].
 MOVE_ARGS = ("lat", "lng", "at_s", "max_speed_mps", "position_ttl_s")
 CLAIM_ARGS = ("claim_id", "user_id", "task_id", "poi_id", "win_cap", "plausible", "bound", "record_ttl_s", "bind_ttl_s",
               *MOVE_ARGS)

@@ -16,7 +16,7 @@ M_PER_DEG = EARTH_RADIUS_M * math.pi / 180.0
 # Square cells lose ground width toward the poles without bound; past this band (which holds every
 # populated place) a cell would stop being a square, so positions there are refused, not served.
 MAX_ABS_LAT = 85.0
-MAX_ABS_LNG = 180  # an int, so the published specs say 180
+MAX_ABS_LNG = 180.0
 # A band's cells are widest at its equator-side edge, by tan(lat) * band height / R relative to its
 # poleward edge: 2 km bands keep that under 0.4% up to 85°, 5 km under 1%.
 _MAX_BAND_M = 2000.0

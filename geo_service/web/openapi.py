@@ -26,7 +26,6 @@ ERROR = {
 }
 RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before trying again.",
                                "schema": {"type": "string", "pattern": "^[0-9]+$"}}}
-JSON_OBJECT = {"application/json": {"schema": {"type": "object"}}}
 # A position on data/sample's ground: a POI of task 44030300 (罗湖区 red envelope #1).
 EXAMPLE = {"task_id": 44030300, "poi_id": 10001857, "lat": 22.54331, "lng": 114.107695}
 
@@ -54,4 +53,6 @@ def text_ok(description: str, media: str = "text/plain") -> dict[str, Any]:
 
 
 COORDINATE_LAT = {"type": "number", "minimum": -MAX_ABS_LAT, "maximum": MAX_ABS_LAT}
-COORDINATE_LNG = {"type": "number", "minimum": -MAX_ABS_LNG, "maximum": MAX_ABS_LNG}
+# Published as a whole number, as the specs always said it (180, not 180.0).
+SPEC_MAX_ABS_LNG = int(MAX_ABS_LNG)
+COORDINATE_LNG = {"type": "number", "minimum": -SPEC_MAX_ABS_LNG, "maximum": SPEC_MAX_ABS_LNG}

@@ -140,8 +140,16 @@ def test_the_widest_answer_fits_the_budget_derived_from_the_byte_pieces() -> Non
     lookup, lat, lng = _widest_lookup(40)
     status = lookup.table.status(NOW_S)
     body, _ = encode_answer(lookup, status, lat, lng, 40, {})
-    assert body == orjson.dumps(answer(lookup, status, lat, lng, 40))  # written as orjson writes it
-    assert len(body) <= encode_size(lookup.window_cells, 40, status.longest_view)
+    want = orjson.dumps(answer(lookup, status, lat, lng, 40))
+    assert body == want  # written as orjson writes it
+    # The budget for this answer's own cells less orjson's length is exactly what the widest values leave
+    # unused: the digits short of 20 in seq, centre and cell ids, and the commas after the last cell, POI
+    # and task (ids and coordinates are at their widest, every view at the longest).
+    parsed = orjson.loads(want)
+    short = sum(encoder._INT_BYTES - len(str(n)) for n in [parsed["seq"], parsed["center_cell"], *parsed["cells"]])
+    assert not parsed["truncated"] and len(parsed["tasks"]) == 40
+    unused = short + 3 + max(encoder._CUT.size, encoder._WHOLE.size) - encoder._WHOLE.size
+    assert encode_size(len(parsed["cells"]), 40, status.longest_view) - len(want) == unused
     # A POI at its longest, as orjson writes it, and its comma: what the budget gives each POI.
     widest = orjson.loads(body)["pois"][0]
     assert len(orjson.dumps(widest)) + 1 == encoder._POI_BYTES
