@@ -92,7 +92,11 @@ class MySQLLedger:
 
     async def _run(self, make_plan: Callable[[], Plan]) -> Any:
         with self._unreachable_as_ledger_error():
-            return await self._attempts(make_plan)
+            result = await self._attempts(make_plan)
+        # Python 3.11's asyncio.wait_for (aiomysql's connect timeout) can swallow a cancellation that lands as
+        # the connection opens, and the call then finishes: the task must still stop.
+        deliver_cancellation(None)
+        return result
 
     async def _attempts(self, make_plan: Callable[[], Plan]) -> Any:
         pool = await self._get_pool()
