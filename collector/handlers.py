@@ -127,7 +127,8 @@ def _shipping(app: web.Application) -> dict[str, object] | None:
         return None
     s = app[shipper_key].health
     return {"shipped": s.shipped, "backlog": s.backlog, "lag_s": s.lag_s, "failures": s.failures,
-            "last_error": s.last_error, "last_round_s_ago": round(time.time() - s.last_round_at, 1) if s.last_round_at else None}
+            "last_error": s.last_error, "last_round_s_ago": round(time.time() - s.last_round_at, 1) if s.last_round_at else None,
+            "groups_recreated": s.groups_recreated, "last_gap": s.last_gap}
 
 
 def _health(app: web.Application) -> dict[str, object]:
@@ -177,7 +178,10 @@ async def metrics(request: web.Request) -> web.Response:
         values |= {"flow_shipped_total": ("counter", "Claim records shipped into MySQL.", ship.shipped),
                    "flow_backlog": ("gauge", "Claim records in the flow streams, not yet shipped or trimmed.", ship.backlog),
                    "flow_lag_seconds": ("gauge", "Age of the oldest record in the flow streams.", ship.lag_s),
-                   "flow_ship_failures_total": ("counter", "Shipping rounds that failed.", ship.failures)}
+                   "flow_ship_failures_total": ("counter", "Shipping rounds that failed.", ship.failures),
+                   "flow_groups_recreated_total": ("counter", "Flow-log consumer groups found gone and made again (what "
+                                                              "they held may be lost: see /healthz shipping.last_gap).",
+                                                   ship.groups_recreated)}
     text = app[metrics_key].render({"process": "collector"}, values)
     return web.Response(text=text, content_type="text/plain", charset="utf-8")
 

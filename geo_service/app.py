@@ -6,7 +6,7 @@ import asyncio
 import logging
 import random
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import suppress
 
 from aiohttp import web
@@ -26,11 +26,12 @@ from geo_service.keys import (
     status_key,
     watcher_key,
 )
-from geo_service.ledger import Ledger, LedgerCheck, LedgerError, open_ledger
+from geo_service.ledger import Ledger, LedgerCheck, LedgerError, Seed, open_ledger
 from geo_service.ledger.rates import rate_milli
 from geo_service.nearby import Levels, Lookup
 from geo_service.nearby.live import SnapshotHolder, Watcher
 from geo_service.settings import ServiceSettings
+from geo_service.snapshot.format import TaskRow
 from geo_service.snapshot.origin import open_origin
 from geo_service.snapshot.pull import Puller, pulling
 from geo_service.status_poller import StatusPoller
@@ -81,12 +82,15 @@ async def ledger_ctx(app: web.Application) -> AsyncIterator[None]:
     await ledger.close()
 
 
+def seeds_of(tasks: Sequence[TaskRow]) -> list[Seed]:
+    """Return the prize counters a snapshot's tasks need, as the ledger first makes them."""
+    return [(t["task_id"], p["prize_type"], p["quota"], rate_milli(p["rate_per_s"])) for t in tasks for p in t["prizes"]]
+
+
 async def seed_counters(ledger: Ledger, lookup: Lookup) -> None:
     """Create the counters of a snapshot's tasks before it goes live (a no-op for existing ones)."""
-    counters = [(t["task_id"], p["prize_type"], p["quota"], rate_milli(p["rate_per_s"]))
-                for t in lookup.snapshot.tasks for p in t["prizes"]]
     try:
-        await ledger.seed(counters)
+        await ledger.seed(seeds_of(lookup.snapshot.tasks))
     except LedgerError as exc:
         # Nearby must not depend on the ledger: serve the snapshot; its new tasks answer
         # no_prize_left until a later load seeds them.

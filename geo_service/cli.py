@@ -13,15 +13,18 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import uvloop
 from aiohttp import web
 
-from geo_service.app import create_app
+from geo_service.app import create_app, seeds_of
 from geo_service.config import add_settings_flags, cli_settings
-from geo_service.ledger import Difference, LedgerError, open_ledger
+from geo_service.ledger import Difference, LedgerError, Seed, open_ledger
 from geo_service.settings import ServiceSettings
+from geo_service.snapshot.folder import current_seq
+from geo_service.snapshot.format import SnapshotError, read_tables
 from geo_service.tokens import mint
 from geo_service.web.logs import configure_logging
 
@@ -124,11 +127,23 @@ def parser() -> argparse.ArgumentParser:
     reconcile = ledger_sub.add_parser(
         "reconcile", help="Compare prize counters with won claims; exit 1 if any differ.",
         description="Print every counter whose issued count differs from its won claims, and exit 1 if any "
-                    "does (0 when clean). With --repair, set each such counter to its claims' count. On a Redis ledger "
-                    "the won claims are those shipped into --record-db plus those still in the flow streams; run it "
-                    "while claims are quiet (a claim landing during the read shows as a passing difference).")
-    reconcile.add_argument("--repair", action="store_true", help="Set differing counters to their claims' count.")
+                    "does (0 when clean). Counters and claims are read as of one moment (per bucket on Redis), so it "
+                    "may run while claims settle and the flow log ships. On a Redis ledger the won claims are those "
+                    "shipped into --record-db plus those still in the flow streams, and buckets whose node lost the "
+                    "ledger's state (they take no claims) are listed too.")
+    reconcile.add_argument("--repair", action="store_true", help=(
+        "Move each differing counter by its difference (claims settled meanwhile keep theirs), and restore Redis "
+        "buckets that lost their state from the record: counters from the live snapshot in --snapshots, issued "
+        "counts, players' wins and the claim-id filter from --record-db; then those buckets take claims again."))
     add_settings_flags(reconcile, ServiceSettings)
+    init = ledger_sub.add_parser(
+        "init", help="Give a new, empty Redis ledger its epoch (one with --record-db set gets it on first use).",
+        description="A Redis ledger's buckets hold an epoch, which a node that lost its state no longer has: its "
+                    "claims are refused rather than settled on counters seeded afresh. With --record-db the first "
+                    "service to start gives a new ledger its epoch (the record database says whether it is new); "
+                    "without one, this command is the operator's word that it is new. It refuses where any bucket "
+                    "holds an epoch, or the record database knows one (repair that ledger instead).")
+    add_settings_flags(init, ServiceSettings)
     return top
 
 
@@ -141,18 +156,41 @@ def cmd_token(settings: ServiceSettings, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _reconcile(dsn: str, record_db: str, repair: bool) -> list[Difference]:
-    ledger = open_ledger(dsn, record_db)
+async def _reconcile(settings: ServiceSettings, repair: bool) -> list[Difference]:
+    ledger = open_ledger(settings.ledger_dsn, settings.record_db)
     try:
-        return await ledger.reconcile(repair)
+        return await ledger.reconcile(repair, _live_seeds(settings.snapshots) if repair else ())
     finally:
         await ledger.close()
 
 
-def cmd_reconcile(settings: ServiceSettings, args: argparse.Namespace) -> int:
+def _live_seeds(snapshots: Path) -> list[Seed]:
+    """Return the counters of the live snapshot's tasks (none without one: a restore then needs counters the
+    services have made)."""
+    seq = current_seq(snapshots)
+    return [] if seq is None else seeds_of(read_tables(snapshots / str(seq))[0])
+
+
+async def _init(settings: ServiceSettings) -> None:
+    ledger = open_ledger(settings.ledger_dsn, settings.record_db)
     try:
-        diffs = asyncio.run(_reconcile(settings.ledger_dsn, settings.record_db, args.repair))
-    except LedgerError as exc:
+        await ledger.init()
+    finally:
+        await ledger.close()
+
+
+def cmd_ledger(settings: ServiceSettings, args: argparse.Namespace) -> int:
+    if args.ledger_command == "init":
+        try:
+            asyncio.run(_init(settings))
+        except LedgerError as exc:
+            print(f"geo-service ledger init: {exc}", file=sys.stderr)
+            return 2
+        print("the ledger holds its epoch")
+        return 0
+    try:
+        diffs = asyncio.run(_reconcile(settings, args.repair))
+    except (LedgerError, SnapshotError) as exc:
         print(f"geo-service ledger reconcile: {exc}", file=sys.stderr)
         return 2
     for d in diffs:
@@ -170,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "token":
         return cmd_token(settings, args)
     if args.command == "ledger":
-        return cmd_reconcile(settings, args)
+        return cmd_ledger(settings, args)
     configure_logging(args.log_level)
     if settings.workers == 1:
         run_worker(settings, args.log_level)

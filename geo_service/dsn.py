@@ -62,14 +62,25 @@ class RedisSettings:
     password: str = field(default="", repr=False)
     max_connections: int = 64  # per node; calls in flight are bounded to it (the cluster pool raises beyond)
     timeout_s: float = 2.0
-    record_ttl_s: int = 172_800  # how long a claim id is remembered in Redis for retries
+    # The options a DSN's query may set (?record_ttl_s=...&flow_backlog_max=...):
+    # how long a shipped claim's binding stays in Redis for retries (after it, the record database answers them);
+    record_ttl_s: int = 172_800
+    # the most flow-log records the streams may hold unshipped, all buckets together: at a bucket's share of it
+    # its claims answer 503 (the shipper has stopped) rather than fill Redis to its memory limit;
+    flow_backlog_max: int = 10_000_000
+    # the bits of each bucket's filter of claim ids (a Bloom filter, 7 hashes): 2^22 bits (512 KiB) hold about
+    # 440,000 ids a bucket at 1% false positives, each of which costs its claim one look in the record database.
+    claim_filter_bits: int = 2**22
 
     @classmethod
     def from_dsn(cls, dsn: str) -> RedisSettings:
-        """Parse redis://[:pass@]host:port[/db] or redis+cluster://[:pass@]host:port[,host:port...]."""
+        """Parse redis://[:pass@]host:port[/db][?option=value&...] or redis+cluster://[:pass@]host:port[,host:port...]
+        [?option=value&...], the options being record_ttl_s, flow_backlog_max and claim_filter_bits."""
         scheme, _, rest = dsn.partition("://")
         if scheme not in ("redis", "redis+cluster"):
             raise ValueError(f"DSN scheme must be redis:// or redis+cluster://, got {scheme!r}")
+        rest, _, query = rest.partition("?")
+        options = _options(query)
         userinfo, _, hosts = rest.rpartition("@")
         hosts, _, db = hosts.partition("/")
         password = unquote(userinfo.partition(":")[2])
@@ -84,7 +95,7 @@ class RedisSettings:
             raise ValueError("a Redis Cluster has only database 0: give no /db")
         if not db.isdigit() and db:
             raise ValueError(f"DSN database must be a number, got {db!r}")
-        return cls(tuple(nodes), scheme == "redis+cluster", int(db or 0), password)
+        return cls(tuple(nodes), scheme == "redis+cluster", int(db or 0), password, **options)
 
     @property
     def redacted(self) -> str:
@@ -93,11 +104,34 @@ class RedisSettings:
         return f"redis+cluster://{hosts}" if self.cluster else f"redis://{hosts}/{self.db}"
 
 
+_OPTION_RANGES = {"record_ttl_s": (1, 10**9), "flow_backlog_max": (REDIS_BUCKETS, 10**12),
+                  "claim_filter_bits": (64, 2**32)}
+
+
+def _options(query: str) -> dict[str, int]:
+    """Parse a Redis DSN's query of whole-number options; raise ValueError naming a bad one."""
+    options = {}
+    for item in filter(None, query.split("&")):
+        name, _, value = item.partition("=")
+        if name not in _OPTION_RANGES:
+            raise ValueError(f"DSN option {name!r} is unknown; known: {', '.join(_OPTION_RANGES)}")
+        low, high = _OPTION_RANGES[name]
+        if not (value.isascii() and value.isdigit() and low <= int(value) <= high):
+            raise ValueError(f"DSN option {name} must be a whole number in [{low}, {high}]; got {value!r}")
+        options[name] = int(value)
+    return options
+
+
 def ledger_problems(ledger: str, record_db: str) -> list[str]:
     """Return what is wrong with a ledger DSN (empty: the default) and a record database DSN."""
     problems = []
     if ledger and not ledger.startswith(LEDGER_SCHEMES):
         problems.append(f"ledger: must start with one of {', '.join(LEDGER_SCHEMES)}")
+    elif ledger.startswith("redis"):
+        try:
+            RedisSettings.from_dsn(ledger)
+        except ValueError as exc:
+            problems.append(f"ledger: {exc}")
     if record_db and not record_db.startswith("mysql://"):
         problems.append("record_db: must be mysql://user:pass@host:port/db (or empty)")
     return problems

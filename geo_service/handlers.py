@@ -23,7 +23,7 @@ from geo_service.keys import (
     status_key,
     watcher_key,
 )
-from geo_service.ledger import ClaimIdTaken, LedgerError
+from geo_service.ledger import ClaimIdTaken, LedgerError, LedgerRefusal
 from geo_service.nearby import encode_answer
 from geo_service.nearby.live import Live
 from geo_service.openapi import openapi_spec
@@ -124,6 +124,10 @@ async def claim(request: web.Request) -> web.Response:
                                           user_id, body, app[rules_key], now)
     except ClaimIdTaken as exc:
         raise ClaimIdConflict(str(exc), field="claim_id") from None
+    except LedgerRefusal as exc:
+        app[ledger_check_key].refused(str(exc))
+        raise LedgerUnavailable(f"claims of this task are refused for now: {exc}; retry later with the same claim_id",
+                                headers={"Retry-After": "5"}) from None
     except (LedgerError, TimeoutError) as exc:
         app[ledger_check_key].failed(str(exc) or f"no answer within claim_timeout_s ({settings.claim_timeout_s:g} s)", now)
         raise LedgerUnavailable("the ledger is unreachable; retry with the same claim_id, which settles a claim once",
@@ -182,7 +186,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     app = request.app
-    holder, load = app[snapshot_key], app[load_key]
+    holder, load, check = app[snapshot_key], app[load_key], app[ledger_check_key]
     values = {
         "snapshot_seq": ("gauge", "Seq of the live snapshot (0: none).", holder.live.lookup.seq if holder.live else 0),
         "snapshot_swaps_total": ("counter", "Snapshots swapped in.", holder.swaps),
@@ -200,6 +204,13 @@ async def metrics(request: web.Request) -> web.Response:
                                         app[ledger_check_key].failures),
         "ledger_config_problems": ("gauge", "Requirements of the ledger its server does not meet (see /healthz).",
                                    len(app[ledger_check_key].problems)),
+        "ledger_claims_refused_total": ("counter", "Claims answered 503 because the ledger refused them for now (a "
+                                                    "bucket's state lost, the flow log full).", app[ledger_check_key].refusals),
+        "ledger_flow_backlog": ("gauge", "Flow-log records not yet shipped into the record database (Redis; -1: none).",
+                                -1 if check.flow_backlog is None else check.flow_backlog),
+        "ledger_flow_fill_ratio": ("gauge", "The fullest flow stream's share of its ceiling, at which its claims are "
+                                            "refused (Redis; -1: none).",
+                                   -1 if check.flow_fill_milli is None else check.flow_fill_milli / 1000),
     } | (pull_metrics(app[puller_key]) if puller_key in app else {})
     text = app[metrics_key].render({"worker": str(app[settings_key].worker_id)}, values)
     return web.Response(text=text, content_type="text/plain", charset="utf-8", headers={"X-Version": "0.0.4"})

@@ -46,8 +46,9 @@ class ServiceSettings:
                                        "redis://host:port[/db] or redis+cluster://host:port[,host:port...] "
                                        "(empty: sqlite:///<data_dir>/ledger.sqlite3)."))
     record_db: str = field(default="", repr=False,
-                           metadata=help_text("MySQL DSN the Redis ledger's flow log is shipped into; `ledger reconcile` "
-                                          "reads the claims there (a Redis ledger only)."))
+                           metadata=help_text("MySQL DSN the Redis ledger's flow log is shipped into: the ledger answers a "
+                                          "claim id past its binding from there, gives a new ledger its epoch against "
+                                          "it, and `ledger reconcile` reads the claims there (a Redis ledger only)."))
     token_secret: str = field(default="", repr=False,
                               metadata=help_text("HMAC secret of player tokens; empty disables POST /v1/claims."))
     token_ttl_s: int = field(default=86400, metadata=help_text("Lifetime of tokens minted by `geo-service token`."))

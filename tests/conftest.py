@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from geo_service.app import create_app
 from geo_service.config import load_settings
 from geo_service.ledger.plans import LEDGER_TABLES
+from geo_service.ledger.records import RECORD_TABLES
 from geo_service.settings import ServiceSettings
 from loaders.cli import main as snapshot_cli
 from tests.support.parts import missing
@@ -109,7 +110,7 @@ def fresh_ledger(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> s
 
 def drop_ledger_tables(conn: pymysql.connections.Connection) -> None:
     with conn.cursor() as cur:
-        for table in LEDGER_TABLES:
+        for table in (*LEDGER_TABLES, *RECORD_TABLES):
             cur.execute(f"DROP TABLE IF EXISTS {table}")
     conn.commit()
 

@@ -19,6 +19,7 @@ from geo_service.ledger.interface import (
     Ledger,
     LedgerCheck,
     LedgerError,
+    LedgerRefusal,
     LedgerState,
     Outcome,
     PrizeChange,
@@ -28,7 +29,7 @@ from geo_service.ledger.interface import (
 
 __all__ = [
     "REASONS", "ClaimIdTaken", "ClaimRequest", "CounterRow", "Counters", "Difference", "Ledger", "LedgerCheck", "LedgerError",
-    "LedgerState", "Outcome", "PrizeChange", "PrizeChangeRefused", "Seed", "open_ledger",
+    "LedgerRefusal", "LedgerState", "Outcome", "PrizeChange", "PrizeChangeRefused", "Seed", "open_ledger",
 ]
 
 

@@ -18,6 +18,7 @@ import numpy.typing as npt
 
 log = logging.getLogger("geodrop.ledger")
 FAILURE_LOG_EVERY_S = 10.0
+BACKLOG_WARN_MILLI = 500  # a flow stream at half its ceiling is told in the log, /healthz and /metrics
 
 # Why a claim came to what it did; one text per outcome, the same from every backend.
 REASONS = {
@@ -32,6 +33,11 @@ REASONS = {
 class LedgerError(Exception):
     """The ledger cannot be reached or failed. For a claim: it may or may not have settled; a retry with
     the same claim_id returns its outcome if it did."""
+
+
+class LedgerRefusal(LedgerError):
+    """The ledger takes no claims of this task for now, for the reason given (its state was lost and waits for a
+    repair, its flow log is full): nothing was settled, and a retry with the same claim_id later settles it once."""
 
 
 class ClaimIdTaken(Exception):
@@ -166,8 +172,15 @@ class Ledger(Protocol):
         """Change a prize's quota and/or rate now (None: keep); raise PrizeChangeRefused if it cannot be."""
         ...
 
-    async def reconcile(self, repair: bool) -> list[Difference]:
-        """Return counters that differ from their won claims; with repair, set them to the claims' count."""
+    async def reconcile(self, repair: bool, seeds: Sequence[Seed] = ()) -> list[Difference]:
+        """Return counters that differ from their won claims, as of one moment, while claims go on; with repair,
+        move each by its difference, and restore what lost its state (a Redis bucket) from the record, creating
+        its counters from `seeds` (the live snapshot's)."""
+        ...
+
+    async def backlog(self) -> tuple[int, int] | None:
+        """Return (records in the flow log not yet shipped, the fullest stream's share of its ceiling in
+        thousandths); None for a ledger that keeps its records itself (SQL)."""
         ...
 
     async def read_state(self, since: float) -> LedgerState:
@@ -186,6 +199,11 @@ class Ledger(Protocol):
     async def set_enabled(self, task_id: int, enabled: bool) -> float | None:
         """Set a task's kill switch. Claims settled after it answer task_inactive, whether or not the collector
         is up; return the time of the task's last win (None: none yet), the last one the switch allowed."""
+        ...
+
+    async def init(self) -> None:
+        """Make a new ledger ready for claims (Redis: give its buckets their epoch); raise LedgerError where that
+        could re-issue what was issued (a ledger that lost its state: repair it instead). SQL: nothing to do."""
         ...
 
     async def problems(self) -> list[str]:
@@ -208,6 +226,12 @@ class LedgerCheck:
     failures: int = 0
     last_failure: str | None = None
     last_failure_at: float = 0.0
+    # Claims the ledger refused for now (LedgerRefusal: a bucket's state lost, its flow log full).
+    refusals: int = 0
+    last_refusal: str | None = None
+    # The flow log not yet shipped (Redis): records, and the fullest stream's share of its ceiling in thousandths.
+    flow_backlog: int | None = None
+    flow_fill_milli: int | None = None
     _logged_failures: int = 0
     _logged_at: float = 0.0
 
@@ -221,13 +245,27 @@ class LedgerCheck:
                         extra={"failed": self.failures - self._logged_failures, "error": error})
             self._logged_at, self._logged_failures = now, self.failures
 
+    def refused(self, reason: str) -> None:
+        """Count a claim the ledger refused for now; the first of each reason is logged."""
+        self.refusals += 1
+        if reason != self.last_refusal:
+            log.error("claims refused by the ledger", extra={"reason": reason})
+        self.last_refusal = reason
+
     async def look(self, ledger: Ledger) -> None:
         """Ask the server once; one that cannot be asked keeps the last answer."""
         try:
             problems = await ledger.problems()
+            backlog = await ledger.backlog()
         except Exception as exc:  # noqa: BLE001 - whatever the client raises, the check must go on looking
             self.error = str(exc) or type(exc).__name__
             return
+        if backlog is not None:
+            self.flow_backlog, self.flow_fill_milli = backlog
+            if backlog[1] >= BACKLOG_WARN_MILLI:
+                log.warning("the flow log is filling: is its shipper (the collector with record_db) running? Claims "
+                            "are refused where a stream reaches its ceiling", extra={"records": backlog[0],
+                                                                                   "fullest_stream_milli": backlog[1]})
         if problems and problems != self.problems:
             log.warning("the ledger's server does not meet the ledger's requirements; " + (
                 "claims go on regardless (ledger_unsafe_ok)" if self.unsafe_ok else "claims are refused until it does"),
@@ -264,7 +302,10 @@ class LedgerCheck:
     def health(self, kind: str) -> dict[str, object]:
         return {"kind": kind, "problems": self.problems, "check_error": self.error,
                 "claim_failures": self.failures, "last_failure": self.last_failure,
-                "last_failure_s_ago": round(time.time() - self.last_failure_at, 1) if self.last_failure else None}
+                "last_failure_s_ago": round(time.time() - self.last_failure_at, 1) if self.last_failure else None,
+                "claims_refused": self.refusals, "last_refusal": self.last_refusal, "flow_backlog": self.flow_backlog,
+                "flow_fill": None if self.flow_fill_milli is None else self.flow_fill_milli / 1000,
+                "flow_filling": self.flow_fill_milli is not None and self.flow_fill_milli >= BACKLOG_WARN_MILLI}
 
 
 def deliver_cancellation(cause: BaseException | None) -> None:

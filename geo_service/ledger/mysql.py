@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -41,6 +40,7 @@ from geo_service.ledger.plans import (
     read_page_plan,
     read_state_plan,
     reconcile_plan,
+    seed_rows_plan,
     set_enabled_plan,
     set_prize_plan,
 )
@@ -144,8 +144,7 @@ class MySQLLedger:
                 return done.value
 
     async def seed(self, counters: Sequence[Seed]) -> None:
-        now = time.time()
-        rows = [(*c, 0, now) for c in counters]
+        rows = await self._run(lambda: seed_rows_plan(counters))
         sql = MYSQL.insert_ignore("prize_counters", SEED_COLUMNS).replace("?", "%s")
         with self._unreachable_as_ledger_error():
             pool = await self._get_pool()
@@ -173,7 +172,7 @@ class MySQLLedger:
         change: PrizeChange = await self._run(lambda: set_prize_plan(task_id, prize_type, quota, rate_milli, MYSQL))
         return change
 
-    async def reconcile(self, repair: bool) -> list[Difference]:
+    async def reconcile(self, repair: bool, seeds: Sequence[Seed] = ()) -> list[Difference]:
         diffs: list[Difference] = await self._run(lambda: reconcile_plan(repair))
         return diffs
 
@@ -195,6 +194,12 @@ class MySQLLedger:
 
     async def problems(self) -> list[str]:
         return []
+
+    async def backlog(self) -> None:
+        return None
+
+    async def init(self) -> None:
+        return None
 
     async def close(self) -> None:
         if self._pool is not None:

@@ -21,6 +21,8 @@ from geo_service.ledger.interface import (
 )
 from geo_service.ledger.rates import slice_of, take
 from geo_service.ledger.records import (
+    CLAIM_ID_COLLATION,
+    CLAIM_ID_EXACT,
     CLAIMS_INDEX,
     CLAIMS_TABLE,
     WON_BY_COUNTER,
@@ -101,11 +103,32 @@ _INSERT_CLAIM = insert_claim("?")
 
 
 def migrate_plan(dialect: Dialect) -> Plan:
-    """Add the columns a ledger made by an earlier release lacks."""
+    """Add the columns a ledger made by an earlier release lacks; on MySQL, compare claim ids byte for byte."""
     for table, column, kind in ADDED_COLUMNS:
         present = yield Statement(dialect.has_column, (table, column), fetch="one")
         if not present[0]:
             yield Statement(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+    if dialect is MYSQL:
+        collation = yield Statement(CLAIM_ID_COLLATION, fetch="one")
+        if collation != ("ascii_bin",):
+            yield Statement(CLAIM_ID_EXACT)
+
+
+def seed_rows_plan(counters: Sequence[tuple[int, str, int, int]], clock: Clock = time.time) -> Plan:
+    """Return the prize_counters rows (SEED_COLUMNS) of the counters the ledger lacks. A counter is never seeded
+    over what was issued: one whose task's claims hold wins (its row deleted by hand) starts at their count."""
+    have = yield Statement("SELECT task_id, prize_type FROM prize_counters", fetch="all")
+    existing = {(int(t), str(p)) for t, p in have}
+    missing = [c for c in counters if (c[0], c[1]) not in existing]
+    tasks = sorted({c[0] for c in missing})
+    won: dict[tuple[int, str], int] = {}
+    for start in range(0, len(tasks), 1000):
+        chunk = tasks[start : start + 1000]
+        rows = yield Statement(f"SELECT task_id, prize_type, COUNT(*) FROM claims WHERE outcome = 'won' AND task_id IN "
+                               f"({', '.join('?' * len(chunk))}) GROUP BY task_id, prize_type", tuple(chunk), fetch="all")
+        won |= {(int(t), str(p)): int(n) for t, p, n in rows}
+    now = clock()
+    return [(t, p, q, r, won.get((t, p), 0), now) for t, p, q, r in missing]
 
 
 def fill_rates_plan(counters: Sequence[tuple[int, str, int, int]]) -> Plan:
@@ -251,15 +274,17 @@ def set_enabled_plan(task_id: int, enabled: bool, dialect: Dialect) -> Plan:
 
 
 def reconcile_plan(repair: bool) -> Plan:
-    """Compare every counter with its won claims; with repair, set issued to that count."""
+    """Compare every counter with its won claims, both read in one transaction's snapshot (MySQL's repeatable
+    read; SQLite's IMMEDIATE transaction holds the writers off); with repair, move each counter by its difference,
+    so a claim that commits meanwhile keeps its increment."""
     issued = yield Statement("SELECT task_id, prize_type, issued FROM prize_counters ORDER BY task_id, prize_type",
                              fetch="all")
     won = yield Statement(WON_BY_COUNTER, fetch="all")
     diffs = differences(((int(t), str(p), int(i)) for t, p, i in issued), {(int(t), str(p)): int(n) for t, p, n in won})
     if repair:
         for d in diffs:
-            yield Statement("UPDATE prize_counters SET issued = ?, changed_at = ? WHERE task_id = ? AND prize_type = ?",
-                            (d.won_claims, time.time(), d.task_id, d.prize_type))
+            yield Statement("UPDATE prize_counters SET issued = issued + ?, changed_at = ? WHERE task_id = ? AND prize_type = ?",
+                            (d.won_claims - d.issued, time.time(), d.task_id, d.prize_type))
     return diffs
 
 

@@ -7,6 +7,7 @@ record database's `claims` (RecordStore), the system of record that reconcile co
 
 from __future__ import annotations
 
+import time
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -65,6 +66,15 @@ FLOW_FIELDS = ("claim_id", "user_id", "task_id", "poi_id", "prize_type", "outcom
 CLAIMS_TABLE = ("CREATE TABLE IF NOT EXISTS claims ("
                 + ", ".join(f"{f.name} {f.metadata['sql']}" for f in fields(ClaimRecord)) + ")")
 CLAIMS_INDEX = "CREATE INDEX IF NOT EXISTS claims_task_prize ON claims (task_id, prize_type, outcome)"
+# MySQL compares VARCHARs without case by default: "Abc" and "abc" would be one claim there and two on Redis or
+# SQLite (two wins, one record). Claim ids are ASCII (claims.py), so the column compares them byte for byte.
+CLAIM_ID_COLLATION = ("SELECT COLLATION_NAME FROM information_schema.columns WHERE table_schema = DATABASE() "
+                      "AND table_name = 'claims' AND column_name = 'claim_id'")
+CLAIM_ID_EXACT = "ALTER TABLE claims MODIFY claim_id VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL"
+# The Redis ledger's epoch, which every bucket of its Redis holds too: a bucket without it lost its state.
+EPOCH_TABLE = ("CREATE TABLE IF NOT EXISTS ledger_epoch (id INT NOT NULL PRIMARY KEY, epoch VARCHAR(64) NOT NULL, "
+               "created_at DOUBLE NOT NULL)")
+RECORD_TABLES = ("claims", "ledger_epoch")
 
 
 def insert_claim(placeholder: str) -> str:
@@ -81,6 +91,10 @@ def differences(issued: Any, won: dict[tuple[int, str], int]) -> list[Difference
     return [Difference(t, p, i, won.get((t, p), 0)) for t, p, i in issued if i != won.get((t, p), 0)]
 
 
+def _counts(rows: Sequence[tuple[Any, ...]]) -> dict[tuple[int, str], int]:
+    return {(int(t), str(p)): int(n) for t, p, n in rows}
+
+
 class RecordStore:
     """The claims table of the system of record (MySQL)."""
 
@@ -89,6 +103,10 @@ class RecordStore:
         self._pool: aiomysql.Pool | None = None
 
     async def _run(self, sql: str, args: Any = None, many: bool = False) -> list[tuple[Any, ...]]:
+        return (await self._run_all([(sql, args)], many))[0]
+
+    async def _run_all(self, statements: Sequence[tuple[str, Any]], many: bool = False) -> list[list[tuple[Any, ...]]]:
+        """Run statements in one transaction (its reads see one moment of the table) and commit."""
         # The MySQL client loads only where a record database is used: the SQL ledgers import this module too.
         import aiomysql
         import pymysql
@@ -101,14 +119,18 @@ class RecordStore:
                 async with pool.acquire() as conn, conn.cursor() as cur:
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore", pymysql.Warning)  # "already exists" notes on restart
-                        await cur.execute(CLAIMS_TABLE)
-                        await cur.execute(CLAIMS_INDEX)
+                        for statement in (CLAIMS_TABLE, CLAIMS_INDEX, EPOCH_TABLE, CLAIM_ID_COLLATION):
+                            await cur.execute(statement)
+                        if (await cur.fetchone()) != ("ascii_bin",):
+                            await cur.execute(CLAIM_ID_EXACT)
                 self._pool = pool
+            results = []
             async with self._pool.acquire() as conn, conn.cursor() as cur:
-                await (cur.executemany(sql, args) if many else cur.execute(sql, args))
-                rows = list(await cur.fetchall())
+                for sql, args in statements:
+                    await (cur.executemany(sql, args) if many else cur.execute(sql, args))
+                    results.append(list(await cur.fetchall()))
                 await conn.commit()
-                return rows
+            return results
         except (pymysql.err.MySQLError, OSError) as exc:
             raise LedgerError(f"record database {self.settings.redacted}: {exc}") from exc
 
@@ -117,17 +139,47 @@ class RecordStore:
         sql = f"{insert_claim('%s')} ON DUPLICATE KEY UPDATE claim_id = claim_id"
         await self._run(sql, [claim_row(r) for r in records], many=True)
 
-    async def won_counts(self) -> dict[tuple[int, str], int]:
-        return {(int(t), str(p)): int(n) for t, p, n in await self._run(WON_BY_COUNTER)}
-
-    async def present(self, claim_ids: Sequence[str]) -> set[str]:
-        """Return which of these claim ids the table holds."""
-        found: set[str] = set()
+    async def won_until(self, until: Sequence[float], claim_ids: Sequence[str]) -> tuple[dict[tuple[int, str], int], set[str]]:
+        """Return the won claims of each counter settled at or before until[b] for the tasks of bucket b (task_id
+        mod len(until): each bucket's own moment, from its own node's clock), and which of `claim_ids` the table
+        holds, both as of one moment of the table."""
+        moment = " ".join(f"WHEN {b} THEN %s" for b in range(len(until)))
+        statements: list[tuple[str, Any]] = [(f"SELECT task_id, prize_type, COUNT(*) FROM claims WHERE outcome = 'won' AND "
+                                              f"created_at <= CASE MOD(task_id, {len(until)}) {moment} END "
+                                              "GROUP BY task_id, prize_type", list(until))]
         for start in range(0, len(claim_ids), 1000):
             chunk = claim_ids[start : start + 1000]
-            rows = await self._run(f"SELECT claim_id FROM claims WHERE claim_id IN ({', '.join(['%s'] * len(chunk))})", chunk)
-            found |= {str(r[0]) for r in rows}
-        return found
+            statements.append((f"SELECT claim_id FROM claims WHERE claim_id IN ({', '.join(['%s'] * len(chunk))})", chunk))
+        results = await self._run_all(statements)
+        return _counts(results[0]), {str(r[0]) for rows in results[1:] for r in rows}
+
+    async def find(self, claim_id: str) -> ClaimRecord | None:
+        """Return the record of a claim id, if the table holds it."""
+        rows = await self._run(f"SELECT {', '.join(CLAIM_COLUMNS)} FROM claims WHERE claim_id = %s", (claim_id,))
+        return ClaimRecord(*rows[0]) if rows else None
+
+    async def epoch(self, adopt: str | None = None) -> str | None:
+        """Return the ledger's epoch as recorded; with `adopt`, record that one first unless one is recorded."""
+        if adopt is not None:
+            await self._run("INSERT INTO ledger_epoch (id, epoch, created_at) VALUES (1, %s, %s) "
+                            "ON DUPLICATE KEY UPDATE id = id", (adopt, time.time()))
+        rows = await self._run("SELECT epoch FROM ledger_epoch WHERE id = 1")
+        return str(rows[0][0]) if rows else None
+
+    async def bucket_wins(self, buckets: Sequence[int], modulo: int) -> list[tuple[int, str, str, int]]:
+        """Return (task_id, prize_type, user_id, wins) of the tasks in these buckets (task_id mod `modulo`)."""
+        marks = ", ".join(["%s"] * len(buckets))
+        rows = await self._run(f"SELECT task_id, prize_type, user_id, COUNT(*) FROM claims WHERE outcome = 'won' AND "
+                               f"MOD(task_id, {modulo}) IN ({marks}) GROUP BY task_id, prize_type, user_id", list(buckets))
+        return [(int(t), str(p), str(u), int(n)) for t, p, u, n in rows]
+
+    async def claim_ids(self, buckets: Sequence[int], modulo: int, after: str, limit: int) -> list[str]:
+        """Return up to `limit` claim ids after `after`, in order, of those whose CRC32 mod `modulo` is in buckets
+        (the Redis ledger's id buckets: zlib's CRC-32 is MySQL's)."""
+        marks = ", ".join(["%s"] * len(buckets))
+        rows = await self._run(f"SELECT claim_id FROM claims WHERE claim_id > %s AND MOD(CRC32(claim_id), {modulo}) "
+                               f"IN ({marks}) ORDER BY claim_id LIMIT %s", [after, *buckets, limit])
+        return [str(r[0]) for r in rows]
 
     async def close(self) -> None:
         if self._pool is not None:

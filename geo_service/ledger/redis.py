@@ -10,6 +10,8 @@ into the record database.
 from __future__ import annotations
 
 import asyncio
+import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
@@ -28,6 +30,7 @@ from geo_service.ledger.interface import (
     Counters,
     Difference,
     LedgerError,
+    LedgerRefusal,
     LedgerState,
     Outcome,
     PrizeChange,
@@ -36,30 +39,36 @@ from geo_service.ledger.interface import (
     deliver_cancellation,
     raised_in,
 )
-from geo_service.ledger.records import RecordStore, differences
+from geo_service.ledger.records import RecordStore
 from geo_service.ledger.redis_layout import (
-    BIND_MARGIN_S,
+    ASK_RECORD,
+    BIND_ARGS,
     CLAIM_ARGS,
+    CLAIM_ID_TAKEN,
+    FLOW_FULL,
     LAYOUT,
     MOVE_ARGS,
+    STATE_LOST,
     bind_key,
     bucket_key,
     bucket_tag,
     claim_of,
+    epoch_key,
+    id_bucket,
+    outcome_key,
     owner_of,
     script,
     task_key,
+    wins_key,
 )
+from geo_service.ledger.redis_state import Client, check_epoch, config_problems
 
-CLAIM_ID_TAKEN = "claim_id_taken"  # the claim script's answer when the id is bound to another claim
+log = logging.getLogger("geodrop.ledger")
+SCRIPTS = ("claim", "movement", "bind", "seen", "remember", "set_prize", "set_flag", "unbind", "read_tasks", "counters_at")
 POSITION_TTL_S = 86_400  # a player unseen for a day starts afresh (as after a long trip)
 READ_CALLS_IN_FLIGHT = 16  # per read of many tasks: well inside the connection pool, enough to keep nodes busy
 CHANGED_KEEP_S = 3_600  # how long a task stays in a bucket's changed set: far longer than any delta read's reach
-# What the ledger needs of every node for "an acknowledged win is never lost, a prize never issued twice".
-REQUIRED_CONFIG = {"appendonly": "yes", "appendfsync": "always", "maxmemory-policy": "noeviction",
-                   "no-appendfsync-on-rewrite": "no"}
 T = TypeVar("T")
-Client = aioredis.Redis | RedisCluster
 
 
 class RedisLedger:
@@ -71,11 +80,13 @@ class RedisLedger:
         self.record_db = record_db
         self.kind = "redis+cluster" if settings.cluster else "redis"
         self._client: Client | None = None
+        self._store: RecordStore | None = None
         self._scripts: dict[str, AsyncScript] = {}
         self._limit = asyncio.Semaphore(settings.max_connections)
 
     async def client(self) -> Client:
-        """Return the connected client, checking once that the server holds this key layout (or none)."""
+        """Return the connected client, checking once that the server holds this key layout (or none) and the
+        ledger's epoch (check_epoch)."""
         if self._client is None:
             s = self.settings
             options: dict[str, Any] = {"password": s.password or None, "decode_responses": True,
@@ -86,16 +97,24 @@ class RedisLedger:
             try:
                 await client.set("gd:layout", LAYOUT, nx=True)
                 layout = await client.get("gd:layout")
+                if layout != LAYOUT:
+                    raise LedgerError(f"{s.redacted} holds a ledger of layout {layout!r}; this release reads {LAYOUT!r}")
+                await check_epoch(client, self.settings.redacted, self.store() if self.record_db else None,
+                                  create=bool(self.record_db))
             except BaseException:
                 await client.aclose()
                 raise
-            if layout != LAYOUT:
-                await client.aclose()
-                raise LedgerError(f"{s.redacted} holds a ledger of layout {layout!r}; this release reads {LAYOUT!r}")
-            self._scripts = {name: client.register_script(script(name))
-                             for name in ("claim", "movement", "set_prize", "set_flag", "unbind", "read_tasks")}
+            self._scripts = {name: client.register_script(script(name)) for name in SCRIPTS}
             self._client = client
         return self._client
+
+    def store(self) -> RecordStore:
+        """Return the record database (record_db) the flow log is shipped into; raise LedgerRefusal without one."""
+        if self._store is None:
+            if not self.record_db:
+                raise LedgerRefusal("this needs the record database, and the ledger has none (set record_db)")
+            self._store = RecordStore(MySQLSettings.from_dsn(self.record_db))
+        return self._store
 
     async def call(self, work: Callable[[Client], Awaitable[T]]) -> T:
         """Run one piece of work with a bounded number in flight; any Redis failure becomes a LedgerError."""
@@ -117,7 +136,9 @@ class RedisLedger:
         return result
 
     async def seed(self, counters: Sequence[Seed]) -> None:
-        """Create the fields a counter lacks (HSETNX: a counter that exists keeps its counts, quota and rate)."""
+        """Create the fields a counter lacks (HSETNX: a counter that exists keeps its counts, quota and rate). A
+        bucket that lost its state gets its counters too, but takes no claims until a repair sets their issued
+        counts from the record."""
         now_ms = int(time.time() * 1000)
 
         async def write(r: Client) -> None:
@@ -140,45 +161,71 @@ class RedisLedger:
 
     async def claim(self, request: ClaimRequest, draw: Sequence[str], win_cap: int, max_speed_mps: float) -> Outcome:
         r = request
-        tag = bucket_tag(r.task_id)
-
-        async def settle(client: Client) -> str:
-            keys = [task_key(r.task_id), f"gd:{tag}:w:{r.task_id}", f"gd:{tag}:c:{r.task_id}:{r.claim_id}",
-                    f"gd:{tag}:flow", f"gd:{tag}:changed"]
-            values = {"claim_id": r.claim_id, "user_id": r.user_id, "task_id": r.task_id, "poi_id": r.poi_id,
-                      "win_cap": win_cap, "record_ttl_s": self.settings.record_ttl_s,
-                      "bind_ttl_s": self.settings.record_ttl_s + BIND_MARGIN_S, "lat": r.lat, "lng": r.lng,
-                      "at_s": r.at_s, "max_speed_mps": max_speed_mps, "position_ttl_s": POSITION_TTL_S}
-            player = f"gd:{{u:{r.user_id}}}:pos"
-            if isinstance(client, RedisCluster):
-                # The claim id's binding and the player's position live on other nodes than the task's keys: on a
-                # cluster each is a call of its own, made together, before the claim's.
-                holder, values["plausible"] = await asyncio.gather(
-                    self._bind(client, r), self._run_script(client, "movement", [player], [values[arg] for arg in MOVE_ARGS]))
-                if holder is not None and holder != claim_of(r):
-                    return CLAIM_ID_TAKEN
-                values["bound"] = "1"
-            else:
-                values["plausible"] = values["bound"] = "?"  # one node holds every key: the claim's call checks both
-                keys += [player, bind_key(r.claim_id)]
-            args = [*(values[arg] for arg in CLAIM_ARGS), *draw]
-            answer = str(await self._run_script(client, "claim", keys, args))
-            if answer == CLAIM_ID_TAKEN and values["bound"] == "1":
-                # Bound here a moment ago to an id whose outcome is another player's: give the binding back.
-                await self._run_script(client, "unbind", [bind_key(r.claim_id)], [claim_of(r)])
-            return answer
-
-        answer = await self.call(settle)
+        answer = await self.call(lambda c: self._settle(c, r, draw, win_cap, max_speed_mps, checked=False))
+        if answer == ASK_RECORD:
+            # The id may have been used before and its binding is gone: its record, if any, is the answer.
+            recorded = await self._recorded(r)
+            if recorded is not None:
+                return recorded
+            answer = await self.call(lambda c: self._settle(c, r, draw, win_cap, max_speed_mps, checked=True))
         if answer == CLAIM_ID_TAKEN:
             raise ClaimIdTaken(r.claim_id)
+        if answer == STATE_LOST:
+            raise LedgerRefusal("the ledger's state of this claim's bucket was lost (its Redis node was emptied); its "
+                                "claims wait for `geo-service ledger reconcile --repair`")
+        if answer == FLOW_FULL:
+            raise LedgerRefusal("the flow log of this task's bucket is full: nothing is shipping it into the record "
+                                "database (is the collector running with record_db?)")
         return _outcome(r.claim_id, answer)
 
-    async def _run_script(self, client: Client, name: str, keys: list[str], args: Sequence[Any]) -> Any:
+    async def _settle(self, client: Client, r: ClaimRequest, draw: Sequence[str], win_cap: int, max_speed_mps: float,
+                      checked: bool) -> str:
+        """Run the claim script (and on a cluster the bind and movement calls before it); return its answer."""
+        tag, s = bucket_tag(r.task_id), self.settings
+        keys = [task_key(r.task_id), wins_key(r.task_id), outcome_key(r.task_id, r.claim_id), f"gd:{tag}:flow",
+                f"gd:{tag}:changed", epoch_key(r.task_id % REDIS_BUCKETS)]
+        values = {"claim_id": r.claim_id, "user_id": r.user_id, "task_id": r.task_id, "poi_id": r.poi_id,
+                  "win_cap": win_cap, "checked": "1" if checked else "0", "filter_bits": s.claim_filter_bits,
+                  "flow_max": math.ceil(s.flow_backlog_max / REDIS_BUCKETS), "lat": r.lat, "lng": r.lng,
+                  "at_s": r.at_s, "max_speed_mps": max_speed_mps, "position_ttl_s": POSITION_TTL_S}
+        player, ids = f"gd:{{u:{r.user_id}}}:pos", id_bucket(r.claim_id)
+        if isinstance(client, RedisCluster):
+            # The claim id's binding and the player's position live on other nodes than the task's keys: on a
+            # cluster each is a call of its own, made together, before the claim's.
+            bind_args = {"claim_id": r.claim_id, "claim_of": claim_of(r), **values}
+            state, values["plausible"] = await asyncio.gather(
+                self.run_script(client, "bind", [bind_key(r.claim_id), bucket_key(ids, "seen"), epoch_key(ids)],
+                                 [bind_args[arg] for arg in BIND_ARGS]),
+                self.run_script(client, "movement", [player], [values[arg] for arg in MOVE_ARGS]))
+            if state not in ("new", "bound", ASK_RECORD):
+                return str(state)
+            values["bound"] = "ask" if state == ASK_RECORD else str(state)  # the outcome, if still here, answers first
+        else:
+            values["plausible"] = values["bound"] = "?"  # one node holds every key: the claim's call checks both
+            keys += [player, bind_key(r.claim_id), bucket_key(ids, "seen")]
+            state = ""
+        answer = str(await self.run_script(client, "claim", keys, [*(values[arg] for arg in CLAIM_ARGS), *draw]))
+        if state == "new" and answer in (CLAIM_ID_TAKEN, STATE_LOST, FLOW_FULL):
+            # Bound here a moment ago for a claim the task's bucket refused: give the binding back.
+            await self.run_script(client, "unbind", [bind_key(r.claim_id)], [claim_of(r)])
+        return answer
+
+    async def _recorded(self, r: ClaimRequest) -> Outcome | None:
+        """Return the claim's outcome from the record database (None: it holds no such claim); raise ClaimIdTaken
+        if the id is another claim's there."""
+        record = await self.store().find(r.claim_id)
+        if record is None:
+            return None
+        if (record.user_id, record.task_id, record.poi_id) != (r.user_id, r.task_id, r.poi_id):
+            raise ClaimIdTaken(r.claim_id)
+        return Outcome(r.claim_id, record.outcome, record.prize_type, record.reason)
+
+    async def run_script(self, client: Client, name: str, keys: list[str], args: Sequence[Any]) -> Any:
         """Run a script on the node serving its keys. On a cluster the call goes straight to the node that the
         client's slot table names: the client's general routing costs a claim's worker a tenth of its CPU
         (py-spy). A moved slot, a lost node or a script not loaded there fails that call, and the general path,
-        which sorts each of them out, runs it; both scripts are safe to run twice (a settled claim_id answers
-        its first outcome; a position set twice is the same position)."""
+        which sorts each of them out, runs it; the claim scripts are safe to run twice (a settled claim_id answers
+        its first outcome, a bound one finds its own binding; a position set twice is the same position)."""
         script = self._scripts[name]
         if isinstance(client, RedisCluster):
             node = client.nodes_manager.get_node_from_slot(key_slot(keys[0].encode()))
@@ -188,27 +235,24 @@ class RedisLedger:
                 pass
         return await script(keys=keys, args=args)
 
-    async def _bind(self, client: RedisCluster, r: ClaimRequest) -> Any:
-        """Bind the claim id to this claim unless it is bound, and return what it was bound to (None: nothing),
-        straight to the key's node as _run_script does. Safe to run twice: the second finds this claim."""
-        key, ttl = bind_key(r.claim_id), self.settings.record_ttl_s + BIND_MARGIN_S
-        node = client.nodes_manager.get_node_from_slot(key_slot(key.encode()))
-        try:
-            # get=True tells the reply callback to hand back the old value (its default turns a reply into OK or not).
-            return await node.execute_command("SET", key, claim_of(r), "NX", "GET", "EX", ttl, get=True)
-        except RedisError:
-            return await client.set(key, claim_of(r), nx=True, get=True, ex=ttl)
-
     async def outcome_of(self, request: ClaimRequest) -> Outcome | None:
         r = request
         holder: Any
         raw: Any
         holder, raw = await asyncio.gather(  # two keys of two slots: two calls, made together
             self.call(lambda c: c.get(bind_key(r.claim_id))),
-            self.call(lambda c: c.get(f"gd:{bucket_tag(r.task_id)}:c:{r.task_id}:{r.claim_id}")))
-        if (holder is not None and holder != claim_of(r)) or (raw is not None and owner_of(raw) not in (None, claim_of(r))):
+            self.call(lambda c: c.get(outcome_key(r.task_id, r.claim_id))))
+        if (holder is not None and holder != claim_of(r)) or (raw is not None and owner_of(raw) != claim_of(r)):
             raise ClaimIdTaken(r.claim_id)
-        return None if raw is None else _outcome(r.claim_id, raw)
+        if raw is not None:
+            return _outcome(r.claim_id, raw)
+        if holder is None and self.record_db:
+            ids = id_bucket(r.claim_id)
+            seen = await self.call(lambda c: self.run_script(c, "seen", [bucket_key(ids, "seen")],
+                                                              [self.settings.claim_filter_bits, r.claim_id]))
+            if seen:
+                return await self._recorded(r)
+        return None
 
     async def set_prize(self, task_id: int, prize_type: str, quota: int | None, rate_milli: int | None) -> PrizeChange:
         bucket = task_id % REDIS_BUCKETS
@@ -239,7 +283,7 @@ class RedisLedger:
         async def read(r: Client) -> list[list[list[str]]]:
             answers: list[list[list[str]]] = []
             for start in range(0, len(groups), READ_CALLS_IN_FLIGHT):
-                answers += await asyncio.gather(*(self._run_script(r, "read_tasks", [task_key(t) for t in group], [])
+                answers += await asyncio.gather(*(self.run_script(r, "read_tasks", [task_key(t) for t in group], [])
                                                   for group in groups[start : start + READ_CALLS_IN_FLIGHT]))
             return answers
 
@@ -292,7 +336,7 @@ class RedisLedger:
 
     async def set_enabled(self, task_id: int, enabled: bool) -> float | None:
         async def switch(r: Client) -> Any:
-            won_at = await self._run_script(r, "set_flag", [task_key(task_id)], ["0" if enabled else "1"])
+            won_at = await self.run_script(r, "set_flag", [task_key(task_id)], ["0" if enabled else "1"])
             # The list the collector reads of every flag (the task hash holds the switch the claims obey).
             await (r.hdel("gd:flags", str(task_id)) if enabled else r.hset("gd:flags", str(task_id), "0"))
             return won_at
@@ -300,98 +344,41 @@ class RedisLedger:
         won_at = await self.call(switch)
         return None if won_at is None else float(won_at)
 
-    async def reconcile(self, repair: bool) -> list[Difference]:
-        return await reconcile_redis(self, repair)
+    async def reconcile(self, repair: bool, seeds: Sequence[Seed] = ()) -> list[Difference]:
+        from geo_service.ledger.redis_repair import reconcile_redis  # the operators' path, not the claims'
 
-    async def set_issued(self, counts: Sequence[Difference]) -> None:
-        """Set each counter's issued count to its won claims (the repair of reconcile and of a failover)."""
+        return await reconcile_redis(self, repair, seeds)
 
-        async def write(r: Client) -> None:
+    async def backlog(self) -> tuple[int, int]:
+        async def look(r: Client) -> list[int]:
             pipe = r.pipeline(transaction=False)
-            for d in counts:
-                pipe.hset(task_key(d.task_id), f"i:{d.prize_type}", d.won_claims)
-                pipe.zadd(bucket_key(d.task_id % REDIS_BUCKETS, "changed"), {str(d.task_id): int(time.time() * 1000)})
-            await pipe.execute()
+            for b in range(REDIS_BUCKETS):
+                pipe.xlen(bucket_key(b, "flow"))
+            return [int(n) for n in await pipe.execute()]
 
-        await self.call(write)
+        lengths = await self.call(look)
+        return sum(lengths), 1000 * max(lengths) // math.ceil(self.settings.flow_backlog_max / REDIS_BUCKETS)
+
+    async def init(self) -> None:
+        store = self.store() if self.record_db else None
+        lost = await self.call(lambda r: check_epoch(r, self.settings.redacted, store, create=True))
+        if lost:
+            raise LedgerError(f"{len(lost)} bucket(s) hold no epoch while others do, or the record database knows this "
+                              "ledger: its state was lost; `geo-service ledger reconcile --repair` restores it")
 
     async def problems(self) -> list[str]:
-        """Return how each node falls short of REQUIRED_CONFIG, and replicas that could fail over on their own."""
-
-        async def check(r: Client) -> list[str]:
-            nodes = [(n.name, n.server_type, n) for n in r.get_nodes()] if isinstance(r, RedisCluster) else [
-                (self.settings.redacted, "primary", None)]
-            found = []
-            for name, role, node in nodes:
-                config = await (r.config_get("*", target_nodes=node) if node is not None else r.config_get("*"))
-                found += [f"{name}: {key} is {config.get(key)!r}, needs {want!r}"
-                          for key, want in REQUIRED_CONFIG.items() if config.get(key) != want]
-                if role == "replica" and config.get("cluster-replica-no-failover") != "yes":
-                    found.append(f"{name}: a replica that fails over on its own can lose acknowledged wins; "
-                                 "set cluster-replica-no-failover yes")
-            return found
-
-        return await self.call(check)
+        return await self.call(lambda r: config_problems(r, self.settings.redacted))
 
     async def close(self) -> None:
         if self._client is not None:
             client, self._client = self._client, None
             await client.aclose()
+        if self._store is not None:
+            store, self._store = self._store, None
+            await store.close()
 
 
 def _outcome(claim_id: str, raw: str) -> Outcome:
-    """Return a claim's outcome from "<outcome>\t<prize_type>[\t<the claim it belongs to>]"."""
+    """Return a claim's outcome from "<outcome>\t<prize_type>\t<the claim it belongs to>"."""
     outcome, prize = raw.split("\t", 2)[:2]
     return Outcome.of(claim_id, outcome, prize or None)
-
-
-async def _stream_wins(ledger: RedisLedger) -> list[dict[str, str]]:
-    """Return the won records the streams hold (shipped and not yet trimmed, or not shipped)."""
-    records: list[dict[str, str]] = []
-
-    async def read(r: Client) -> None:
-        for b in range(REDIS_BUCKETS):
-            start = "-"
-            for _ in range(10**6):  # bounded: a stream is read to its end in pages
-                page: Any = await r.xrange(bucket_key(b, "flow"), min=start, count=10_000)
-                records.extend(fields for _, fields in page if fields.get("outcome") == "won")
-                if len(page) < 10_000:
-                    break
-                start = f"({page[-1][0]}"
-
-    await ledger.call(read)
-    return records
-
-
-async def _all_issued(ledger: RedisLedger) -> Iterable[tuple[int, str, int]]:
-    issued: list[tuple[int, str, int]] = []
-    after = None
-    for _ in range(10**6):  # bounded: pages until a short one
-        page = await ledger.read_page(after, 10_000)
-        issued += [(int(t), p, int(q - left)) for t, p, q, left in zip(page.task_id, page.prize_type, page.quota, page.left)]
-        if len(page) < 10_000:
-            break
-        after = page.last_key()
-    return issued
-
-
-async def reconcile_redis(ledger: RedisLedger, repair: bool) -> list[Difference]:
-    """Compare every Redis counter with its won claims: those in MySQL plus those not shipped yet."""
-    if not ledger.record_db:
-        raise LedgerError("reconciling a Redis ledger reads the claims shipped into MySQL: give record_db")
-    store = RecordStore(MySQLSettings.from_dsn(ledger.record_db))
-    try:
-        # The streams first, then MySQL: a record shipped (and trimmed) in between is then counted once.
-        records = await _stream_wins(ledger)
-        won = await store.won_counts()
-        shipped = await store.present([f["claim_id"] for f in records])
-        for f in records:
-            if f["claim_id"] not in shipped:
-                key = (int(f["task_id"]), f["prize_type"])
-                won[key] = won.get(key, 0) + 1
-        diffs = differences(await _all_issued(ledger), won)
-    finally:
-        await store.close()
-    if repair and diffs:
-        await ledger.set_issued(diffs)
-    return diffs

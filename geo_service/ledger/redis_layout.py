@@ -6,20 +6,30 @@ bucket carries its hash tag, so one claim touches one slot and buckets spread ov
     gd:{b<k>}:t:<task>             hash  q:/i:/r:/s:/n:<prize> quota, issued, rate (thousandths/s, -1 none),
                                          rate slice, issued in that slice; off (the kill switch), won_at
     gd:{b<k>}:w:<task>             hash  user -> wins (the win cap)
-    gd:{b<k>}:c:<task>:<claim_id>  str   the claim's outcome and the claim it belongs to, kept record_ttl_s
+    gd:{b<k>}:c:<task>:<claim_id>  str   the claim's outcome and the claim it belongs to; kept until its record is
+                                         in the record database, then record_ttl_s + OUTCOME_MARGIN_S (ship.py)
     gd:{b<k>}:flow                 stream  every claim's record: the flow log shipped into MySQL (ship.py)
     gd:{b<k>}:changed              zset  task -> ms of its last counter change (the collector's delta read)
     gd:{b<k>}:changes              stream  live quota/rate changes
+    gd:{b<k>}:epoch                str   the ledger's epoch: the bucket holds the ledger's state (a node emptied by a
+                                         flush or a restart without its AOF has none, and its buckets take no claims)
+    gd:{b<j>}:bind:<claim_id>      str   "<user>\t<task>\t<poi>": the claim the id was first used for (another
+                                         player's, task's or POI's use is refused); j = id_bucket(claim_id); kept
+                                         until its record is shipped, then record_ttl_s
+    gd:{b<j>}:seen                 string  a Bloom filter of every claim id the bucket has bound (claim_ids.lua): an id
+                                         it may have seen, with no binding left, is looked up in the record database
     gd:{u:<user>}:pos              hash  the player's last claimed position (the movement check)
-    gd:{c:<claim_id>}:bind         str   "<user>\t<task>\t<poi>": the claim the id was first used for, kept
-                                         record_ttl_s + BIND_MARGIN_S (another player's or task's use is refused)
     gd:tasks (zset of task ids, the complete read), gd:flags (disabled tasks), gd:change_seq, gd:layout
+
+A claim id is thus remembered as long as its record: in Redis while its binding lives, and after that by the
+filter, which sends the claim to the record database instead of a fresh settlement.
 
 Nothing here talks to Redis: these are the names both the ledger (redis.py) and the shipper (ship.py) use.
 """
 
 from __future__ import annotations
 
+import zlib
 from importlib import resources
 
 from geo_service.dsn import REDIS_BUCKETS
@@ -27,7 +37,7 @@ from geo_service.ledger.interface import ClaimRequest
 from geo_service.ledger.records import FLOW_FIELDS
 from geo_service.snapshot.grid import EARTH_RADIUS_M
 
-LAYOUT = f"geodrop-ledger 1 buckets={REDIS_BUCKETS}"
+LAYOUT = f"geodrop-ledger 2 buckets={REDIS_BUCKETS}"
 
 
 def bucket_tag(task_id: int) -> str:
@@ -38,9 +48,26 @@ def task_key(task_id: int) -> str:
     return f"gd:{bucket_tag(task_id)}:t:{task_id}"
 
 
+def id_bucket(claim_id: str) -> int:
+    """Return the bucket a claim id's binding and filter live in (MySQL's CRC32() gives the same number)."""
+    return zlib.crc32(claim_id.encode()) % REDIS_BUCKETS
+
+
 def bind_key(claim_id: str) -> str:
-    """Return the key binding a claim id to its claim (claim ids have no braces: the tag is the id)."""
-    return f"gd:{{c:{claim_id}}}:bind"
+    """Return the key binding a claim id to its claim (claim ids have no braces)."""
+    return f"gd:{{b{id_bucket(claim_id)}}}:bind:{claim_id}"
+
+
+def wins_key(task_id: int) -> str:
+    return f"gd:{bucket_tag(task_id)}:w:{task_id}"
+
+
+def outcome_key(task_id: int, claim_id: str) -> str:
+    return f"gd:{bucket_tag(task_id)}:c:{task_id}:{claim_id}"
+
+
+def epoch_key(bucket: int) -> str:
+    return bucket_key(bucket, "epoch")
 
 
 def claim_of(r: ClaimRequest) -> str:
@@ -48,38 +75,44 @@ def claim_of(r: ClaimRequest) -> str:
     return f"{r.user_id}\t{r.task_id}\t{r.poi_id}"
 
 
-def owner_of(outcome: str) -> str | None:
-    """Return the claim a stored outcome ("<outcome>\t<prize>\t<claim_of>") belongs to; None in outcomes settled
-    before claim ids were bound, which answer as they did."""
-    parts = outcome.split("\t", 2)
-    return parts[2] if len(parts) == 3 else None
+def owner_of(outcome: str) -> str:
+    """Return the claim a stored outcome ("<outcome>\t<prize>\t<claim_of>") belongs to."""
+    return outcome.split("\t", 2)[2]
 
 
 def bucket_key(bucket: int, name: str) -> str:
-    """Return a bucket's key `name` (flow, changed, changes)."""
+    """Return a bucket's key `name` (flow, changed, changes, epoch, seen)."""
     return f"gd:{{b{bucket}}}:{name}"
 
 
 # The movement and claim scripts' arguments, in ARGV order: each script reads them by name from the table
 # `args` that script() prepends; the claim's prize types in draw order follow, from ARGV[FIRST_PRIZE].
 MOVE_ARGS = ("lat", "lng", "at_s", "max_speed_mps", "position_ttl_s")
-CLAIM_ARGS = ("claim_id", "user_id", "task_id", "poi_id", "win_cap", "plausible", "bound", "record_ttl_s", "bind_ttl_s",
-              *MOVE_ARGS)
-# A binding is kept this much longer than its claim's outcome: a cluster binds before it settles, so the
-# binding must not be the first to go.
-BIND_MARGIN_S = 3_600
-_SCRIPT_ARGS = {"claim": CLAIM_ARGS, "movement": MOVE_ARGS}
+BIND_ARGS = ("claim_id", "claim_of", "checked", "filter_bits")
+CLAIM_ARGS = ("claim_id", "user_id", "task_id", "poi_id", "win_cap", "plausible", "bound", "checked", "filter_bits",
+              "flow_max", *MOVE_ARGS)
+# A shipped claim's outcome is kept this much longer than its binding: while a binding lives, so does its outcome,
+# and a claim id whose binding is gone is answered from the record database (never settled afresh).
+OUTCOME_MARGIN_S = 3_600
+# The claim scripts' answers that are no outcome.
+CLAIM_ID_TAKEN = "claim_id_taken"  # the id is bound to another claim: nothing written
+ASK_RECORD = "ask_record"  # the id may have been used before and its binding is gone: the record database tells
+STATE_LOST = "state_lost"  # the bucket has no epoch: its node lost the ledger's state (or was never given it)
+FLOW_FULL = "flow_full"  # the bucket's flow log is at its ceiling: nothing is shipping it
+_SCRIPT_ARGS = {"claim": CLAIM_ARGS, "movement": MOVE_ARGS, "bind": BIND_ARGS}
+_PRELUDES = {"claim": ("position.lua", "claim_ids.lua"), "movement": ("position.lua",), "bind": ("claim_ids.lua",),
+             "seen": ("claim_ids.lua",), "remember": ("claim_ids.lua",)}
 
 
 def script(name: str) -> str:
-    """Return a script's text. The claim and movement scripts get their arguments by name, the earth's radius
-    and the flow log's field names from here, and share the movement check (position.lua)."""
+    """Return a script's text. The claim, movement and bind scripts get their arguments by name, the earth's
+    radius and the flow log's field names from here; the movement check (position.lua) and the claim ids'
+    binding and filter (claim_ids.lua) are shared by the scripts that need them."""
     lua = resources.files("geo_service.ledger").joinpath("lua")
-    names = _SCRIPT_ARGS.get(name)
-    if names is None:
-        return lua.joinpath(f"{name}.lua").read_text()
+    names = _SCRIPT_ARGS.get(name, ())
     bound = ", ".join(f"{arg} = ARGV[{i}]" for i, arg in enumerate(names, 1))
     flow = ", ".join(f"'{name}'" for name in FLOW_FIELDS)
     prelude = (f"local EARTH_RADIUS_M = {EARTH_RADIUS_M!r}\nlocal args = {{{bound}}}\n"
-               f"local FIRST_PRIZE = {len(names) + 1}\nlocal FLOW_FIELDS = {{{flow}}}\n")
-    return prelude + lua.joinpath("position.lua").read_text() + lua.joinpath(f"{name}.lua").read_text()
+               f"local FIRST_PRIZE = {len(names) + 1}\nlocal FLOW_FIELDS = {{{flow}}}\n") if names else ""
+    shared = "".join(lua.joinpath(part).read_text() for part in _PRELUDES.get(name, ()))
+    return prelude + shared + lua.joinpath(f"{name}.lua").read_text()

@@ -1,10 +1,15 @@
 """The flow log's way into MySQL: a Redis ledger's claim records, shipped exactly once into `claims`.
 
 Each bucket's stream is read through one consumer group. A batch is upserted by claim_id and
-committed, then acknowledged, then the stream is trimmed below its oldest pending entry, never in the
-claim call: a shipper killed anywhere re-reads what it had not acknowledged, and the upsert makes the
-second delivery a no-op. MySQL's claims table stays the system of record for reporting. This module
-may touch the ledger's Redis streams and the record database.
+committed; its claims' outcomes and bindings, kept in Redis without expiry until then, are given their
+time (record_ttl_s); then the batch is acknowledged and the stream trimmed below its oldest pending entry,
+never in the claim call: a shipper killed anywhere re-reads what it had not acknowledged, and the upsert
+makes the second delivery a no-op. MySQL's claims table stays the system of record for reporting.
+
+A consumer group that is gone (the stream deleted, or the group destroyed) is made again from the stream's
+start: what the stream still holds is shipped (the upsert keeps it once), and what was deleted with it is
+reported as a gap for `ledger reconcile`. This module may touch the ledger's Redis streams and keys, and the
+record database.
 """
 
 from __future__ import annotations
@@ -20,8 +25,9 @@ from redis.exceptions import ResponseError
 from geo_service.dsn import REDIS_BUCKETS
 from geo_service.ledger.interface import LedgerError
 from geo_service.ledger.records import ClaimRecord, RecordStore
-from geo_service.ledger.redis import Client, RedisLedger
-from geo_service.ledger.redis_layout import bucket_key
+from geo_service.ledger.redis import RedisLedger
+from geo_service.ledger.redis_layout import OUTCOME_MARGIN_S, bind_key, bucket_key, outcome_key
+from geo_service.ledger.redis_state import Client
 
 log = logging.getLogger("geodrop.ship")
 GROUP, CONSUMER = "ship", "shipper"
@@ -40,6 +46,8 @@ class ShipHealth:
     failures: int = 0
     last_error: str | None = None
     last_round_at: float = 0.0
+    groups_recreated: int = 0  # consumer groups found gone and made again
+    last_gap: str | None = None  # what the last recreation may have lost, for reconcile
 
 
 class Shipper:
@@ -57,9 +65,10 @@ class Shipper:
         self.buckets = [b for b in range(REDIS_BUCKETS) if b % part[1] == part[0] - 1]
         self._groups = False
         self._pending = set(self.buckets)  # streams that may hold entries delivered but not acknowledged
+        self._shipped_to: dict[int, str] = {}  # each bucket's last entry acknowledged by this process
 
-    async def _ensure_groups(self, r: Client) -> None:
-        for b in self.buckets:
+    async def _ensure_groups(self, r: Client, buckets: list[int] | None = None) -> None:
+        for b in self.buckets if buckets is None else buckets:
             try:
                 await r.xgroup_create(bucket_key(b, "flow"), GROUP, id="0", mkstream=True)
             except ResponseError as exc:
@@ -80,11 +89,35 @@ class Shipper:
         self.health.lag_s = round(time.time() - min(oldest) / 1000, 3) if oldest else 0.0
         return [b for b, n in zip(self.buckets, lengths) if n or b in self._pending]
 
+    async def _read(self, r: Client, bucket: int, start: str) -> list[tuple[str, dict[str, str]]]:
+        """Read a batch as the group's consumer; a group found gone is made again from the stream's start."""
+        key = bucket_key(bucket, "flow")
+        try:
+            answer: Any = await r.xreadgroup(GROUP, CONSUMER, {key: start}, count=self.batch)
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            await self._recreate(r, bucket)
+            answer = await r.xreadgroup(GROUP, CONSUMER, {key: start}, count=self.batch)
+        return answer[0][1] if answer else []
+
+    async def _recreate(self, r: Client, bucket: int) -> None:
+        key = bucket_key(bucket, "flow")
+        first: Any = await r.xrange(key, count=1)
+        await self._ensure_groups(r, [bucket])
+        self._pending.add(bucket)
+        shipped_to = self._shipped_to.get(bucket, "unknown (not this process)")
+        gap = (f"bucket {bucket}: the flow stream's consumer group was gone and is made again; shipped to "
+               f"{shipped_to}, the stream now starts at {first[0][0] if first else 'nothing'}: records between "
+               "were lost with it (run `geo-service ledger reconcile`)")
+        self.health.groups_recreated += 1
+        self.health.last_gap = gap
+        log.error("flow-log consumer group recreated", extra={"bucket": bucket, "gap": gap})
+
     async def _ship_stream(self, r: Client, bucket: int) -> int:
         key = bucket_key(bucket, "flow")
         for start in ("0", ">") if bucket in self._pending else (">",):
-            answer: Any = await r.xreadgroup(GROUP, CONSUMER, {key: start}, count=self.batch)
-            entries: list[tuple[str, dict[str, str]]] = answer[0][1] if answer else []
+            entries = await self._read(r, bucket, start)
             if entries:
                 break
         else:
@@ -94,14 +127,26 @@ class Shipper:
         rows = [ClaimRecord.from_flow(fields) for _, fields in entries if fields]  # a trimmed pending entry has no fields
         if rows:
             await self.store.insert(rows)
+            await self._expire(r, rows)
         ids = [entry_id for entry_id, _ in entries]
         await r.xack(key, GROUP, *ids)
+        self._shipped_to[bucket] = ids[-1]
         pending: Any = await r.xpending(key, GROUP)
         low = pending["min"] if pending["pending"] else _next_id(ids[-1])
         await r.xtrim(key, minid=low, approximate=False)
         if not pending["pending"]:
             self._pending.discard(bucket)
         return len(rows)
+
+    async def _expire(self, r: Client, rows: list[ClaimRecord]) -> None:
+        """Give the shipped claims' bindings record_ttl_s and their outcomes a margin more: while a binding lives,
+        its outcome does, and after it the record database answers a retry (redis_layout.py)."""
+        ttl = self.ledger.settings.record_ttl_s
+        pipe = r.pipeline(transaction=False)
+        for row in rows:
+            pipe.expire(bind_key(row.claim_id), ttl)
+            pipe.expire(outcome_key(row.task_id, row.claim_id), ttl + OUTCOME_MARGIN_S)
+        await pipe.execute()
 
     async def ship_once(self) -> int:
         """Ship what the streams hold now, a batch per stream; return the records shipped."""

@@ -12,7 +12,6 @@ import asyncio
 import fcntl
 import os
 import sqlite3
-import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -33,6 +32,7 @@ from geo_service.ledger.plans import (
     read_page_plan,
     read_state_plan,
     reconcile_plan,
+    seed_rows_plan,
     set_enabled_plan,
     set_prize_plan,
 )
@@ -122,9 +122,9 @@ class SQLiteLedger:
 
     async def seed(self, counters: Sequence[Seed]) -> None:
         def insert(conn: sqlite3.Connection) -> None:
+            rows = run_plan(conn, lambda: seed_rows_plan(counters))
             conn.execute("BEGIN IMMEDIATE")
-            now = time.time()
-            conn.executemany(SQLITE.insert_ignore("prize_counters", SEED_COLUMNS), [(*c, 0, now) for c in counters])
+            conn.executemany(SQLITE.insert_ignore("prize_counters", SEED_COLUMNS), rows)
             conn.execute("COMMIT")
             run_plan(conn, lambda: fill_rates_plan(counters))
 
@@ -146,7 +146,7 @@ class SQLiteLedger:
         change: PrizeChange = await self._plan(lambda: set_prize_plan(task_id, prize_type, quota, rate_milli, SQLITE))
         return change
 
-    async def reconcile(self, repair: bool) -> list[Difference]:
+    async def reconcile(self, repair: bool, seeds: Sequence[Seed] = ()) -> list[Difference]:
         diffs: list[Difference] = await self._plan(lambda: reconcile_plan(repair))
         return diffs
 
@@ -168,6 +168,12 @@ class SQLiteLedger:
 
     async def problems(self) -> list[str]:
         return []
+
+    async def backlog(self) -> None:
+        return None
+
+    async def init(self) -> None:
+        return None
 
     async def close(self) -> None:
         def shut(conn: sqlite3.Connection) -> None:

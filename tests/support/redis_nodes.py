@@ -15,11 +15,19 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import redis
+from redis.cluster import ClusterNode, RedisCluster
+
+from geo_service.dsn import REDIS_BUCKETS
+from geo_service.ledger.redis_layout import epoch_key
+
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
+TEST_EPOCH = "test-epoch"  # the epoch a flushed test deployment's buckets get, as `geo-service ledger init` would
 DURABLE = ["--appendonly", "yes", "--appendfsync", "always", "--maxmemory-policy", "noeviction", "--save", ""]
 
 
@@ -104,10 +112,27 @@ class RedisDeployment:
         hosts = ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
         return f"redis+cluster://{hosts}" if self.cluster else f"redis://{hosts}/0"
 
-    def flush(self) -> None:
+    def flush(self, epoch: str | None = TEST_EPOCH) -> None:
+        """Empty every node, then give the ledger's buckets `epoch`, as `geo-service ledger init` does for a new
+        ledger (None: leave them without one, as nodes that lost the ledger's state)."""
         for node in self.nodes:
             _cli(node.port, "flushall")
             _cli(node.port, "script", "flush")
+        if epoch is not None:
+            self.mark(range(REDIS_BUCKETS), epoch)
+
+    def mark(self, buckets: Iterable[int], epoch: str = TEST_EPOCH) -> None:
+        """Give these buckets of the ledger its epoch."""
+        client: redis.Redis | RedisCluster = (
+            RedisCluster(startup_nodes=[ClusterNode("127.0.0.1", n.port) for n in self.nodes])  # type: ignore[no-untyped-call]
+            if self.cluster else redis.Redis(port=self.nodes[0].port))
+        try:
+            pipe = client.pipeline(transaction=False)
+            for b in buckets:
+                pipe.set(epoch_key(b), epoch)
+            pipe.execute()
+        finally:
+            client.close()
 
     def node_of(self, key: str) -> RedisNode:
         """Return the node serving a key."""

@@ -3,34 +3,42 @@
 -- script that fails midway keeps the writes it made.
 --
 -- KEYS: 1 task hash (q:/i:/r:/s:/n:<prize>: quota, issued, rate in thousandths per s (-1: none),
---       slice, issued in that slice; off: the kill switch; won_at: the last win's time), 2 wins hash (user -> wins), 3 the claim's record,
---       4 the bucket's flow stream, 5 the bucket's changed-tasks zset,
---       6 (one node only) the player's position hash, for the movement check made right here,
---       7 (one node only) the claim id's binding, checked and set right here
+--       slice, issued in that slice; off: the kill switch; won_at: the last win's time), 2 wins hash (user -> wins),
+--       3 the claim's outcome, 4 the bucket's flow stream, 5 the bucket's changed-tasks zset, 6 the bucket's epoch,
+--       7 (one node only) the player's position hash, for the movement check made right here,
+--       8, 9 (one node only) the claim id's binding and its bucket's filter, checked and set right here
 -- args (ARGV by name, redis_layout.py CLAIM_ARGS): claim_id, user_id, task_id, poi_id, win_cap, plausible (the movement
---       check: "1", "0", or "?" to check it here, KEYS[6]), bound (the claim id's binding: "1" checked and set by
---       its own call, or "?" to do it here, KEYS[7]), record_ttl_s (how long the claim's record is kept),
---       bind_ttl_s (how long its binding is: longer),
---       lat, lng, at_s, max_speed_mps, position_ttl_s; then ARGV[FIRST_PRIZE..] the prize types in draw order
+--       check: "1", "0", or "?" to check it here, KEYS[7]), bound (bind.lua's answer, 'new', 'bound' or 'ask', or "?"
+--       to check and bind here, KEYS[8], KEYS[9]), checked and filter_bits (claim_ids.lua), flow_max (the most records the flow stream may
+--       hold: at it, claims wait for the shipper), lat, lng, at_s, max_speed_mps, position_ttl_s;
+--       then ARGV[FIRST_PRIZE..] the prize types in draw order
 -- Returns "<outcome>\t<prize_type>\t<user>\t<task>\t<poi>" (prize_type empty unless won; the claim it belongs
--- to after it), the first outcome for a retried claim, or
--- "claim_id_taken" (nothing written) when the id is bound to another player, task or POI.
+-- to after it), the first outcome for a retried claim, or, with nothing written: 'claim_id_taken' (the id is
+-- another claim's), 'ask_record' (claim_ids.lua), 'state_lost' (the bucket has no epoch) or 'flow_full'.
 local mine = args.user_id .. '\t' .. args.task_id .. '\t' .. args.poi_id
-if args.bound == '?' then
-  local holder = redis.call('GET', KEYS[7])
-  if holder and holder ~= mine then
+if redis.call('EXISTS', KEYS[6]) == 0 then
+  return 'state_lost'
+end
+local state, here = args.bound, args.bound == '?'  -- bind.lua's answer, or '?': check and bind it here
+if here then
+  state = binding(KEYS[8], KEYS[9], args.claim_id, mine, args.checked, tonumber(args.filter_bits))
+  if state == 'taken' then
     return 'claim_id_taken'
   end
 end
 local prior = redis.call('GET', KEYS[3])
 if prior then
-  -- "<outcome>\t<prize>\t<user>\t<task>\t<poi>": a claim of another player is refused even where its
-  -- binding is gone (an outcome settled before claim ids were bound has no owner, and answers as then).
-  local owner = string.match(prior, '^[^\t]*\t[^\t]*\t(.*)$')
-  if owner and owner ~= mine then
+  -- "<outcome>\t<prize>\t<user>\t<task>\t<poi>": a claim of another player is refused even where its binding is gone.
+  if string.match(prior, '^[^\t]*\t[^\t]*\t(.*)$') ~= mine then
     return 'claim_id_taken'
   end
   return prior
+end
+if state == 'ask' then
+  return 'ask_record'
+end
+if redis.call('XLEN', KEYS[4]) >= tonumber(args.flow_max) then
+  return 'flow_full'
 end
 
 local clock = redis.call('TIME')
@@ -48,7 +56,7 @@ end
 
 local moved = args.plausible
 if moved == '?' then
-  moved = tostring(plausible(KEYS[6], args.lat, args.lng, args.at_s, args.max_speed_mps, args.position_ttl_s))
+  moved = tostring(plausible(KEYS[7], args.lat, args.lng, args.at_s, args.max_speed_mps, args.position_ttl_s))
 end
 local outcome, prize, slice, used = 'no_prize_left', '', 0, 0
 if moved ~= '1' then
@@ -95,9 +103,9 @@ if outcome == 'won' then
   redis.call('ZADD', KEYS[5], string.format('%d', sec * 1000 + math.floor(usec / 1000)), args.task_id)
 end
 local result = outcome .. '\t' .. prize .. '\t' .. mine
-redis.call('SET', KEYS[3], result, 'EX', args.record_ttl_s)
-if args.bound == '?' then
-  redis.call('SET', KEYS[7], mine, 'EX', args.bind_ttl_s)
+redis.call('SET', KEYS[3], result)  -- no expiry until its record is in the record database (ship.py)
+if here and state == 'new' then
+  bind(KEYS[8], KEYS[9], args.claim_id, mine, tonumber(args.filter_bits))
 end
 redis.call('XADD', KEYS[4], '*', unpack(entry))
 return result

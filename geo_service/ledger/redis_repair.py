@@ -1,0 +1,173 @@
+"""A Redis ledger held against its record: reconcile while claims and shipping go on, and restore the buckets
+that lost their state.
+
+Reconcile: each bucket's counters are read in one atomic call with its node's clock (counters_at.lua). The
+won claims settled up to that moment are those of the record database with `created_at` at or before it, and
+those of the bucket's flow stream (read after the counters) that the record database does not hold; the
+record database is read last, counts and presence in one transaction, so a record shipped and trimmed
+meanwhile is found there, and counted once. A repair moves each counter by its difference (HINCRBY): claims
+settled after the read keep their increments.
+
+Restore: a bucket without the ledger's epoch (redis_state.py) takes no claims. `--repair` gives it its counters
+from the live snapshot (seeds), sets their issued counts and each player's wins from the won claims of the
+record, refills its filter of claim ids from the record's ids, and then gives it the epoch: claims resume. Wins
+that were in its flow stream and never shipped are gone with the node; the record is the truth.
+
+This module may touch Redis and the record database; operators run it (`geo-service ledger reconcile`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+from geo_service.dsn import REDIS_BUCKETS
+from geo_service.ledger.interface import Difference, LedgerError, Seed
+from geo_service.ledger.records import RecordStore, differences
+from geo_service.ledger.redis import RedisLedger
+from geo_service.ledger.redis_layout import bucket_key, id_bucket, task_key, wins_key
+from geo_service.ledger.redis_state import Client, bucket_epochs, mark_buckets
+
+log = logging.getLogger("geodrop.ledger")
+PAGE = 10_000  # stream entries and claim ids read a page at a time
+_PAGES = 10**6  # bound on pages: far past any ceiling
+
+
+async def reconcile_redis(ledger: RedisLedger, repair: bool, seeds: Sequence[Seed]) -> list[Difference]:
+    """Compare every counter with its won claims as of one moment per bucket; with repair, restore lost buckets
+    first, then move every differing counter by its difference. Return what differed (restored counters first)."""
+    store = ledger.store()
+    lost = [b for b, mark in enumerate(await ledger.call(bucket_epochs)) if mark is None]
+    restored: list[Difference] = []
+    if lost and repair:
+        restored = await restore(ledger, store, lost, seeds)
+    elif lost:
+        log.error("buckets without the ledger's epoch take no claims; --repair restores them",
+                  extra={"buckets": len(lost)})
+    by_bucket: dict[int, list[int]] = defaultdict(list)
+    for task_id in await _all_tasks(ledger):
+        by_bucket[task_id % REDIS_BUCKETS].append(task_id)
+    moments = [time.time()] * REDIS_BUCKETS
+    issued: list[tuple[int, str, int]] = []
+    for b, tasks in sorted(by_bucket.items()):
+        answer = await _counters_at(ledger, tasks)
+        moments[b] = float(answer[0])
+        issued += [(t, row[j], int(row[j + 1])) for t, row in zip(tasks, answer[1:]) for j in range(0, len(row), 2)]
+    unshipped = await ledger.call(lambda r: _stream_wins(r, moments))
+    won, present = await store.won_until(moments, [f["claim_id"] for f in unshipped])
+    for f in unshipped:
+        if f["claim_id"] not in present:
+            key = (int(f["task_id"]), f["prize_type"])
+            won[key] = won.get(key, 0) + 1
+    diffs = differences(issued, won)
+    if repair and diffs:
+        await ledger.call(lambda r: _move(r, diffs))
+    return restored + diffs
+
+
+async def _all_tasks(ledger: RedisLedger) -> list[int]:
+    ids: Any = await ledger.call(lambda r: r.zrange("gd:tasks", 0, -1))
+    return [int(t) for t in ids]
+
+
+async def _counters_at(ledger: RedisLedger, tasks: list[int]) -> Any:
+    """Return counters_at.lua's answer for these tasks (all of one bucket)."""
+    keys = [task_key(t) for t in tasks]
+
+    async def read(r: Client) -> Any:
+        return await ledger.run_script(r, "counters_at", keys, [])
+
+    return await ledger.call(read)
+
+
+async def _stream_wins(r: Client, moments: Sequence[float]) -> list[dict[str, str]]:
+    """Return the won records each bucket's stream holds that were settled at or before the bucket's moment."""
+    records: list[dict[str, str]] = []
+    for b in range(REDIS_BUCKETS):
+        start = "-"
+        for _ in range(_PAGES):
+            page: Any = await r.xrange(bucket_key(b, "flow"), min=start, count=PAGE)
+            records += [f for _, f in page if f.get("outcome") == "won" and float(f["at"]) <= moments[b]]
+            if len(page) < PAGE:
+                break
+            start = f"({page[-1][0]}"
+    return records
+
+
+async def _move(r: Client, diffs: Sequence[Difference]) -> None:
+    """Move each counter by its difference: what claims add meanwhile stays added."""
+    now_ms = int(time.time() * 1000)
+    pipe = r.pipeline(transaction=False)
+    for d in diffs:
+        pipe.hincrby(task_key(d.task_id), f"i:{d.prize_type}", d.won_claims - d.issued)
+        pipe.zadd(bucket_key(d.task_id % REDIS_BUCKETS, "changed"), {str(d.task_id): now_ms})
+    await pipe.execute()
+
+
+async def restore(ledger: RedisLedger, store: RecordStore, lost: list[int], seeds: Sequence[Seed]) -> list[Difference]:
+    """Restore buckets that lost their state from the record (no claims settle there meanwhile: they have no
+    epoch); return the counters whose issued count it set."""
+    epoch = await store.epoch()
+    if epoch is None:
+        raise LedgerError("the record database holds no ledger epoch, so it cannot restore this ledger: for a new "
+                          "ledger run `geo-service ledger init`")
+    lost_set = set(lost)
+    await ledger.seed([s for s in seeds if s[0] % REDIS_BUCKETS in lost_set])
+    won: dict[tuple[int, str], int] = defaultdict(int)
+    player_wins: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for task_id, prize, user, n in await store.bucket_wins(lost, REDIS_BUCKETS):
+        won[(task_id, prize)] += n
+        player_wins[task_id][user] += n
+    tasks = {t for t in await _all_tasks(ledger) if t % REDIS_BUCKETS in lost_set} | {t for t, _ in won}
+    counters = {(t, p): quota - left for t, p, left, quota, _ in await ledger.task_counters(tasks)}
+    missing = sorted(set(won) - set(counters))
+    if missing:
+        raise LedgerError(f"{len(missing)} prize(s) with won claims have no counter to restore (e.g. task {missing[0][0]} "
+                          f"{missing[0][1]}): give --snapshots the snapshot that holds them")
+    diffs = [Difference(t, p, i, won.get((t, p), 0)) for (t, p), i in sorted(counters.items())]
+
+    async def write(r: Client) -> None:
+        pipe = r.pipeline(transaction=False)
+        for d in diffs:
+            pipe.hset(task_key(d.task_id), f"i:{d.prize_type}", d.won_claims)
+        for task_id in tasks:
+            pipe.delete(wins_key(task_id))
+            if player_wins.get(task_id):
+                pipe.hset(wins_key(task_id), mapping=dict(player_wins[task_id]))  # type: ignore[arg-type]
+        await pipe.execute()
+
+    await ledger.call(write)
+    refilled = await _refill_filters(ledger, store, lost)
+    await ledger.call(lambda r: mark_buckets(r, lost, epoch))
+    log.warning("restored buckets from the record", extra={"buckets": len(lost), "counters": len(diffs),
+                                                            "claim_ids": refilled})
+    return [d for d in diffs if d.issued != d.won_claims]
+
+
+async def _remember(ledger: RedisLedger, bucket: int, claim_ids: list[str]) -> None:
+    args = [ledger.settings.claim_filter_bits, *claim_ids]
+
+    async def put(r: Client) -> Any:
+        return await ledger.run_script(r, "remember", [bucket_key(bucket, "seen")], args)
+
+    await ledger.call(put)
+
+
+async def _refill_filters(ledger: RedisLedger, store: RecordStore, lost: list[int]) -> int:
+    """Put every recorded claim id of the lost buckets back into their filters; return how many."""
+    after, count = "", 0
+    for _ in range(_PAGES):
+        ids = await store.claim_ids(lost, REDIS_BUCKETS, after, PAGE)
+        by_bucket: dict[int, list[str]] = defaultdict(list)
+        for claim_id in ids:
+            by_bucket[id_bucket(claim_id)].append(claim_id)
+        for b, chunk in by_bucket.items():
+            await _remember(ledger, b, chunk)
+        count += len(ids)
+        if len(ids) < PAGE:
+            break
+        after = ids[-1]
+    return count

@@ -1,0 +1,96 @@
+"""Whether a Redis ledger's server and buckets hold its state: the server's settings that keep an acknowledged
+win (REQUIRED_CONFIG), and the epoch every bucket keeps, held against the record database's.
+
+A node emptied by a flush, or restarted without its AOF, comes back without the keys of its buckets, and so
+without their epoch: the claim scripts refuse claims there (state_lost) instead of settling against counters a
+snapshot load would seed at zero, which would issue whole quotas again. `ledger reconcile --repair`
+(redis_repair.py) restores such buckets from the record and gives them the epoch back.
+
+This module may touch Redis and the record database; it knows nothing of claims.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+
+from geo_service.dsn import REDIS_BUCKETS
+from geo_service.ledger.interface import LedgerError
+from geo_service.ledger.records import RecordStore
+from geo_service.ledger.redis_layout import epoch_key
+
+log = logging.getLogger("geodrop.ledger")
+Client = aioredis.Redis | RedisCluster
+# What the ledger needs of every node for "an acknowledged win is never lost, a prize never issued twice".
+REQUIRED_CONFIG = {"appendonly": "yes", "appendfsync": "always", "maxmemory-policy": "noeviction",
+                   "no-appendfsync-on-rewrite": "no"}
+
+
+async def bucket_epochs(r: Client) -> list[str | None]:
+    """Return each bucket's epoch (None: the bucket has none)."""
+    pipe = r.pipeline(transaction=False)
+    for b in range(REDIS_BUCKETS):
+        pipe.get(epoch_key(b))
+    return list(await pipe.execute())
+
+
+async def mark_buckets(r: Client, buckets: list[int], epoch: str) -> None:
+    """Give these buckets the epoch (never over another: SET NX)."""
+    pipe = r.pipeline(transaction=False)
+    for b in buckets:
+        pipe.set(epoch_key(b), epoch, nx=True)
+    await pipe.execute()
+
+
+async def check_epoch(r: Client, where: str, store: RecordStore | None, create: bool) -> list[int]:
+    """Hold the ledger's epoch against the record database's and return the buckets without it: their node
+    lost the ledger's state, and their claims answer 503 until `reconcile --repair` restores them from the
+    record. A Redis without any epoch gets one only where that cannot re-issue a quota: the record database knows
+    no epoch either (a new ledger), or `create` says so (`geo-service ledger init`, an operator's word that it is
+    new). The record database is asked once a process; where every bucket holds the epoch, an unreachable one
+    does not stop claims."""
+    marks = await bucket_epochs(r)
+    held = {m for m in marks if m is not None}
+    if len(held) > 1:
+        raise LedgerError(f"{where} holds buckets of {len(held)} ledger epochs: {sorted(held)}")
+    recorded = None
+    if store is not None:
+        try:
+            recorded = await store.epoch(adopt=next(iter(held), None))
+        except LedgerError as exc:
+            if not held:  # new or emptied: only the record can tell
+                raise
+            log.warning("could not compare the ledger's epoch with the record database's", extra={"error": str(exc)})
+    if held and recorded is not None and held != {recorded}:
+        raise LedgerError(f"{where} holds ledger epoch {next(iter(held))!r}; the record database "
+                          f"{store.settings.redacted if store else ''} holds {recorded!r}: not this ledger's record")
+    if not held and recorded is None and create:
+        epoch = uuid.uuid4().hex
+        if store is not None:  # the first to record one wins: every worker then marks the buckets with it
+            epoch = await store.epoch(adopt=epoch) or epoch
+        await mark_buckets(r, list(range(REDIS_BUCKETS)), epoch)
+        log.info("a new Redis ledger: its buckets now hold its epoch", extra={"ledger": where, "epoch": epoch})
+        return []
+    lost = [b for b, mark in enumerate(marks) if mark is None]
+    if lost:
+        log.error("buckets of the Redis ledger hold no epoch: their claims are refused until `geo-service ledger "
+                  "reconcile --repair` restores them from the record database (or, for a new ledger without one, "
+                  "`geo-service ledger init`)", extra={"ledger": where, "buckets": len(lost)})
+    return lost
+
+
+async def config_problems(r: Client, where: str) -> list[str]:
+    """Return how each node falls short of REQUIRED_CONFIG, and replicas that could fail over on their own."""
+    nodes = [(n.name, n.server_type, n) for n in r.get_nodes()] if isinstance(r, RedisCluster) else [(where, "primary", None)]
+    found = []
+    for name, role, node in nodes:
+        config = await (r.config_get("*", target_nodes=node) if node is not None else r.config_get("*"))
+        found += [f"{name}: {key} is {config.get(key)!r}, needs {want!r}"
+                  for key, want in REQUIRED_CONFIG.items() if config.get(key) != want]
+        if role == "replica" and config.get("cluster-replica-no-failover") != "yes":
+            found.append(f"{name}: a replica that fails over on its own can lose acknowledged wins; "
+                         "set cluster-replica-no-failover yes")
+    return found
