@@ -128,7 +128,8 @@ def _shipping(app: web.Application) -> dict[str, object] | None:
     s = app[shipper_key].health
     return {"shipped": s.shipped, "backlog": s.backlog, "lag_s": s.lag_s, "failures": s.failures,
             "last_error": s.last_error, "last_round_s_ago": round(time.time() - s.last_round_at, 1) if s.last_round_at else None,
-            "groups_recreated": s.groups_recreated, "last_gap": s.last_gap}
+            "groups_recreated": s.groups_recreated, "last_gap": s.last_gap, "buckets_fenced": s.buckets_fenced,
+            "last_fence": s.last_fence}
 
 
 def _health(app: web.Application) -> dict[str, object]:
@@ -181,7 +182,10 @@ async def metrics(request: web.Request) -> web.Response:
                    "flow_ship_failures_total": ("counter", "Shipping rounds that failed.", ship.failures),
                    "flow_groups_recreated_total": ("counter", "Flow-log consumer groups found gone and made again (what "
                                                               "they held may be lost: see /healthz shipping.last_gap).",
-                                                   ship.groups_recreated)}
+                                                   ship.groups_recreated),
+                   "flow_buckets_fenced_total": ("counter", "Buckets whose flow stream went back behind what was shipped "
+                                                            "from it, made to refuse claims until repaired.",
+                                                 ship.buckets_fenced)}
     text = app[metrics_key].render({"process": "collector"}, values)
     return web.Response(text=text, content_type="text/plain", charset="utf-8")
 

@@ -22,6 +22,7 @@ from aiohttp import web
 from geo_service.app import create_app, seeds_of
 from geo_service.config import add_settings_flags, cli_settings
 from geo_service.ledger import Difference, LedgerError, Seed, open_ledger
+from geo_service.ledger.records import to_move
 from geo_service.settings import ServiceSettings
 from geo_service.snapshot.folder import current_seq
 from geo_service.snapshot.format import SnapshotError, read_tables
@@ -132,17 +133,23 @@ def parser() -> argparse.ArgumentParser:
                     "shipped into --record-db plus those still in the flow streams, and buckets whose node lost the "
                     "ledger's state (they take no claims) are listed too.")
     reconcile.add_argument("--repair", action="store_true", help=(
-        "Move each differing counter by its difference (claims settled meanwhile keep theirs), and restore Redis "
-        "buckets that lost their state from the record: counters from the live snapshot in --snapshots, issued "
-        "counts, players' wins and the claim-id filter from --record-db; then those buckets take claims again."))
+        "Move each counter below its won claims up by the difference (claims settled meanwhile keep theirs), and "
+        "restore Redis buckets that lost their state from the record: counters from the live snapshot in "
+        "--snapshots, issued counts, players' wins and the claim-id filter from --record-db; then those buckets "
+        "take claims again."))
+    reconcile.add_argument("--lower", action="store_true", help=(
+        "With --repair, also move each counter above its won claims down. Not by default: a counter above its "
+        "records may be right where records were lost (a flow log deleted before shipping), and lowering it issues "
+        "those prizes again; lower only a counter you know was raised by mistake."))
     add_settings_flags(reconcile, ServiceSettings)
     init = ledger_sub.add_parser(
         "init", help="Give a new, empty Redis ledger its epoch (one with --record-db set gets it on first use).",
         description="A Redis ledger's buckets hold an epoch, which a node that lost its state no longer has: its "
                     "claims are refused rather than settled on counters seeded afresh. With --record-db the first "
                     "service to start gives a new ledger its epoch (the record database says whether it is new); "
-                    "without one, this command is the operator's word that it is new. It refuses where any bucket "
-                    "holds an epoch, or the record database knows one (repair that ledger instead).")
+                    "without one, this command is the operator's word that it is new. It does nothing where every bucket "
+                    "holds the epoch, and refuses where only some do, or the record database knows an epoch or holds "
+                    "claims (restore that ledger with `ledger reconcile --repair` instead).")
     add_settings_flags(init, ServiceSettings)
     return top
 
@@ -156,10 +163,10 @@ def cmd_token(settings: ServiceSettings, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _reconcile(settings: ServiceSettings, repair: bool) -> list[Difference]:
+async def _reconcile(settings: ServiceSettings, repair: bool, lower: bool) -> list[Difference]:
     ledger = open_ledger(settings.ledger_dsn, settings.record_db)
     try:
-        return await ledger.reconcile(repair, _live_seeds(settings.snapshots) if repair else ())
+        return await ledger.reconcile(repair, _live_seeds(settings.snapshots) if repair else (), lower)
     finally:
         await ledger.close()
 
@@ -189,13 +196,16 @@ def cmd_ledger(settings: ServiceSettings, args: argparse.Namespace) -> int:
         print("the ledger holds its epoch")
         return 0
     try:
-        diffs = asyncio.run(_reconcile(settings, args.repair))
+        if args.lower and not args.repair:
+            raise LedgerError("--lower goes with --repair")
+        diffs = asyncio.run(_reconcile(settings, args.repair, args.lower))
     except (LedgerError, SnapshotError) as exc:
         print(f"geo-service ledger reconcile: {exc}", file=sys.stderr)
         return 2
+    moved = set(to_move(diffs, args.lower)) if args.repair else set()
     for d in diffs:
-        print(f"task {d.task_id} {d.prize_type}: counter issued {d.issued}, won claims {d.won_claims}"
-              + ("  (repaired)" if args.repair else ""))
+        note = "  (repaired)" if d in moved else "  (left: above its claims; --lower moves it)" if args.repair else ""
+        print(f"task {d.task_id} {d.prize_type}: counter issued {d.issued}, won claims {d.won_claims}{note}")
     print(f"{len(diffs)} counter(s) differ from their claims" if diffs else "counters match claims")
     return 1 if diffs else 0
 

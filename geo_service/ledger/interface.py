@@ -172,10 +172,11 @@ class Ledger(Protocol):
         """Change a prize's quota and/or rate now (None: keep); raise PrizeChangeRefused if it cannot be."""
         ...
 
-    async def reconcile(self, repair: bool, seeds: Sequence[Seed] = ()) -> list[Difference]:
+    async def reconcile(self, repair: bool, seeds: Sequence[Seed] = (), lower: bool = False) -> list[Difference]:
         """Return counters that differ from their won claims, as of one moment, while claims go on; with repair,
-        move each by its difference, and restore what lost its state (a Redis bucket) from the record, creating
-        its counters from `seeds` (the live snapshot's)."""
+        move each counter below its claims up by the difference (and, with lower, each above them down), and
+        restore what lost its state (a Redis bucket) from the record, creating its counters from `seeds` (the live
+        snapshot's)."""
         ...
 
     async def backlog(self) -> tuple[int, int] | None:

@@ -172,8 +172,8 @@ class MySQLLedger:
         change: PrizeChange = await self._run(lambda: set_prize_plan(task_id, prize_type, quota, rate_milli, MYSQL))
         return change
 
-    async def reconcile(self, repair: bool, seeds: Sequence[Seed] = ()) -> list[Difference]:
-        diffs: list[Difference] = await self._run(lambda: reconcile_plan(repair))
+    async def reconcile(self, repair: bool, seeds: Sequence[Seed] = (), lower: bool = False) -> list[Difference]:
+        diffs: list[Difference] = await self._run(lambda: reconcile_plan(repair, lower))
         return diffs
 
     async def read_state(self, since: float) -> LedgerState:

@@ -21,8 +21,9 @@ from geo_service.ledger.interface import (
 )
 from geo_service.ledger.rates import slice_of, take
 from geo_service.ledger.records import (
-    CLAIM_ID_COLLATION,
-    CLAIM_ID_EXACT,
+    CLAIMS_COLLATION,
+    CLAIMS_EXACT,
+    CLAIMS_EXACT_COLLATION,
     CLAIMS_INDEX,
     CLAIMS_TABLE,
     WON_BY_COUNTER,
@@ -30,6 +31,7 @@ from geo_service.ledger.records import (
     claim_row,
     differences,
     insert_claim,
+    to_move,
 )
 from geo_service.snapshot.grid import distance_m
 
@@ -103,15 +105,15 @@ _INSERT_CLAIM = insert_claim("?")
 
 
 def migrate_plan(dialect: Dialect) -> Plan:
-    """Add the columns a ledger made by an earlier release lacks; on MySQL, compare claim ids byte for byte."""
+    """Add the columns a ledger made by an earlier release lacks; on MySQL, compare claims' ids byte for byte."""
     for table, column, kind in ADDED_COLUMNS:
         present = yield Statement(dialect.has_column, (table, column), fetch="one")
         if not present[0]:
             yield Statement(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
     if dialect is MYSQL:
-        collation = yield Statement(CLAIM_ID_COLLATION, fetch="one")
-        if collation != ("ascii_bin",):
-            yield Statement(CLAIM_ID_EXACT)
+        collation = yield Statement(CLAIMS_COLLATION, fetch="one")
+        if collation != (CLAIMS_EXACT_COLLATION,):
+            yield Statement(CLAIMS_EXACT)
 
 
 def seed_rows_plan(counters: Sequence[tuple[int, str, int, int]], clock: Clock = time.time) -> Plan:
@@ -273,7 +275,7 @@ def set_enabled_plan(task_id: int, enabled: bool, dialect: Dialect) -> Plan:
     return None if last[0] is None else float(last[0])
 
 
-def reconcile_plan(repair: bool) -> Plan:
+def reconcile_plan(repair: bool, lower: bool) -> Plan:
     """Compare every counter with its won claims, both read in one transaction's snapshot (MySQL's repeatable
     read; SQLite's IMMEDIATE transaction holds the writers off); with repair, move each counter by its difference,
     so a claim that commits meanwhile keeps its increment."""
@@ -282,7 +284,7 @@ def reconcile_plan(repair: bool) -> Plan:
     won = yield Statement(WON_BY_COUNTER, fetch="all")
     diffs = differences(((int(t), str(p), int(i)) for t, p, i in issued), {(int(t), str(p)): int(n) for t, p, n in won})
     if repair:
-        for d in diffs:
+        for d in to_move(diffs, lower):
             yield Statement("UPDATE prize_counters SET issued = issued + ?, changed_at = ? WHERE task_id = ? AND prize_type = ?",
                             (d.won_claims - d.issued, time.time(), d.task_id, d.prize_type))
     return diffs

@@ -67,14 +67,25 @@ CLAIMS_TABLE = ("CREATE TABLE IF NOT EXISTS claims ("
                 + ", ".join(f"{f.name} {f.metadata['sql']}" for f in fields(ClaimRecord)) + ")")
 CLAIMS_INDEX = "CREATE INDEX IF NOT EXISTS claims_task_prize ON claims (task_id, prize_type, outcome)"
 # MySQL compares VARCHARs without case by default: "Abc" and "abc" would be one claim there and two on Redis or
-# SQLite (two wins, one record). Claim ids are ASCII (claims.py), so the column compares them byte for byte.
-CLAIM_ID_COLLATION = ("SELECT COLLATION_NAME FROM information_schema.columns WHERE table_schema = DATABASE() "
-                      "AND table_name = 'claims' AND column_name = 'claim_id'")
-CLAIM_ID_EXACT = "ALTER TABLE claims MODIFY claim_id VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL"
+# SQLite (two wins, one record), and a restore would add up two players' or prizes' wins. The claims table
+# compares them byte for byte (claim ids are ASCII: claims.py).
+CLAIMS_COLLATION = ("SELECT GROUP_CONCAT(COLLATION_NAME ORDER BY COLUMN_NAME) FROM information_schema.columns "
+                    "WHERE table_schema = DATABASE() AND table_name = 'claims' "
+                    "AND column_name IN ('claim_id', 'prize_type', 'user_id')")
+CLAIMS_EXACT_COLLATION = "ascii_bin,utf8mb4_bin,utf8mb4_bin"
+CLAIMS_EXACT = ("ALTER TABLE claims MODIFY claim_id VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL, "
+                "MODIFY prize_type VARCHAR(40) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL, "
+                "MODIFY user_id VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL")
 # The Redis ledger's epoch, which every bucket of its Redis holds too: a bucket without it lost its state.
 EPOCH_TABLE = ("CREATE TABLE IF NOT EXISTS ledger_epoch (id INT NOT NULL PRIMARY KEY, epoch VARCHAR(64) NOT NULL, "
                "created_at DOUBLE NOT NULL)")
-RECORD_TABLES = ("claims", "ledger_epoch")
+# How far shipping has reached in each bucket's flow stream: a node whose stream is behind it went back in time
+# (a replica promoted, an old copy loaded), and its buckets take no claims until restored (ship.py).
+MARKS_TABLE = ("CREATE TABLE IF NOT EXISTS flow_marks (bucket INT NOT NULL PRIMARY KEY, last_ms BIGINT NOT NULL, "
+               "last_seq BIGINT NOT NULL)")
+# The Redis ledger's kill switches, kept beside its record: a restore gives a lost bucket's tasks theirs back.
+FLAGS_TABLE = "CREATE TABLE IF NOT EXISTS ledger_flags (task_id BIGINT NOT NULL PRIMARY KEY, enabled INT NOT NULL)"
+RECORD_TABLES = ("claims", "ledger_epoch", "flow_marks", "ledger_flags")
 
 
 def insert_claim(placeholder: str) -> str:
@@ -91,6 +102,13 @@ def differences(issued: Any, won: dict[tuple[int, str], int]) -> list[Difference
     return [Difference(t, p, i, won.get((t, p), 0)) for t, p, i in issued if i != won.get((t, p), 0)]
 
 
+def to_move(diffs: Sequence[Difference], lower: bool) -> list[Difference]:
+    """Return the differences a repair moves: a counter below its won claims always (it would issue past the quota);
+    one above them only when the operator says so (`lower`): its prizes may have gone to players whose records were
+    lost, and lowering it would issue them again."""
+    return [d for d in diffs if d.won_claims > d.issued or lower]
+
+
 def _counts(rows: Sequence[tuple[Any, ...]]) -> dict[tuple[int, str], int]:
     return {(int(t), str(p)): int(n) for t, p, n in rows}
 
@@ -103,10 +121,13 @@ class RecordStore:
         self._pool: aiomysql.Pool | None = None
 
     async def _run(self, sql: str, args: Any = None, many: bool = False) -> list[tuple[Any, ...]]:
-        return (await self._run_all([(sql, args)], many))[0]
+        return (await self._run_all([(sql, args, many)]))[0]
 
-    async def _run_all(self, statements: Sequence[tuple[str, Any]], many: bool = False) -> list[list[tuple[Any, ...]]]:
-        """Run statements in one transaction (its reads see one moment of the table) and commit."""
+    async def _run_all(self, statements: Sequence[tuple[str, Any, bool]],
+                       one_moment: bool = False) -> list[list[tuple[Any, ...]]]:
+        """Run statements (sql, args, many: args is a list of rows) in one transaction and commit; with one_moment,
+        its reads all see one moment of the tables (a consistent snapshot, whatever the server's default
+        isolation)."""
         # The MySQL client loads only where a record database is used: the SQL ledgers import this module too.
         import aiomysql
         import pymysql
@@ -119,14 +140,18 @@ class RecordStore:
                 async with pool.acquire() as conn, conn.cursor() as cur:
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore", pymysql.Warning)  # "already exists" notes on restart
-                        for statement in (CLAIMS_TABLE, CLAIMS_INDEX, EPOCH_TABLE, CLAIM_ID_COLLATION):
+                        for statement in (CLAIMS_TABLE, CLAIMS_INDEX, EPOCH_TABLE, MARKS_TABLE, FLAGS_TABLE,
+                                          CLAIMS_COLLATION):
                             await cur.execute(statement)
-                        if (await cur.fetchone()) != ("ascii_bin",):
-                            await cur.execute(CLAIM_ID_EXACT)
+                        if (await cur.fetchone()) != (CLAIMS_EXACT_COLLATION,):
+                            await cur.execute(CLAIMS_EXACT)
                 self._pool = pool
             results = []
             async with self._pool.acquire() as conn, conn.cursor() as cur:
-                for sql, args in statements:
+                if one_moment:
+                    await cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                    await cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT")
+                for sql, args, many in statements:
                     await (cur.executemany(sql, args) if many else cur.execute(sql, args))
                     results.append(list(await cur.fetchall()))
                 await conn.commit()
@@ -134,23 +159,36 @@ class RecordStore:
         except (pymysql.err.MySQLError, OSError) as exc:
             raise LedgerError(f"record database {self.settings.redacted}: {exc}") from exc
 
-    async def insert(self, records: Sequence[ClaimRecord]) -> None:
-        """Upsert claim records by claim_id and commit: a record shipped twice is stored once."""
-        sql = f"{insert_claim('%s')} ON DUPLICATE KEY UPDATE claim_id = claim_id"
-        await self._run(sql, [claim_row(r) for r in records], many=True)
+    async def insert(self, records: Sequence[ClaimRecord], mark: tuple[int, int, int] | None = None) -> None:
+        """Upsert claim records by claim_id and commit: a record shipped twice is stored once. `mark` (bucket, ms,
+        seq): the flow entry they were shipped up to, kept in the same transaction (flow_marks)."""
+        statements: list[tuple[str, Any, bool]] = [
+            (f"{insert_claim('%s')} ON DUPLICATE KEY UPDATE claim_id = claim_id", [claim_row(r) for r in records], True)]
+        if mark is not None:
+            # Never lowered: a batch read again after a restart may end below the mark. (last_seq first: MySQL
+            # assigns left to right, and its test reads last_ms as it was.)
+            statements.append(("INSERT INTO flow_marks (bucket, last_ms, last_seq) VALUES (%s, %s, %s) ON DUPLICATE KEY "
+                               "UPDATE last_seq = IF((VALUES(last_ms), VALUES(last_seq)) > (last_ms, last_seq), "
+                               "VALUES(last_seq), last_seq), last_ms = GREATEST(last_ms, VALUES(last_ms))", mark, False))
+        await self._run_all(statements)
+
+    async def marks(self) -> dict[int, tuple[int, int]]:
+        """Return each bucket's flow entry id (ms, seq) that shipping has reached."""
+        return {int(b): (int(ms), int(seq)) for b, ms, seq in await self._run("SELECT bucket, last_ms, last_seq FROM flow_marks")}
 
     async def won_until(self, until: Sequence[float], claim_ids: Sequence[str]) -> tuple[dict[tuple[int, str], int], set[str]]:
         """Return the won claims of each counter settled at or before until[b] for the tasks of bucket b (task_id
         mod len(until): each bucket's own moment, from its own node's clock), and which of `claim_ids` the table
         holds, both as of one moment of the table."""
         moment = " ".join(f"WHEN {b} THEN %s" for b in range(len(until)))
-        statements: list[tuple[str, Any]] = [(f"SELECT task_id, prize_type, COUNT(*) FROM claims WHERE outcome = 'won' AND "
-                                              f"created_at <= CASE MOD(task_id, {len(until)}) {moment} END "
-                                              "GROUP BY task_id, prize_type", list(until))]
+        statements: list[tuple[str, Any, bool]] = [(
+            f"SELECT task_id, prize_type, COUNT(*) FROM claims WHERE outcome = 'won' AND created_at <= "
+            f"CASE MOD(task_id, {len(until)}) {moment} END GROUP BY task_id, prize_type", list(until), False)]
         for start in range(0, len(claim_ids), 1000):
             chunk = claim_ids[start : start + 1000]
-            statements.append((f"SELECT claim_id FROM claims WHERE claim_id IN ({', '.join(['%s'] * len(chunk))})", chunk))
-        results = await self._run_all(statements)
+            statements.append((f"SELECT claim_id FROM claims WHERE claim_id IN ({', '.join(['%s'] * len(chunk))})", chunk,
+                               False))
+        results = await self._run_all(statements, one_moment=True)
         return _counts(results[0]), {str(r[0]) for rows in results[1:] for r in rows}
 
     async def find(self, claim_id: str) -> ClaimRecord | None:
@@ -165,6 +203,17 @@ class RecordStore:
                             "ON DUPLICATE KEY UPDATE id = id", (adopt, time.time()))
         rows = await self._run("SELECT epoch FROM ledger_epoch WHERE id = 1")
         return str(rows[0][0]) if rows else None
+
+    async def set_flag(self, task_id: int, enabled: bool) -> None:
+        await self._run("INSERT INTO ledger_flags (task_id, enabled) VALUES (%s, %s) ON DUPLICATE KEY UPDATE "
+                        "enabled = VALUES(enabled)", (task_id, int(enabled)))
+
+    async def disabled(self) -> list[int]:
+        """Return the tasks switched off."""
+        return [int(t) for (t,) in await self._run("SELECT task_id FROM ledger_flags WHERE enabled = 0")]
+
+    async def has_claims(self) -> bool:
+        return bool(await self._run("SELECT 1 FROM claims LIMIT 1"))
 
     async def bucket_wins(self, buckets: Sequence[int], modulo: int) -> list[tuple[int, str, str, int]]:
         """Return (task_id, prize_type, user_id, wins) of the tasks in these buckets (task_id mod `modulo`)."""

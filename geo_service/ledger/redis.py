@@ -64,7 +64,7 @@ from geo_service.ledger.redis_layout import (
 from geo_service.ledger.redis_state import Client, check_epoch, config_problems
 
 log = logging.getLogger("geodrop.ledger")
-SCRIPTS = ("claim", "movement", "bind", "seen", "remember", "set_prize", "set_flag", "unbind", "read_tasks", "counters_at")
+SCRIPTS = ("claim", "movement", "bind", "seen", "remember", "set_prize", "set_flag", "read_tasks", "counters_at")
 POSITION_TTL_S = 86_400  # a player unseen for a day starts afresh (as after a long trip)
 READ_CALLS_IN_FLIGHT = 16  # per read of many tasks: well inside the connection pool, enough to keep nodes busy
 CHANGED_KEEP_S = 3_600  # how long a task stays in a bucket's changed set: far longer than any delta read's reach
@@ -81,12 +81,19 @@ class RedisLedger:
         self.kind = "redis+cluster" if settings.cluster else "redis"
         self._client: Client | None = None
         self._store: RecordStore | None = None
+        self._connecting = asyncio.Lock()
         self._scripts: dict[str, AsyncScript] = {}
         self._limit = asyncio.Semaphore(settings.max_connections)
 
     async def client(self) -> Client:
         """Return the connected client, checking once that the server holds this key layout (or none) and the
         ledger's epoch (check_epoch)."""
+        if self._client is not None:
+            return self._client
+        async with self._connecting:  # the first calls of a worker arrive together: one connects, once
+            return await self._connect()
+
+    async def _connect(self) -> Client:
         if self._client is None:
             s = self.settings
             options: dict[str, Any] = {"password": s.password or None, "decode_responses": True,
@@ -94,11 +101,15 @@ class RedisLedger:
                                        "max_connections": s.max_connections}
             client: Client = (RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in s.nodes], **options) if s.cluster
                               else aioredis.Redis(host=s.nodes[0][0], port=s.nodes[0][1], db=s.db, **options))
+            # The filter's size is part of the layout: another size reads other bits, and ids it has seen look new.
+            layout = f"{LAYOUT} claim_filter_bits={s.claim_filter_bits}"
             try:
-                await client.set("gd:layout", LAYOUT, nx=True)
-                layout = await client.get("gd:layout")
-                if layout != LAYOUT:
-                    raise LedgerError(f"{s.redacted} holds a ledger of layout {layout!r}; this release reads {LAYOUT!r}")
+                await client.set("gd:layout", layout, nx=True)
+                held = await client.get("gd:layout")
+                if held != layout:
+                    raise LedgerError(f"{s.redacted} holds a ledger of layout {held!r}; this one is {layout!r} (an "
+                                      "older release's: ship its flow log, empty the Redis and restore it from the "
+                                      "record with `ledger reconcile --repair`)")
                 await check_epoch(client, self.settings.redacted, self.store() if self.record_db else None,
                                   create=bool(self.record_db))
             except BaseException:
@@ -163,8 +174,9 @@ class RedisLedger:
         r = request
         answer = await self.call(lambda c: self._settle(c, r, draw, win_cap, max_speed_mps, checked=False))
         if answer == ASK_RECORD:
-            # The id may have been used before and its binding is gone: its record, if any, is the answer.
-            recorded = await self._recorded(r)
+            # The id may have been used before and its binding is gone: its record, if any, is the answer. A ledger
+            # without a record database remembers ids only as long as Redis keeps them: it settles.
+            recorded = await self._recorded(r) if self.record_db else None
             if recorded is not None:
                 return recorded
             answer = await self.call(lambda c: self._settle(c, r, draw, win_cap, max_speed_mps, checked=True))
@@ -203,12 +215,9 @@ class RedisLedger:
         else:
             values["plausible"] = values["bound"] = "?"  # one node holds every key: the claim's call checks both
             keys += [player, bind_key(r.claim_id), bucket_key(ids, "seen")]
-            state = ""
-        answer = str(await self.run_script(client, "claim", keys, [*(values[arg] for arg in CLAIM_ARGS), *draw]))
-        if state == "new" and answer in (CLAIM_ID_TAKEN, STATE_LOST, FLOW_FULL):
-            # Bound here a moment ago for a claim the task's bucket refused: give the binding back.
-            await self.run_script(client, "unbind", [bind_key(r.claim_id)], [claim_of(r)])
-        return answer
+        # A binding made for a claim the task's bucket then refuses (its state lost, its flow log full) stays: the
+        # id is this player's, and a retry finds it. Taking it back could take a retry's binding that settled.
+        return str(await self.run_script(client, "claim", keys, [*(values[arg] for arg in CLAIM_ARGS), *draw]))
 
     async def _recorded(self, r: ClaimRequest) -> Outcome | None:
         """Return the claim's outcome from the record database (None: it holds no such claim); raise ClaimIdTaken
@@ -342,12 +351,19 @@ class RedisLedger:
             return won_at
 
         won_at = await self.call(switch)
+        if self.record_db:  # kept in the record too, so a bucket restored after a loss keeps its switch
+            try:
+                await self.store().set_flag(task_id, enabled)
+            except LedgerError as exc:
+                log.warning("the kill switch holds in Redis, but the record database did not take it: a restore "
+                            "after a loss of this task's node would not know it", extra={"task_id": task_id,
+                                                                                         "error": str(exc)})
         return None if won_at is None else float(won_at)
 
-    async def reconcile(self, repair: bool, seeds: Sequence[Seed] = ()) -> list[Difference]:
+    async def reconcile(self, repair: bool, seeds: Sequence[Seed] = (), lower: bool = False) -> list[Difference]:
         from geo_service.ledger.redis_repair import reconcile_redis  # the operators' path, not the claims'
 
-        return await reconcile_redis(self, repair, seeds)
+        return await reconcile_redis(self, repair, seeds, lower)
 
     async def backlog(self) -> tuple[int, int]:
         async def look(r: Client) -> list[int]:

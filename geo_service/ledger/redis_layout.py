@@ -80,6 +80,9 @@ def owner_of(outcome: str) -> str:
     return outcome.split("\t", 2)[2]
 
 
+SHIP_GROUP = "ship"  # the consumer group every flow stream is shipped through (ship.py)
+
+
 def bucket_key(bucket: int, name: str) -> str:
     """Return a bucket's key `name` (flow, changed, changes, epoch, seen)."""
     return f"gd:{{b{bucket}}}:{name}"

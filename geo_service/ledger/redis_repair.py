@@ -20,15 +20,18 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
+from redis.exceptions import ResponseError
+
 from geo_service.dsn import REDIS_BUCKETS
 from geo_service.ledger.interface import Difference, LedgerError, Seed
-from geo_service.ledger.records import RecordStore, differences
+from geo_service.ledger.records import RecordStore, differences, to_move
 from geo_service.ledger.redis import RedisLedger
-from geo_service.ledger.redis_layout import bucket_key, id_bucket, task_key, wins_key
+from geo_service.ledger.redis_layout import SHIP_GROUP, bucket_key, id_bucket, task_key, wins_key
 from geo_service.ledger.redis_state import Client, bucket_epochs, mark_buckets
 
 log = logging.getLogger("geodrop.ledger")
@@ -36,9 +39,10 @@ PAGE = 10_000  # stream entries and claim ids read a page at a time
 _PAGES = 10**6  # bound on pages: far past any ceiling
 
 
-async def reconcile_redis(ledger: RedisLedger, repair: bool, seeds: Sequence[Seed]) -> list[Difference]:
+async def reconcile_redis(ledger: RedisLedger, repair: bool, seeds: Sequence[Seed], lower: bool) -> list[Difference]:
     """Compare every counter with its won claims as of one moment per bucket; with repair, restore lost buckets
-    first, then move every differing counter by its difference. Return what differed (restored counters first)."""
+    first, then move the differing counters records.to_move names by their differences. Return what differed
+    (restored counters first)."""
     store = ledger.store()
     lost = [b for b, mark in enumerate(await ledger.call(bucket_epochs)) if mark is None]
     restored: list[Difference] = []
@@ -63,8 +67,9 @@ async def reconcile_redis(ledger: RedisLedger, repair: bool, seeds: Sequence[See
             key = (int(f["task_id"]), f["prize_type"])
             won[key] = won.get(key, 0) + 1
     diffs = differences(issued, won)
-    if repair and diffs:
-        await ledger.call(lambda r: _move(r, diffs))
+    moving = to_move(diffs, lower) if repair else []
+    if moving:
+        await ledger.call(lambda r: _move(r, moving))
     return restored + diffs
 
 
@@ -110,10 +115,9 @@ async def _move(r: Client, diffs: Sequence[Difference]) -> None:
 async def restore(ledger: RedisLedger, store: RecordStore, lost: list[int], seeds: Sequence[Seed]) -> list[Difference]:
     """Restore buckets that lost their state from the record (no claims settle there meanwhile: they have no
     epoch); return the counters whose issued count it set."""
-    epoch = await store.epoch()
-    if epoch is None:
-        raise LedgerError("the record database holds no ledger epoch, so it cannot restore this ledger: for a new "
-                          "ledger run `geo-service ledger init`")
+    # A record without an epoch (claims recorded by an older release) gets one now: the restore rebuilds from it.
+    epoch = await store.epoch(adopt=uuid.uuid4().hex)
+    assert epoch is not None
     lost_set = set(lost)
     await ledger.seed([s for s in seeds if s[0] % REDIS_BUCKETS in lost_set])
     won: dict[tuple[int, str], int] = defaultdict(int)
@@ -128,11 +132,18 @@ async def restore(ledger: RedisLedger, store: RecordStore, lost: list[int], seed
         raise LedgerError(f"{len(missing)} prize(s) with won claims have no counter to restore (e.g. task {missing[0][0]} "
                           f"{missing[0][1]}): give --snapshots the snapshot that holds them")
     diffs = [Difference(t, p, i, won.get((t, p), 0)) for (t, p), i in sorted(counters.items())]
+    disabled = await store.disabled()
 
     async def write(r: Client) -> None:
         pipe = r.pipeline(transaction=False)
+        now_ms = int(time.time() * 1000)
         for d in diffs:
             pipe.hset(task_key(d.task_id), f"i:{d.prize_type}", d.won_claims)
+            pipe.zadd(bucket_key(d.task_id % REDIS_BUCKETS, "changed"), {str(d.task_id): now_ms})
+        for task_id in disabled:  # the kill switches the record keeps (gd:flags may have gone with the node)
+            pipe.hset("gd:flags", str(task_id), "0")
+            if task_id % REDIS_BUCKETS in lost_set:
+                pipe.hset(task_key(task_id), "off", "1")
         for task_id in tasks:
             pipe.delete(wins_key(task_id))
             if player_wins.get(task_id):
@@ -140,11 +151,29 @@ async def restore(ledger: RedisLedger, store: RecordStore, lost: list[int], seed
         await pipe.execute()
 
     await ledger.call(write)
+    marks = await store.marks()
+    await ledger.call(lambda r: _catch_up_streams(r, lost, marks))
     refilled = await _refill_filters(ledger, store, lost)
     await ledger.call(lambda r: mark_buckets(r, lost, epoch))
     log.warning("restored buckets from the record", extra={"buckets": len(lost), "counters": len(diffs),
                                                             "claim_ids": refilled})
     return [d for d in diffs if d.issued != d.won_claims]
+
+
+async def _catch_up_streams(r: Client, lost: list[int], marks: dict[int, tuple[int, int]]) -> None:
+    """Move each restored bucket's flow stream past what was shipped from it, so the shipper does not find it behind
+    its mark again (and its next records follow every shipped one)."""
+    for b in lost:
+        key = bucket_key(b, "flow")
+        try:
+            await r.xgroup_create(key, SHIP_GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        info: Any = await r.xinfo_stream(key)
+        ms, seq = info["last-generated-id"].split("-")
+        if (int(ms), int(seq)) < marks.get(b, (0, 0)):
+            await r.execute_command("XSETID", key, "{}-{}".format(*marks[b]))
 
 
 async def _remember(ledger: RedisLedger, bucket: int, claim_ids: list[str]) -> None:

@@ -50,8 +50,8 @@ async def check_epoch(r: Client, where: str, store: RecordStore | None, create: 
     lost the ledger's state, and their claims answer 503 until `reconcile --repair` restores them from the
     record. A Redis without any epoch gets one only where that cannot re-issue a quota: the record database knows
     no epoch either (a new ledger), or `create` says so (`geo-service ledger init`, an operator's word that it is
-    new). The record database is asked once a process; where every bucket holds the epoch, an unreachable one
-    does not stop claims."""
+    new; with a record database that holds claims, not even then). The record database is asked once a process;
+    where every bucket holds the epoch, an unreachable one does not stop claims."""
     marks = await bucket_epochs(r)
     held = {m for m in marks if m is not None}
     if len(held) > 1:
@@ -68,6 +68,11 @@ async def check_epoch(r: Client, where: str, store: RecordStore | None, create: 
         raise LedgerError(f"{where} holds ledger epoch {next(iter(held))!r}; the record database "
                           f"{store.settings.redacted if store else ''} holds {recorded!r}: not this ledger's record")
     if not held and recorded is None and create:
+        if store is not None and await store.has_claims():
+            # Claims recorded, and no epoch: a ledger that lost its state, or the first start after an upgrade.
+            log.error("the record database holds claims but no ledger epoch: this Redis takes no claims until "
+                      "`geo-service ledger reconcile --repair` restores it from the record", extra={"ledger": where})
+            return list(range(REDIS_BUCKETS))
         epoch = uuid.uuid4().hex
         if store is not None:  # the first to record one wins: every worker then marks the buckets with it
             epoch = await store.epoch(adopt=epoch) or epoch
@@ -77,8 +82,8 @@ async def check_epoch(r: Client, where: str, store: RecordStore | None, create: 
     lost = [b for b, mark in enumerate(marks) if mark is None]
     if lost:
         log.error("buckets of the Redis ledger hold no epoch: their claims are refused until `geo-service ledger "
-                  "reconcile --repair` restores them from the record database (or, for a new ledger without one, "
-                  "`geo-service ledger init`)", extra={"ledger": where, "buckets": len(lost)})
+                  "reconcile --repair` restores them from the record database (a new ledger: start it with record_db, "
+                  "or `geo-service ledger init`)", extra={"ledger": where, "buckets": len(lost)})
     return lost
 
 

@@ -25,12 +25,25 @@ from redis.exceptions import ResponseError
 from geo_service.dsn import REDIS_BUCKETS
 from geo_service.ledger.interface import LedgerError
 from geo_service.ledger.records import ClaimRecord, RecordStore
-from geo_service.ledger.redis import RedisLedger
-from geo_service.ledger.redis_layout import OUTCOME_MARGIN_S, bind_key, bucket_key, outcome_key
+from geo_service.ledger.redis import READ_CALLS_IN_FLIGHT, RedisLedger
+from geo_service.ledger.redis_layout import (
+    OUTCOME_MARGIN_S,
+    SHIP_GROUP,
+    bind_key,
+    bucket_key,
+    epoch_key,
+    id_bucket,
+    outcome_key,
+)
 from geo_service.ledger.redis_state import Client
 
 log = logging.getLogger("geodrop.ship")
-GROUP, CONSUMER = "ship", "shipper"
+GROUP, CONSUMER = SHIP_GROUP, "shipper"
+
+
+def _id_of(stream_id: str) -> tuple[int, int]:
+    ms, _, seq = stream_id.partition("-")
+    return int(ms), int(seq)
 
 
 def _next_id(stream_id: str) -> str:
@@ -48,6 +61,8 @@ class ShipHealth:
     last_round_at: float = 0.0
     groups_recreated: int = 0  # consumer groups found gone and made again
     last_gap: str | None = None  # what the last recreation may have lost, for reconcile
+    buckets_fenced: int = 0  # buckets found behind what was shipped from them, and made to refuse claims
+    last_fence: str | None = None
 
 
 class Shipper:
@@ -66,6 +81,7 @@ class Shipper:
         self._groups = False
         self._pending = set(self.buckets)  # streams that may hold entries delivered but not acknowledged
         self._shipped_to: dict[int, str] = {}  # each bucket's last entry acknowledged by this process
+        self._marks: dict[int, tuple[int, int]] | None = None  # how far shipping has reached (the record's flow_marks)
 
     async def _ensure_groups(self, r: Client, buckets: list[int] | None = None) -> None:
         for b in self.buckets if buckets is None else buckets:
@@ -77,17 +93,41 @@ class Shipper:
         self._groups = True
 
     async def _look(self, r: Client) -> list[int]:
-        """Return the buckets whose streams hold entries; note the backlog and its age."""
+        """Return the buckets whose streams hold entries; note the backlog and its age; fence the buckets whose
+        stream is behind what was shipped from it."""
+        if self._marks is None:
+            self._marks = await self.store.marks()
         pipe = r.pipeline(transaction=False)
         for b in self.buckets:
             pipe.xlen(bucket_key(b, "flow"))
             pipe.xrange(bucket_key(b, "flow"), count=1)
-        answers = await pipe.execute()
-        lengths, firsts = answers[0::2], answers[1::2]
-        oldest = [int(first[0][0].partition("-")[0]) for first in firsts if first]
-        self.health.backlog = int(sum(lengths))
+            pipe.xinfo_stream(bucket_key(b, "flow"))
+        answers = await pipe.execute(raise_on_error=False)
+        for answer in answers:
+            if isinstance(answer, Exception) and "no such key" not in str(answer):
+                raise answer
+        lengths, firsts, infos = answers[0::3], answers[1::3], answers[2::3]
+        oldest = [int(first[0][0].partition("-")[0]) for first in firsts if first and not isinstance(first, Exception)]
+        self.health.backlog = int(sum(n for n in lengths if isinstance(n, int)))
         self.health.lag_s = round(time.time() - min(oldest) / 1000, 3) if oldest else 0.0
-        return [b for b, n in zip(self.buckets, lengths) if n or b in self._pending]
+        behind = {b for b, info in zip(self.buckets, infos) if isinstance(info, dict)
+                  and _id_of(info["last-generated-id"]) < self._marks.get(b, (0, 0))}
+        for b in behind:
+            await self._fence(r, b)
+        return [b for b, n in zip(self.buckets, lengths) if (n or b in self._pending) and b not in behind]
+
+    async def _fence(self, r: Client, bucket: int) -> None:
+        """A stream behind its mark: its node went back in time (a replica promoted, an old copy loaded), and its
+        counters, bindings and filter with it. Take its epoch: its claims are refused until a repair restores it
+        from the record."""
+        if await r.delete(epoch_key(bucket)):
+            assert self._marks is not None
+            ms, seq = self._marks[bucket]
+            fence = (f"bucket {bucket}: its flow stream is behind the {ms}-{seq} shipped from it: its node went back "
+                     "in time; its claims are refused until `geo-service ledger reconcile --repair` restores it")
+            self.health.buckets_fenced += 1
+            self.health.last_fence = fence
+            log.error("a bucket's state went back in time: fenced", extra={"bucket": bucket, "fence": fence})
 
     async def _read(self, r: Client, bucket: int, start: str) -> list[tuple[str, dict[str, str]]]:
         """Read a batch as the group's consumer; a group found gone is made again from the stream's start."""
@@ -125,10 +165,13 @@ class Shipper:
             return 0
         self._pending.add(bucket)
         rows = [ClaimRecord.from_flow(fields) for _, fields in entries if fields]  # a trimmed pending entry has no fields
-        if rows:
-            await self.store.insert(rows)
-            await self._expire(r, rows)
         ids = [entry_id for entry_id, _ in entries]
+        if rows:
+            mark = _id_of(ids[-1])
+            await self.store.insert(rows, (bucket, *mark))
+            assert self._marks is not None
+            self._marks[bucket] = max(self._marks.get(bucket, (0, 0)), mark)
+            await self._expire(r, rows)
         await r.xack(key, GROUP, *ids)
         self._shipped_to[bucket] = ids[-1]
         pending: Any = await r.xpending(key, GROUP)
@@ -140,7 +183,16 @@ class Shipper:
 
     async def _expire(self, r: Client, rows: list[ClaimRecord]) -> None:
         """Give the shipped claims' bindings record_ttl_s and their outcomes a margin more: while a binding lives,
-        its outcome does, and after it the record database answers a retry (redis_layout.py)."""
+        its outcome does, and after it the record database answers a retry (redis_layout.py). Each id goes into its
+        bucket's filter again first: a bucket restored from the record while this record was still in a stream
+        learns it here."""
+        by_bucket: dict[int, list[str]] = {}
+        for row in rows:
+            by_bucket.setdefault(id_bucket(row.claim_id), []).append(row.claim_id)
+        bits, groups = self.ledger.settings.claim_filter_bits, list(by_bucket.items())
+        for start in range(0, len(groups), READ_CALLS_IN_FLIGHT):  # a few calls at a time: the pool is bounded
+            await asyncio.gather(*(self.ledger.run_script(r, "remember", [bucket_key(b, "seen")], [bits, *ids])
+                                   for b, ids in groups[start : start + READ_CALLS_IN_FLIGHT]))
         ttl = self.ledger.settings.record_ttl_s
         pipe = r.pipeline(transaction=False)
         for row in rows:

@@ -22,7 +22,7 @@ from geo_service.ledger.ship import GROUP, Shipper
 from tests.conftest import fresh_ledger
 from tests.support.builders import claim_poi
 from tests.support.claiming import TASKS
-from tests.support.ledgers import counters, flow_records, redis_client, ship_all, sql_rows, won_claims
+from tests.support.ledgers import counters, execute, flow_records, redis_client, ship_all, sql_rows, won_claims
 from tests.support.redis_nodes import RedisDeployment
 
 SEEDS = [(t, "cash", 3, -1) for t in TASKS]  # TASKS' buckets lie on three different nodes of the cluster
@@ -170,8 +170,11 @@ async def test_a_node_that_lost_its_state_issues_no_second_quota_until_repaired_
         assert issued(dsn) == {t: 2 if t in lost else 3 for t in TASKS}
         assert (await restarted.reconcile(False)) == []
         for t in lost:
-            # A claim from before the loss answers as it did, from the record; its player's win cap holds.
-            assert await settle(restarted, claim(f"before-{t}-0", player="p0", task=t, i=0), win_cap=1) == told[(t, 0)]
+            # Claims from before the loss answer as they did, from the record (on a cluster, one's binding may be on
+            # a node that kept it, with its outcome gone); their players' win cap holds.
+            for i in range(2):
+                retry = claim(f"before-{t}-{i}", player=f"p{i}", task=t, i=i)
+                assert await settle(restarted, retry, win_cap=1) == told[(t, i)]
             assert (await settle(restarted, claim(f"cap-{t}", player="p1", task=t, i=1), win_cap=1)).outcome == "cap_reached"
             outcomes = [await settle(restarted, claim(f"last-{t}-{i}", player=f"q{i}", task=t, i=i)) for i in range(3)]
             assert [o.outcome for o in outcomes] == ["won", "no_prize_left", "no_prize_left"]  # quota 3, 2 issued
@@ -275,3 +278,122 @@ async def test_claim_ids_that_differ_only_in_case_are_two_records_in_the_record_
     await ship_all(dsn, record_db)
     assert sorted(won_claims(dsn, record_db)) == [("Twin", 1, "cash"), ("twin", 1, "cash")]
     assert issued(dsn)[1] == 2
+
+
+async def test_a_claim_shipped_after_its_bindings_node_was_restored_is_still_remembered(
+        redis_cluster: RedisDeployment, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    dsn = fresh_ledger("redis+cluster", request, tmp_path)
+    record_db = fresh_ledger("mysql", request, tmp_path)
+    task_node = redis_cluster.node_of(task_key(1)).port
+    # An id whose binding and filter live on another node than task 1's counters and outcome.
+    claim_id = next(c for c in (f"far-{i}" for i in range(1000)) if redis_cluster.node_of(bind_key(c)).port != task_node)
+    ledger = open_ledger(dsn, record_db)
+    try:
+        await ledger.seed(SEEDS)
+        first = await settle(ledger, claim(claim_id))
+        lose(redis_cluster, bind_key(claim_id), restart=False)  # before its record was shipped
+        await ledger.reconcile(True, SEEDS)  # restores the id's node from a record that does not hold it yet
+        await ship_all(dsn, record_db)  # now it does, and the filter learns the id again
+        client = redis_client(dsn)
+        try:
+            assert client.delete(outcome_key(1, claim_id)) == 1  # as if its outcome had run out
+        finally:
+            client.close()
+        assert await settle(ledger, claim(claim_id)) == first
+        with pytest.raises(ClaimIdTaken):
+            await settle(ledger, claim(claim_id, player="bob", task=2))
+        assert issued(dsn)[1] == 1
+    finally:
+        await ledger.close()
+
+
+async def test_a_record_with_claims_and_no_epoch_is_restored_not_started_afresh(
+        world: tuple[str, str, RedisDeployment]) -> None:
+    dsn, record_db, deployment = world
+    ledger = open_ledger(dsn, record_db)
+    try:
+        await ledger.seed(SEEDS)
+        told = [await settle(ledger, claim(f"old-{i}", player=f"p{i}")) for i in range(2)]
+    finally:
+        await ledger.close()
+    await ship_all(dsn, record_db)
+    # An upgrade from a release without epochs: claims in the record, none in ledger_epoch, and an emptied Redis.
+    execute(record_db, "DELETE FROM ledger_epoch")
+    deployment.flush(epoch=None)
+    upgraded = open_ledger(dsn, record_db)
+    try:
+        await upgraded.seed(SEEDS)
+        with pytest.raises(LedgerRefusal, match="lost"):
+            await settle(upgraded, claim("new-0", player="q0"))
+        with pytest.raises(LedgerError):
+            await upgraded.init()
+        await upgraded.reconcile(True, SEEDS)
+        assert issued(dsn)[1] == 2
+        assert [await settle(upgraded, claim(f"old-{i}", player=f"p{i}")) for i in range(2)] == told
+        assert (await settle(upgraded, claim("new-0", player="q0"))).outcome == "won"
+        assert issued(dsn)[1] == 3
+    finally:
+        await upgraded.close()
+
+
+async def test_a_stream_gone_back_behind_what_was_shipped_fences_its_bucket_until_restored(
+        world: tuple[str, str, RedisDeployment]) -> None:
+    dsn, record_db, _ = world
+    ledger = open_ledger(dsn, record_db)
+    assert isinstance(ledger, RedisLedger)
+    shipper = Shipper(ledger, RecordStore(MySQLSettings.from_dsn(record_db)))
+    try:
+        await ledger.seed(SEEDS)
+        told = await settle(ledger, claim("kept", player="p0"))
+        entry = flow_records(dsn)[0]
+        await ship_all(dsn, record_db)
+        client = redis_client(dsn)
+        try:  # the node of task 1's bucket as an older copy of it would be: its stream behind what was shipped
+            client.delete(bucket_key(1, "flow"))
+            client.xadd(bucket_key(1, "flow"), dict(entry), id="1-1")  # type: ignore[arg-type]  # the win, shipped
+            client.hset(task_key(1), "i:cash", 0)  # and its counter behind the win
+        finally:
+            client.close()
+        await shipper.ship_once()
+        assert shipper.health.buckets_fenced == 1 and "bucket 1" in (shipper.health.last_fence or "")
+        with pytest.raises(LedgerRefusal, match="lost"):
+            await settle(ledger, claim("next", player="p1"))
+        await ledger.reconcile(True, SEEDS)
+        await shipper.ship_once()
+        assert shipper.health.buckets_fenced == 1  # restored past its mark: not fenced again
+        assert issued(dsn)[1] == 1
+        assert await settle(ledger, claim("kept", player="p0")) == told
+        assert (await settle(ledger, claim("next", player="p1"))).outcome == "won"
+    finally:
+        await shipper.store.close()
+        await ledger.close()
+
+
+async def test_a_kill_switch_outlives_the_node_that_held_it(world: tuple[str, str, RedisDeployment]) -> None:
+    dsn, record_db, deployment = world
+    ledger = open_ledger(dsn, record_db)
+    try:
+        await ledger.seed(SEEDS)
+        await ledger.set_enabled(1, False)
+        lose(deployment, task_key(1), restart=False)
+        await ledger.seed(SEEDS)
+        await ledger.reconcile(True, SEEDS)
+        assert (await settle(ledger, claim("off"))).outcome == "task_inactive"
+        assert 1 in (await ledger.read_state(0)).disabled
+    finally:
+        await ledger.close()
+
+
+async def test_a_ledger_opened_with_another_filter_size_is_refused(world: tuple[str, str, RedisDeployment]) -> None:
+    dsn, record_db, _ = world
+    first = open_ledger(dsn, record_db)
+    try:
+        await first.seed(SEEDS)
+    finally:
+        await first.close()
+    other = open_ledger(f"{dsn}?claim_filter_bits=1024", record_db)
+    try:
+        with pytest.raises(LedgerError, match="claim_filter_bits"):
+            await other.seed(SEEDS)
+    finally:
+        await other.close()

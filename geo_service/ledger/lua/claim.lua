@@ -34,7 +34,10 @@ if prior then
   end
   return prior
 end
-if state == 'ask' then
+-- An id with no outcome here that the filter may have seen, or that is bound (on a cluster, on another node) with
+-- no outcome beside it, is the record database's to answer first: a bucket restored after its node lost its
+-- state has no outcomes, and the claim may be one of them. 'checked': the record holds no such claim.
+if (state == 'ask' or state == 'bound') and args.checked ~= '1' then
   return 'ask_record'
 end
 if redis.call('XLEN', KEYS[4]) >= tonumber(args.flow_max) then
