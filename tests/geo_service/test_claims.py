@@ -123,7 +123,11 @@ async def test_twenty_players_racing_for_one_claim_id_one_owns_it(
     for i, (status, body) in enumerate(answers):
         if i not in owners:
             assert_conflict(status, body)
-    assert len(records(any_ledger_dsn)) == 1  # the owner's, one record of one claim
+    # One record, and it is the owner's: the racer its claimer saw answered 200 (on a SQL ledger claim_id is the
+    # claims table's key, so a count of one alone would hold whoever the record named).
+    recorded = records(any_ledger_dsn)
+    users = [dict(r)["user_id"] if any_ledger_dsn.startswith("redis") else r[1] for r in recorded]
+    assert users == [f"racer{owners[0]}"]
     assert sum(issued for _, issued in counters(any_ledger_dsn).values()) == 1
 
 
@@ -231,9 +235,13 @@ async def test_the_kill_switch_is_held_by_the_ledger_without_a_collector(
     make_client: MakeClient, claims_snapshots: Path, any_ledger_dsn: str
 ) -> None:
     client = await make_client(claims_snapshots, token_secret=SECRET, ledger=any_ledger_dsn)  # no collector
+    asked = time.time()
     assert (await post(client, "alice", "before"))[1]["outcome"] == "won"
+    answered = time.time()
     won_at = [float(r["at"]) for r in flow_records(any_ledger_dsn)] if any_ledger_dsn.startswith("redis") else [
         float(t) for (t,) in sql_rows(any_ledger_dsn, "SELECT created_at FROM claims WHERE outcome = 'won'")]
+    # The record's time is the ledger's word; the claimer's clock says when the win can have happened at all.
+    assert len(won_at) == 1 and asked <= won_at[0] <= answered
     ledger = open_ledger(any_ledger_dsn)
     try:
         assert await ledger.set_enabled(1, False) == pytest.approx(won_at[0], abs=1e-6)  # the last win it allowed
@@ -267,3 +275,15 @@ async def test_an_outcome_outliving_its_binding_still_belongs_to_its_player(
     finally:
         redis.close()
     assert await post(client, "alice", "lapsed") == (200, first)
+
+
+async def test_claim_ids_that_differ_only_in_case_are_two_claims_on_every_ledger(
+    make_client: MakeClient, claims_snapshots: Path, any_ledger_dsn: str
+) -> None:
+    client = await make_client(claims_snapshots, token_secret=SECRET, ledger=any_ledger_dsn)
+    upper, lower = await post(client, "alice", "Case-1"), await post(client, "alice", "case-1")
+    assert (upper[0], lower[0]) == (200, 200)
+    assert (upper[1]["claim_id"], lower[1]["claim_id"]) == ("Case-1", "case-1")
+    ids = [dict(r)["claim_id"] if any_ledger_dsn.startswith("redis") else r[0] for r in records(any_ledger_dsn)]
+    assert sorted(ids) == ["Case-1", "case-1"]
+    assert await post(client, "alice", "case-1") == lower  # each still answers its own first outcome

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,18 @@ from geo_service.ledger.ship import CONSUMER, GROUP, Shipper
 from geo_service.tokens import mint
 from tests.conftest import MakeClient, build_into, fresh_ledger
 from tests.support.builders import claim_poi, write_claims_data
-from tests.support.claiming import SECRET, TASKS, Served, assert_exact, claim_load, ledger_world, reconcile, settle
+from tests.support.claiming import (
+    SECRET,
+    TASKS,
+    Ack,
+    Served,
+    assert_exact,
+    claim_load,
+    ledger_world,
+    reconcile,
+    settle,
+    until_acked,
+)
 from tests.support.ledgers import flow_records, redis_client, sql_rows
 from tests.support.processes import Process, collector, service
 from tests.support.redis_nodes import RedisDeployment
@@ -62,8 +72,10 @@ async def test_records_read_but_never_acknowledged_are_shipped_once_by_the_next_
             if second.health.backlog == 0:
                 break
         assert shipped == 60  # the pending 60 are delivered again; the upsert stores the 30 already there once
-        rows = sql_rows(record_db, "SELECT claim_id, COUNT(*) FROM claims GROUP BY claim_id")
-        assert len(rows) == 260 and {n for _, n in rows} == {1}
+        # Exactly the claims made above: none lost, none under another id (claim_id is the table's key, so a
+        # record shipped twice could only show as a count off, or an id that was never claimed).
+        rows = sql_rows(record_db, "SELECT claim_id FROM claims")
+        assert sorted(c for (c,) in rows) == sorted(f"c{i}" for i in range(260))
         assert flow_records(dsn) == []  # acknowledged and trimmed
         assert reconcile(Served(Process("geo_service", []), dsn, record_db, None)).returncode == 0
     finally:
@@ -90,7 +102,8 @@ async def test_a_redis_node_lacking_what_the_ledger_needs_takes_no_claims_and_sa
     healthy = await make_client(snaps, ledger=dsn, token_secret=SECRET)
     assert (await (await healthy.get("/healthz")).json())["ledger"] == {
         "kind": "redis", "problems": [], "check_error": None, "claims": "taken", "claim_failures": 0,
-        "last_failure": None, "last_failure_s_ago": None}
+        "last_failure": None, "last_failure_s_ago": None, "claims_refused": 0, "last_refusal": None,
+        "flow_backlog": 0, "flow_fill": 0.0, "flow_filling": False}
     assert (await _claim(healthy, "alice", "before"))[1]["outcome"] == "won"
     client = redis_client(dsn)
     client.config_set(key, bad)
@@ -135,28 +148,29 @@ async def test_a_shipper_killed_mid_load_and_restarted_loses_and_duplicates_noth
     try:
         shipping.wait_ready()
 
-        seen: Counter[tuple[int, str]] = Counter()
+        acked: list[Ack] = []
+        killed_at: list[float] = []
 
         async def kill_and_restart() -> None:
             # Killed a third of the way through, counted in answers rather than seconds: on a fast machine a timed
             # kill can land after the load, leaving the restarted shipper nothing to prove itself on.
-            for _ in range(600):  # bounded: up to 60 s for the first 500 answers
-                if sum(seen.values()) >= 500:
-                    break
-                await asyncio.sleep(0.1)
+            killed_at.append(await until_acked(acked, 500))
             shipping.kill()
             await asyncio.sleep(0.5)
             shipping.start()
 
         answers = await claim_load(served.process.port, claims=1500, players=500, on_started=kill_and_restart,
-                                   seen=seen)
+                                   acked=acked)
         shipping.wait_ready()
         for _ in range(600):  # bounded: up to 60 s for the restarted shipper to catch up
             shipped = shipping.health()["shipping"]
             if shipped["backlog"] == 0 and shipped["last_round_s_ago"] is not None:
                 break
             await asyncio.sleep(0.1)
-        assert shipped["backlog"] == 0 and shipped["shipped"] > 0 and shipped["last_error"] is None
+        assert shipped["backlog"] == 0 and shipped["last_error"] is None
+        # Every claim sent after the kill was recorded after it: only the restarted shipper can have shipped those.
+        after_kill = sum(1 for a in acked if a.sent_at > killed_at[0])
+        assert after_kill >= 500 and shipped["shipped"] >= after_kill
         assert flow_records(served.dsn) == []  # every record shipped, acknowledged and trimmed
     finally:
         shipping.stop()
@@ -172,18 +186,27 @@ async def test_the_redis_node_of_the_hot_task_killed_and_restarted_from_its_aof_
     assert served.redis is not None
     node = served.redis.node_of(task_key(TASKS[0]))
 
+    acked: list[Ack] = []
+    killed_at: list[float] = []
+
     async def kill_and_restart() -> None:
-        await asyncio.sleep(0.6)
+        await until_acked(acked, 150)  # counted in answers: a timed kill can land after a fast load is over
         await asyncio.to_thread(node.kill)
+        killed_at.append(time.monotonic())
         await asyncio.sleep(1.5)
         await asyncio.to_thread(node.start)  # replays its AOF: every acknowledged write was fsynced
 
     try:
         # A restarted cluster master takes a few seconds to rejoin: the claims wait up to 60 s for it.
         answers = await claim_load(served.process.port, claims=1500, players=500, on_started=kill_and_restart,
-                                   retry_s=60.0)
+                                   retry_s=60.0, acked=acked)
     finally:
         await asyncio.to_thread(served.redis.wait_healthy, 60)
+    # The node settled the hot task's wins before its death, and again once restarted from its AOF (a claim sent
+    # after the kill can only have been settled by the restarted node): the kill landed in the middle of the
+    # task's load, with wins to lose on either side of it.
+    hot = [a for a in acked if a.task_id == TASKS[0] and a.outcome == "won"]
+    assert any(a.answered_at < killed_at[0] for a in hot) and any(a.sent_at > killed_at[0] for a in hot)
     assert {status for status, _ in answers} == {200}  # every claim settled once the node was back
     issued, won = await settle(served)
     assert_exact(issued, won, answers)

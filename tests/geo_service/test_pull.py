@@ -149,7 +149,7 @@ async def test_a_corrupt_copy_at_the_origin_is_refused_and_the_live_one_stays(
 
 
 async def test_an_upload_cut_before_its_current_moved_is_never_pulled(
-        make_client: MakeClient, world: World, builds: Path, tmp_path: Path) -> None:
+        make_client: MakeClient, world: World, builds: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     client = await host(make_client, world, tmp_path)
     await asyncio.to_thread(publish_cli, world, builds, 1)
     await until(lambda: _serves(client, 1))
@@ -158,7 +158,22 @@ async def test_an_upload_cut_before_its_current_moved_is_never_pulled(
         await origin.put(f"2/{name}", builds / "2" / name)
     await origin.put("2/manifest.json", builds / "2" / "manifest.json")
     await origin.close()
-    await asyncio.sleep(1.5)  # fifteen polls
+    # The host looks at the origin's CURRENT again and again after the upload, and stays where it is: counted at
+    # the host's own reader of the origin, since a sleep alone passes as well when no poll happened at all.
+    reader: Origin = client.app[puller_key].origin
+    looks: list[str] = []
+    read = reader.read
+
+    async def counted(name: str) -> bytes | None:
+        looks.append(name)
+        return await read(name)
+
+    monkeypatch.setattr(reader, "read", counted)
+    for _ in range(300):  # bounded: 15 s
+        if looks.count("CURRENT") >= 5:
+            break
+        await asyncio.sleep(0.05)
+    assert looks.count("CURRENT") >= 5
     assert await served_seq(client) == 1
     assert sorted(p.name for p in (tmp_path / "host").iterdir() if not p.name.startswith(".")) == ["1", "CURRENT"]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from fractions import Fraction
 
 import pytest
 
@@ -26,11 +27,18 @@ def test_no_second_issues_more_than_the_rate_and_no_slice_more_than_a_tenth(rate
         assert set(per_second.values()) == {int(rate)}  # whole rates: exactly rate_per_s every second
 
 
-def test_allowance_repeats_across_the_cycle_without_a_seam() -> None:
-    milli = rate_milli(3.3)
-    window = [allowance(milli, n) for n in range(9_990, 10_010)]  # across m = n mod 10^4 wrapping
-    assert sum(window[:10]) + sum(window[10:]) == sum(allowance(milli, n) for n in range(29_990, 30_010))
-    assert all(allowance(milli, n) == allowance(milli, n + 10_000) for n in range(0, 500))
+@pytest.mark.parametrize("rate", ["0.5", "1", "3.3", "7.5", "20", "99", "1000", "12345.678"])
+def test_any_run_of_slices_issues_its_share_of_the_rate_rounded_either_way_across_the_cycle_seam(rate: str) -> None:
+    # The expectation comes from the rate alone: k consecutive slices last k/10 s, so they issue k/10 of the
+    # rate, rounded down or up; ten of them (any second, not only a calendar one) issue floor or ceil of the rate.
+    exact = Fraction(rate)
+    milli = rate_milli(float(rate))
+    seams = [n for c in (1, 179_500, START // 10_000 + 1) for n in range(c * 10_000 - 40, c * 10_000 + 40)]
+    for first in seams:  # windows ending before, straddling and starting after a seam of the repeating pattern
+        for k in (1, 2, 7, 10, 13, 25):
+            issued = sum(allowance(milli, n) for n in range(first, first + k))
+            share = exact * k / 10
+            assert math.floor(share) <= issued <= math.ceil(share), (first, k, issued, share)
 
 
 def test_take_fills_a_slice_then_refuses_and_counts_a_late_clock_against_the_newer_slice() -> None:

@@ -62,7 +62,14 @@ async def test_swaps_under_load_fail_no_request_and_never_serve_the_corrupt_snap
     data[-3] ^= 0x40
     lats.write_bytes(bytes(data))
     _point_current(root, 3)
-    await asyncio.sleep(0.5)
+    # Seq 4 only once the service has looked at seq 3 and refused it: were it built first, the service could
+    # skip seq 3 altogether and "never served" would hold without a refusal.
+    holder = client.app[snapshot_key]
+    for _ in range(200):  # bounded: 10 s
+        if any(i.startswith("3-") for i in holder.refused_ids):
+            break
+        await asyncio.sleep(0.05)
+    assert any(i.startswith("3-") for i in holder.refused_ids), holder.refused_ids
     await asyncio.to_thread(build_into, SAMPLE, root, "--cell-m", "150")  # seq 4, another grid
     await _until_served(client, 4)
     await asyncio.sleep(0.2)
@@ -73,8 +80,7 @@ async def test_swaps_under_load_fail_no_request_and_never_serve_the_corrupt_snap
     assert {status for _, _, status, _ in log} == {200}
     seqs = {body["seq"] for _, _, _, body in log}
     assert seqs == {1, 2, 4}
-    holder = client.app[snapshot_key]
-    assert holder.refused >= 1 and any(i.startswith("3-") for i in holder.refused_ids)
+    assert holder.refused >= 1
     lookups = {seq: Lookup(open_snapshot(root / str(seq))) for seq in seqs}
     now = int(time.time())
     for lat, lng, _, body in log:

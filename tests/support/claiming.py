@@ -1,6 +1,6 @@
 """A claim load as the load tests and fault drills send it: three tasks whose buckets a 3-master cluster
 serves from three different nodes, 500 players each playing one task at one POI, and the checks that
-counters equal won claims, no claim id is recorded twice and no acknowledged win is missing."""
+counters equal won claims and that the wins recorded are the wins the claimers were told of."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 import pytest
@@ -26,6 +26,15 @@ from tests.support.redis_nodes import RedisDeployment
 SECRET = "load-secret"
 TASKS = (1, 2, 4)  # their bucket tags hash to three different slots ranges: one per master of a 3-master cluster
 QUOTAS = {"cash": 40, "coupon": 60}
+
+
+class Ack(NamedTuple):
+    """A claim answered 200, as its claimer saw it (time.monotonic() on the client)."""
+
+    sent_at: float  # when the attempt that was answered was sent
+    answered_at: float
+    task_id: int
+    outcome: str
 
 
 @dataclass
@@ -55,10 +64,12 @@ def ledger_world(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> t
 
 
 async def claim_load(port: int, claims: int, players: int, on_started: Any = None, claim_id: str = "load",
-                     retry_s: float = 10.0, seen: Counter[tuple[int, str]] | None = None) -> list[tuple[int, dict[str, Any]]]:
+                     retry_s: float = 10.0, seen: Counter[tuple[int, str]] | None = None,
+                     acked: list[Ack] | None = None) -> list[tuple[int, dict[str, Any]]]:
     """Send `claims` claims, 100 at a time over fresh connections; retry 503s and dropped connections for up to
     `retry_s` each (status 0: still failing then). `seen` counts every answer, retried ones included, by
-    (status, error code or outcome)."""
+    (status, error code or outcome); `acked` gets each claim answered 200 as it is answered. Each returned answer
+    carries the claim id its claimer sent (`sent`), its player and task."""
     tokens = [mint(f"player{i}", SECRET, int(time.time()) + 3600) for i in range(players)]
     limit = asyncio.Semaphore(100)
     connector = aiohttp.TCPConnector(limit=100, force_close=True)  # new connections spread over the workers
@@ -67,9 +78,11 @@ async def claim_load(port: int, claims: int, players: int, on_started: Any = Non
         player = i % players
         task, poi_id, lat, lng = poi_of(player)
         body = {"claim_id": f"{claim_id}-{i}", "task_id": task, "poi_id": poi_id, "lat": lat, "lng": lng}
+        mine = {"sent": body["claim_id"], "player": player, "task_id": task}
         async with limit:
             for _ in range(int(retry_s * 10)):  # bounded retries: a killed worker or Redis node drops connections a while
                 try:
+                    sent_at = time.monotonic()
                     async with session.post(f"http://127.0.0.1:{port}/v1/claims", json=body,
                                             headers={"Authorization": f"Bearer {tokens[player]}"}) as resp:
                         answer = await resp.json()
@@ -78,16 +91,28 @@ async def claim_load(port: int, claims: int, players: int, on_started: Any = Non
                         if resp.status == 503:
                             await asyncio.sleep(0.1)
                             continue
-                        return resp.status, {**answer, "player": player, "task_id": task}
+                        if acked is not None and resp.status == 200:
+                            acked.append(Ack(sent_at, time.monotonic(), task, answer["outcome"]))
+                        return resp.status, {**answer, **mine}
                 except (TimeoutError, aiohttp.ClientError):
                     await asyncio.sleep(0.1)
-            return 0, {"player": player}
+            return 0, mine
 
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as session:
         tasks = [asyncio.create_task(one(i, session)) for i in range(claims)]
         if on_started is not None:
             await on_started()
         return await asyncio.gather(*tasks)
+
+
+async def until_acked(acked: list[Ack], count: int, timeout_s: float = 60.0) -> float:
+    """Wait until the claimers have been answered `count` claims; return the time (time.monotonic()) it happened.
+    Drills strike on this rather than after a fixed sleep: a load that is over by then proves nothing."""
+    deadline = time.monotonic() + timeout_s
+    while len(acked) < count:  # bounded by the deadline
+        assert time.monotonic() < deadline, f"only {len(acked)} of {count} claims answered in {timeout_s} s"
+        await asyncio.sleep(0.01)
+    return time.monotonic()
 
 
 def reconcile(served: Served, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -107,10 +132,18 @@ async def settle(served: Served) -> tuple[dict[tuple[int, str], int], list[tuple
 
 def assert_exact(issued: dict[tuple[int, str], int], won: list[tuple[str, int, str]],
                  answers: list[tuple[int, dict[str, Any]]]) -> None:
-    """Counters equal won claims, no claim id twice, and every acknowledged win is recorded as won."""
+    """Counters equal won claims, and the wins recorded are exactly the wins the claimers were told of (each
+    under the id it was sent with, for its task and prize), plus at most some of the claims never answered."""
     assert {k: v for k, v in issued.items() if v} == dict(Counter((t, p) for _, t, p in won))
-    assert len({c for c, _, _ in won}) == len(won)
+    told = {body["sent"]: (status, body) for status, body in answers}  # what each claim came to, by its claimer
+    assert all(body["claim_id"] == c for c, (status, body) in told.items() if status == 200)  # its own answer
+    acknowledged = {c: (body["task_id"], body["prize_type"]) for c, (status, body) in told.items()
+                    if status == 200 and body["outcome"] == "won"}
+    unanswered = {c for c, (status, _) in told.items() if status != 200}
     recorded = {c: (t, p) for c, t, p in won}
-    acknowledged = [(b["claim_id"], b["task_id"], b["prize_type"]) for status, b in answers
-                    if status == 200 and b["outcome"] == "won"]
-    assert all(recorded.get(c) == (t, p) for c, t, p in acknowledged)
+    # Neither a win told but not recorded, nor one recorded for a claim told something else, nor one never sent.
+    answered = {c: tp for c, tp in recorded.items() if c not in unanswered}
+    assert answered == acknowledged, (
+        f"recorded, not told: {sorted(set(answered.items()) - set(acknowledged.items()))[:5]}; told, not recorded: "
+        f"{sorted(set(acknowledged.items()) - set(answered.items()))[:5]}; what those were told: "
+        f"{[told[c] for c, _ in sorted(set(answered.items()) ^ set(acknowledged.items()))[:5]]}")
