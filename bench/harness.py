@@ -14,6 +14,7 @@ import pymysql
 
 from geo_service.dsn import MySQLSettings
 from geo_service.ledger.plans import LEDGER_TABLES
+from geo_service.ledger.records import RECORD_TABLES
 
 
 def free_port() -> int:
@@ -41,7 +42,7 @@ def drop_ledger_tables(dsn: str) -> None:
                            autocommit=True)
     try:
         with conn.cursor() as cur:
-            for table in LEDGER_TABLES:
+            for table in (*LEDGER_TABLES, *RECORD_TABLES):
                 cur.execute(f"DROP TABLE IF EXISTS {table}")
     finally:
         conn.close()

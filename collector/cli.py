@@ -55,8 +55,8 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
-async def _set_flag(dsn: str, task_id: int, enabled: bool) -> float | None:
-    ledger = open_ledger(dsn)
+async def _set_flag(dsn: str, record_db: str, task_id: int, enabled: bool) -> float | None:
+    ledger = open_ledger(dsn, record_db)  # a Redis ledger keeps the switch in the record too
     try:
         return await ledger.set_enabled(task_id, enabled)
     finally:
@@ -110,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "task":
         try:
-            won_at = asyncio.run(_set_flag(settings.ledger, args.task_id, args.action == "enable"))
+            won_at = asyncio.run(_set_flag(settings.ledger, settings.record_db, args.task_id, args.action == "enable"))
         except LedgerError as exc:
             print(f"geo-collector task: {exc}", file=sys.stderr)
             return 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -45,6 +46,7 @@ from geo_service.ledger.plans import (
     set_prize_plan,
 )
 
+log = logging.getLogger("geodrop.ledger")
 _DUPLICATE_KEY = 1062
 _RETRYABLE = {1205, 1213}  # lock wait timeout, deadlock: InnoDB rolled the transaction back; run it again
 _ATTEMPTS = 10
@@ -71,7 +73,9 @@ class MySQLLedger:
                         for statement in SCHEMA:
                             await cur.execute(statement)
                     await conn.commit()
-                    await self._drive(conn, migrate_plan(MYSQL))
+                    note = await self._drive(conn, migrate_plan(MYSQL))
+                    if note:
+                        log.warning(note)
                 self._pool = pool
             return self._pool
 

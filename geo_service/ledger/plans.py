@@ -24,6 +24,7 @@ from geo_service.ledger.records import (
     CLAIMS_COLLATION,
     CLAIMS_EXACT,
     CLAIMS_EXACT_COLLATION,
+    CLAIMS_EXACT_NOTE,
     CLAIMS_INDEX,
     CLAIMS_TABLE,
     WON_BY_COUNTER,
@@ -105,7 +106,8 @@ _INSERT_CLAIM = insert_claim("?")
 
 
 def migrate_plan(dialect: Dialect) -> Plan:
-    """Add the columns a ledger made by an earlier release lacks; on MySQL, compare claims' ids byte for byte."""
+    """Add the columns a ledger made by an earlier release lacks; on MySQL, compare claims' ids byte for byte where
+    the table is empty. Return what an operator must do (CLAIMS_EXACT_NOTE), or None."""
     for table, column, kind in ADDED_COLUMNS:
         present = yield Statement(dialect.has_column, (table, column), fetch="one")
         if not present[0]:
@@ -113,7 +115,11 @@ def migrate_plan(dialect: Dialect) -> Plan:
     if dialect is MYSQL:
         collation = yield Statement(CLAIMS_COLLATION, fetch="one")
         if collation != (CLAIMS_EXACT_COLLATION,):
+            full = yield Statement("SELECT EXISTS (SELECT 1 FROM claims)", fetch="one")
+            if full[0]:
+                return CLAIMS_EXACT_NOTE.format(CLAIMS_EXACT)
             yield Statement(CLAIMS_EXACT)
+    return None
 
 
 def seed_rows_plan(counters: Sequence[tuple[int, str, int, int]], clock: Clock = time.time) -> Plan:

@@ -7,6 +7,7 @@ record database's `claims` (RecordStore), the system of record that reconcile co
 
 from __future__ import annotations
 
+import logging
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -19,6 +20,8 @@ from geo_service.ledger.interface import REASONS, ClaimRequest, Difference, Ledg
 
 if TYPE_CHECKING:
     import aiomysql
+
+log = logging.getLogger("geodrop.ledger")
 
 
 def _sql(column: str) -> dict[str, str]:
@@ -73,6 +76,9 @@ CLAIMS_COLLATION = ("SELECT GROUP_CONCAT(COLLATION_NAME ORDER BY COLUMN_NAME) FR
                     "WHERE table_schema = DATABASE() AND table_name = 'claims' "
                     "AND column_name IN ('claim_id', 'prize_type', 'user_id')")
 CLAIMS_EXACT_COLLATION = "ascii_bin,utf8mb4_bin,utf8mb4_bin"
+# Made at once on an empty table; on a full one, a copy of the table that blocks its writes: an operator's step.
+CLAIMS_EXACT_NOTE = ("the claims table compares ids, users and prizes without case (an older release made it): run "
+                     "this when claims are quiet: {}")
 CLAIMS_EXACT = ("ALTER TABLE claims MODIFY claim_id VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL, "
                 "MODIFY prize_type VARCHAR(40) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL, "
                 "MODIFY user_id VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL")
@@ -144,7 +150,11 @@ class RecordStore:
                                           CLAIMS_COLLATION):
                             await cur.execute(statement)
                         if (await cur.fetchone()) != (CLAIMS_EXACT_COLLATION,):
-                            await cur.execute(CLAIMS_EXACT)
+                            await cur.execute("SELECT EXISTS (SELECT 1 FROM claims)")
+                            if (await cur.fetchone()) == (0,):
+                                await cur.execute(CLAIMS_EXACT)
+                            else:
+                                log.warning(CLAIMS_EXACT_NOTE.format(CLAIMS_EXACT))
                 self._pool = pool
             results = []
             async with self._pool.acquire() as conn, conn.cursor() as cur:

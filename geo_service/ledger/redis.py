@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.commands.core import AsyncScript
 from redis.crc import key_slot
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from geo_service.dsn import REDIS_BUCKETS, MySQLSettings, RedisSettings
 from geo_service.ledger.interface import (
@@ -64,7 +64,8 @@ from geo_service.ledger.redis_layout import (
 from geo_service.ledger.redis_state import Client, check_epoch, config_problems
 
 log = logging.getLogger("geodrop.ledger")
-SCRIPTS = ("claim", "movement", "bind", "seen", "remember", "set_prize", "set_flag", "read_tasks", "counters_at")
+SCRIPTS = ("claim", "movement", "bind", "seen", "remember", "set_prize", "set_flag", "read_tasks", "counters_at",
+           "fence")
 POSITION_TTL_S = 86_400  # a player unseen for a day starts afresh (as after a long trip)
 READ_CALLS_IN_FLIGHT = 16  # per read of many tasks: well inside the connection pool, enough to keep nodes busy
 CHANGED_KEEP_S = 3_600  # how long a task stays in a bucket's changed set: far longer than any delta read's reach
@@ -82,6 +83,7 @@ class RedisLedger:
         self._client: Client | None = None
         self._store: RecordStore | None = None
         self._connecting = asyncio.Lock()
+        self._flow_max = math.ceil(settings.flow_backlog_max / REDIS_BUCKETS)  # records a bucket's stream may hold
         self._scripts: dict[str, AsyncScript] = {}
         self._limit = asyncio.Semaphore(settings.max_connections)
 
@@ -198,7 +200,7 @@ class RedisLedger:
                 f"gd:{tag}:changed", epoch_key(r.task_id % REDIS_BUCKETS)]
         values = {"claim_id": r.claim_id, "user_id": r.user_id, "task_id": r.task_id, "poi_id": r.poi_id,
                   "win_cap": win_cap, "checked": "1" if checked else "0", "filter_bits": s.claim_filter_bits,
-                  "flow_max": math.ceil(s.flow_backlog_max / REDIS_BUCKETS), "lat": r.lat, "lng": r.lng,
+                  "flow_max": self._flow_max, "lat": r.lat, "lng": r.lng,
                   "at_s": r.at_s, "max_speed_mps": max_speed_mps, "position_ttl_s": POSITION_TTL_S}
         player, ids = f"gd:{{u:{r.user_id}}}:pos", id_bucket(r.claim_id)
         if isinstance(client, RedisCluster):
@@ -213,11 +215,15 @@ class RedisLedger:
                 return str(state)
             values["bound"] = "ask" if state == ASK_RECORD else str(state)  # the outcome, if still here, answers first
         else:
-            values["plausible"] = values["bound"] = "?"  # one node holds every key: the claim's call checks both
+            values["plausible"] = values["bound"] = state = "?"  # one node holds every key: the claim's call checks both
             keys += [player, bind_key(r.claim_id), bucket_key(ids, "seen")]
-        # A binding made for a claim the task's bucket then refuses (its state lost, its flow log full) stays: the
-        # id is this player's, and a retry finds it. Taking it back could take a retry's binding that settled.
-        return str(await self.run_script(client, "claim", keys, [*(values[arg] for arg in CLAIM_ARGS), *draw]))
+        answer = str(await self.run_script(client, "claim", keys, [*(values[arg] for arg in CLAIM_ARGS), *draw]))
+        if state == "new" and answer in (STATE_LOST, FLOW_FULL):
+            # Bound a moment ago for a claim the task's bucket refused: the binding stays (the id is this player's,
+            # and taking it back could take a retry's that settled), for record_ttl_s: a player who gives up
+            # leaves nothing behind for good, and the filter still knows the id.
+            await client.expire(bind_key(r.claim_id), s.record_ttl_s)
+        return answer
 
     async def _recorded(self, r: ClaimRequest) -> Outcome | None:
         """Return the claim's outcome from the record database (None: it holds no such claim); raise ClaimIdTaken
@@ -244,6 +250,29 @@ class RedisLedger:
                 pass
         return await script(keys=keys, args=args)
 
+    async def remember(self, r: Client, claim_ids: Sequence[str]) -> None:
+        """Put claim ids into their buckets' filters: a script call per bucket, pipelined on one node (where it has
+        not loaded the script yet, the plain call loads it); on a cluster, whose pipelines take no scripts, a few
+        at a time."""
+        by_bucket: dict[int, list[str]] = {}
+        for claim_id in claim_ids:
+            by_bucket.setdefault(id_bucket(claim_id), []).append(claim_id)
+        script, bits = self._scripts["remember"], self.settings.claim_filter_bits
+        if isinstance(r, RedisCluster):
+            groups = list(by_bucket.items())
+            for start in range(0, len(groups), READ_CALLS_IN_FLIGHT):
+                await asyncio.gather(*(self.run_script(r, "remember", [bucket_key(b, "seen")], [bits, *ids])
+                                       for b, ids in groups[start : start + READ_CALLS_IN_FLIGHT]))
+            return
+        pipe = r.pipeline(transaction=False)
+        for b, ids in by_bucket.items():
+            pipe.evalsha(script.sha, 1, bucket_key(b, "seen"), bits, *ids)
+        for (b, ids), answer in zip(by_bucket.items(), await pipe.execute(raise_on_error=False)):
+            if isinstance(answer, NoScriptError):
+                await self.run_script(r, "remember", [bucket_key(b, "seen")], [bits, *ids])
+            elif isinstance(answer, Exception):
+                raise answer
+
     async def outcome_of(self, request: ClaimRequest) -> Outcome | None:
         r = request
         holder: Any
@@ -255,6 +284,8 @@ class RedisLedger:
             raise ClaimIdTaken(r.claim_id)
         if raw is not None:
             return _outcome(r.claim_id, raw)
+        if holder is not None and self.record_db:  # bound, its outcome gone with a restored node: the record tells
+            return await self._recorded(r)
         if holder is None and self.record_db:
             ids = id_bucket(r.claim_id)
             seen = await self.call(lambda c: self.run_script(c, "seen", [bucket_key(ids, "seen")],
@@ -355,9 +386,8 @@ class RedisLedger:
             try:
                 await self.store().set_flag(task_id, enabled)
             except LedgerError as exc:
-                log.warning("the kill switch holds in Redis, but the record database did not take it: a restore "
-                            "after a loss of this task's node would not know it", extra={"task_id": task_id,
-                                                                                         "error": str(exc)})
+                raise LedgerError(f"the switch holds in Redis, but the record database did not take it (a restore "
+                                  f"of the task's node would not know it): {exc}; set it again") from exc
         return None if won_at is None else float(won_at)
 
     async def reconcile(self, repair: bool, seeds: Sequence[Seed] = (), lower: bool = False) -> list[Difference]:
@@ -373,7 +403,7 @@ class RedisLedger:
             return [int(n) for n in await pipe.execute()]
 
         lengths = await self.call(look)
-        return sum(lengths), 1000 * max(lengths) // math.ceil(self.settings.flow_backlog_max / REDIS_BUCKETS)
+        return sum(lengths), 1000 * max(lengths) // self._flow_max
 
     async def init(self) -> None:
         store = self.store() if self.record_db else None

@@ -31,7 +31,7 @@ from geo_service.dsn import REDIS_BUCKETS
 from geo_service.ledger.interface import Difference, LedgerError, Seed
 from geo_service.ledger.records import RecordStore, differences, to_move
 from geo_service.ledger.redis import RedisLedger
-from geo_service.ledger.redis_layout import SHIP_GROUP, bucket_key, id_bucket, task_key, wins_key
+from geo_service.ledger.redis_layout import SHIP_GROUP, bucket_key, task_key, wins_key
 from geo_service.ledger.redis_state import Client, bucket_epochs, mark_buckets
 
 log = logging.getLogger("geodrop.ledger")
@@ -131,23 +131,27 @@ async def restore(ledger: RedisLedger, store: RecordStore, lost: list[int], seed
     if missing:
         raise LedgerError(f"{len(missing)} prize(s) with won claims have no counter to restore (e.g. task {missing[0][0]} "
                           f"{missing[0][1]}): give --snapshots the snapshot that holds them")
+    # A bucket emptied has nothing issued; one gone back in time (fenced) is behind its record. Neither is lowered:
+    # a counter above its record may count prizes whose records were lost (reconcile --lower decides that).
     diffs = [Difference(t, p, i, won.get((t, p), 0)) for (t, p), i in sorted(counters.items())]
     disabled = await store.disabled()
 
     async def write(r: Client) -> None:
         pipe = r.pipeline(transaction=False)
         now_ms = int(time.time() * 1000)
-        for d in diffs:
+        for d in to_move(diffs, lower=False):
             pipe.hset(task_key(d.task_id), f"i:{d.prize_type}", d.won_claims)
             pipe.zadd(bucket_key(d.task_id % REDIS_BUCKETS, "changed"), {str(d.task_id): now_ms})
         for task_id in disabled:  # the kill switches the record keeps (gd:flags may have gone with the node)
             pipe.hset("gd:flags", str(task_id), "0")
             if task_id % REDIS_BUCKETS in lost_set:
                 pipe.hset(task_key(task_id), "off", "1")
-        for task_id in tasks:
-            pipe.delete(wins_key(task_id))
-            if player_wins.get(task_id):
-                pipe.hset(wins_key(task_id), mapping=dict(player_wins[task_id]))  # type: ignore[arg-type]
+        ordered = sorted(tasks)
+        held = await _wins_held(r, ordered)
+        for task_id, now in zip(ordered, held):
+            more = {user: n for user, n in player_wins.get(task_id, {}).items() if n > int(now.get(user, 0))}
+            if more:  # a player's wins as the record counts them, never fewer than the bucket still holds
+                pipe.hset(wins_key(task_id), mapping=more)  # type: ignore[arg-type]
         await pipe.execute()
 
     await ledger.call(write)
@@ -157,12 +161,19 @@ async def restore(ledger: RedisLedger, store: RecordStore, lost: list[int], seed
     await ledger.call(lambda r: mark_buckets(r, lost, epoch))
     log.warning("restored buckets from the record", extra={"buckets": len(lost), "counters": len(diffs),
                                                             "claim_ids": refilled})
-    return [d for d in diffs if d.issued != d.won_claims]
+    return [d for d in diffs if d.issued < d.won_claims]
+
+
+async def _wins_held(r: Client, tasks: list[int]) -> list[dict[str, str]]:
+    pipe = r.pipeline(transaction=False)
+    for task_id in tasks:
+        pipe.hgetall(wins_key(task_id))
+    return list(await pipe.execute())
 
 
 async def _catch_up_streams(r: Client, lost: list[int], marks: dict[int, tuple[int, int]]) -> None:
-    """Move each restored bucket's flow stream past what was shipped from it, so the shipper does not find it behind
-    its mark again (and its next records follow every shipped one)."""
+    """Move each restored bucket's flow stream and its shipping group past what was shipped from it, so the shipper
+    does not find it behind its mark again (and its next records follow every shipped one)."""
     for b in lost:
         key = bucket_key(b, "flow")
         try:
@@ -170,17 +181,22 @@ async def _catch_up_streams(r: Client, lost: list[int], marks: dict[int, tuple[i
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
+        if b not in marks:
+            continue
+        mark = "{}-{}".format(*marks[b])
         info: Any = await r.xinfo_stream(key)
         ms, seq = info["last-generated-id"].split("-")
-        if (int(ms), int(seq)) < marks.get(b, (0, 0)):
-            await r.execute_command("XSETID", key, "{}-{}".format(*marks[b]))
+        if (int(ms), int(seq)) < marks[b]:
+            await r.execute_command("XSETID", key, mark)
+        for group in await r.xinfo_groups(key):  # what the shipper had delivered: at least the mark (fence.lua)
+            ms, seq = group["last-delivered-id"].split("-")
+            if group["name"] == SHIP_GROUP and (int(ms), int(seq)) < marks[b]:
+                await r.xgroup_setid(key, SHIP_GROUP, mark)
 
 
-async def _remember(ledger: RedisLedger, bucket: int, claim_ids: list[str]) -> None:
-    args = [ledger.settings.claim_filter_bits, *claim_ids]
-
-    async def put(r: Client) -> Any:
-        return await ledger.run_script(r, "remember", [bucket_key(bucket, "seen")], args)
+async def _remember(ledger: RedisLedger, claim_ids: list[str]) -> None:
+    async def put(r: Client) -> None:
+        await ledger.remember(r, claim_ids)
 
     await ledger.call(put)
 
@@ -190,11 +206,7 @@ async def _refill_filters(ledger: RedisLedger, store: RecordStore, lost: list[in
     after, count = "", 0
     for _ in range(_PAGES):
         ids = await store.claim_ids(lost, REDIS_BUCKETS, after, PAGE)
-        by_bucket: dict[int, list[str]] = defaultdict(list)
-        for claim_id in ids:
-            by_bucket[id_bucket(claim_id)].append(claim_id)
-        for b, chunk in by_bucket.items():
-            await _remember(ledger, b, chunk)
+        await _remember(ledger, ids)
         count += len(ids)
         if len(ids) < PAGE:
             break

@@ -25,14 +25,13 @@ from redis.exceptions import ResponseError
 from geo_service.dsn import REDIS_BUCKETS
 from geo_service.ledger.interface import LedgerError
 from geo_service.ledger.records import ClaimRecord, RecordStore
-from geo_service.ledger.redis import READ_CALLS_IN_FLIGHT, RedisLedger
+from geo_service.ledger.redis import RedisLedger
 from geo_service.ledger.redis_layout import (
     OUTCOME_MARGIN_S,
     SHIP_GROUP,
     bind_key,
     bucket_key,
     epoch_key,
-    id_bucket,
     outcome_key,
 )
 from geo_service.ledger.redis_state import Client
@@ -101,33 +100,26 @@ class Shipper:
         for b in self.buckets:
             pipe.xlen(bucket_key(b, "flow"))
             pipe.xrange(bucket_key(b, "flow"), count=1)
-            pipe.xinfo_stream(bucket_key(b, "flow"))
-        answers = await pipe.execute(raise_on_error=False)
-        for answer in answers:
-            if isinstance(answer, Exception) and "no such key" not in str(answer):
-                raise answer
-        lengths, firsts, infos = answers[0::3], answers[1::3], answers[2::3]
-        oldest = [int(first[0][0].partition("-")[0]) for first in firsts if first and not isinstance(first, Exception)]
-        self.health.backlog = int(sum(n for n in lengths if isinstance(n, int)))
+        answers = await pipe.execute()
+        lengths, firsts = answers[0::2], answers[1::2]
+        oldest = [int(first[0][0].partition("-")[0]) for first in firsts if first]
+        self.health.backlog = int(sum(lengths))
         self.health.lag_s = round(time.time() - min(oldest) / 1000, 3) if oldest else 0.0
-        behind = {b for b, info in zip(self.buckets, infos) if isinstance(info, dict)
-                  and _id_of(info["last-generated-id"]) < self._marks.get(b, (0, 0))}
-        for b in behind:
-            await self._fence(r, b)
-        return [b for b, n in zip(self.buckets, lengths) if (n or b in self._pending) and b not in behind]
+        fenced = {b for b in self.buckets if b in self._marks and await self._fence(r, b, self._marks[b])}
+        return [b for b, n in zip(self.buckets, lengths) if (n or b in self._pending) and b not in fenced]
 
-    async def _fence(self, r: Client, bucket: int) -> None:
-        """A stream behind its mark: its node went back in time (a replica promoted, an old copy loaded), and its
-        counters, bindings and filter with it. Take its epoch: its claims are refused until a repair restores it
-        from the record."""
-        if await r.delete(epoch_key(bucket)):
-            assert self._marks is not None
-            ms, seq = self._marks[bucket]
-            fence = (f"bucket {bucket}: its flow stream is behind the {ms}-{seq} shipped from it: its node went back "
-                     "in time; its claims are refused until `geo-service ledger reconcile --repair` restores it")
-            self.health.buckets_fenced += 1
-            self.health.last_fence = fence
-            log.error("a bucket's state went back in time: fenced", extra={"bucket": bucket, "fence": fence})
+    async def _fence(self, r: Client, bucket: int, mark: tuple[int, int]) -> bool:
+        """Take a bucket's epoch if its node went back in time (fence.lua): its counters, bindings and filter went
+        with it, and its claims are refused until a repair restores it from the record. Return whether it did."""
+        behind = await self.ledger.run_script(r, "fence", [bucket_key(bucket, "flow"), epoch_key(bucket)], [GROUP, *mark])
+        if not behind:
+            return False
+        fence = (f"bucket {bucket}: shipping had reached {mark[0]}-{mark[1]}, its node's stream only {behind}: the node "
+                 "went back in time; its claims are refused until `geo-service ledger reconcile --repair` restores it")
+        self.health.buckets_fenced += 1
+        self.health.last_fence = fence
+        log.error("a bucket's state went back in time: fenced", extra={"bucket": bucket, "fence": fence})
+        return True
 
     async def _read(self, r: Client, bucket: int, start: str) -> list[tuple[str, dict[str, str]]]:
         """Read a batch as the group's consumer; a group found gone is made again from the stream's start."""
@@ -186,13 +178,7 @@ class Shipper:
         its outcome does, and after it the record database answers a retry (redis_layout.py). Each id goes into its
         bucket's filter again first: a bucket restored from the record while this record was still in a stream
         learns it here."""
-        by_bucket: dict[int, list[str]] = {}
-        for row in rows:
-            by_bucket.setdefault(id_bucket(row.claim_id), []).append(row.claim_id)
-        bits, groups = self.ledger.settings.claim_filter_bits, list(by_bucket.items())
-        for start in range(0, len(groups), READ_CALLS_IN_FLIGHT):  # a few calls at a time: the pool is bounded
-            await asyncio.gather(*(self.ledger.run_script(r, "remember", [bucket_key(b, "seen")], [bits, *ids])
-                                   for b, ids in groups[start : start + READ_CALLS_IN_FLIGHT]))
+        await self.ledger.remember(r, [row.claim_id for row in rows])
         ttl = self.ledger.settings.record_ttl_s
         pipe = r.pipeline(transaction=False)
         for row in rows:

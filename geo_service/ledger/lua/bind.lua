@@ -9,7 +9,7 @@ if redis.call('EXISTS', KEYS[3]) == 0 then
 end
 local state = binding(KEYS[1], KEYS[2], args.claim_id, args.claim_of, args.checked, tonumber(args.filter_bits))
 if state == 'new' then
-  bind(KEYS[1], KEYS[2], args.claim_id, args.claim_of, tonumber(args.filter_bits))
+  bind(KEYS[1], args.claim_of)
 elseif state == 'taken' then
   return 'claim_id_taken'
 elseif state == 'ask' then

@@ -16,9 +16,6 @@
 -- to after it), the first outcome for a retried claim, or, with nothing written: 'claim_id_taken' (the id is
 -- another claim's), 'ask_record' (claim_ids.lua), 'state_lost' (the bucket has no epoch) or 'flow_full'.
 local mine = args.user_id .. '\t' .. args.task_id .. '\t' .. args.poi_id
-if redis.call('EXISTS', KEYS[6]) == 0 then
-  return 'state_lost'
-end
 local state, here = args.bound, args.bound == '?'  -- bind.lua's answer, or '?': check and bind it here
 if here then
   state = binding(KEYS[8], KEYS[9], args.claim_id, mine, args.checked, tonumber(args.filter_bits))
@@ -39,6 +36,11 @@ end
 -- state has no outcomes, and the claim may be one of them. 'checked': the record holds no such claim.
 if (state == 'ask' or state == 'bound') and args.checked ~= '1' then
   return 'ask_record'
+end
+-- A bucket without the ledger's epoch lost its state: it settles nothing (a retry whose outcome it still holds
+-- was answered above).
+if redis.call('EXISTS', KEYS[6]) == 0 then
+  return 'state_lost'
 end
 if redis.call('XLEN', KEYS[4]) >= tonumber(args.flow_max) then
   return 'flow_full'
@@ -108,7 +110,7 @@ end
 local result = outcome .. '\t' .. prize .. '\t' .. mine
 redis.call('SET', KEYS[3], result)  -- no expiry until its record is in the record database (ship.py)
 if here and state == 'new' then
-  bind(KEYS[8], KEYS[9], args.claim_id, mine, tonumber(args.filter_bits))
+  bind(KEYS[8], mine)
 end
 redis.call('XADD', KEYS[4], '*', unpack(entry))
 return result

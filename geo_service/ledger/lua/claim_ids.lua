@@ -25,14 +25,21 @@ local function seen(key, id, bits)
   return true
 end
 
-local function remember(key, id, bits)
+-- Set an id's bits; return whether they all were set before (the filter may have seen it). One pass: a claim
+-- pays seven SETBITs, not seven GETBITs and seven SETBITs. Setting the bits of an id that is then refused is
+-- harmless: it costs a later use of that id one look in the record database.
+local function seen_before(key, id, bits)
+  local all = true
   for _, bit in ipairs(filter_bits(id, bits)) do
-    redis.call('SETBIT', key, bit, 1)
+    if redis.call('SETBIT', key, bit, 1) == 0 then
+      all = false
+    end
   end
+  return all
 end
 
--- Where an id stands, written nothing: 'bound' (to this claim), 'taken' (by another), 'ask' (maybe used
--- before, binding gone), or 'new'.
+-- Where an id stands: 'bound' (to this claim), 'taken' (by another), 'ask' (maybe used before, binding gone),
+-- or 'new'. Nothing is written but the id's bits in the filter.
 local function binding(bind_key, seen_key, id, mine, checked, bits)
   local holder = redis.call('GET', bind_key)
   if holder then
@@ -41,14 +48,14 @@ local function binding(bind_key, seen_key, id, mine, checked, bits)
     end
     return 'taken'
   end
-  if checked ~= '1' and seen(seen_key, id, bits) then
+  if seen_before(seen_key, id, bits) and checked ~= '1' then
     return 'ask'
   end
   return 'new'
 end
 
--- Bind a new id: no expiry until its record is in the record database (the shipper sets one then).
-local function bind(bind_key, seen_key, id, mine, bits)
-  remember(seen_key, id, bits)
+-- Bind a new id (its bits are set: binding() set them): no expiry until its record is in the record database
+-- (the shipper sets one then).
+local function bind(bind_key, mine)
   redis.call('SET', bind_key, mine)
 end

@@ -2,6 +2,6 @@
 -- from the record database. KEYS: 1 the filter. ARGV: 1 filter_bits, 2.. the claim ids. Returns how many.
 local bits = tonumber(ARGV[1])
 for i = 2, #ARGV do
-  remember(KEYS[1], ARGV[i], bits)
+  seen_before(KEYS[1], ARGV[i], bits)
 end
 return #ARGV - 1
