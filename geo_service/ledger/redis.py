@@ -65,7 +65,7 @@ from geo_service.ledger.redis_state import Client, check_epoch, config_problems
 
 log = logging.getLogger("geodrop.ledger")
 SCRIPTS = ("claim", "movement", "bind", "seen", "remember", "set_prize", "set_flag", "read_tasks", "counters_at",
-           "fence")
+           "fence", "expire")
 POSITION_TTL_S = 86_400  # a player unseen for a day starts afresh (as after a long trip)
 READ_CALLS_IN_FLIGHT = 16  # per read of many tasks: well inside the connection pool, enough to keep nodes busy
 CHANGED_KEEP_S = 3_600  # how long a task stays in a bucket's changed set: far longer than any delta read's reach
@@ -250,26 +250,28 @@ class RedisLedger:
                 pass
         return await script(keys=keys, args=args)
 
-    async def remember(self, r: Client, claim_ids: Sequence[str]) -> None:
-        """Put claim ids into their buckets' filters: a script call per bucket, pipelined on one node (where it has
-        not loaded the script yet, the plain call loads it); on a cluster, whose pipelines take no scripts, a few
-        at a time."""
+    async def remember(self, r: Client, claim_ids: Sequence[str], bindings_ttl_s: int | None = None) -> None:
+        """Put claim ids into their buckets' filters, and with bindings_ttl_s give their bindings that expiry: a
+        script call per bucket (remember.lua), pipelined on one node (where it has not loaded the script yet, the
+        plain call loads it); on a cluster, whose pipelines take no scripts, a few at a time."""
         by_bucket: dict[int, list[str]] = {}
         for claim_id in claim_ids:
             by_bucket.setdefault(id_bucket(claim_id), []).append(claim_id)
-        script, bits = self._scripts["remember"], self.settings.claim_filter_bits
+        calls: list[tuple[list[str], list[str | int]]] = []
+        for b, ids in by_bucket.items():
+            bindings = [bind_key(c) for c in ids] if bindings_ttl_s is not None else []
+            calls.append(([bucket_key(b, "seen"), *bindings], [self.settings.claim_filter_bits, bindings_ttl_s or 0, *ids]))
         if isinstance(r, RedisCluster):
-            groups = list(by_bucket.items())
-            for start in range(0, len(groups), READ_CALLS_IN_FLIGHT):
-                await asyncio.gather(*(self.run_script(r, "remember", [bucket_key(b, "seen")], [bits, *ids])
-                                       for b, ids in groups[start : start + READ_CALLS_IN_FLIGHT]))
+            for start in range(0, len(calls), READ_CALLS_IN_FLIGHT):
+                await asyncio.gather(*(self.run_script(r, "remember", keys, args)
+                                       for keys, args in calls[start : start + READ_CALLS_IN_FLIGHT]))
             return
         pipe = r.pipeline(transaction=False)
-        for b, ids in by_bucket.items():
-            pipe.evalsha(script.sha, 1, bucket_key(b, "seen"), bits, *ids)
-        for (b, ids), answer in zip(by_bucket.items(), await pipe.execute(raise_on_error=False)):
+        for keys, args in calls:
+            pipe.evalsha(self._scripts["remember"].sha, len(keys), *keys, *args)
+        for (keys, args), answer in zip(calls, await pipe.execute(raise_on_error=False)):
             if isinstance(answer, NoScriptError):
-                await self.run_script(r, "remember", [bucket_key(b, "seen")], [bits, *ids])
+                await self.run_script(r, "remember", keys, args)
             elif isinstance(answer, Exception):
                 raise answer
 

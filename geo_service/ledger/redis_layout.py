@@ -104,7 +104,8 @@ STATE_LOST = "state_lost"  # the bucket has no epoch: its node lost the ledger's
 FLOW_FULL = "flow_full"  # the bucket's flow log is at its ceiling: nothing is shipping it
 _SCRIPT_ARGS = {"claim": CLAIM_ARGS, "movement": MOVE_ARGS, "bind": BIND_ARGS}
 _PRELUDES = {"claim": ("position.lua", "claim_ids.lua"), "movement": ("position.lua",), "bind": ("claim_ids.lua",),
-             "seen": ("claim_ids.lua",), "remember": ("claim_ids.lua",)}
+             "seen": ("claim_ids.lua",), "remember": ("claim_ids.lua",), "read_tasks": ("task_rows.lua",),
+             "counters_at": ("task_rows.lua",)}
 
 
 def script(name: str) -> str:

@@ -59,7 +59,7 @@ async def reconcile_redis(ledger: RedisLedger, repair: bool, seeds: Sequence[See
     for b, tasks in sorted(by_bucket.items()):
         answer = await _counters_at(ledger, tasks)
         moments[b] = float(answer[0])
-        issued += [(t, row[j], int(row[j + 1])) for t, row in zip(tasks, answer[1:]) for j in range(0, len(row), 2)]
+        issued += [(t, row[j], int(row[j + 2])) for t, row in zip(tasks, answer[1:]) for j in range(0, len(row), 4)]
     unshipped = await ledger.call(lambda r: _stream_wins(r, moments))
     won, present = await store.won_until(moments, [f["claim_id"] for f in unshipped])
     for f in unshipped:

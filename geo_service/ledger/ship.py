@@ -25,11 +25,10 @@ from redis.exceptions import ResponseError
 from geo_service.dsn import REDIS_BUCKETS
 from geo_service.ledger.interface import LedgerError
 from geo_service.ledger.records import ClaimRecord, RecordStore
-from geo_service.ledger.redis import RedisLedger
+from geo_service.ledger.redis import READ_CALLS_IN_FLIGHT, RedisLedger
 from geo_service.ledger.redis_layout import (
     OUTCOME_MARGIN_S,
     SHIP_GROUP,
-    bind_key,
     bucket_key,
     epoch_key,
     outcome_key,
@@ -105,7 +104,12 @@ class Shipper:
         oldest = [int(first[0][0].partition("-")[0]) for first in firsts if first]
         self.health.backlog = int(sum(lengths))
         self.health.lag_s = round(time.time() - min(oldest) / 1000, 3) if oldest else 0.0
-        fenced = {b for b in self.buckets if b in self._marks and await self._fence(r, b, self._marks[b])}
+        marked = [b for b in self.buckets if b in self._marks]
+        fenced: set[int] = set()
+        for start in range(0, len(marked), READ_CALLS_IN_FLIGHT):  # a few at a time: the pool is bounded
+            chunk = marked[start : start + READ_CALLS_IN_FLIGHT]
+            taken = await asyncio.gather(*(self._fence(r, b, self._marks[b]) for b in chunk))
+            fenced |= {b for b, took in zip(chunk, taken) if took}
         return [b for b, n in zip(self.buckets, lengths) if (n or b in self._pending) and b not in fenced]
 
     async def _fence(self, r: Client, bucket: int, mark: tuple[int, int]) -> bool:
@@ -176,15 +180,13 @@ class Shipper:
     async def _expire(self, r: Client, rows: list[ClaimRecord]) -> None:
         """Give the shipped claims' bindings record_ttl_s and their outcomes a margin more: while a binding lives,
         its outcome does, and after it the record database answers a retry (redis_layout.py). Each id goes into its
-        bucket's filter again first: a bucket restored from the record while this record was still in a stream
-        learns it here."""
-        await self.ledger.remember(r, [row.claim_id for row in rows])
+        bucket's filter again with its binding's expiry: a bucket restored from the record while this record was
+        still in a stream learns it here. Two kinds of call, each a script over many keys: a call per key would
+        cost the shipper more than the records' upsert."""
         ttl = self.ledger.settings.record_ttl_s
-        pipe = r.pipeline(transaction=False)
-        for row in rows:
-            pipe.expire(bind_key(row.claim_id), ttl)
-            pipe.expire(outcome_key(row.task_id, row.claim_id), ttl + OUTCOME_MARGIN_S)
-        await pipe.execute()
+        await self.ledger.remember(r, [row.claim_id for row in rows], bindings_ttl_s=ttl)
+        await self.ledger.run_script(r, "expire", [outcome_key(row.task_id, row.claim_id) for row in rows],
+                                     [ttl + OUTCOME_MARGIN_S])
 
     async def ship_once(self) -> int:
         """Ship what the streams hold now, a batch per stream; return the records shipped."""

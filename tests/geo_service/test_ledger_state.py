@@ -7,8 +7,9 @@ and what the claimers were told."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -108,6 +109,19 @@ async def test_ids_a_full_filter_may_have_seen_are_looked_up_and_then_settled_on
         assert issued(dsn)[1] == 40
         assert sorted(c for c, _, _ in won_claims(dsn, record_db)) == sorted(ids)
     finally:
+        await ledger.close()
+
+
+@contextlib.asynccontextmanager
+async def shipping(dsn: str, record_db: str) -> AsyncIterator[tuple[RedisLedger, Shipper]]:
+    """A Redis ledger and a shipper of its flow log into the record database, closed at the end."""
+    ledger = open_ledger(dsn, record_db)
+    assert isinstance(ledger, RedisLedger)
+    shipper = Shipper(ledger, RecordStore(MySQLSettings.from_dsn(record_db)))
+    try:
+        yield ledger, shipper
+    finally:
+        await shipper.store.close()
         await ledger.close()
 
 
@@ -243,10 +257,7 @@ async def test_claims_stop_at_the_flow_logs_ceiling_and_go_on_once_it_is_shipped
 async def test_a_shipper_makes_a_lost_consumer_group_again_and_ships_what_the_stream_holds(
         world: tuple[str, str, RedisDeployment]) -> None:
     dsn, record_db, _ = world
-    ledger = open_ledger(dsn, record_db)
-    assert isinstance(ledger, RedisLedger)
-    shipper = Shipper(ledger, RecordStore(MySQLSettings.from_dsn(record_db)))
-    try:
+    async with shipping(dsn, record_db) as (ledger, shipper):
         await ledger.seed([(1, "cash", 100, -1)])
         await settle(ledger, claim("g0", player="p0"))
         assert await shipper.ship_once() == 1
@@ -261,9 +272,6 @@ async def test_a_shipper_makes_a_lost_consumer_group_again_and_ships_what_the_st
         assert shipper.health.groups_recreated == 1 and "bucket 1" in (shipper.health.last_gap or "")
         assert sorted(c for c, _, _ in won_claims(dsn, record_db)) == ["g0", "g1"]
         assert shipper.health.backlog == 0
-    finally:
-        await shipper.store.close()
-        await ledger.close()
 
 
 async def test_claim_ids_that_differ_only_in_case_are_two_records_in_the_record_database(
@@ -339,10 +347,7 @@ async def test_a_record_with_claims_and_no_epoch_is_restored_not_started_afresh(
 async def test_a_stream_gone_back_behind_what_was_shipped_fences_its_bucket_until_restored(
         world: tuple[str, str, RedisDeployment]) -> None:
     dsn, record_db, _ = world
-    ledger = open_ledger(dsn, record_db)
-    assert isinstance(ledger, RedisLedger)
-    shipper = Shipper(ledger, RecordStore(MySQLSettings.from_dsn(record_db)))
-    try:
+    async with shipping(dsn, record_db) as (ledger, shipper):
         await ledger.seed(SEEDS)
         told = await settle(ledger, claim("kept", player="p0"))
         await ship_all(dsn, record_db)
@@ -366,9 +371,6 @@ async def test_a_stream_gone_back_behind_what_was_shipped_fences_its_bucket_unti
         assert issued(dsn)[1] == 2 == len(won_claims(dsn, record_db))
         assert await settle(ledger, claim("kept", player="p0")) == told
         assert (await settle(ledger, claim("next", player="p1"))).outcome == "won"
-    finally:
-        await shipper.store.close()
-        await ledger.close()
 
 
 async def test_a_kill_switch_outlives_the_node_that_held_it(world: tuple[str, str, RedisDeployment]) -> None:

@@ -1,7 +1,12 @@
--- Put claim ids into a bucket's filter (claim_ids.lua): a repair refills the filter of a bucket that lost its state
--- from the record database. KEYS: 1 the filter. ARGV: 1 filter_bits, 2.. the claim ids. Returns how many.
-local bits = tonumber(ARGV[1])
-for i = 2, #ARGV do
+-- Put claim ids into a bucket's filter (claim_ids.lua) and give their bindings an expiry: the shipper, once their
+-- records are in the record database, and a repair refilling the filter of a bucket that lost its state.
+-- KEYS: 1 the filter, 2.. the ids' bindings (none: leave bindings alone). ARGV: 1 filter_bits, 2 the bindings'
+-- expiry in s, 3.. the claim ids (in KEYS' order). Returns how many ids.
+local bits, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
+for i = 3, #ARGV do
   seen_before(KEYS[1], ARGV[i], bits)
+  if KEYS[i - 1] then
+    redis.call('EXPIRE', KEYS[i - 1], ttl)
+  end
 end
-return #ARGV - 1
+return #ARGV - 2
