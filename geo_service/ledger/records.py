@@ -169,17 +169,18 @@ class RecordStore:
         except (pymysql.err.MySQLError, OSError) as exc:
             raise LedgerError(f"record database {self.settings.redacted}: {exc}") from exc
 
-    async def insert(self, records: Sequence[ClaimRecord], mark: tuple[int, int, int] | None = None) -> None:
-        """Upsert claim records by claim_id and commit: a record shipped twice is stored once. `mark` (bucket, ms,
-        seq): the flow entry they were shipped up to, kept in the same transaction (flow_marks)."""
+    async def insert(self, records: Sequence[ClaimRecord], marks: Sequence[tuple[int, int, int]] = ()) -> None:
+        """Upsert claim records by claim_id and commit: a record shipped twice is stored once. `marks` (bucket, ms,
+        seq): the flow entry each bucket was shipped up to, kept in the same transaction (flow_marks)."""
         statements: list[tuple[str, Any, bool]] = [
             (f"{insert_claim('%s')} ON DUPLICATE KEY UPDATE claim_id = claim_id", [claim_row(r) for r in records], True)]
-        if mark is not None:
+        if marks:
             # Never lowered: a batch read again after a restart may end below the mark. (last_seq first: MySQL
             # assigns left to right, and its test reads last_ms as it was.)
             statements.append(("INSERT INTO flow_marks (bucket, last_ms, last_seq) VALUES (%s, %s, %s) ON DUPLICATE KEY "
                                "UPDATE last_seq = IF((VALUES(last_ms), VALUES(last_seq)) > (last_ms, last_seq), "
-                               "VALUES(last_seq), last_seq), last_ms = GREATEST(last_ms, VALUES(last_ms))", mark, False))
+                               "VALUES(last_seq), last_seq), last_ms = GREATEST(last_ms, VALUES(last_ms))", list(marks),
+                               True))
         await self._run_all(statements)
 
     async def marks(self) -> dict[int, tuple[int, int]]:

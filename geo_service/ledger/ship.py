@@ -150,24 +150,19 @@ class Shipper:
         self.health.last_gap = gap
         log.error("flow-log consumer group recreated", extra={"bucket": bucket, "gap": gap})
 
-    async def _ship_stream(self, r: Client, bucket: int) -> int:
-        key = bucket_key(bucket, "flow")
+    async def _take(self, r: Client, bucket: int) -> list[tuple[str, dict[str, str]]]:
+        """Return the stream's next batch for this consumer: entries delivered before and not acknowledged first."""
         for start in ("0", ">") if bucket in self._pending else (">",):
             entries = await self._read(r, bucket, start)
             if entries:
-                break
-        else:
-            self._pending.discard(bucket)
-            return 0
-        self._pending.add(bucket)
-        rows = [ClaimRecord.from_flow(fields) for _, fields in entries if fields]  # a trimmed pending entry has no fields
-        ids = [entry_id for entry_id, _ in entries]
-        if rows:
-            mark = _id_of(ids[-1])
-            await self.store.insert(rows, (bucket, *mark))
-            assert self._marks is not None
-            self._marks[bucket] = max(self._marks.get(bucket, (0, 0)), mark)
-            await self._expire(r, rows)
+                self._pending.add(bucket)
+                return entries
+        self._pending.discard(bucket)
+        return []
+
+    async def _acknowledge(self, r: Client, bucket: int, ids: list[str]) -> None:
+        """Acknowledge a shipped batch and trim the stream below its oldest entry still pending."""
+        key = bucket_key(bucket, "flow")
         await r.xack(key, GROUP, *ids)
         self._shipped_to[bucket] = ids[-1]
         pending: Any = await r.xpending(key, GROUP)
@@ -175,29 +170,42 @@ class Shipper:
         await r.xtrim(key, minid=low, approximate=False)
         if not pending["pending"]:
             self._pending.discard(bucket)
-        return len(rows)
 
     async def _expire(self, r: Client, rows: list[ClaimRecord]) -> None:
         """Give the shipped claims' bindings record_ttl_s and their outcomes a margin more: while a binding lives,
         its outcome does, and after it the record database answers a retry (redis_layout.py). Each id goes into its
         bucket's filter again with its binding's expiry: a bucket restored from the record while this record was
-        still in a stream learns it here. Two kinds of call, each a script over many keys: a call per key would
-        cost the shipper more than the records' upsert."""
+        still in a stream learns it here. A script call per bucket over many keys: a call per key would cost the
+        shipper more than the records' upsert."""
         ttl = self.ledger.settings.record_ttl_s
         await self.ledger.remember(r, [row.claim_id for row in rows], bindings_ttl_s=ttl)
-        await self.ledger.run_script(r, "expire", [outcome_key(row.task_id, row.claim_id) for row in rows],
-                                     [ttl + OUTCOME_MARGIN_S])
+        by_bucket: dict[int, list[str]] = {}
+        for row in rows:
+            by_bucket.setdefault(row.task_id % REDIS_BUCKETS, []).append(outcome_key(row.task_id, row.claim_id))
+        groups = list(by_bucket.values())
+        for start in range(0, len(groups), READ_CALLS_IN_FLIGHT):
+            await asyncio.gather(*(self.ledger.run_script(r, "expire", keys, [ttl + OUTCOME_MARGIN_S])
+                                   for keys in groups[start : start + READ_CALLS_IN_FLIGHT]))
 
     async def ship_once(self) -> int:
-        """Ship what the streams hold now, a batch per stream; return the records shipped."""
+        """Ship what the streams hold now, a batch per stream: every batch's records and marks in one transaction,
+        then their expiries, then each stream acknowledged and trimmed. Return the records shipped."""
 
         async def run(r: Client) -> int:
             if not self._groups:
                 await self._ensure_groups(r)
-            shipped = 0
-            for bucket in await self._look(r):
-                shipped += await self._ship_stream(r, bucket)
-            return shipped
+            taken = {b: entries for b in await self._look(r) if (entries := await self._take(r, b))}
+            rows = [ClaimRecord.from_flow(f) for entries in taken.values() for _, f in entries if f]  # trimmed: no fields
+            marks = {b: _id_of(entries[-1][0]) for b, entries in taken.items()}
+            if rows:
+                await self.store.insert(rows, [(b, *mark) for b, mark in marks.items()])
+                assert self._marks is not None
+                for b, mark in marks.items():
+                    self._marks[b] = max(self._marks.get(b, (0, 0)), mark)
+                await self._expire(r, rows)
+            for b, entries in taken.items():
+                await self._acknowledge(r, b, [entry_id for entry_id, _ in entries])
+            return len(rows)
 
         shipped = await self.ledger.call(run)
         self.health.shipped += shipped
