@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.commands.core import AsyncScript
 from redis.crc import key_slot
-from redis.exceptions import NoScriptError, RedisClusterException, RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from geo_service.dsn import REDIS_BUCKETS, MySQLSettings, RedisSettings
 from geo_service.ledger.interface import (
@@ -46,7 +46,6 @@ from geo_service.ledger.redis_layout import (
     CLAIM_ARGS,
     CLAIM_ID_TAKEN,
     FLOW_FULL,
-    LAYOUT,
     MOVE_ARGS,
     STATE_LOST,
     bind_key,
@@ -61,7 +60,7 @@ from geo_service.ledger.redis_layout import (
     task_key,
     wins_key,
 )
-from geo_service.ledger.redis_state import Client, check_epoch, config_problems
+from geo_service.ledger.redis_state import Client, check_epoch, check_layout, config_problems, flow_lengths
 
 log = logging.getLogger("geodrop.ledger")
 SCRIPTS = ("claim", "movement", "bind", "seen", "remember", "set_prize", "set_flag", "read_tasks", "counters_at",
@@ -103,15 +102,8 @@ class RedisLedger:
                                        "max_connections": s.max_connections}
             client: Client = (RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in s.nodes], **options) if s.cluster
                               else aioredis.Redis(host=s.nodes[0][0], port=s.nodes[0][1], db=s.db, **options))
-            # The filter's size is part of the layout: another size reads other bits, and ids it has seen look new.
-            layout = f"{LAYOUT} claim_filter_bits={s.claim_filter_bits}"
             try:
-                await client.set("gd:layout", layout, nx=True)
-                held = await client.get("gd:layout")
-                if held != layout:
-                    raise LedgerError(f"{s.redacted} holds a ledger of layout {held!r}; this one is {layout!r} (an "
-                                      "older release's: ship its flow log, empty the Redis and restore it from the "
-                                      "record with `ledger reconcile --repair`)")
+                await check_layout(client, s.redacted, s.claim_filter_bits)
                 await check_epoch(client, self.settings.redacted, self.store() if self.record_db else None,
                                   create=bool(self.record_db))
             except BaseException:
@@ -250,30 +242,9 @@ class RedisLedger:
                 pass
         return await script(keys=keys, args=args)
 
-    async def remember(self, r: Client, claim_ids: Sequence[str], bindings_ttl_s: int | None = None) -> None:
-        """Put claim ids into their buckets' filters, and with bindings_ttl_s give their bindings that expiry: a
-        script call per bucket (remember.lua), pipelined on one node (where it has not loaded the script yet, the
-        plain call loads it); on a cluster, whose pipelines take no scripts, a few at a time."""
-        by_bucket: dict[int, list[str]] = {}
-        for claim_id in claim_ids:
-            by_bucket.setdefault(id_bucket(claim_id), []).append(claim_id)
-        calls: list[tuple[list[str], list[str | int]]] = []
-        for b, ids in by_bucket.items():
-            bindings = [bind_key(c) for c in ids] if bindings_ttl_s is not None else []
-            calls.append(([bucket_key(b, "seen"), *bindings], [self.settings.claim_filter_bits, bindings_ttl_s or 0, *ids]))
-        if isinstance(r, RedisCluster):
-            for start in range(0, len(calls), READ_CALLS_IN_FLIGHT):
-                await asyncio.gather(*(self.run_script(r, "remember", keys, args)
-                                       for keys, args in calls[start : start + READ_CALLS_IN_FLIGHT]))
-            return
-        pipe = r.pipeline(transaction=False)
-        for keys, args in calls:
-            pipe.evalsha(self._scripts["remember"].sha, len(keys), *keys, *args)
-        for (keys, args), answer in zip(calls, await pipe.execute(raise_on_error=False)):
-            if isinstance(answer, NoScriptError):
-                await self.run_script(r, "remember", keys, args)
-            elif isinstance(answer, Exception):
-                raise answer
+    def sha(self, name: str) -> str:
+        """Return a loaded script's SHA-1, for a pipeline of calls (a node without it answers NOSCRIPT)."""
+        return str(self._scripts[name].sha)
 
     async def outcome_of(self, request: ClaimRequest) -> Outcome | None:
         r = request
@@ -398,13 +369,7 @@ class RedisLedger:
         return await reconcile_redis(self, repair, seeds, lower)
 
     async def backlog(self) -> tuple[int, int]:
-        async def look(r: Client) -> list[int]:
-            pipe = r.pipeline(transaction=False)
-            for b in range(REDIS_BUCKETS):
-                pipe.xlen(bucket_key(b, "flow"))
-            return [int(n) for n in await pipe.execute()]
-
-        lengths = await self.call(look)
+        lengths = await self.call(flow_lengths)
         return sum(lengths), 1000 * max(lengths) // self._flow_max
 
     async def init(self) -> None:

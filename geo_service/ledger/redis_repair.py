@@ -33,6 +33,7 @@ from geo_service.ledger.records import RecordStore, differences, to_move
 from geo_service.ledger.redis import RedisLedger
 from geo_service.ledger.redis_layout import SHIP_GROUP, bucket_key, task_key, wins_key
 from geo_service.ledger.redis_state import Client, bucket_epochs, mark_buckets
+from geo_service.ledger.ship import remember
 
 log = logging.getLogger("geodrop.ledger")
 PAGE = 10_000  # stream entries and claim ids read a page at a time
@@ -196,7 +197,7 @@ async def _catch_up_streams(r: Client, lost: list[int], marks: dict[int, tuple[i
 
 async def _remember(ledger: RedisLedger, claim_ids: list[str]) -> None:
     async def put(r: Client) -> None:
-        await ledger.remember(r, claim_ids)
+        await remember(ledger, r, claim_ids)
 
     await ledger.call(put)
 

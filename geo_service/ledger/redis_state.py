@@ -20,13 +20,33 @@ from redis.asyncio.cluster import RedisCluster
 from geo_service.dsn import REDIS_BUCKETS
 from geo_service.ledger.interface import LedgerError
 from geo_service.ledger.records import RecordStore
-from geo_service.ledger.redis_layout import epoch_key
+from geo_service.ledger.redis_layout import LAYOUT, bucket_key, epoch_key
 
 log = logging.getLogger("geodrop.ledger")
 Client = aioredis.Redis | RedisCluster
 # What the ledger needs of every node for "an acknowledged win is never lost, a prize never issued twice".
 REQUIRED_CONFIG = {"appendonly": "yes", "appendfsync": "always", "maxmemory-policy": "noeviction",
                    "no-appendfsync-on-rewrite": "no"}
+
+
+async def check_layout(r: Client, where: str, claim_filter_bits: int) -> None:
+    """Hold the server's key layout (set it on an empty one); the filter's size is part of it: another size reads
+    other bits, and ids the filter has seen would look new."""
+    layout = f"{LAYOUT} claim_filter_bits={claim_filter_bits}"
+    await r.set("gd:layout", layout, nx=True)
+    held = await r.get("gd:layout")
+    if held != layout:
+        raise LedgerError(f"{where} holds a ledger of layout {held!r}; this one is {layout!r} (an older release's: "
+                          "ship its flow log, empty the Redis and restore it from the record with `ledger reconcile "
+                          "--repair`)")
+
+
+async def flow_lengths(r: Client) -> list[int]:
+    """Return how many records each bucket's flow stream holds."""
+    pipe = r.pipeline(transaction=False)
+    for b in range(REDIS_BUCKETS):
+        pipe.xlen(bucket_key(b, "flow"))
+    return [int(n) for n in await pipe.execute()]
 
 
 async def bucket_epochs(r: Client) -> list[str | None]:

@@ -17,10 +17,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from redis.exceptions import ResponseError
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import NoScriptError, ResponseError
 
 from geo_service.dsn import REDIS_BUCKETS
 from geo_service.ledger.interface import LedgerError
@@ -29,8 +31,10 @@ from geo_service.ledger.redis import READ_CALLS_IN_FLIGHT, RedisLedger
 from geo_service.ledger.redis_layout import (
     OUTCOME_MARGIN_S,
     SHIP_GROUP,
+    bind_key,
     bucket_key,
     epoch_key,
+    id_bucket,
     outcome_key,
 )
 from geo_service.ledger.redis_state import Client
@@ -178,7 +182,7 @@ class Shipper:
         still in a stream learns it here. A script call per bucket over many keys: a call per key would cost the
         shipper more than the records' upsert."""
         ttl = self.ledger.settings.record_ttl_s
-        await self.ledger.remember(r, [row.claim_id for row in rows], bindings_ttl_s=ttl)
+        await remember(self.ledger, r, [row.claim_id for row in rows], bindings_ttl_s=ttl)
         by_bucket: dict[int, list[str]] = {}
         for row in rows:
             by_bucket.setdefault(row.task_id % REDIS_BUCKETS, []).append(outcome_key(row.task_id, row.claim_id))
@@ -227,3 +231,29 @@ class Shipper:
                 shipped = 0
             if not shipped:
                 await asyncio.sleep(delay)
+
+
+async def remember(ledger: RedisLedger, r: Client, claim_ids: Sequence[str], bindings_ttl_s: int | None = None) -> None:
+    """Put claim ids into their buckets' filters, and with bindings_ttl_s give their bindings that expiry: a
+    script call per bucket (remember.lua), pipelined on one node (where it has not loaded the script yet, the
+    plain call loads it); on a cluster, whose pipelines take no scripts, a few at a time."""
+    by_bucket: dict[int, list[str]] = {}
+    for claim_id in claim_ids:
+        by_bucket.setdefault(id_bucket(claim_id), []).append(claim_id)
+    calls: list[tuple[list[str], list[str | int]]] = []
+    for b, ids in by_bucket.items():
+        bindings = [bind_key(c) for c in ids] if bindings_ttl_s is not None else []
+        calls.append(([bucket_key(b, "seen"), *bindings], [ledger.settings.claim_filter_bits, bindings_ttl_s or 0, *ids]))
+    if isinstance(r, RedisCluster):
+        for start in range(0, len(calls), READ_CALLS_IN_FLIGHT):
+            await asyncio.gather(*(ledger.run_script(r, "remember", keys, args)
+                                   for keys, args in calls[start : start + READ_CALLS_IN_FLIGHT]))
+        return
+    pipe = r.pipeline(transaction=False)
+    for keys, args in calls:
+        pipe.evalsha(ledger.sha("remember"), len(keys), *keys, *args)
+    for (keys, args), answer in zip(calls, await pipe.execute(raise_on_error=False)):
+        if isinstance(answer, NoScriptError):
+            await ledger.run_script(r, "remember", keys, args)
+        elif isinstance(answer, Exception):
+            raise answer
