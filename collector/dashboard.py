@@ -20,7 +20,7 @@ from collector.service import ServiceUnavailable
 from geo_service.ledger import LedgerError
 from geo_service.snapshot.grid import MAX_ABS_LNG
 from geo_service.web.errors import InvalidParam, LedgerUnavailable, NotFound
-from geo_service.web.params import coordinate, json_object, require_admin
+from geo_service.web.params import coordinate, id_param, json_object, require_admin
 from geo_service.web.responses import etag_matches, json_response, not_modified
 from geo_service.web.routing import Route
 
@@ -52,24 +52,18 @@ async def outlines(request: web.Request) -> web.Response:
     return web.Response(body=body, content_type="application/geo+json", headers=headers)
 
 
-def _task_id(request: web.Request) -> int:
-    text = request.match_info["task_id"]
-    if not text.isdigit() or len(text) > 18:
-        raise InvalidParam(f"task_id must be a whole number; got {text[:20]!r}", field="task_id")
-    return int(text)
-
-
 async def task_pois(request: web.Request) -> web.Response:
-    view, task_id = current_view(request), _task_id(request)
+    view, task_id = current_view(request), id_param(request.match_info["task_id"], "task_id")
     limit_text = request.query.get("limit", "2000")
-    if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_POIS:
+    limit = id_param(limit_text, "limit", 6)
+    if not 1 <= limit <= MAX_POIS:
         raise InvalidParam(f"limit must be a whole number in [1, {MAX_POIS}]; got {limit_text[:20]!r}", field="limit")
     position = view.index.positions(np.array([task_id], dtype=np.int64))[0]
     if position < 0:
         raise NotFound(f"no task {task_id} in snapshot {view.seq}", field="task_id")
     snap = await request.app[files_key].snapshot(view.seq)
     rows = np.flatnonzero(snap.task_index == position)
-    shown = rows[: int(limit_text)]
+    shown = rows[:limit]
     lats, lngs = snap.degrees(shown)
     pois = [[lng, lat, poi_id] for lng, lat, poi_id in zip(lngs.tolist(), lats.tolist(), snap.poi_ids[shown].tolist())]
     return json_response({"task_id": task_id, "seq": view.seq, "total": int(len(rows)), "pois": pois})
@@ -114,7 +108,7 @@ async def set_task(request: web.Request) -> web.Response:
     """The kill switch: POST {"enabled": false} (or true) with the admin bearer token."""
     app = request.app
     require_admin(request.headers.get("Authorization", ""), app[settings_key].admin_token, "the kill switch")
-    task_id = _task_id(request)
+    task_id = id_param(request.match_info["task_id"], "task_id")
     body = json_object(await request.read())
     enabled = body.get("enabled")
     if not isinstance(enabled, bool):

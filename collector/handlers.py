@@ -33,7 +33,7 @@ from geo_service.web.errors import (
     SnapshotUnavailable,
     ViewUnavailable,
 )
-from geo_service.web.params import field_of, integer_of, json_object, one_value, require_admin
+from geo_service.web.params import field_of, id_param, integer_of, json_object, one_value, require_admin
 from geo_service.web.responses import etag_matches, json_response, not_modified
 from geo_service.web.routing import Route
 
@@ -66,9 +66,10 @@ async def task_status(request: web.Request) -> web.Response:
 
 
 def _district_code(text: str) -> int:
-    if not (text.isdigit() and len(text) == 6):
+    code = id_param(text, "district", 6)
+    if len(text) != 6:
         raise InvalidParam(f"district code must be 6 digits; got {text[:20]!r}", field="district")
-    return int(text)
+    return code
 
 
 async def district(request: web.Request) -> web.Response:
@@ -213,12 +214,10 @@ def prize_change(raw: bytes) -> tuple[int | None, int | None]:
 async def set_prize(request: web.Request) -> web.Response:
     app = request.app
     require_admin(request.headers.get("Authorization", ""), app[settings_key].admin_token, "live prize changes")
-    task_text, prize_type = request.match_info["task_id"], request.match_info["prize_type"]
-    if not task_text.isdigit() or len(task_text) > 18:
-        raise InvalidParam(f"task_id must be a whole number; got {task_text[:20]!r}", field="task_id")
+    task_id, prize_type = id_param(request.match_info["task_id"], "task_id"), request.match_info["prize_type"]
     quota, rate = prize_change(await request.read())
     try:
-        change = await app[ticker_key].ledger.set_prize(int(task_text), prize_type, quota, rate)
+        change = await app[ticker_key].ledger.set_prize(task_id, prize_type, quota, rate)
     except PrizeChangeRefused as exc:
         raise (NotFound if exc.code == "no_such_prize" else QuotaBelowIssued)(str(exc), field="quota") from None
     except LedgerError as exc:

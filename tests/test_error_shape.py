@@ -34,6 +34,8 @@ CASES: list[tuple[str, str, str, int, str, str | None]] = [
     ("newline in the path", "GET", "/v1/a%0Ab", 404, "not_found", None),
     ("GET reload", "GET", "/v1/admin/reload", 405, "method_not_allowed", None),
     ("reload without token", "POST", "/v1/admin/reload", 401, "invalid_token", None),
+    ("cell of a Unicode digit", "GET", "/v1/cells/1%C2%B2", 400, "invalid_param", "cell"),
+    ("cell past int64", "GET", "/v1/cells/" + "9" * 20, 400, "invalid_param", "cell"),
 ]
 
 
@@ -101,6 +103,12 @@ async def test_an_unhandled_exception_is_a_generic_500_that_leaks_nothing(
 
 COLLECTOR_CASES: list[tuple[str, str, str, int, str]] = [
     ("bad district code", "GET", "/v1/districts/44030x", 400, "invalid_param"),
+    # str.isdigit() takes "²" and other Unicode digits, which int() refuses: these were 500s.
+    ("district code of a Unicode digit", "GET", "/v1/districts/44030%C2%B2", 400, "invalid_param"),
+    ("task id of a Unicode digit", "GET", "/v1/tasks/%C2%B2/pois", 400, "invalid_param"),
+    ("task id past int64", "GET", "/v1/tasks/" + "9" * 19 + "/pois", 400, "invalid_param"),
+    ("limit of a Unicode digit", "GET", "/v1/tasks/44030501/pois?limit=%C2%B2", 400, "invalid_param"),
+    ("empty limit", "GET", "/v1/tasks/44030501/pois?limit=", 400, "invalid_param"),
     ("unknown district", "GET", "/v1/districts/999999", 404, "not_found"),
     ("previews without district", "GET", "/v1/previews", 400, "missing_param"),
     ("previews repeated district", "GET", "/v1/previews?district=440305&district=440306", 400, "invalid_param"),
@@ -132,3 +140,16 @@ async def test_collector_openapi_describes_every_route(make_collector: Any, samp
     assert (await client.get("/v1/previews?district=440305")).status == 200
     health = await (await client.get("/healthz")).json()
     assert health["tick"]["interval_s"] == 1.0 and health["view"]["seq"] == 1
+
+
+@pytest.mark.parametrize("url", ["/v1/admin/tasks/%C2%B2", "/v1/admin/prizes/%C2%B2/cash", "/v1/admin/tasks/" + "9" * 19])
+async def test_admin_routes_refuse_ids_that_are_no_ascii_number_in_the_one_shape(
+    make_collector: Any, sample_snapshots: Path, tmp_path: Path, url: str
+) -> None:
+    token = "admin-" + "x" * 32
+    client = await make_collector(sample_snapshots, f"sqlite:///{tmp_path / 'l.sqlite3'}", admin_token=token)
+    resp = await client.post(url, json={"enabled": False, "quota": 1}, headers={"Authorization": f"Bearer {token}"})
+    assert resp.status == 400
+    body = await resp.json()
+    assert_error_shape(400, resp.headers, body, "invalid_param")
+    assert body["error"]["field"] == "task_id"

@@ -69,11 +69,19 @@ def request_position(query_string: str, query: Callable[[], MultiMapping[str]]) 
     return position(query())
 
 
+def id_param(text: str, field: str, max_digits: int = 18) -> int:
+    """Return a whole number given in a path or a query (an id, a code, a limit): ASCII decimal digits, at most
+    max_digits of them. The one parser of both services: str.isdigit() alone also takes "²" and other Unicode
+    digits, which int() then refuses (a 500), and an unbounded one takes numbers past int64."""
+    if not (0 < len(text) <= max_digits and text.isascii() and text.isdigit()):
+        raise InvalidParam(f"{field} must be a whole number of at most {max_digits} ASCII digits; got {text[:40]!r}",
+                           field=field)
+    return int(text)
+
+
 def cell_param(text: str) -> int:
     """Return a cell id given in a path: a decimal integer of at most 19 digits."""
-    if not (text.isascii() and text.isdigit() and len(text) <= 19):
-        raise InvalidParam(f"cell must be a cell id, a decimal integer; got {text[:40]!r}", field="cell")
-    return int(text)
+    return id_param(text, "cell", 19)
 
 
 def require_admin(authorization: str, token: str, what: str) -> None:
