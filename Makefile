@@ -3,7 +3,8 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 SNAPSHOTS ?= snapshots
-# The embedded default's token secret and admin token: for a laptop demo only; production sets its own.
+# The embedded default's token secret and admin token: for a laptop demo only (geo_service/config.py DEMO_SECRETS:
+# a service listening off loopback refuses them); production sets its own.
 DEMO_SECRET ?= geodrop-demo-only
 DEMO_ADMIN ?= geodrop-demo-admin
 LEDGER ?= var/ledger.sqlite3
@@ -20,12 +21,13 @@ $(BIN)/geo-snapshot: pyproject.toml constraints.txt
 run: $(BIN)/geo-snapshot
 	$(BIN)/geo-snapshot build --source data/sample --out $(SNAPSHOTS)
 	@echo "nearby:    curl 'http://127.0.0.1:8080/v1/nearby?lat=22.5329&lng=113.9305'"
-	@echo "claims:    TOKEN=\$$($(BIN)/geo-service token --user demo --token-secret $(DEMO_SECRET))"
+	@echo "claims:    TOKEN=\$$(GEODROP_SERVICE_TOKEN_SECRET=$(DEMO_SECRET) $(BIN)/geo-service token --user demo)"
 	@echo "dashboard: http://127.0.0.1:8081/   (admin token for its kill switch: $(DEMO_ADMIN); Ctrl-C stops)"
-	@$(BIN)/geo-collector run --snapshots $(SNAPSHOTS) --ledger sqlite:///$(LEDGER) \
-	  --service http://127.0.0.1:8080 --admin-token $(DEMO_ADMIN) & collector=$$!; \
+	@# Secrets go by environment, not flags: a process list shows every flag to every user of the host.
+	@GEODROP_COLLECTOR_ADMIN_TOKEN=$(DEMO_ADMIN) $(BIN)/geo-collector run --snapshots $(SNAPSHOTS) \
+	  --ledger sqlite:///$(LEDGER) --service http://127.0.0.1:8080 & collector=$$!; \
 	trap 'kill $$collector 2>/dev/null' EXIT INT TERM; \
-	$(BIN)/geo-service serve --snapshots $(SNAPSHOTS) --workers 2 --token-secret $(DEMO_SECRET) \
+	GEODROP_SERVICE_TOKEN_SECRET=$(DEMO_SECRET) $(BIN)/geo-service serve --snapshots $(SNAPSHOTS) --workers 2 \
 	  --ledger sqlite:///$(LEDGER) --collector http://127.0.0.1:8081
 
 test: $(BIN)/geo-snapshot

@@ -5,7 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from geo_service.config import SettingsError, help_text, origin_endpoint_field, origin_field, origin_poll_field
+from geo_service.config import (
+    SettingsError,
+    help_text,
+    origin_endpoint_field,
+    origin_field,
+    origin_poll_field,
+    secret_problems,
+)
 from geo_service.dsn import ledger_problems, ship_part
 
 
@@ -51,7 +58,7 @@ class CollectorSettings:
         "so no connection outlives a deploy or a balancer's limits by long."))
 
     def __post_init__(self) -> None:
-        problems = []
+        problems = secret_problems(self.host, {"admin_token": self.admin_token})
         if not 0 < self.tick_floor_s <= self.tick_ceiling_s:
             problems.append("tick_floor_s: must be positive and at most tick_ceiling_s")
         if min(self.slow_read_s, self.origin_poll_s, self.sweep_page_rows, self.sweep_every_s, self.preview_horizon_s,

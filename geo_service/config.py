@@ -7,6 +7,7 @@ A leaf beside dsn.py: it imports nothing of geodrop.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import sys
 import tomllib
@@ -28,6 +29,30 @@ class SettingsError(ValueError):
         self.problems = problems
 
 
+# The published demo secrets (the Makefile's `make run`): anyone can read them, so they guard a laptop only.
+DEMO_SECRETS = frozenset({"geodrop-demo-only", "geodrop-demo-admin"})
+MIN_SECRET_BYTES = 32
+
+
+def secret_problems(host: str, secrets: Mapping[str, str]) -> list[str]:
+    """Return why secrets must not guard a service listening on `host`: off loopback, a published demo secret or
+    one shorter than MIN_SECRET_BYTES is refused (empty: the feature it guards is off)."""
+    if _is_loopback(host):
+        return []
+    return [f"{name}: a service listening on {host} needs a secret of its own, at least {MIN_SECRET_BYTES} bytes "
+            "(the demo secrets are published)" for name, value in secrets.items()
+            if value and (value in DEMO_SECRETS or len(value.encode()) < MIN_SECRET_BYTES)]
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to anything
+
+
 def help_text(text: str) -> dict[str, str]:
     """Return a settings field's metadata: its help, shown by --help and checked by the docs test."""
     return {"help": text}
@@ -35,7 +60,7 @@ def help_text(text: str) -> dict[str, str]:
 
 # The origin settings of every process that pulls snapshots (geo-service, geo-collector).
 def origin_field() -> Any:
-    return field(default="", metadata=help_text(
+    return field(default="", repr=False, metadata=help_text(
         "Origin to pull snapshots from into `snapshots`: http(s)://base URL of the folder a static server serves, "
         "s3://bucket/prefix, or a folder path (empty: local builds write `snapshots`)."))
 

@@ -5,7 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from geo_service.config import SettingsError, help_text, origin_endpoint_field, origin_field, origin_poll_field
+from geo_service.config import (
+    SettingsError,
+    help_text,
+    origin_endpoint_field,
+    origin_field,
+    origin_poll_field,
+    secret_problems,
+)
 from geo_service.dsn import ledger_problems
 
 
@@ -93,6 +100,7 @@ class ServiceSettings:
         if self.catch_radius_m <= 0 or self.win_cap < 1 or self.max_speed_mps <= 0:
             problems.append("catch_radius_m, win_cap and max_speed_mps: must be positive")
         problems += ledger_problems(self.ledger, self.record_db)
+        problems += secret_problems(self.host, {"token_secret": self.token_secret, "admin_token": self.admin_token})
         if self.poll_interval_s <= 0 or self.origin_poll_s <= 0:
             problems.append("poll_interval_s and origin_poll_s: must be positive")
         if self.claim_timeout_s <= 0 or self.keepalive_timeout_s <= 0:

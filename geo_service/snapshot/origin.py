@@ -17,7 +17,7 @@ import shutil
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import aiohttp
 
@@ -107,20 +107,27 @@ class HttpOrigin:
     """The base URL of an HTTP server serving an origin folder (read only). Byte ranges resume downloads."""
 
     def __init__(self, base: str, timeout_s: float = 30.0) -> None:
-        self.url = base.rstrip("/")
+        # Credentials in the URL (user:pass@) go in an Authorization header; `url`, which logs, errors and /healthz
+        # show, keeps the user and hides the password.
+        parts = urlsplit(base.rstrip("/"))
+        host = parts.netloc.rpartition("@")[2]
+        self.url = urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}" if parts.password else host))
+        self._base = urlunsplit(parts._replace(netloc=host))
+        self._auth = ({"Authorization": aiohttp.encode_basic_auth(unquote(parts.username or ""), unquote(parts.password))}
+                      if parts.password else {})
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout_s, sock_read=timeout_s)
         self._session: aiohttp.ClientSession | None = None
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
+            self._session = aiohttp.ClientSession(timeout=self._timeout, headers=self._auth)
         return self._session
 
     async def _get(self, name: str, offset: int, use: Callable[[aiohttp.ClientResponse], Awaitable[T]]) -> T | None:
         # no-cache: CURRENT changes under the same name, and a cache in between must not hide that.
         headers = {"Cache-Control": "no-cache", **({"Range": f"bytes={offset}-"} if offset else {})}
         try:
-            async with self._client().get(f"{self.url}/{name}", headers=headers) as resp:
+            async with self._client().get(f"{self._base}/{name}", headers=headers) as resp:
                 if resp.status == 404:
                     return None
                 if resp.status not in (200, 206):

@@ -239,3 +239,36 @@ async def test_two_workers_of_a_host_pull_a_snapshot_once(world: World, builds: 
     finally:
         for p in pullers:
             await p.origin.close()
+
+
+async def test_an_http_origins_password_is_sent_as_a_header_and_never_shown() -> None:
+    import base64
+
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+
+    from geo_service.snapshot.origin import OriginError, current_of, open_origin
+
+    seen: list[str] = []
+
+    async def serve(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Authorization", ""))
+        if request.headers.get("Authorization") != "Basic " + base64.b64encode(b"puller:s3cr%t").decode():
+            return web.Response(status=401)
+        return web.Response(text="7\n") if request.match_info["name"] == "CURRENT" else web.Response(status=500)
+
+    app = web.Application()
+    app.router.add_get("/origin/{name}", serve)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    origin = open_origin(f"http://puller:s3cr%25t@127.0.0.1:{server.port}/origin")
+    try:
+        assert await current_of(origin) == 7  # the password went in the header (percent-decoded)
+        assert seen == ["Basic " + base64.b64encode(b"puller:s3cr%t").decode()]
+        assert "s3cr" not in origin.url and origin.url.startswith("http://puller:***@127.0.0.1:")
+        with pytest.raises(OriginError) as failed:
+            await origin.read("BROKEN")  # the server answers 500: the error names the origin
+        assert "puller:***@" in str(failed.value) and "s3cr" not in str(failed.value)
+    finally:
+        await origin.close()
+        await server.close()

@@ -55,3 +55,31 @@ def test_every_setting_is_documented_and_has_a_flag(capsys: pytest.CaptureFixtur
 def test_bad_flag_values_exit_2_naming_the_setting(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["serve", "--port", "eighty"]) == 2
     assert "port: should be int" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "10.1.2.3", "::", "geo.example"])
+def test_a_service_off_loopback_refuses_the_demo_secrets_and_short_ones(host: str) -> None:
+    from collector.settings import CollectorSettings
+
+    strong = "s" * 32
+    with pytest.raises(SettingsError) as refused:
+        ServiceSettings(host=host, token_secret="geodrop-demo-only", admin_token="short")
+    assert [p.partition(":")[0] for p in refused.value.problems] == ["token_secret", "admin_token"]
+    assert ServiceSettings(host=host, token_secret=strong, admin_token=strong).host == host
+    with pytest.raises(SettingsError, match="admin_token"):
+        CollectorSettings(host=host, admin_token="geodrop-demo-admin")
+    assert CollectorSettings(host=host, admin_token=strong).host == host
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "localhost"])
+def test_a_service_on_loopback_takes_the_demo_secrets(host: str) -> None:
+    assert ServiceSettings(host=host, token_secret="geodrop-demo-only", admin_token="geodrop-demo-admin").host == host
+
+
+def test_the_makefiles_demo_secrets_are_the_ones_refused_off_loopback() -> None:
+    from geo_service.config import DEMO_SECRETS
+
+    makefile = (Path(__file__).resolve().parents[2] / "Makefile").read_text()
+    demo = {line.split("?=")[1].strip() for line in makefile.splitlines() if line.startswith(("DEMO_SECRET", "DEMO_ADMIN"))}
+    assert demo == DEMO_SECRETS
+    assert "--token-secret" not in makefile and "--admin-token" not in makefile  # a process list shows flags
