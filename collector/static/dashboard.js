@@ -43,7 +43,7 @@ function restyle(code) {
   const layer = state.features.get(code);
   if (layer) layer.setStyle({ fillColor: colour(state.districts.get(code)) });
 }
-// A node, never an HTML string: Leaflet writes a string tooltip as innerHTML, and names come from the data.
+// Every tooltip is a node built from text: Leaflet writes a string tooltip as markup, and what it shows comes from the data.
 function tooltip(code) {
   const d = state.districts.get(code);
   if (!d) return el("span", {}, String(code));
@@ -102,7 +102,7 @@ async function showPois(taskId) {
   const body = await getJSON(`/v1/tasks/${taskId}/pois?limit=2000`);
   if (state.pois) state.pois.remove();
   state.pois = L.layerGroup(body.pois.map(([lng, lat, id]) =>
-    L.circleMarker([lat, lng], { radius: 3, color: "#0d47a1", weight: 1, fillOpacity: 0.8, className: "poi" }).bindTooltip(`POI ${id}`)));
+    L.circleMarker([lat, lng], { radius: 3, color: "#0d47a1", weight: 1, fillOpacity: 0.8, className: "poi" }).bindTooltip(el("span", {}, `POI ${id}`))));
   state.pois.addTo(window.dashboardMap);
   const note = document.getElementById("pois-note") || el("p", { id: "pois-note" });
   note.textContent = `task ${taskId}: showing ${body.pois.length.toLocaleString()} of ${body.total.toLocaleString()} POIs`;
@@ -148,7 +148,7 @@ async function probe(latlng) {
   const cells = L.geoJSON(body.cells, { style: (f) => ({ className: "probe-cell", color: f.properties.center ? "#d50000" : "#263238",
     weight: f.properties.center ? 2 : 1, fillOpacity: 0.05 }) });
   const pois = body.nearby.pois.map((p) => L.circleMarker([p.lat, p.lng], { radius: 4, color: "#6a1b9a", className: "probe-poi" })
-    .bindTooltip(`POI ${p.poi_id} · task ${p.task_id}`));
+    .bindTooltip(el("span", {}, `POI ${p.poi_id} · task ${p.task_id}`)));
   state.probeLayer = L.layerGroup([cells, ...pois]).addTo(map);
   const tasks = body.nearby.tasks.map((t) => el("li", {}, `${t.name} (#${t.task_id})`));
   document.getElementById("panel").replaceChildren(el("h2", {}, "A phone here gets"),
