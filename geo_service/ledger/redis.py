@@ -190,7 +190,7 @@ class RedisLedger:
         tag, s = bucket_tag(r.task_id), self.settings
         keys = [task_key(r.task_id), wins_key(r.task_id), outcome_key(r.task_id, r.claim_id), f"gd:{tag}:flow",
                 f"gd:{tag}:changed", epoch_key(r.task_id % REDIS_BUCKETS)]
-        values = {"claim_id": r.claim_id, "user_id": r.user_id, "task_id": r.task_id, "poi_id": r.poi_id,
+        values = {"claim_id": r.claim_id, "claim_of": claim_of(r), "user_id": r.user_id, "task_id": r.task_id, "poi_id": r.poi_id,
                   "win_cap": win_cap, "checked": "1" if checked else "0", "filter_bits": s.claim_filter_bits,
                   "flow_max": self._flow_max, "lat": r.lat, "lng": r.lng,
                   "at_s": r.at_s, "max_speed_mps": max_speed_mps, "position_ttl_s": POSITION_TTL_S}
@@ -198,10 +198,9 @@ class RedisLedger:
         if isinstance(client, RedisCluster):
             # The claim id's binding and the player's position live on other nodes than the task's keys: on a
             # cluster each is a call of its own, made together, before the claim's.
-            bind_args = {"claim_id": r.claim_id, "claim_of": claim_of(r), **values}
             state, values["plausible"] = await asyncio.gather(
                 self.run_script(client, "bind", [bind_key(r.claim_id), bucket_key(ids, "seen"), epoch_key(ids)],
-                                 [bind_args[arg] for arg in BIND_ARGS]),
+                                 [values[arg] for arg in BIND_ARGS]),
                 self.run_script(client, "movement", [player], [values[arg] for arg in MOVE_ARGS]))
             if state not in ("new", "bound", ASK_RECORD):
                 return str(state)
@@ -257,15 +256,15 @@ class RedisLedger:
             raise ClaimIdTaken(r.claim_id)
         if raw is not None:
             return _outcome(r.claim_id, raw)
-        if holder is not None and self.record_db:  # bound, its outcome gone with a restored node: the record tells
-            return await self._recorded(r)
-        if holder is None and self.record_db:
+        if not self.record_db:
+            return None
+        # Bound with its outcome gone (a restored node), or unbound and maybe seen by the filter: the record tells.
+        if holder is None:
             ids = id_bucket(r.claim_id)
-            seen = await self.call(lambda c: self.run_script(c, "seen", [bucket_key(ids, "seen")],
-                                                              [self.settings.claim_filter_bits, r.claim_id]))
-            if seen:
-                return await self._recorded(r)
-        return None
+            if not await self.call(lambda c: self.run_script(c, "seen", [bucket_key(ids, "seen")],
+                                                             [self.settings.claim_filter_bits, r.claim_id])):
+                return None
+        return await self._recorded(r)
 
     async def set_prize(self, task_id: int, prize_type: str, quota: int | None, rate_milli: int | None) -> PrizeChange:
         bucket = task_id % REDIS_BUCKETS

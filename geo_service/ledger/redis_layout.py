@@ -80,6 +80,12 @@ def owner_of(outcome: str) -> str:
     return outcome.split("\t", 2)[2]
 
 
+def entry_id(text: str) -> tuple[int, int]:
+    """Return a stream entry id "<ms>-<seq>" as numbers, which compare in the stream's order."""
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq)
+
+
 SHIP_GROUP = "ship"  # the consumer group every flow stream is shipped through (ship.py)
 
 

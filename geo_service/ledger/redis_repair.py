@@ -31,7 +31,7 @@ from geo_service.dsn import REDIS_BUCKETS
 from geo_service.ledger.interface import Difference, LedgerError, Seed
 from geo_service.ledger.records import RecordStore, differences, to_move
 from geo_service.ledger.redis import RedisLedger
-from geo_service.ledger.redis_layout import SHIP_GROUP, bucket_key, task_key, wins_key
+from geo_service.ledger.redis_layout import SHIP_GROUP, bucket_key, entry_id, task_key, wins_key
 from geo_service.ledger.redis_state import Client, bucket_epochs, mark_buckets
 from geo_service.ledger.ship import remember
 
@@ -186,12 +186,10 @@ async def _catch_up_streams(r: Client, lost: list[int], marks: dict[int, tuple[i
             continue
         mark = "{}-{}".format(*marks[b])
         info: Any = await r.xinfo_stream(key)
-        ms, seq = info["last-generated-id"].split("-")
-        if (int(ms), int(seq)) < marks[b]:
+        if entry_id(info["last-generated-id"]) < marks[b]:
             await r.execute_command("XSETID", key, mark)
         for group in await r.xinfo_groups(key):  # what the shipper had delivered: at least the mark (fence.lua)
-            ms, seq = group["last-delivered-id"].split("-")
-            if group["name"] == SHIP_GROUP and (int(ms), int(seq)) < marks[b]:
+            if group["name"] == SHIP_GROUP and entry_id(group["last-delivered-id"]) < marks[b]:
                 await r.xgroup_setid(key, SHIP_GROUP, mark)
 
 

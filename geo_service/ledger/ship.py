@@ -33,6 +33,7 @@ from geo_service.ledger.redis_layout import (
     SHIP_GROUP,
     bind_key,
     bucket_key,
+    entry_id,
     epoch_key,
     id_bucket,
     outcome_key,
@@ -41,11 +42,6 @@ from geo_service.ledger.redis_state import Client
 
 log = logging.getLogger("geodrop.ship")
 GROUP, CONSUMER = SHIP_GROUP, "shipper"
-
-
-def _id_of(stream_id: str) -> tuple[int, int]:
-    ms, _, seq = stream_id.partition("-")
-    return int(ms), int(seq)
 
 
 def _next_id(stream_id: str) -> str:
@@ -200,7 +196,7 @@ class Shipper:
                 await self._ensure_groups(r)
             taken = {b: entries for b in await self._look(r) if (entries := await self._take(r, b))}
             rows = [ClaimRecord.from_flow(f) for entries in taken.values() for _, f in entries if f]  # trimmed: no fields
-            marks = {b: _id_of(entries[-1][0]) for b, entries in taken.items()}
+            marks = {b: entry_id(entries[-1][0]) for b, entries in taken.items()}
             if rows:
                 await self.store.insert(rows, [(b, *mark) for b, mark in marks.items()])
                 assert self._marks is not None
