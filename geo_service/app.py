@@ -30,6 +30,7 @@ from geo_service.ledger import Ledger, LedgerCheck, LedgerError, Seed, open_ledg
 from geo_service.ledger.rates import rate_milli
 from geo_service.nearby import Levels, Lookup
 from geo_service.nearby.live import SnapshotHolder, Watcher
+from geo_service.prizes import deliveries_ctx
 from geo_service.settings import ServiceSettings
 from geo_service.snapshot.format import TaskRow
 from geo_service.snapshot.origin import open_origin
@@ -139,6 +140,6 @@ def create_app(settings: ServiceSettings) -> web.Application:
     app[load_key] = load = LoadMonitor(settings)
     app[metrics_key] = metrics = Metrics()
     app[status_key] = StatusPoller(settings.collector.rstrip("/"), holder, settings.status_poll_s)
-    app.cleanup_ctx.extend([load_ctx, ledger_ctx, snapshot_ctx, status_ctx])
+    app.cleanup_ctx.extend([load_ctx, ledger_ctx, deliveries_ctx, snapshot_ctx, status_ctx])
     add_guarded_routes(app.router, ROUTES, Guard(metrics, load, settings.max_query_bytes, _NEVER_SHED))
     return app

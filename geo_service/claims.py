@@ -19,7 +19,7 @@ from geo_service.snapshot.grid import MAX_ABS_LNG, distance_m
 from geo_service.web.errors import InvalidParam, NotFound, PoiNotInTask
 from geo_service.web.params import field_of, integer_of, json_object, number_in_range, served_position
 
-_CLAIM_ID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+CLAIM_ID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +38,7 @@ def claim_body(raw: bytes) -> ClaimBody:
     """Parse and check a claim's JSON body."""
     body = json_object(raw)
     claim_id = field_of(body, "claim_id", (str,), "a string")
-    if not _CLAIM_ID_RE.fullmatch(claim_id):
+    if not CLAIM_ID_RE.fullmatch(claim_id):
         raise InvalidParam("claim_id must be 1-64 characters of A-Z a-z 0-9 _ . : -", field="claim_id")
     task_id, poi_id = integer_of(body, "task_id"), integer_of(body, "poi_id")
     lat = number_in_range("lat", float(field_of(body, "lat", (int, float), "a number")), body["lat"], -90.0, 90.0)

@@ -9,6 +9,7 @@ import time
 from aiohttp import web
 
 from geo_service import __version__
+from geo_service.auth import player
 from geo_service.claims import claim_body, process_claim
 from geo_service.keys import (
     ledger_check_key,
@@ -27,18 +28,16 @@ from geo_service.ledger import ClaimIdTaken, LedgerError, LedgerRefusal
 from geo_service.nearby import encode_answer
 from geo_service.nearby.live import Live
 from geo_service.openapi import openapi_spec
+from geo_service.prizes import ask_again, my_prizes
 from geo_service.snapshot.grid import GridError, Window
 from geo_service.snapshot.pull import pull_metrics
-from geo_service.tokens import TokenError, verify
 from geo_service.web.errors import (
     ClaimIdConflict,
-    ClaimsDisabled,
     LedgerUnavailable,
     NotFound,
     RequestTimeout,
     SnapshotRefused,
     SnapshotUnavailable,
-    Unauthorized,
 )
 from geo_service.web.params import cell_param, request_position, require_admin
 from geo_service.web.responses import etag_matches, json_response, not_modified
@@ -101,9 +100,7 @@ def _answer(request: web.Request, live: Live, lat: float, lng: float, window: Wi
 async def claim(request: web.Request) -> web.Response:
     app = request.app
     settings = app[settings_key]
-    if not settings.token_secret:
-        raise ClaimsDisabled("claims are off: no token_secret is configured")
-    user_id = _player(request, settings.token_secret)
+    user_id = player(request)
     try:
         async with asyncio.timeout(settings.keepalive_timeout_s):
             raw = await request.read()
@@ -135,16 +132,6 @@ async def claim(request: web.Request) -> web.Response:
     answer_body = {"claim_id": outcome.claim_id, "outcome": outcome.outcome}
     answer_body |= {k: v for k, v in (("prize_type", outcome.prize_type), ("reason", outcome.reason)) if v is not None}
     return json_response(answer_body)
-
-
-def _player(request: web.Request, secret: str) -> str:
-    header = request.headers.get("Authorization", "")
-    if not header.startswith("Bearer "):
-        raise Unauthorized("claims need Authorization: Bearer <player token>")
-    try:
-        return verify(header.removeprefix("Bearer ").strip(), secret, time.time())
-    except TokenError as exc:
-        raise Unauthorized(str(exc)) from None
 
 
 def _status_health(app: web.Application) -> dict[str, object]:
@@ -236,5 +223,7 @@ ROUTES: list[Route] = [
     ("GET", "/metrics", metrics),
     ("GET", "/openapi.json", openapi),
     ("POST", "/v1/claims", claim),
+    ("GET", "/v1/me/prizes", my_prizes),
+    ("POST", "/v1/me/prizes/{claim_id}/deliver", ask_again),
     ("POST", "/v1/admin/reload", admin_reload),
 ]

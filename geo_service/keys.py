@@ -8,6 +8,7 @@ from aiohttp import web
 
 from geo_service.claims import ClaimRules
 from geo_service.ledger import Ledger, LedgerCheck
+from geo_service.ledger.deliveries import DeliveryStore
 from geo_service.nearby.live import SnapshotHolder, Watcher
 from geo_service.settings import ServiceSettings
 from geo_service.snapshot.pull import Puller
@@ -25,4 +26,5 @@ ledger_check_key = web.AppKey("ledger_check_key", LedgerCheck)
 rng_key = web.AppKey("rng_key", random.Random)
 rules_key = web.AppKey("rules_key", ClaimRules)
 status_key = web.AppKey("status_key", StatusPoller)
+deliveries_key = web.AppKey("deliveries_key", DeliveryStore)  # set where the record database is known
 puller_key = web.AppKey("puller_key", Puller)  # set only when the service pulls from an origin

@@ -65,6 +65,8 @@ class ServiceSettings:
                                  metadata=help_text("Fastest plausible movement between a player's claims, m/s."))
     admin_token: str = field(default="", repr=False,
                              metadata=help_text("Bearer token for POST /v1/admin/reload; empty disables the route."))
+    ask_again_every_s: float = field(default=10.0, metadata=help_text(
+        "How often a player may ask for one prize again (POST /v1/me/prizes/{claim_id}/deliver); sooner: 429."))
     ledger_unsafe_ok: bool = field(default=False, metadata=help_text(
         "Let claims settle on a ledger whose server lacks the guarantees (on Redis: AOF with fsync always, "
         "noeviction, no replica failing over on its own), which /healthz lists: a throwaway test box only, said in "
@@ -103,8 +105,8 @@ class ServiceSettings:
         problems += secret_problems(self.host, {"token_secret": self.token_secret, "admin_token": self.admin_token})
         if self.poll_interval_s <= 0 or self.origin_poll_s <= 0:
             problems.append("poll_interval_s and origin_poll_s: must be positive")
-        if self.claim_timeout_s <= 0 or self.keepalive_timeout_s <= 0:
-            problems.append("claim_timeout_s and keepalive_timeout_s: must be positive")
+        if min(self.claim_timeout_s, self.keepalive_timeout_s) <= 0 or self.ask_again_every_s < 0:
+            problems.append("claim_timeout_s and keepalive_timeout_s: must be positive; ask_again_every_s: 0 or more")
         if problems:
             raise SettingsError(problems)
 

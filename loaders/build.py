@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import numpy as np
 import numpy.typing as npt
 
+from delivery.channels import Channels, ChannelsError, load_channels
 from geo_service.snapshot.folder import write_snapshot
 from geo_service.snapshot.format import MAX_ROWS, MICRO, ROW_ARRAYS, ROW_BYTES, StorageError, storage_error
 from geo_service.snapshot.grid import Grid
@@ -39,6 +40,7 @@ class BuildSettings:
     keep: int = 5
     error_limit: int = 50
     memory_mb: int = 2048  # the build's working memory for POI rows; beyond it, sorted runs spill to disk
+    channels: Path | None = None  # the channels file every prize type must have a channel in (None: not checked)
 
 
 MIB = 2**20
@@ -266,6 +268,13 @@ def _in_sorted(values: npt.NDArray[np.int64], sorted_set: npt.NDArray[np.int64])
     return sorted_set[at] == values  # type: ignore[no-any-return]
 
 
+def _channels(path: Path | None) -> Channels | None:
+    try:
+        return None if path is None else load_channels(path)
+    except ChannelsError as exc:
+        raise LoaderError(str(exc)) from None
+
+
 async def build(settings: BuildSettings, source: Source, progress: Progress) -> dict[str, Any]:
     """Run the whole build and publish the snapshot; raise LoaderError and publish nothing on bad input.
 
@@ -274,7 +283,8 @@ async def build(settings: BuildSettings, source: Source, progress: Progress) -> 
     """
     errors = ErrorLog(settings.error_limit)
     memory = settings.memory_mb * MIB
-    tables = await read_tables(source, errors)
+    channels = _channels(settings.channels)
+    tables = await read_tables(source, errors, channels)
     progress("tables", len(tables.tasks))
     with spill_folder(settings.out) as folder, _storage(settings.out):
         found = await read_pois(source, tables, settings.grid, folder, memory, errors, progress)
@@ -313,6 +323,8 @@ async def build(settings: BuildSettings, source: Source, progress: Progress) -> 
             },
             "build": {"memory_mb": settings.memory_mb, "runs_spilled": found.rows.spilled},
         }
+        if channels is not None:  # what the service tells players of each prize: its channel and ETA
+            meta["deliveries"] = channels.manifest()
         tables_out = {"tasks": task_table(tasks, tables, merged.pois, merged.outside),
                       "districts": district_table(tables.districts)}
         arrays = {name: file.close() for name, file in out.items()}

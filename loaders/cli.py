@@ -107,10 +107,18 @@ async def _run_build(settings: BuildSettings, progress: TerminalProgress) -> dic
         await source.close()
 
 
+def _channels_file(source: str, given: str | None) -> Path | None:
+    """Return the channels file a build checks prizes against: the one given, or a data folder's own."""
+    if given:
+        return Path(given)
+    default = Path(source) / "channels.json"
+    return default if "://" not in source and default.is_file() else None
+
+
 def cmd_build(args: argparse.Namespace) -> int:
     settings = BuildSettings(
         source=args.source, out=Path(args.out), grid=_grid(args), skip_bad_rows=args.skip_bad_rows, keep=args.keep,
-        memory_mb=args.memory_mb,
+        memory_mb=args.memory_mb, channels=_channels_file(args.source, args.channels),
     )
     progress = TerminalProgress(sys.stderr, not args.quiet)
     try:
@@ -241,6 +249,9 @@ def parser() -> argparse.ArgumentParser:
                         "the snapshot's 32; checked before the first run is written), then merges them in one pass.")
     p.add_argument("--skip-bad-rows", action="store_true",
                    help="Drop bad rows (reported in the summary and manifest) instead of failing the build.")
+    p.add_argument("--channels", help="The delivery channels file (JSON; README: Delivery): every prize type must have a "
+                   "channel in it, or the build fails naming the row; the snapshot then tells players each prize's ETA. "
+                   "Default: channels.json in a data folder source, if there is one (else prizes are not checked).")
     p.add_argument("--json", action="store_true", help="Print the manifest as JSON instead of the summary.")
     p.add_argument("--quiet", action="store_true", help="No progress line and no summary.")
     p.set_defaults(func=cmd_build)

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 import numpy as np
 import numpy.typing as npt
 
+from delivery.channels import Channels
 from geo_service.snapshot.format import DistrictRow, PrizeRow, TaskRow
 from loaders.errors import ErrorLog, RowError
 from loaders.records import District, FieldError, Prize, Task, Zone, parse_district, parse_prize, parse_task, parse_zone
@@ -53,8 +54,9 @@ def _unique(
     return kept
 
 
-async def read_tables(source: Source, errors: ErrorLog) -> Tables:
-    """Read, parse and cross-check districts, zones, tasks and prizes."""
+async def read_tables(source: Source, errors: ErrorLog, channels: Channels | None = None) -> Tables:
+    """Read, parse and cross-check districts, zones, tasks and prizes; with `channels`, every prize type must have a
+    channel that delivers it (a win nothing delivers is refused here, not dropped later)."""
     districts = _parse(await source.rows("districts"), lambda r: parse_district(r.fields, r.geometry), errors)
     districts = _unique(districts, lambda d: d.code, "code", errors)
     zones = _parse(await source.rows("zones"), lambda r: parse_zone(r.fields, r.geometry), errors)
@@ -70,7 +72,10 @@ async def read_tables(source: Source, errors: ErrorLog) -> Tables:
     task_ids = {t.task_id for _, t in tables.tasks}
     prizes = _parse(await source.rows("prizes"), lambda r: parse_prize(r.fields), errors)
     for row, prize in _unique(prizes, lambda p: (p.task_id, p.prize_type), "prize_type", errors):
-        if prize.task_id in task_ids:
+        if channels is not None and channels.of_prize(prize.prize_type) is None:
+            errors.add(RowError(row.source, row.row, "prize_type",
+                                f"no channel of {channels.path} delivers prize type {prize.prize_type!r}"))
+        elif prize.task_id in task_ids:
             tables.prizes.setdefault(prize.task_id, []).append(prize)
         else:
             errors.add(RowError(row.source, row.row, "task_id", f"unknown task {prize.task_id}"))

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("geo_service", "loaders", "collector")
+PACKAGES = ("geo_service", "loaders", "collector", "delivery")
 MAX_LINES = 400
 
 
@@ -108,9 +108,11 @@ ARROWS: dict[str, tuple[str, ...]] = {
     "geo_service.snapshot": ("geo_service.snapshot",),
     "geo_service.nearby": ("geo_service.nearby", "geo_service.snapshot"),
     "geo_service.ledger": ("geo_service.ledger", "geo_service.dsn", "geo_service.snapshot.grid"),
-    "loaders": ("loaders", "geo_service.snapshot", "geo_service.nearby", "geo_service.dsn"),
+    "loaders": ("loaders", "geo_service.snapshot", "geo_service.nearby", "geo_service.dsn", "delivery.channels"),
     "collector": ("collector", "geo_service.web", "geo_service.snapshot", "geo_service.ledger", "geo_service.dsn",
-                  "geo_service.config", "geo_service.nearby", "loaders.errors", "loaders.sources"),
+                  "geo_service.config", "geo_service.nearby", "loaders.errors", "loaders.sources", "delivery.channels"),
+    "delivery": ("delivery", "geo_service.ledger", "geo_service.web", "geo_service.dsn", "geo_service.config"),
+    "delivery.channels": (),  # a leaf: the build and the collector read channels files too
 }
 
 

@@ -45,6 +45,7 @@ from geo_service.ledger.plans import (
     set_enabled_plan,
     set_prize_plan,
 )
+from geo_service.ledger.records import deliveries_schema
 
 log = logging.getLogger("geodrop.ledger")
 _DUPLICATE_KEY = 1062
@@ -70,7 +71,7 @@ class MySQLLedger:
                 async with pool.acquire() as conn, conn.cursor() as cur:
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore", pymysql.Warning)  # "already exists" notes on restart
-                        for statement in SCHEMA:
+                        for statement in (*SCHEMA, *deliveries_schema("mysql")):
                             await cur.execute(statement)
                     await conn.commit()
                     note = await self._drive(conn, migrate_plan(MYSQL))
@@ -101,6 +102,10 @@ class MySQLLedger:
         # the connection opens, and the call then finishes: the task must still stop.
         deliver_cancellation(None)
         return result
+
+    async def run_plan(self, make_plan: Callable[[], Plan], write: bool = True) -> Any:
+        """Run a plan in its transaction (MySQL locks what it reads with FOR UPDATE; `write` is SQLite's)."""
+        return await self._run(make_plan)
 
     async def _attempts(self, make_plan: Callable[[], Plan]) -> Any:
         pool = await self._get_pool()

@@ -30,8 +30,10 @@ from geo_service.ledger.records import (
     WON_BY_COUNTER,
     ClaimRecord,
     claim_row,
+    delivery_row,
     differences,
     insert_claim,
+    insert_delivery,
     to_move,
 )
 from geo_service.snapshot.grid import distance_m
@@ -58,6 +60,7 @@ class Dialect:
     insert_ignore_prefix: str  # replaces "INSERT" for the same purpose
     for_update: str  # row-lock clause for a SELECT inside a transaction
     has_column: str  # counts the columns named ? of table ?
+    skip_locked: str = ""  # appended to a locking read to pass over rows another transaction holds
 
     def insert_ignore(self, table: str, columns: Sequence[str]) -> str:
         """Return "insert this row unless its key exists" for the table and columns."""
@@ -71,7 +74,7 @@ SQLITE = Dialect("sqlite", "", "INSERT OR IGNORE", "", "SELECT COUNT(*) FROM pra
 # Not INSERT IGNORE on MySQL: its duplicate-key warning makes the client fetch SHOW WARNINGS each time.
 MYSQL = Dialect("mysql", " ON DUPLICATE KEY UPDATE {first} = {first}", "INSERT", " FOR UPDATE",
                 "SELECT COUNT(*) FROM information_schema.columns WHERE table_schema = DATABASE() "
-                "AND table_name = ? AND column_name = ?")
+                "AND table_name = ? AND column_name = ?", " SKIP LOCKED")
 
 SCHEMA = [
     # changed_at lets the collector read only what changed since its last tick; slice and slice_issued
@@ -102,7 +105,7 @@ ADDED_COLUMNS = (("prize_counters", "rate_milli", "BIGINT NULL"),
 SEED_COLUMNS = ("task_id", "prize_type", "quota", "rate_milli", "issued", "changed_at")
 
 
-_INSERT_CLAIM = insert_claim("?")
+_INSERT_CLAIM, _INSERT_DELIVERY = insert_claim("?"), insert_delivery("?")
 
 
 def migrate_plan(dialect: Dialect) -> Plan:
@@ -159,7 +162,10 @@ def claim_plan(request: ClaimRequest, draw: Sequence[str], win_cap: int, max_spe
     at = r.at_s
     if outcome is None:
         outcome, at = yield from _draw(r, draw, win_cap, dialect, clock)
-    yield Statement(_INSERT_CLAIM, claim_row(ClaimRecord.of(r, outcome, at)))
+    record = ClaimRecord.of(r, outcome, at)
+    yield Statement(_INSERT_CLAIM, claim_row(record))
+    if outcome.outcome == "won":  # its delivery row in the same transaction (the outbox)
+        yield Statement(_INSERT_DELIVERY, delivery_row(record, at))
     return outcome
 
 

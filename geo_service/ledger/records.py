@@ -91,7 +91,46 @@ MARKS_TABLE = ("CREATE TABLE IF NOT EXISTS flow_marks (bucket INT NOT NULL PRIMA
                "last_seq BIGINT NOT NULL)")
 # The Redis ledger's kill switches, kept beside its record: a restore gives a lost bucket's tasks theirs back.
 FLAGS_TABLE = "CREATE TABLE IF NOT EXISTS ledger_flags (task_id BIGINT NOT NULL PRIMARY KEY, enabled INT NOT NULL)"
-RECORD_TABLES = ("claims", "ledger_epoch", "flow_marks", "ledger_flags")
+# Ids are ASCII (claims.py, tokens.py) and compared byte for byte: MySQL compares VARCHARs without case by
+# default, which would make "Abc" and "abc" one delivery, or show one player another's prizes.
+_EXACT = {"sqlite": "", "mysql": " CHARACTER SET ascii COLLATE ascii_bin"}
+
+
+def deliveries_schema(dialect: str) -> list[str]:
+    """Return the statements that make the delivery tables (idempotent), for "sqlite" or "mysql"."""
+    exact = _EXACT[dialect]
+    return [
+        f"CREATE TABLE IF NOT EXISTS deliveries (claim_id VARCHAR(64){exact} NOT NULL PRIMARY KEY, "
+        f"user_id VARCHAR(64){exact} NOT NULL, task_id BIGINT NOT NULL, prize_type VARCHAR(40) NOT NULL, "
+        "won_at DOUBLE NOT NULL, state VARCHAR(12) NOT NULL, due_at DOUBLE NULL, attempts INT NOT NULL DEFAULT 0, "
+        "lease_owner VARCHAR(64) NULL, last_error VARCHAR(200) NULL, partner_ref VARCHAR(128) NULL, "
+        "asked_at DOUBLE NULL, updated_at DOUBLE NOT NULL, delivered_at DOUBLE NULL)",
+        "CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (prize_type, due_at)",
+        "CREATE INDEX IF NOT EXISTS deliveries_user ON deliveries (user_id)",
+        "CREATE INDEX IF NOT EXISTS deliveries_state ON deliveries (state, prize_type, updated_at)",
+        "CREATE TABLE IF NOT EXISTS delivery_channels (name VARCHAR(64) NOT NULL PRIMARY KEY, rate_milli BIGINT NULL, "
+        "paused INT NOT NULL DEFAULT 0, pace_milli BIGINT NOT NULL DEFAULT -1, slice BIGINT NOT NULL DEFAULT 0, "
+        "slice_used BIGINT NOT NULL DEFAULT 0, slowed_slice BIGINT NOT NULL DEFAULT 0, "
+        "hold_until DOUBLE NOT NULL DEFAULT 0, sent BIGINT NOT NULL DEFAULT 0, changed_at DOUBLE NOT NULL DEFAULT 0)",
+    ]
+
+
+DELIVERY_COLUMNS = ("claim_id", "user_id", "task_id", "prize_type", "won_at", "state", "due_at", "updated_at")
+
+
+def delivery_row(record: ClaimRecord, now: float) -> tuple[Any, ...]:
+    """Return the deliveries row (DELIVERY_COLUMNS) of a won claim: pending, due at once."""
+    return (record.claim_id, record.user_id, record.task_id, record.prize_type, record.created_at, "pending",
+            record.created_at, now)
+
+
+def insert_delivery(placeholder: str) -> str:
+    """Return the INSERT of one deliveries row, with the driver's placeholder (? or %s)."""
+    return (f"INSERT INTO deliveries ({', '.join(DELIVERY_COLUMNS)}) "
+            f"VALUES ({', '.join([placeholder] * len(DELIVERY_COLUMNS))})")
+
+
+RECORD_TABLES = ("claims", "ledger_epoch", "flow_marks", "ledger_flags", "deliveries", "delivery_channels")
 
 
 def insert_claim(placeholder: str) -> str:
@@ -147,7 +186,7 @@ class RecordStore:
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore", pymysql.Warning)  # "already exists" notes on restart
                         for statement in (CLAIMS_TABLE, CLAIMS_INDEX, EPOCH_TABLE, MARKS_TABLE, FLAGS_TABLE,
-                                          CLAIMS_COLLATION):
+                                          *deliveries_schema("mysql"), CLAIMS_COLLATION):
                             await cur.execute(statement)
                         if (await cur.fetchone()) != (CLAIMS_EXACT_COLLATION,):
                             await cur.execute("SELECT EXISTS (SELECT 1 FROM claims)")
@@ -172,8 +211,13 @@ class RecordStore:
     async def insert(self, records: Sequence[ClaimRecord], marks: Sequence[tuple[int, int, int]] = ()) -> None:
         """Upsert claim records by claim_id and commit: a record shipped twice is stored once. `marks` (bucket, ms,
         seq): the flow entry each bucket was shipped up to, kept in the same transaction (flow_marks)."""
+        # Each win's delivery row in the same transaction (the outbox): the claim path never writes two systems.
+        now = time.time()
+        wins = [delivery_row(r, now) for r in records if r.outcome == "won"]
         statements: list[tuple[str, Any, bool]] = [
             (f"{insert_claim('%s')} ON DUPLICATE KEY UPDATE claim_id = claim_id", [claim_row(r) for r in records], True)]
+        if wins:
+            statements.append((f"{insert_delivery('%s')} ON DUPLICATE KEY UPDATE claim_id = claim_id", wins, True))
         if marks:
             # Never lowered: a batch read again after a restart may end below the mark. (last_seq first: MySQL
             # assigns left to right, and its test reads last_ms as it was.)

@@ -36,6 +36,7 @@ from geo_service.ledger.plans import (
     set_enabled_plan,
     set_prize_plan,
 )
+from geo_service.ledger.records import deliveries_schema
 
 T = TypeVar("T")
 _BUSY_TIMEOUT_MS = 10_000
@@ -90,7 +91,7 @@ class SQLiteLedger:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")  # every commit fsynced: an acknowledged win survives a power cut
             with self._writing():
-                for statement in SCHEMA:
+                for statement in (*SCHEMA, *deliveries_schema("sqlite")):
                     conn.execute(statement)
                 run_plan(conn, lambda: migrate_plan(SQLITE))
             self._conn = conn
@@ -130,40 +131,40 @@ class SQLiteLedger:
 
         await self._run(insert)
 
-    async def _plan(self, make_plan: Callable[[], Plan], write: bool = True) -> Any:
+    async def run_plan(self, make_plan: Callable[[], Plan], write: bool = True) -> Any:
         """Run a plan in its transaction on the ledger's thread; a reader takes no writers' lock (WAL)."""
         return await self._run(lambda conn: run_plan(conn, make_plan, write), write)
 
     async def outcome_of(self, request: ClaimRequest) -> Outcome | None:
-        outcome: Outcome | None = await self._plan(lambda: outcome_plan(request), write=False)
+        outcome: Outcome | None = await self.run_plan(lambda: outcome_plan(request), write=False)
         return outcome
 
     async def claim(self, request: ClaimRequest, draw: Sequence[str], win_cap: int, max_speed_mps: float) -> Outcome:
-        outcome: Outcome = await self._plan(lambda: claim_plan(request, draw, win_cap, max_speed_mps, SQLITE))
+        outcome: Outcome = await self.run_plan(lambda: claim_plan(request, draw, win_cap, max_speed_mps, SQLITE))
         return outcome
 
     async def set_prize(self, task_id: int, prize_type: str, quota: int | None, rate_milli: int | None) -> PrizeChange:
-        change: PrizeChange = await self._plan(lambda: set_prize_plan(task_id, prize_type, quota, rate_milli, SQLITE))
+        change: PrizeChange = await self.run_plan(lambda: set_prize_plan(task_id, prize_type, quota, rate_milli, SQLITE))
         return change
 
     async def reconcile(self, repair: bool, seeds: Sequence[Seed] = (), lower: bool = False) -> list[Difference]:
-        diffs: list[Difference] = await self._plan(lambda: reconcile_plan(repair, lower))
+        diffs: list[Difference] = await self.run_plan(lambda: reconcile_plan(repair, lower))
         return diffs
 
     async def read_state(self, since: float) -> LedgerState:
-        state: LedgerState = await self._plan(lambda: read_state_plan(since), write=False)
+        state: LedgerState = await self.run_plan(lambda: read_state_plan(since), write=False)
         return state
 
     async def read_changes(self, since: float) -> list[PrizeChange]:
-        changes: list[PrizeChange] = await self._plan(lambda: read_changes_plan(since), write=False)
+        changes: list[PrizeChange] = await self.run_plan(lambda: read_changes_plan(since), write=False)
         return changes
 
     async def read_page(self, after: tuple[int, str] | None, limit: int) -> Counters:
-        page: Counters = await self._plan(lambda: read_page_plan(after, limit), write=False)
+        page: Counters = await self.run_plan(lambda: read_page_plan(after, limit), write=False)
         return page
 
     async def set_enabled(self, task_id: int, enabled: bool) -> float | None:
-        last_win: float | None = await self._plan(lambda: set_enabled_plan(task_id, enabled, SQLITE))
+        last_win: float | None = await self.run_plan(lambda: set_enabled_plan(task_id, enabled, SQLITE))
         return last_win
 
     async def problems(self) -> list[str]:

@@ -95,6 +95,14 @@ class Overloaded(ApiError):
     status, code = 503, "overloaded"
 
 
+class TooManyRequests(ApiError):
+    status, code = 429, "too_many_requests"  # this client's own limit; Retry-After says when
+
+
+class DeliveriesUnavailable(ApiError):
+    status, code = 503, "deliveries_unavailable"  # no record database to read deliveries from
+
+
 # Router and protocol errors keep their status; these give them a stable code.
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large", 414: "query_too_long",
                400: "bad_request", 401: "invalid_token", 403: "forbidden", 503: "unavailable"}

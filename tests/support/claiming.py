@@ -19,7 +19,7 @@ import pytest
 from geo_service.tokens import mint
 from tests.conftest import build_into, fresh_ledger
 from tests.support.builders import claim_poi, write_claims_data
-from tests.support.ledgers import counters, ship_all, won_claims
+from tests.support.ledgers import claims_db, counters, ship_all, sql_rows, won_claims
 from tests.support.processes import Process
 from tests.support.redis_nodes import RedisDeployment
 
@@ -123,10 +123,18 @@ def reconcile(served: Served, *extra: str) -> subprocess.CompletedProcess[str]:
 
 
 async def settle(served: Served) -> tuple[dict[tuple[int, str], int], list[tuple[str, int, str]]]:
-    """Ship what a Redis ledger holds; return issued per counter and every won claim recorded."""
+    """Ship what a Redis ledger holds; return issued per counter and every won claim recorded, after checking that
+    each won claim has exactly one delivery row, of its player and prize, and no other claim has one (the outbox:
+    assert_exact then ties the won claims to what the claimers were told)."""
     if served.record_db:
         await ship_all(served.dsn, served.record_db)
     issued = {key: i for key, (_, i) in counters(served.dsn).items()}
+    records = claims_db(served.dsn, served.record_db)
+    wins = sql_rows(records, "SELECT claim_id, user_id, prize_type FROM claims WHERE outcome = 'won'")
+    deliveries = sql_rows(records, "SELECT claim_id, user_id, prize_type FROM deliveries")
+    assert len(deliveries) == len(wins) and set(deliveries) == set(wins), (
+        f"wins with no delivery: {sorted(set(wins) - set(deliveries))[:5]}; "
+        f"deliveries with no win: {sorted(set(deliveries) - set(wins))[:5]}")
     return issued, won_claims(served.dsn, served.record_db)
 
 

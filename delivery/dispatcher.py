@@ -1,0 +1,192 @@
+"""A dispatcher: leases due deliveries of each channel, calls the partner, records how each call ended.
+
+Each channel runs its own loop, HTTP connection pool and in-flight budget; fast and slow channels also use
+separate record-database connections, so a slow partner that hangs every call never holds up cash. Once in
+each 100 ms slice a channel's loop leases what the channel's shared pace leaves of the slice (deliveries.py:
+the rate holds across every dispatcher of the channel) and sends it at once; answers are recorded in batches.
+A dispatcher killed anywhere loses nothing: its leases end, and another sends the same delivery_id again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import socket
+import time
+from collections import Counter
+from contextlib import suppress
+from dataclasses import dataclass, field
+
+import aiohttp
+
+from delivery.channels import Channel
+from delivery.contract import MAX_ANSWER_BYTES, SIGNATURE_HEADER, Answer, backoff_s, classify, payload, sign
+from geo_service.ledger.deliveries import Delivery, DeliveryStore, Result
+from geo_service.ledger.interface import LedgerError
+from geo_service.ledger.rates import SLICE_S, slice_of
+
+log = logging.getLogger("geodrop.delivery")
+FLUSH_EVERY_S = 0.02  # answers are recorded in one transaction this often (a delivered prize shows within it)
+LEASE_MARGIN_S = 5.0  # a lease outlives its call's timeout by this much
+FAILURE_LOG_EVERY_S = 10.0
+
+
+def owner_id() -> str:
+    """Return this dispatcher's name on its leases: host, process and a random part (a restarted process is new)."""
+    return f"{socket.gethostname()[:30]}:{os.getpid()}:{random.randrange(16**6):06x}"
+
+
+@dataclass(slots=True)
+class ChannelHealth:
+    counts: Counter[str] = field(default_factory=Counter)  # sent, delivered, retried, parked, failed, slowed, late
+    pace_milli: int = 0
+    rate_milli: int = 0
+    paused: bool = False
+    in_flight: int = 0
+    unrecorded: int = 0  # answers not yet written to the record database
+    failures: int = 0  # record-database calls that failed
+    last_error: str | None = None
+    last_lease_at: float = 0.0
+
+
+async def read_answer(response: aiohttp.ClientResponse) -> bytes | None:
+    """Return the answer's body, or None if it is larger than MAX_ANSWER_BYTES (never read past that)."""
+    if (response.content_length or 0) > MAX_ANSWER_BYTES:
+        return None
+    body = bytearray()
+    async for chunk in response.content.iter_chunked(16_384):
+        body += chunk
+        if len(body) > MAX_ANSWER_BYTES:
+            return None
+    return bytes(body)
+
+
+class ChannelRunner:
+    def __init__(self, channel: Channel, store: DeliveryStore, secret: str, owner: str,
+                 rng: random.Random | None = None) -> None:
+        self.channel = channel
+        self.store = store
+        self._secret = secret
+        self.owner = owner
+        self.rng = rng or random.Random()
+        self.health = ChannelHealth(rate_milli=channel.rate_milli, pace_milli=channel.rate_milli)
+        self._answers: list[Result] = []
+        self._calls: set[asyncio.Task[None]] = set()
+        self._slowed_slice = 0
+        self._last_failure_log = 0.0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Lease and send once a slice until `stop` is set; then let the calls in flight end and record them."""
+        c = self.channel
+        connector = aiohttp.TCPConnector(limit=c.max_in_flight, ttl_dns_cache=300)
+        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=c.timeout_s),
+                                         auto_decompress=False, raise_for_status=False) as session:
+            recorder = asyncio.create_task(self._record_loop(stop), name=f"record-{c.name}")
+            while not stop.is_set():
+                now = time.time()
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), (slice_of(now) + 1) * SLICE_S - now + 0.0005)
+                if not stop.is_set():
+                    await self._lease_and_send(session)
+            if self._calls:
+                await asyncio.wait(self._calls, timeout=c.timeout_s + 1)
+            for task in list(self._calls):  # bounded: a call past its own timeout is abandoned (its lease ends)
+                task.cancel()
+            await recorder
+
+    async def _lease_and_send(self, session: aiohttp.ClientSession) -> None:
+        c, h = self.channel, self.health
+        want = c.max_in_flight - len(self._calls)
+        slice_no = slice_of(time.time())
+        try:
+            lease = await self.store.lease(c.name, c.prizes, c.rate_milli, want, self.owner, c.timeout_s + LEASE_MARGIN_S)
+        except LedgerError as exc:
+            self._failed(exc)
+            return
+        h.pace_milli, h.rate_milli, h.paused, h.last_lease_at = lease.pace_milli, lease.rate_milli, lease.paused, time.time()
+        if lease.deliveries and slice_of(time.time()) != slice_no:
+            # The lease came back after its slice ended: sent now they would crowd the next slice's own calls.
+            h.counts["late"] += len(lease.deliveries)
+            self._answers += [Result(d.claim_id, "retry", self.owner, "leased too late to send in its slice", time.time())
+                              for d in lease.deliveries]
+            return
+        for d in lease.deliveries:
+            task = asyncio.create_task(self._send(session, d))
+            self._calls.add(task)
+            task.add_done_callback(self._calls.discard)
+        h.counts["sent"] += len(lease.deliveries)
+        h.in_flight = len(self._calls)
+
+    async def _send(self, session: aiohttp.ClientSession, d: Delivery) -> None:
+        c = self.channel
+        body = payload(d.claim_id, d.user_id, d.task_id, d.prize_type, d.won_at, c.name, d.attempt)
+        headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(self._secret, int(time.time()), body),
+                   "Idempotency-Key": d.claim_id}
+        try:
+            async with session.post(c.url, data=body, headers=headers, allow_redirects=False) as response:
+                answer = classify(response.status, await read_answer(response), response.headers.get("Retry-After"))
+        except TimeoutError:
+            answer = Answer("slow", f"no answer within {c.timeout_s:g} s")
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
+            answer = Answer("retry", f"{type(exc).__name__}: {exc}"[:200])
+        self._answered(d, answer)
+
+    def _answered(self, d: Delivery, answer: Answer) -> None:
+        h = self.health
+        now = time.time()
+        if answer.kind in ("delivered", "parked", "failed"):
+            h.counts[answer.kind] += 1
+            self._answers.append(Result(d.claim_id, answer.kind, self.owner, answer.detail))
+            if answer.kind == "failed":
+                log.warning("delivery failed: to the dead-letter list", extra={
+                    "channel": self.channel.name, "claim_id": d.claim_id, "error": answer.detail})
+            return
+        wait = answer.retry_after_s if answer.retry_after_s is not None else backoff_s(d.attempt, self.rng)
+        h.counts["retried"] += 1
+        self._answers.append(Result(d.claim_id, "retry", self.owner, answer.detail, now + wait))
+        if answer.kind == "slow" and slice_of(now) != self._slowed_slice:
+            self._slowed_slice = slice_of(now)
+            h.counts["slowed"] += 1
+            task = asyncio.create_task(self._slow(answer.retry_after_s or 0.0))
+            self._calls.add(task)
+            task.add_done_callback(self._calls.discard)
+
+    async def _slow(self, hold_s: float) -> None:
+        try:
+            self.health.pace_milli = await self.store.slow(self.channel.name, hold_s)
+        except LedgerError as exc:
+            self._failed(exc)
+
+    async def _record_loop(self, stop: asyncio.Event) -> None:
+        """Record answers every FLUSH_EVERY_S; after `stop`, until the last call in flight has been recorded."""
+        while True:
+            if not stop.is_set():
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), FLUSH_EVERY_S)
+            elif self._calls or self._answers:
+                await asyncio.sleep(FLUSH_EVERY_S)
+            else:
+                return
+            if self._answers:
+                batch, self._answers = self._answers, []
+                try:
+                    await self.store.settle(batch)
+                except LedgerError as exc:
+                    self._answers[:0] = batch  # kept, in order, for the next round
+                    self._failed(exc)
+                    if stop.is_set() and not self._calls:
+                        return  # shutting down with the database gone: the leases end and others resend
+                    await asyncio.sleep(0.5)
+            self.health.unrecorded = len(self._answers)
+            self.health.in_flight = len(self._calls)
+
+    def _failed(self, exc: Exception) -> None:
+        h = self.health
+        h.failures += 1
+        h.last_error = str(exc)[:300]
+        if time.monotonic() - self._last_failure_log >= FAILURE_LOG_EVERY_S:
+            self._last_failure_log = time.monotonic()
+            log.warning("record database call failed; trying again", extra={"channel": self.channel.name,
+                                                                            "error": h.last_error})

@@ -1,0 +1,350 @@
+"""The delivery record: one row per won claim, made with the claim's own record (an outbox), and the
+transactions the dispatchers, the players and the operators run on it, written once as plans.
+
+A row lives in the record database beside `claims` (the SQLite ledger's file, the MySQL ledger's database,
+a Redis ledger's record_db). States: pending -> sending -> delivered | parked | failed. `due_at` is when a
+dispatcher may take the row next (a pending row's next attempt, a sending row's lease end); it is NULL for a
+row no dispatcher should take (delivered, parked, failed), so the lease reads one index range.
+
+A channel's shared pace lives in `delivery_channels`: every dispatcher of a channel leases through its row,
+under its row lock, at most the channel's allowance of each 100 ms slice (rates.py), so the rate holds across
+all of them together; the pace drops by a proportion when the partner chokes and climbs back while it keeps up.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from geo_service.ledger.plans import MYSQL, SQLITE, Dialect, Plan, Statement
+from geo_service.ledger.rates import allowance, slice_of
+from geo_service.ledger.records import ClaimRecord, delivery_row, insert_delivery
+
+STATES = ("pending", "sending", "delivered", "parked", "failed")
+# The pace: at most once in SLOW_EVERY slices it drops to SLOW_FACTOR of itself (answers of calls sent before a
+# drop still arrive after it); it climbs by CLIMB_SHARE of the configured rate each slice after QUIET slices
+# without one; never below the floor, where it keeps probing.
+SLOW_EVERY, SLOW_FACTOR, CLIMB_SHARE, QUIET = 5, 0.7, 0.01, 3
+FLOOR_MILLI = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A leased delivery, as a dispatcher sends it."""
+
+    claim_id: str
+    user_id: str
+    task_id: int
+    prize_type: str
+    won_at: float
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """What one lease took: the deliveries to send now, and the channel's pace and switches as they stand."""
+
+    deliveries: list[Delivery]
+    pace_milli: int
+    rate_milli: int
+    paused: bool
+    hold_until: float
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """How one call ended. kind: delivered, retry (at due_at), parked or failed."""
+
+    claim_id: str
+    kind: str
+    owner: str
+    detail: str | None = None  # the partner's reference for delivered, else the error
+    due_at: float | None = None
+
+
+def _channel_row(name: str, dialect: Dialect) -> Plan:
+    yield Statement(dialect.insert_ignore("delivery_channels", ("name",)), (name,))
+    row = yield Statement("SELECT rate_milli, paused, pace_milli, slice, slice_used, slowed_slice, hold_until "
+                          f"FROM delivery_channels WHERE name = ?{dialect.for_update}", (name,), fetch="one")
+    return row
+
+
+def lease_plan(channel: str, prize_types: Sequence[str], configured_milli: int, want: int, owner: str, lease_s: float,
+               dialect: Dialect, clock: Any = time.time) -> Plan:
+    """Take up to `want` due deliveries of the channel's prize types within what its pace leaves of this 100 ms slice,
+    oldest first, each checked against its won claim (a row with none is failed, never sent); mark them sending
+    until the lease ends. Returns a Lease."""
+    rate_row, paused, pace, slice_no, used, slowed, hold_until = yield from _channel_row(channel, dialect)
+    rate = configured_milli if rate_row is None else int(rate_row)
+    now = clock()
+    n = slice_of(now)
+    pace = rate if int(pace) < 0 else min(int(pace), rate)
+    if n > int(slice_no):
+        if n - int(slowed) > QUIET:
+            pace = min(rate, pace + max(1, round(rate * CLIMB_SHARE)))
+        slice_no, used = n, 0
+    room = 0 if paused or now < float(hold_until) else max(0, allowance(pace, int(slice_no)) - int(used))
+    taken: list[Delivery] = []
+    for prize_type in prize_types:
+        if len(taken) >= min(room, want):
+            break
+        rows = yield Statement(
+            "SELECT d.claim_id, d.user_id, d.task_id, d.prize_type, d.won_at, d.attempts, c.claim_id FROM deliveries d "
+            "LEFT JOIN claims c ON c.claim_id = d.claim_id AND c.outcome = 'won' AND c.user_id = d.user_id "
+            f"AND c.prize_type = d.prize_type WHERE d.prize_type = ? AND d.due_at <= ? ORDER BY d.due_at LIMIT ?"
+            f"{dialect.for_update}{dialect.skip_locked}", (prize_type, now, min(room, want) - len(taken)), fetch="all")
+        unreal = [str(r[0]) for r in rows if r[6] is None]
+        if unreal:
+            yield Statement(f"UPDATE deliveries SET state = 'failed', due_at = NULL, last_error = ?, updated_at = ? "
+                            f"WHERE claim_id IN ({', '.join('?' * len(unreal))})",
+                            ("no won claim of this player and prize matches it", now, *unreal))
+        taken += [Delivery(str(c), str(u), int(t), str(p), float(w), int(a) + 1) for c, u, t, p, w, a, won in rows if won]
+    if taken:
+        ids = [d.claim_id for d in taken]
+        yield Statement(f"UPDATE deliveries SET state = 'sending', due_at = ?, attempts = attempts + 1, lease_owner = ?, "
+                        f"updated_at = ? WHERE claim_id IN ({', '.join('?' * len(ids))})", (now + lease_s, owner, now, *ids))
+    yield Statement("UPDATE delivery_channels SET pace_milli = ?, slice = ?, slice_used = ?, sent = sent + ? WHERE name = ?",
+                    (pace, slice_no, int(used) + len(taken), len(taken), channel))
+    return Lease(taken, pace, rate, bool(paused), float(hold_until))
+
+
+def slow_plan(channel: str, hold_s: float, dialect: Dialect, clock: Any = time.time) -> Plan:
+    """The partner choked (429, 503, a timeout): drop the channel's pace by a proportion, at most once in SLOW_EVERY
+    slices, and hold every dispatcher of it for hold_s (the partner's Retry-After). Returns the pace now."""
+    rate_row, _, pace, _, _, slowed, _ = yield from _channel_row(channel, dialect)
+    now = clock()
+    n = slice_of(now)
+    pace = int(pace)
+    if n - int(slowed) >= SLOW_EVERY and pace != 0:
+        pace = max(FLOOR_MILLI, round((pace if pace > 0 else (int(rate_row) if rate_row is not None else FLOOR_MILLI))
+                                      * SLOW_FACTOR))
+        yield Statement("UPDATE delivery_channels SET pace_milli = ?, slowed_slice = ? WHERE name = ?", (pace, n, channel))
+    if hold_s > 0:
+        yield Statement("UPDATE delivery_channels SET hold_until = ? WHERE name = ? AND hold_until < ?",
+                        (now + hold_s, channel, now + hold_s))
+    return pace
+
+
+_SETTLE = {
+    # A delivery the partner confirmed is a fact whoever holds its lease now; the others apply only to a row still
+    # leased by the dispatcher that sent it (its lease may have ended, and another dispatcher may have it now).
+    "delivered": "UPDATE deliveries SET state = 'delivered', partner_ref = ?, delivered_at = ?, updated_at = ?, "
+                 "due_at = NULL, last_error = NULL WHERE claim_id = ? AND state <> 'delivered'",
+    "retry": "UPDATE deliveries SET state = 'pending', last_error = ?, due_at = ?, updated_at = ? "
+             "WHERE claim_id = ? AND state = 'sending' AND lease_owner = ?",
+    "parked": "UPDATE deliveries SET state = 'parked', last_error = ?, due_at = NULL, updated_at = ? "
+              "WHERE claim_id = ? AND state = 'sending' AND lease_owner = ?",
+    "failed": "UPDATE deliveries SET state = 'failed', last_error = ?, due_at = NULL, updated_at = ? "
+              "WHERE claim_id = ? AND state = 'sending' AND lease_owner = ?",
+}
+
+
+def _settle_params(r: Result, now: float) -> tuple[Any, ...]:
+    detail = (r.detail or "")[:200]
+    if r.kind == "delivered":
+        return (detail[:128], now, now, r.claim_id)
+    if r.kind == "retry":
+        return (detail, r.due_at, now, r.claim_id, r.owner)
+    return (detail, now, r.claim_id, r.owner)
+
+
+def settle_plan(results: Sequence[Result], clock: Any = time.time) -> Plan:
+    """Record how calls ended, in one transaction. Returns how many rows each kind moved."""
+    now = clock()
+    moved: dict[str, int] = {}
+    for kind, sql in _SETTLE.items():
+        for r in results:
+            if r.kind == kind:
+                moved[kind] = moved.get(kind, 0) + (yield Statement(sql, _settle_params(r, now)))
+    return moved
+
+
+PRIZE_COLUMNS = ("claim_id", "task_id", "prize_type", "won_at", "state", "attempts", "partner_ref", "delivered_at")
+
+
+def player_prizes_plan(user_id: str, limit: int) -> Plan:
+    """Return a player's won prizes, newest first, as dicts of PRIZE_COLUMNS."""
+    rows = yield Statement(f"SELECT {', '.join(PRIZE_COLUMNS)} FROM deliveries WHERE user_id = ? ORDER BY won_at DESC, "
+                           "claim_id LIMIT ?", (user_id, limit), fetch="all")
+    return [dict(zip(PRIZE_COLUMNS, row)) for row in rows]
+
+
+def ask_again_plan(user_id: str, claim_id: str, every_s: float, dialect: Dialect, clock: Any = time.time) -> Plan:
+    """A player asks for a prize again: a parked or waiting one is due now. Returns (the row as PRIZE_COLUMNS, or None
+    when the player has no such prize; seconds to wait before asking again, 0 if the ask was taken)."""
+    row = yield Statement(f"SELECT {', '.join(PRIZE_COLUMNS)}, asked_at FROM deliveries WHERE claim_id = ? AND "
+                          f"user_id = ?{dialect.for_update}", (claim_id, user_id), fetch="one")
+    if row is None:
+        return None, 0.0
+    prize = dict(zip(PRIZE_COLUMNS, row[:-1]))
+    now = clock()
+    wait = 0.0 if row[-1] is None else float(row[-1]) + every_s - now
+    if wait > 0:
+        return prize, wait
+    yield Statement("UPDATE deliveries SET asked_at = ? WHERE claim_id = ?", (now, claim_id))
+    if prize["state"] in ("parked", "pending"):
+        yield Statement("UPDATE deliveries SET state = 'pending', due_at = ?, updated_at = ? WHERE claim_id = ?",
+                        (now, now, claim_id))
+        prize["state"] = "pending"
+    return prize, 0.0
+
+
+def set_channel_plan(name: str, rate_milli: int | None, paused: bool | None, dialect: Dialect,
+                     clock: Any = time.time) -> Plan:
+    """Change a channel's rate (a live override of its configured one) and/or pause it; every dispatcher obeys at its
+    next lease (the next 100 ms slice). Returns the row's rate override and pause switch."""
+    yield from _channel_row(name, dialect)
+    if rate_milli is not None:
+        yield Statement("UPDATE delivery_channels SET rate_milli = ?, pace_milli = ?, changed_at = ? WHERE name = ?",
+                        (rate_milli, rate_milli, clock(), name))
+    if paused is not None:
+        yield Statement("UPDATE delivery_channels SET paused = ?, changed_at = ? WHERE name = ?", (int(paused), clock(), name))
+    row = yield Statement("SELECT rate_milli, paused FROM delivery_channels WHERE name = ?", (name,), fetch="one")
+    return (None if row[0] is None else int(row[0])), bool(row[1])
+
+
+def retry_failed_plan(claim_id: str, clock: Any = time.time) -> Plan:
+    """An operator sends a failed (dead-letter) or parked delivery again now. Returns whether one was."""
+    now = clock()
+    moved = yield Statement("UPDATE deliveries SET state = 'pending', due_at = ?, updated_at = ? WHERE claim_id = ? AND "
+                            "state IN ('failed', 'parked')", (now, now, claim_id))
+    return bool(moved)
+
+
+def channel_stats_plan(prize_types: Sequence[str], dead_letters: int, clock: Any = time.time) -> Plan:
+    """Return a channel's backlog (deliveries due or leased), the age of its oldest, and its counts by state other than
+    delivered (an index range each), with its newest dead letters."""
+    marks = ", ".join("?" * len(prize_types))
+    backlog = yield Statement(f"SELECT COUNT(*), MIN(won_at) FROM deliveries WHERE prize_type IN ({marks}) AND due_at "
+                              "IS NOT NULL", tuple(prize_types), fetch="one")
+    counts = yield Statement(f"SELECT state, COUNT(*) FROM deliveries WHERE state IN ('parked', 'failed', 'sending') AND "
+                             f"prize_type IN ({marks}) GROUP BY state", tuple(prize_types), fetch="all")
+    dead = yield Statement(f"SELECT claim_id, user_id, prize_type, attempts, last_error, updated_at FROM deliveries WHERE "
+                           f"state = 'failed' AND prize_type IN ({marks}) ORDER BY updated_at DESC LIMIT ?",
+                           (*prize_types, dead_letters), fetch="all")
+    oldest = None if backlog[1] is None else max(0.0, clock() - float(backlog[1]))
+    return {"backlog": int(backlog[0]), "oldest_pending_s": oldest, "states": {str(s): int(n) for s, n in counts},
+            "dead_letters": [dict(zip(("claim_id", "user_id", "prize_type", "attempts", "last_error", "failed_at"), r))
+                             for r in dead]}
+
+
+def channel_state_plan(names: Sequence[str]) -> Plan:
+    """Return each named channel's shared row: rate override, paused, pace, hold, and how many it has sent."""
+    marks = ", ".join("?" * len(names))
+    rows = yield Statement(f"SELECT name, rate_milli, paused, pace_milli, hold_until, sent FROM delivery_channels WHERE "
+                           f"name IN ({marks})", tuple(names), fetch="all")
+    return {str(r[0]): {"rate_milli": r[1], "paused": bool(r[2]), "pace_milli": int(r[3]), "hold_until": float(r[4]),
+                        "sent": int(r[5])} for r in rows}
+
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryReport:
+    """What a delivery reconcile found, each a sorted list of claim ids (which are the delivery ids)."""
+
+    never_made: list[str]  # won claims with no delivery row
+    no_win: list[str]  # delivery rows with no won claim behind them
+    unknown_to_partner: list[str]  # delivered here, missing from the partner's statement
+    partner_no_win: list[str]  # in the partner's statement, with no won claim here
+    partner_ahead: list[str]  # in the partner's statement, not yet recorded delivered here
+
+    def differences(self) -> int:
+        return sum(len(getattr(self, f)) for f in self.__slots__)
+
+
+def reconcile_plan(statement: set[str] | None, repair: bool, clock: Any = time.time) -> Plan:
+    """Compare the won claims, the delivery rows and (given) the partner's statement of the ids it honoured, in one
+    transaction; with repair, make the missing rows and make due now every delivery the partner lacks (it gets the
+    same key again: one it did honour answers "already delivered")."""
+    missing = yield Statement("SELECT c.claim_id, c.user_id, c.task_id, c.prize_type, c.created_at FROM claims c "
+                              "LEFT JOIN deliveries d ON d.claim_id = c.claim_id WHERE c.outcome = 'won' AND "
+                              "d.claim_id IS NULL ORDER BY c.claim_id", fetch="all")
+    no_win = yield Statement("SELECT d.claim_id FROM deliveries d LEFT JOIN claims c ON c.claim_id = d.claim_id AND "
+                             "c.outcome = 'won' WHERE c.claim_id IS NULL ORDER BY d.claim_id", fetch="all")
+    unknown: list[str] = []
+    partner_no_win: list[str] = []
+    ahead: list[str] = []
+    if statement is not None:
+        rows = yield Statement("SELECT d.claim_id, d.state FROM deliveries d JOIN claims c ON c.claim_id = d.claim_id "
+                               "AND c.outcome = 'won'", fetch="all")
+        state = {str(c): str(s) for c, s in rows}
+        unknown = sorted(c for c, s in state.items() if s == "delivered" and c not in statement)
+        made = {str(r[0]) for r in missing}
+        partner_no_win = sorted(c for c in statement if c not in state and c not in made)
+        ahead = sorted(c for c in statement if state.get(c, "delivered") != "delivered")
+    report = DeliveryReport([str(r[0]) for r in missing], [str(r[0]) for (r) in no_win], unknown, partner_no_win, ahead)
+    if repair:
+        now = clock()
+        for claim_id, user_id, task_id, prize_type, won_at in missing:
+            yield Statement(insert_delivery("?"), delivery_row(ClaimRecord(claim_id, user_id, task_id, 0, prize_type, "won",
+                                                                           None, float(won_at)), now))
+        for claim_id in [*unknown, *ahead]:
+            yield Statement("UPDATE deliveries SET state = 'pending', due_at = ?, updated_at = ? WHERE claim_id = ?",
+                            (now, now, claim_id))
+    return report
+
+
+class PlanRunner(Protocol):
+    """A SQL ledger (or one opened on a record database): it runs a plan in one transaction."""
+
+    kind: str
+
+    async def run_plan(self, make_plan: Callable[[], Plan], write: bool = True) -> Any: ...
+
+    async def close(self) -> None: ...
+
+
+class DeliveryStore:
+    """The delivery record's transactions on the record database a runner reaches."""
+
+    def __init__(self, runner: PlanRunner) -> None:
+        self.runner = runner
+        self.dialect = SQLITE if runner.kind == "sqlite" else MYSQL
+
+    async def lease(self, channel: str, prize_types: Sequence[str], configured_milli: int, want: int, owner: str,
+                    lease_s: float) -> Lease:
+        d = self.dialect
+        lease: Lease = await self.runner.run_plan(
+            lambda: lease_plan(channel, prize_types, configured_milli, want, owner, lease_s, d))
+        return lease
+
+    async def slow(self, channel: str, hold_s: float) -> int:
+        pace: int = await self.runner.run_plan(lambda: slow_plan(channel, hold_s, self.dialect))
+        return pace
+
+    async def settle(self, results: Sequence[Result]) -> dict[str, int]:
+        moved: dict[str, int] = await self.runner.run_plan(lambda: settle_plan(results))
+        return moved
+
+    async def prizes(self, user_id: str, limit: int = 200) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = await self.runner.run_plan(lambda: player_prizes_plan(user_id, limit), write=False)
+        return rows
+
+    async def ask_again(self, user_id: str, claim_id: str, every_s: float) -> tuple[dict[str, Any] | None, float]:
+        answer: tuple[dict[str, Any] | None, float] = await self.runner.run_plan(
+            lambda: ask_again_plan(user_id, claim_id, every_s, self.dialect))
+        return answer
+
+    async def set_channel(self, name: str, rate_milli: int | None, paused: bool | None) -> tuple[int | None, bool]:
+        row: tuple[int | None, bool] = await self.runner.run_plan(
+            lambda: set_channel_plan(name, rate_milli, paused, self.dialect))
+        return row
+
+    async def retry_failed(self, claim_id: str) -> bool:
+        moved: bool = await self.runner.run_plan(lambda: retry_failed_plan(claim_id))
+        return moved
+
+    async def stats(self, prize_types: Sequence[str], dead_letters: int = 20) -> dict[str, Any]:
+        stats: dict[str, Any] = await self.runner.run_plan(lambda: channel_stats_plan(prize_types, dead_letters),
+                                                           write=False)
+        return stats
+
+    async def channel_state(self, names: Sequence[str]) -> dict[str, dict[str, Any]]:
+        state: dict[str, dict[str, Any]] = await self.runner.run_plan(lambda: channel_state_plan(names), write=False)
+        return state
+
+    async def reconcile(self, statement: set[str] | None, repair: bool) -> DeliveryReport:
+        report: DeliveryReport = await self.runner.run_plan(lambda: reconcile_plan(statement, repair))
+        return report
