@@ -30,6 +30,7 @@ from geo_service.ledger.rates import SLICE_S, slice_of
 log = logging.getLogger("geodrop.delivery")
 FLUSH_EVERY_S = 0.02  # answers are recorded in one transaction this often (a delivered prize shows within it)
 LEASE_MARGIN_S = 5.0  # a lease outlives its call's timeout by this much
+SEND_MARGIN_S = 0.01  # a call not started this long before its slice ends is given back, not sent
 FAILURE_LOG_EVERY_S = 10.0
 
 
@@ -106,21 +107,21 @@ class ChannelRunner:
             self._failed(exc)
             return
         h.pace_milli, h.rate_milli, h.paused, h.last_lease_at = lease.pace_milli, lease.rate_milli, lease.paused, time.time()
-        if lease.deliveries and slice_of(time.time()) != slice_no:
-            # The lease came back after its slice ended: sent now they would crowd the next slice's own calls.
-            h.counts["late"] += len(lease.deliveries)
-            self._answers += [Result(d.claim_id, "retry", self.owner, "leased too late to send in its slice", time.time())
-                              for d in lease.deliveries]
-            return
+        slice_end = (slice_no + 1) * SLICE_S
         for d in lease.deliveries:
-            task = asyncio.create_task(self._send(session, d))
+            task = asyncio.create_task(self._send(session, d, slice_end))
             self._calls.add(task)
             task.add_done_callback(self._calls.discard)
         h.counts["sent"] += len(lease.deliveries)
         h.in_flight = len(self._calls)
 
-    async def _send(self, session: aiohttp.ClientSession, d: Delivery) -> None:
+    async def _send(self, session: aiohttp.ClientSession, d: Delivery, slice_end: float) -> None:
         c = self.channel
+        if time.time() > slice_end - SEND_MARGIN_S:
+            # Its slice is over (a slow lease, a busy loop): sent now it would crowd the next slice's own calls.
+            self.health.counts["late"] += 1
+            self._answers.append(Result(d.claim_id, "retry", self.owner, "not sent: its 100 ms slice had ended", time.time()))
+            return
         body = payload(d.claim_id, d.user_id, d.task_id, d.prize_type, d.won_at, c.name, d.attempt)
         headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(self._secret, int(time.time()), body),
                    "Idempotency-Key": d.claim_id}

@@ -25,7 +25,7 @@ MAX_BODY_BYTES = 16_384
 @dataclass(slots=True)
 class PartnerLog:
     received: list[tuple[float, str, str]] = field(default_factory=list)  # (time, channel, delivery_id) signed requests
-    applied: list[tuple[str, str]] = field(default_factory=list)  # (channel, delivery_id) each time an effect was made
+    applied: list[tuple[float, str, str]] = field(default_factory=list)  # (time, channel, delivery_id) of each effect made
     refused_signatures: int = 0
 
 
@@ -70,7 +70,7 @@ class Partner:
             return web.json_response({"status": "no_account"}, status=409)
         reference = f"{channel}-{len(self._references) + 1}"
         self._references[delivery_id] = reference
-        self.log.applied.append((channel, delivery_id))
+        self.log.applied.append((time.time(), channel, delivery_id))
         return web.json_response({"status": "delivered", "reference": reference})
 
     async def open_account(self, request: web.Request) -> web.Response:
@@ -79,5 +79,5 @@ class Partner:
 
     async def statement(self, request: web.Request) -> web.Response:
         channel = request.match_info["channel"]
-        ids = [d for c, d in self.log.applied if c == channel]
+        ids = [d for _, c, d in self.log.applied if c == channel]
         return web.Response(text="".join(f"{d}\n" for d in ids), content_type="text/plain")

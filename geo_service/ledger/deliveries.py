@@ -26,7 +26,7 @@ STATES = ("pending", "sending", "delivered", "parked", "failed")
 # The pace: at most once in SLOW_EVERY slices it drops to SLOW_FACTOR of itself (answers of calls sent before a
 # drop still arrive after it); it climbs by CLIMB_SHARE of the configured rate each slice after QUIET slices
 # without one; never below the floor, where it keeps probing.
-SLOW_EVERY, SLOW_FACTOR, CLIMB_SHARE, QUIET = 5, 0.7, 0.01, 3
+SLOW_EVERY, SLOW_FACTOR, CLIMB_SHARE, QUIET = 5, 0.8, 0.01, 3
 FLOOR_MILLI = 1000
 
 

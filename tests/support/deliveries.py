@@ -61,9 +61,9 @@ def land_wins(dsn: str, claim_ids: list[str], prize_type: str, user_of: Any = la
     conn = pymysql.connect(host=s.host, port=s.port, user=s.user, password=s.password, database=s.database)
     try:
         with conn.cursor() as cur:
-            from geo_service.ledger.records import CLAIMS_TABLE
+            from geo_service.ledger.records import CLAIMS_EXACT, CLAIMS_TABLE
 
-            for statement in (CLAIMS_TABLE, *deliveries_schema("mysql")):
+            for statement in (CLAIMS_TABLE, CLAIMS_EXACT, *deliveries_schema("mysql")):
                 cur.execute(statement)
             for start in range(0, len(claims), 2000):
                 cur.executemany(insert_claim("%s"), claims[start : start + 2000])

@@ -84,10 +84,10 @@ class Stub(Partner):
 
     def duplicates(self) -> list[str]:
         """Delivery ids whose effect was applied more than once: must be none."""
-        return [d for d, n in Counter(d for _, d in self.log.applied).items() if n > 1]
+        return [d for d, n in Counter(d for _, _, d in self.log.applied).items() if n > 1]
 
     def applied(self, channel: str | None = None) -> set[str]:
-        return {d for c, d in self.log.applied if channel is None or c == channel}
+        return {d for _, c, d in self.log.applied if channel is None or c == channel}
 
     def received_times(self, channel: str) -> list[float]:
         return [t for t, c, _ in self.log.received if c == channel]
