@@ -28,6 +28,8 @@ STATES = ("pending", "sending", "delivered", "parked", "failed")
 # without one; never below the floor, where it keeps probing.
 SLOW_EVERY, SLOW_FACTOR, CLIMB_SHARE, QUIET = 5, 0.8, 0.01, 3
 FLOOR_MILLI = 1000
+# The won claim a delivery row stands for: the same id, player and prize. A row without one is never sent.
+_ITS_WIN = "c.claim_id = d.claim_id AND c.outcome = 'won' AND c.user_id = d.user_id AND c.prize_type = d.prize_type"
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,8 +94,7 @@ def lease_plan(channel: str, prize_types: Sequence[str], configured_milli: int, 
             break
         rows = yield Statement(
             "SELECT d.claim_id, d.user_id, d.task_id, d.prize_type, d.won_at, d.attempts, c.claim_id FROM deliveries d "
-            "LEFT JOIN claims c ON c.claim_id = d.claim_id AND c.outcome = 'won' AND c.user_id = d.user_id "
-            f"AND c.prize_type = d.prize_type WHERE d.prize_type = ? AND d.due_at <= ? ORDER BY d.due_at LIMIT ?"
+            f"LEFT JOIN claims c ON {_ITS_WIN} WHERE d.prize_type = ? AND d.due_at <= ? ORDER BY d.due_at LIMIT ?"
             f"{dialect.for_update}{dialect.skip_locked}", (prize_type, now, min(room, want) - len(taken)), fetch="all")
         unreal = [str(r[0]) for r in rows if r[6] is None]
         if unreal:
@@ -261,14 +262,13 @@ def reconcile_plan(statement: set[str] | None, repair: bool, clock: Any = time.t
     missing = yield Statement("SELECT c.claim_id, c.user_id, c.task_id, c.prize_type, c.created_at FROM claims c "
                               "LEFT JOIN deliveries d ON d.claim_id = c.claim_id WHERE c.outcome = 'won' AND "
                               "d.claim_id IS NULL ORDER BY c.claim_id", fetch="all")
-    no_win = yield Statement("SELECT d.claim_id FROM deliveries d LEFT JOIN claims c ON c.claim_id = d.claim_id AND "
-                             "c.outcome = 'won' WHERE c.claim_id IS NULL ORDER BY d.claim_id", fetch="all")
+    no_win = yield Statement(f"SELECT d.claim_id FROM deliveries d LEFT JOIN claims c ON {_ITS_WIN} WHERE c.claim_id IS "
+                             "NULL ORDER BY d.claim_id", fetch="all")
     unknown: list[str] = []
     partner_no_win: list[str] = []
     ahead: list[str] = []
     if statement is not None:
-        rows = yield Statement("SELECT d.claim_id, d.state FROM deliveries d JOIN claims c ON c.claim_id = d.claim_id "
-                               "AND c.outcome = 'won'", fetch="all")
+        rows = yield Statement(f"SELECT d.claim_id, d.state FROM deliveries d JOIN claims c ON {_ITS_WIN}", fetch="all")
         state = {str(c): str(s) for c, s in rows}
         unknown = sorted(c for c, s in state.items() if s == "delivered" and c not in statement)
         made = {str(r[0]) for r in missing}
