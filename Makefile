@@ -7,6 +7,7 @@ SNAPSHOTS ?= snapshots
 # a service listening off loopback refuses them); production sets its own.
 DEMO_SECRET ?= geodrop-demo-only
 DEMO_ADMIN ?= geodrop-demo-admin
+DEMO_PARTNER ?= geodrop-demo-partner-secret
 LEDGER ?= var/ledger.sqlite3
 
 .PHONY: run test slow bench capacity lint clean
@@ -16,17 +17,22 @@ $(BIN)/geo-snapshot: pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
 	touch $@
 
-# The embedded default: build the sample snapshot (Shenzhen), run the collector on :8081 and the
-# service on :8080 (2 workers) over one SQLite ledger; Ctrl-C stops both.
+# The embedded default: build the sample snapshot (Shenzhen), run the collector on :8081, the demo partner on
+# :8082 and a dispatcher delivering wins to it, and the service on :8080 (2 workers), all over one SQLite ledger;
+# Ctrl-C stops them all.
 run: $(BIN)/geo-snapshot
 	$(BIN)/geo-snapshot build --source data/sample --out $(SNAPSHOTS)
 	@echo "nearby:    curl 'http://127.0.0.1:8080/v1/nearby?lat=22.5329&lng=113.9305'"
 	@echo "claims:    TOKEN=\$$(GEODROP_SERVICE_TOKEN_SECRET=$(DEMO_SECRET) $(BIN)/geo-service token --user demo)"
+	@echo "prizes:    curl -H \"Authorization: Bearer \$$TOKEN\" http://127.0.0.1:8080/v1/me/prizes"
 	@echo "dashboard: http://127.0.0.1:8081/   (admin token for its kill switch: $(DEMO_ADMIN); Ctrl-C stops)"
 	@# Secrets go by environment, not flags: a process list shows every flag to every user of the host.
-	@GEODROP_COLLECTOR_ADMIN_TOKEN=$(DEMO_ADMIN) $(BIN)/geo-collector run --snapshots $(SNAPSHOTS) \
-	  --ledger sqlite:///$(LEDGER) --service http://127.0.0.1:8080 & collector=$$!; \
-	trap 'kill $$collector 2>/dev/null' EXIT INT TERM; \
+	@export GEODROP_CHANNEL_WALLET_SECRET=$(DEMO_PARTNER) GEODROP_CHANNEL_COUPONS_SECRET=$(DEMO_PARTNER); \
+	GEODROP_COLLECTOR_ADMIN_TOKEN=$(DEMO_ADMIN) $(BIN)/geo-collector run --snapshots $(SNAPSHOTS) \
+	  --ledger sqlite:///$(LEDGER) --service http://127.0.0.1:8080 --channels data/sample/channels.json & collector=$$!; \
+	$(BIN)/geo-deliver partner --port 8082 --channels data/sample/channels.json & partner=$$!; \
+	$(BIN)/geo-deliver run --ledger sqlite:///$(LEDGER) --channels data/sample/channels.json --port 8083 & deliver=$$!; \
+	trap 'kill $$collector $$partner $$deliver 2>/dev/null' EXIT INT TERM; \
 	GEODROP_SERVICE_TOKEN_SECRET=$(DEMO_SECRET) $(BIN)/geo-service serve --snapshots $(SNAPSHOTS) --workers 2 \
 	  --ledger sqlite:///$(LEDGER) --collector http://127.0.0.1:8081
 

@@ -9,6 +9,8 @@ from contextlib import suppress
 from aiohttp import web
 
 from collector.dashboard import ROUTES as DASHBOARD_ROUTES
+from collector.deliveries import ROUTES as DELIVERY_ROUTES
+from collector.deliveries import deliveries_ctx
 from collector.feed import Feed
 from collector.files import SnapshotFiles
 from collector.handlers import ROUTES
@@ -103,7 +105,7 @@ def create_app(settings: CollectorSettings) -> web.Application:
                                  settings.origin_poll_s)
     app[files_key] = SnapshotFiles(settings.snapshots, settings.data_dir / "mapped")
     app[service_key] = ServiceClient(settings.service)
-    app.cleanup_ctx.extend([ticker_ctx, ledger_ctx, service_ctx])
+    app.cleanup_ctx.extend([ticker_ctx, ledger_ctx, service_ctx, deliveries_ctx])
     app.on_shutdown.append(close_streams)
-    add_guarded_routes(app.router, ROUTES + DASHBOARD_ROUTES, Guard(metrics))
+    add_guarded_routes(app.router, ROUTES + DASHBOARD_ROUTES + DELIVERY_ROUTES, Guard(metrics))
     return app

@@ -14,6 +14,7 @@ from aiohttp import web
 from collector.app import create_app
 from collector.settings import CollectorSettings
 from collector.views import change_json
+from delivery.channels import ChannelsError, load_channels
 from geo_service.config import add_settings_flags, cli_settings
 from geo_service.ledger import LedgerError, PrizeChange, PrizeChangeRefused, open_ledger
 from geo_service.ledger.rates import UNLIMITED, rate_milli
@@ -119,6 +120,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "prize":
         return cmd_prize(settings, args)
+    if settings.channels:
+        try:
+            load_channels(settings.channels)  # checked before serving: a bad file is exit 2, not a failed start
+        except ChannelsError as exc:
+            print(f"geo-collector: {exc}", file=sys.stderr)
+            return 2
     configure_logging(args.log_level)
     logging.getLogger("geodrop.collector").info("collector serving", extra={"port": settings.port})
     web.run_app(create_app(settings), host=settings.host, port=settings.port, access_log=None, print=None)

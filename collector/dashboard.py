@@ -96,7 +96,7 @@ async def overview(request: web.Request) -> web.Response:
     except ServiceUnavailable as exc:
         service = {"error": exc.message}
     return json_response({
-        "admin": bool(settings.admin_token), "probe": bool(settings.service),
+        "admin": bool(settings.admin_token), "probe": bool(settings.service), "deliveries": bool(settings.channels),
         "snapshot": {"seq": view.seq, "age_s": round(time.time() - built_at, 1)},
         "tick": {"last_tick_s": round(h.last_tick_s, 4), "interval_s": h.interval_s, "last_read_s": round(h.last_read_s, 4),
                  "view_age_s": round(time.time() - view.built_at, 2), "failures": h.failures, "last_error": h.last_error},

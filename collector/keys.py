@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from collector.delivery_panel import DeliveryPanel
 from collector.feed import Feed
 from collector.files import SnapshotFiles
 from collector.service import ServiceClient
@@ -25,3 +26,4 @@ shipper_key = web.AppKey("shipper_key", Shipper)  # set only for a Redis ledger 
 puller_key = web.AppKey("puller_key", Puller)  # set only when the collector pulls from an origin
 files_key = web.AppKey("files_key", SnapshotFiles)
 service_key = web.AppKey("service_key", ServiceClient)
+deliveries_key = web.AppKey("deliveries_key", DeliveryPanel)  # set only with a channels file

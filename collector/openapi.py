@@ -102,6 +102,26 @@ def openapi_spec() -> dict[str, Any]:
                 {"400": "Body not a JSON object (invalid_json), or enabled missing or not a boolean (invalid_param).",
                  **_ADMIN_401, "404": "No such task in the live snapshot (not_found).", **_NO_VIEW,
                  "503": "The ledger is unreachable; nothing changed (ledger_unavailable), or no view yet."}),
+            "/v1/deliveries": _get(
+                "Per delivery channel: backlog, age of the oldest pending, rate now, pace and configured rate, paused, "
+                "counts by state, the newest dead letters.", [], {
+                    "404": "No deliveries panel: the collector has no channels file (not_found).",
+                    "503": "The record database is unreachable (ledger_unavailable)."}),
+            "/v1/admin/deliveries/{claim_id}/retry": _post(
+                "Send a dead letter (a failed delivery) or a parked one again now (audited).",
+                [{"name": "claim_id", "in": "path", "required": True, "schema": {"type": "string"}, "example": "c-1"}],
+                {"type": "object"},
+                {**_ADMIN_401, "404": "No failed or parked delivery of that id, or no deliveries panel (not_found).",
+                 "503": "The record database is unreachable; nothing changed (ledger_unavailable)."}),
+            "/v1/admin/channels/{name}": _post(
+                "A channel's live rate and pause switch (audited): every dispatcher obeys within 100 ms.",
+                [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}, "example": "wallet"}],
+                {"type": "object", "properties": {"rate_per_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 1e6},
+                                                  "paused": {"type": "boolean"}}, "example": {"paused": True}},
+                {"400": "Body not a JSON object (invalid_json), or a field missing, unknown or out of range "
+                        "(invalid_param).",
+                 **_ADMIN_401, "404": "No such channel, or no deliveries panel (not_found).",
+                 "503": "The record database is unreachable; nothing changed (ledger_unavailable)."}),
             "/v1/admin/prizes/{task_id}/{prize_type}": _post(
                 "Change a prize's quota and/or issue rate now (live quota and rate control).",
                 [_TASK_P, {"name": "prize_type", "in": "path", "required": True, "schema": {"type": "string"},

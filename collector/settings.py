@@ -38,6 +38,9 @@ class CollectorSettings:
         "shipping (1/1: all of it)."))
     admin_token: str = field(default="", repr=False, metadata=help_text(
         "Bearer token of the admin routes (live prize changes, the dashboard's kill switch); empty disables them."))
+    channels: str = field(default="", metadata=help_text(
+        "Delivery channels file (JSON, as geo-deliver's): the dashboard then shows each channel's backlog, pace and dead "
+        "letters, read from the record database (empty: no deliveries panel)."))
     service: str = field(default="", metadata=help_text(
         "geo-service base URL the dashboard's probe and health strip ask, e.g. http://127.0.0.1:8080 (empty: none)."))
     source: str = field(default="", repr=False,

@@ -92,6 +92,52 @@ OUTCOME = {
                                                           "implausible_movement"]},
                    "prize_type": {"type": "string"}, "reason": {"type": "string"}},
 }
+PRIZE = {
+    "type": "object",
+    "required": ["claim_id", "task_id", "prize_type", "won_at", "state", "attempts", "eta", "channel"],
+    "properties": {
+        "claim_id": {"type": "string"}, "task_id": {"type": "integer"}, "prize_type": {"type": "string"},
+        "won_at": {"type": "string", "format": "date-time"},
+        "state": {"enum": ["pending", "sending", "delivered", "parked", "failed"],
+                  "description": "parked: the partner needs the player's account first; ask again once it exists."},
+        "attempts": {"type": "integer", "minimum": 0},
+        "eta": {"type": ["string", "null"], "description": "When it arrives, as the channel tells players."},
+        "channel": {"type": ["string", "null"]},
+        "reference": {"type": "string", "description": "The partner's reference, once delivered."},
+        "delivered_at": {"type": "string", "format": "date-time"},
+    },
+}
+# The partner contract (delivery/contract.py): what a dispatcher sends to a channel's URL, and what it understands back.
+DELIVERY = {
+    "type": "object",
+    "required": ["delivery_id", "claim_id", "user_id", "task_id", "prize_type", "won_at", "channel", "attempt"],
+    "properties": {
+        "delivery_id": {"type": "string", "description": "The idempotency key: the same on every attempt of one prize."},
+        "claim_id": {"type": "string"}, "user_id": {"type": "string"}, "task_id": {"type": "integer"},
+        "prize_type": {"type": "string"}, "won_at": {"type": "number", "description": "Epoch seconds."},
+        "channel": {"type": "string"}, "attempt": {"type": "integer", "minimum": 1},
+    },
+}
+PARTNER_ANSWER = {"type": "object", "required": ["status"], "properties": {
+    "status": {"enum": ["delivered", "already_delivered", "no_account"]},
+    "reference": {"type": "string", "minLength": 1, "maxLength": 128}}}
+WEBHOOKS = {"delivery": {"post": {
+    "summary": "A won prize, sent to a partner (a channel's URL). Signed: Geodrop-Signature: t=<unix s>,v1=<hex "
+               "HMAC-SHA256 of '<t>.<body>' under the channel's secret>; refuse a t more than 300 s away.",
+    "parameters": [{"name": "Geodrop-Signature", "in": "header", "required": True, "schema": {"type": "string"}},
+                   {"name": "Idempotency-Key", "in": "header", "required": True, "schema": {"type": "string"},
+                    "description": "The delivery_id again."}],
+    "requestBody": {"required": True, "content": {"application/json": {"schema": DELIVERY}}},
+    "responses": {
+        "200": json_ok("Delivered (status delivered, with your reference), or seen before (already_delivered).",
+                       PARTNER_ANSWER),
+        "409": json_ok("already_delivered (with the reference), or no_account: parked until the player asks again.",
+                       PARTNER_ANSWER),
+        "429": {"description": "Slow down: the channel's pace drops; Retry-After (seconds) is honoured."},
+        "503": {"description": "As 429."},
+        "4XX": {"description": "Refused for good: the delivery goes to the dead-letter list for an operator."},
+        "5XX": {"description": "Sent again with the same delivery_id after a capped, jittered backoff (also after a "
+                               "timeout, a reset, or any answer that is not one of the above)."}}}}}
 BAD_BODY = error_spec("Body not a JSON object (invalid_json); a field missing (missing_param) or of the wrong type or "
                   "range (invalid_param).")
 
@@ -183,6 +229,31 @@ def openapi_spec() -> dict[str, Any]:
                                   "retry with the same claim_id); no snapshot; "
                                   "overloaded.",
                                   retry=True)}}},
+            "/v1/me/prizes": {"get": {
+                "operationId": "myPrizes",
+                "summary": "The player's won prizes, newest first (up to 200), each with its delivery state and ETA.",
+                "security": [{"player": []}],
+                "responses": {
+                    "200": json_ok("The prizes.", {"type": "object", "required": ["user_id", "prizes"], "properties": {
+                        "user_id": {"type": "string"}, "prizes": {"type": "array", "items": PRIZE}}}),
+                    "401": error_spec("No, forged or expired player token (invalid_token)."),
+                    "503": error_spec("Player routes off (claims_disabled); no record database (deliveries_unavailable); "
+                                      "the record database unreachable (ledger_unavailable).", retry=True)}}},
+            "/v1/me/prizes/{claim_id}/deliver": {"post": {
+                "operationId": "askAgain",
+                "summary": "Ask for a prize again: a parked or waiting one is sent now; a delivered one is never sent twice.",
+                "security": [{"player": []}],
+                "parameters": [{"name": "claim_id", "in": "path", "required": True,
+                                "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,64}$"}}],
+                "responses": {
+                    "200": json_ok("Nothing to send (delivered, or being sent): the prize as it stands.", PRIZE),
+                    "202": json_ok("Due now: the prize as it stands.", PRIZE),
+                    "400": error_spec("Not a claim id (invalid_param)."),
+                    "401": error_spec("No, forged or expired player token (invalid_token)."),
+                    "404": error_spec("The player has no such prize (not_found)."),
+                    "429": error_spec("Asked for this prize less than ask_again_every_s ago (too_many_requests).",
+                                      retry=True),
+                    "503": error_spec("As GET /v1/me/prizes.", retry=True)}}},
             "/healthz": {"get": {"summary": "Live snapshot seq and age, status age, origin, ledger, load, worker id.",
                                  "responses": {
                                      "200": json_ok("Serving.", health_body),
@@ -198,6 +269,7 @@ def openapi_spec() -> dict[str, Any]:
                     "401": error_spec("Missing or wrong bearer token, or admin routes off: no admin_token (invalid_token)."),
                     "409": error_spec("The snapshot failed verification and was refused (snapshot_refused).")}}},
         },
+        "webhooks": WEBHOOKS,
         "components": {
             "schemas": {"Error": ERROR},
             "securitySchemes": {"admin": {"type": "http", "scheme": "bearer", "description": "the admin_token setting"},

@@ -8,12 +8,14 @@ from pathlib import Path
 import pytest
 
 from collector.settings import CollectorSettings
+from delivery.settings import DeliverySettings
 from geo_service.config import documented
 from geo_service.settings import ServiceSettings
 from tests.conftest import REPO
 
 
-@pytest.mark.parametrize(("cls", "prefix"), [(ServiceSettings, "GEODROP_SERVICE_"), (CollectorSettings, "GEODROP_COLLECTOR_")])
+@pytest.mark.parametrize(("cls", "prefix"), [(ServiceSettings, "GEODROP_SERVICE_"), (CollectorSettings, "GEODROP_COLLECTOR_"),
+                                             (DeliverySettings, "GEODROP_DELIVER_")])
 def test_every_setting_is_in_the_readme_with_env_and_default(cls: type, prefix: str) -> None:
     readme = (REPO / "README.md").read_text()
     for name, default, help_text in documented(cls):
@@ -25,7 +27,7 @@ def test_every_setting_is_in_the_readme_with_env_and_default(cls: type, prefix: 
 
 
 # `path` or `path:name` in backticks: a file of the repository, and a name it defines.
-_REFERENCE = re.compile(r"`((?:geo_service|loaders|collector|tests|bench|docs|deploy)/[\w/.<>]+?)(?::(\w+))?`")
+_REFERENCE = re.compile(r"`((?:geo_service|loaders|collector|delivery|tests|bench|docs|deploy)/[\w/.<>]+?)(?::(\w+))?`")
 
 
 def _defines(path: Path, name: str) -> bool:

@@ -131,11 +131,12 @@ async def test_every_collector_error_has_the_one_json_shape(
 
 async def test_collector_openapi_describes_every_route(make_collector: Any, sample_snapshots: Path, tmp_path: Path) -> None:
     from collector.dashboard import ROUTES as DASHBOARD
+    from collector.deliveries import ROUTES as DELIVERIES
     from collector.handlers import ROUTES
 
     client = await make_collector(sample_snapshots, f"sqlite:///{tmp_path / 'l.sqlite3'}")
     spec = await (await client.get("/openapi.json")).json()
-    for method, path, _ in ROUTES + DASHBOARD:
+    for method, path, _ in ROUTES + DASHBOARD + DELIVERIES:
         assert method.lower() in spec["paths"][path.replace("{name:.+}", "{name}")], path
     assert (await client.get("/v1/previews?district=440305")).status == 200
     health = await (await client.get("/healthz")).json()

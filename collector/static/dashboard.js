@@ -206,6 +206,55 @@ async function refreshChart() {
   }
 }
 
+// Deliveries by channel; what a partner said (a dead letter's error) is shown as text, like every name here.
+function secondsText(s) { return s === null ? "–" : s < 120 ? `${Math.round(s)} s` : `${Math.round(s / 60)} min`; }
+function channelRow(c) {
+  const rate = c.rate_now_per_s === null ? "–" : c.rate_now_per_s.toLocaleString();
+  const states = ["sending", "parked", "failed"].map((k) => `${k} ${(c.states[k] || 0).toLocaleString()}`).join(" · ");
+  const row = el("tr", { "data-channel": c.name, class: c.paused ? "paused" : "" },
+    el("td", {}, el("b", {}, c.name), ` (${c.class})`), el("td", { class: "backlog" }, c.backlog.toLocaleString()),
+    el("td", {}, secondsText(c.oldest_pending_s)), el("td", { class: "rate" }, `${rate} / ${c.pace_per_s} / ${c.rate_per_s}`),
+    el("td", {}, states), el("td", {}, c.paused ? "paused" : c.held_s > 0 ? `held ${c.held_s} s` : "sending"));
+  if (state.admin) {
+    const pause = el("button", { type: "button", class: "pause" }, c.paused ? "resume" : "pause");
+    pause.onclick = () => admin(`/v1/admin/channels/${encodeURIComponent(c.name)}`, { paused: !c.paused });
+    row.append(el("td", {}, pause));
+  }
+  return row;
+}
+function deadLetter(d) {
+  const item = el("li", { class: "dead-letter", "data-claim-id": d.claim_id },
+    `${d.claim_id} · ${d.user_id} · ${d.prize_type} · ${d.attempts} attempts: `, el("span", { class: "error-text" }, d.last_error || ""));
+  if (state.admin) {
+    const retry = el("button", { type: "button", class: "retry" }, "retry");
+    retry.onclick = () => admin(`/v1/admin/deliveries/${encodeURIComponent(d.claim_id)}/retry`, {});
+    item.append(" ", retry);
+  }
+  return item;
+}
+async function admin(url, body) {
+  const token = adminToken();
+  if (!token) return;
+  try {
+    await getJSON(url, { method: "POST", headers: { Authorization: `Bearer ${token}`, "Content-Type": "application/json" },
+      body: JSON.stringify(body) });
+  } catch (e) {
+    if (e.status === 401) sessionStorage.removeItem("geodrop-admin-token");
+    document.getElementById("deliveries").append(el("p", { class: "error" }, e.message));
+  }
+  refreshDeliveries();
+}
+async function refreshDeliveries() {
+  const box = document.getElementById("deliveries");
+  let body;
+  try { body = await getJSON("/v1/deliveries"); } catch (e) { box.replaceChildren(el("p", { class: "error" }, `deliveries: ${e.message}`)); return; }
+  const head = el("tr", {}, ...["channel", "backlog", "oldest pending", "rate now / pace / rate per s", "in flight, parked, failed", ""]
+    .map((h) => el("th", {}, h)));
+  const dead = body.channels.flatMap((c) => c.dead_letters);
+  box.replaceChildren(el("h2", {}, "deliveries"), el("table", {}, head, ...body.channels.map(channelRow)),
+    el("h3", {}, `dead letters (${dead.length})`), el("ul", { id: "dead-letters" }, ...dead.map(deadLetter)));
+}
+
 async function boot() {
   const overview = await refreshHealth();
   state.admin = Boolean(overview && overview.admin);
@@ -236,6 +285,11 @@ async function boot() {
   };
   follow();
   refreshChart();
+  if (overview && overview.deliveries) {
+    document.getElementById("deliveries").hidden = false;
+    await refreshDeliveries();
+    setInterval(refreshDeliveries, 2000);
+  }
   setInterval(refreshHealth, 5000);
   setInterval(refreshChart, 5000);
   document.body.dataset.ready = "true";

@@ -46,11 +46,11 @@ def site(tmp_path: Path) -> Iterator[Site]:
         yield Site(svc, col, open_current(snaps))
 
 
-def open_page(page: Page, site: Site, errors: list[str]) -> None:
+def open_page(page: Page, collector_url: str, errors: list[str]) -> None:
     page.on("console", lambda m: _console(m, errors))
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.set_viewport_size({"width": 1400, "height": 900})
-    page.goto(site.collector.url + "/")
+    page.goto(collector_url + "/")
     page.wait_for_selector("body[data-ready=true]", timeout=20_000)
 
 
@@ -87,7 +87,7 @@ def left(page: Page) -> int:
 
 def test_the_page_loads_clean_shows_every_district_and_moves_live_with_claims(page: Page, site: Site) -> None:
     errors: list[str] = []
-    open_page(page, site, errors)
+    open_page(page, site.collector.url, errors)
     assert page.locator("path.district").count() == len(site.snapshot.districts) == 9
     assert page.inner_text("#h-seq") == "1" and page.inner_text("#h-stream") == "stream on"
     page.locator(f"path.district[data-code='{DISTRICT}']").dispatch_event("click")
@@ -108,7 +108,7 @@ def test_the_page_loads_clean_shows_every_district_and_moves_live_with_claims(pa
 def test_the_kill_switch_on_the_page_takes_the_task_out_of_nearby(page: Page, site: Site) -> None:
     errors: list[str] = []
     page.on("dialog", lambda dialog: dialog.accept(ADMIN))  # the page asks for the admin token once
-    open_page(page, site, errors)
+    open_page(page, site.collector.url, errors)
     task_id, _, lat, lng = task_poi(site.snapshot, DISTRICT)
     nearby = f"{site.service.url}/v1/nearby?lat={lat}&lng={lng}"
     assert task_id in {t["task_id"] for t in get_json(nearby)["tasks"]}
@@ -125,7 +125,7 @@ def test_the_kill_switch_on_the_page_takes_the_task_out_of_nearby(page: Page, si
 
 def test_a_probe_click_draws_the_windows_cells_and_the_answers_pois(page: Page, site: Site) -> None:
     errors: list[str] = []
-    open_page(page, site, errors)
+    open_page(page, site.collector.url, errors)
     _, _, lat, lng = task_poi(site.snapshot, DISTRICT)
     page.click("#probe-toggle")
     point = page.evaluate(f"window.dashboardMap.latLngToContainerPoint([{lat}, {lng}])")
@@ -141,7 +141,7 @@ def test_a_probe_click_draws_the_windows_cells_and_the_answers_pois(page: Page, 
 
 def test_a_district_named_like_markup_shows_as_text_and_runs_nothing(page: Page, site: Site) -> None:
     errors: list[str] = []
-    open_page(page, site, errors)
+    open_page(page, site.collector.url, errors)
     name = "<img src=x onerror=\"window.pwned=1\">"
     shown = page.evaluate("""(name) => {
         const code = state.districts.keys().next().value;
