@@ -5,7 +5,8 @@
                    "eta": "within a minute", "prizes": ["cash"]}]}
 
 The file holds no secret: `secret_env` names the environment variable the signing secret is in. A leaf: the
-build (which refuses a prize with no channel), the dispatchers and the collector all read it.
+build (which refuses a prize with no channel), the dispatchers and the collector all read it; it imports only the
+settings leaf.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
+
+from geo_service.config import secret_problems
 
 CLASSES = ("fast", "slow")
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-")
@@ -45,10 +48,14 @@ class Channel:
         return round(self.rate_per_s * 1000)
 
     def secret(self, environ: Mapping[str, str] = os.environ) -> str:
-        """Return the signing secret; raise ChannelsError if its variable is unset or too short to be one."""
+        """Return the signing secret; raise ChannelsError if its variable is unset or too short to be one, or holds a
+        published demo secret (or one under 32 bytes) for a partner off loopback."""
         value = environ.get(self.secret_env, "")
         if len(value) < 16:
             raise ChannelsError(f"channel {self.name}: set {self.secret_env} to its signing secret (16 characters or more)")
+        problems = secret_problems(urlsplit(self.url).hostname or "", {self.secret_env: value})
+        if problems:
+            raise ChannelsError(f"channel {self.name}: {problems[0]}")
         return value
 
 

@@ -128,3 +128,15 @@ def test_the_cli_refuses_bad_input_with_exit_2_and_no_traceback(tmp_path: Path, 
     assert main(["reconcile", "--statement", str(tmp_path / "statement.txt"), "--ledger", ledger,
                  "--channels", str(path)]) == 2
     assert "statement.txt: line 2" in capsys.readouterr().err
+
+
+def test_a_demo_or_short_secret_is_refused_for_a_partner_off_loopback(tmp_path: Path) -> None:
+    far = load_channels(write_channels(tmp_path / "c.json", channel("wallet", "https://wallet.example/x", ["cash"])))
+    near = load_channels(write_channels(tmp_path / "d.json", channel("wallet", "http://127.0.0.1:8082/x", ["cash"])))
+    demo = {"GEODROP_TEST_PARTNER_SECRET": "geodrop-demo-partner-secret"}
+    with pytest.raises(ChannelsError, match="demo secrets are published"):
+        far.channels[0].secret(demo)
+    assert near.channels[0].secret(demo) == "geodrop-demo-partner-secret"  # a laptop demo on loopback
+    with pytest.raises(ChannelsError, match="at least 32 bytes"):
+        far.channels[0].secret({"GEODROP_TEST_PARTNER_SECRET": "only-twenty-chars!!"})
+    assert far.channels[0].secret({"GEODROP_TEST_PARTNER_SECRET": "k" * 40}) == "k" * 40
