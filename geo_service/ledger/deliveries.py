@@ -128,37 +128,43 @@ def slow_plan(channel: str, hold_s: float, dialect: Dialect, clock: Any = time.t
     return pace
 
 
-_SETTLE = {
-    # A delivery the partner confirmed is a fact whoever holds its lease now; the others apply only to a row still
-    # leased by the dispatcher that sent it (its lease may have ended, and another dispatcher may have it now).
-    "delivered": "UPDATE deliveries SET state = 'delivered', partner_ref = ?, delivered_at = ?, updated_at = ?, "
-                 "due_at = NULL, last_error = NULL WHERE claim_id = ? AND state <> 'delivered'",
-    "retry": "UPDATE deliveries SET state = 'pending', last_error = ?, due_at = ?, updated_at = ? "
-             "WHERE claim_id = ? AND state = 'sending' AND lease_owner = ?",
-    "parked": "UPDATE deliveries SET state = 'parked', last_error = ?, due_at = NULL, updated_at = ? "
-              "WHERE claim_id = ? AND state = 'sending' AND lease_owner = ?",
-    "failed": "UPDATE deliveries SET state = 'failed', last_error = ?, due_at = NULL, updated_at = ? "
-              "WHERE claim_id = ? AND state = 'sending' AND lease_owner = ?",
-}
+# What recording each kind of answer sets; {detail} (the partner's reference, or the error) and {due} (when a retry
+# is due) differ by row. A delivery the partner confirmed is a fact whoever holds its lease now; the others apply only
+# to a row still leased by the dispatcher that sent it (its lease may have ended, and another may hold it now).
+_SETS = {"delivered": "state = 'delivered', partner_ref = {detail}, delivered_at = ?, due_at = NULL, last_error = NULL",
+         "retry": "state = 'pending', last_error = {detail}, due_at = {due}",
+         "parked": "state = 'parked', last_error = {detail}, due_at = NULL",
+         "failed": "state = 'failed', last_error = {detail}, due_at = NULL"}
+SETTLE_ROWS = 500  # rows one statement records: a few thousand placeholders, far inside both databases' limits
 
 
-def _settle_params(r: Result, now: float) -> tuple[Any, ...]:
-    detail = (r.detail or "")[:200]
-    if r.kind == "delivered":
-        return (detail[:128], now, now, r.claim_id)
-    if r.kind == "retry":
-        return (detail, r.due_at, now, r.claim_id, r.owner)
-    return (detail, now, r.claim_id, r.owner)
+def _settle_statement(kind: str, owner: str, rows: Sequence[Result], now: float) -> Statement:
+    """Return the one UPDATE that records `rows` (all of one kind and dispatcher): per-row values as CASE arms."""
+    case = f"CASE claim_id {' '.join(['WHEN ? THEN ?'] * len(rows))} END"
+    width = 128 if kind == "delivered" else 200
+    params: list[Any] = [x for r in rows for x in (r.claim_id, (r.detail or "")[:width])]
+    if kind == "delivered":
+        params.append(now)
+    if kind == "retry":
+        params += [x for r in rows for x in (r.claim_id, r.due_at)]
+    guard = "state <> 'delivered'" if kind == "delivered" else "state = 'sending' AND lease_owner = ?"
+    params += [now, *(r.claim_id for r in rows), *([] if kind == "delivered" else [owner])]
+    return Statement(f"UPDATE deliveries SET {_SETS[kind].format(detail=case, due=case)}, updated_at = ? "
+                     f"WHERE claim_id IN ({', '.join('?' * len(rows))}) AND {guard}", tuple(params))
 
 
 def settle_plan(results: Sequence[Result], clock: Any = time.time) -> Plan:
-    """Record how calls ended, in one transaction. Returns how many rows each kind moved."""
+    """Record how calls ended, in one transaction: one statement a kind and dispatcher (a few hundred rows each).
+    Returns how many rows each kind moved."""
     now = clock()
+    groups: dict[tuple[str, str], list[Result]] = {}
+    for r in results:
+        groups.setdefault((r.kind, r.owner), []).append(r)
     moved: dict[str, int] = {}
-    for kind, sql in _SETTLE.items():
-        for r in results:
-            if r.kind == kind:
-                moved[kind] = moved.get(kind, 0) + (yield Statement(sql, _settle_params(r, now)))
+    for (kind, owner), rows in groups.items():
+        for start in range(0, len(rows), SETTLE_ROWS):
+            count = yield _settle_statement(kind, owner, rows[start : start + SETTLE_ROWS], now)
+            moved[kind] = moved.get(kind, 0) + count
     return moved
 
 
