@@ -50,6 +50,7 @@ bench: $(BIN)/geo-snapshot
 	$(BIN)/python bench/collector_bench.py --json bench/out/collector.json
 	$(BIN)/python bench/hosts_bench.py --json bench/out/hosts.json
 	$(BIN)/python bench/faults_bench.py --json bench/out/faults.json
+	$(BIN)/python bench/delivery_bench.py --json bench/out/delivery.json
 
 # docs/capacity.md's table, from the JSON the benchmarks above wrote.
 capacity: $(BIN)/geo-snapshot

@@ -3,6 +3,7 @@
     .venv/bin/python bench/capacity.py [--hosts bench/out/hosts.json] [--claims bench/out/claims.json]
                                        [--collector bench/out/collector.json] [--polls 1000000] [--claims-per-s 50000]
                                        [--pois 100000000] [--bytes-per-row 44]
+                                       [--delivery bench/out/delivery.json] [--partner-per-s 40000]
 
 Each JSON file is written by its benchmark's --json option (`make capacity` runs them all). The
 per-core figures come from this machine, where load generator and servers share two cores, so they
@@ -66,12 +67,34 @@ def plan(hosts: dict[str, Any], claims: list[dict[str, Any]], collector: list[di
     ]
 
 
+def delivery_plan(delivery: dict[str, Any], partner_per_s: float) -> list[tuple[str, str, str]]:
+    """Return the rows of what one partner's channel at partner_per_s needs: dispatchers, writes, connections."""
+    push = delivery["mysql"]["push"]
+    core = 1000 / max(push["dispatcher_cpu_ms_per_delivery"], 1e-6)  # deliveries a dispatcher core pushes
+    dispatchers = math.ceil(partner_per_s / (core * HEADROOM))
+    leases = dispatchers * 10  # each leases once a 100 ms slice, under the channel's row lock
+    return [
+        ("deliveries a dispatcher core pushes", f"{core:,.0f}/s", "1000 / dispatcher CPU ms per delivery "
+                                                                  "(bench/delivery_bench.py, MariaDB)"),
+        (f"dispatchers for a {partner_per_s:,.0f}/s partner", f"{dispatchers:,}",
+         f"one process (a core) each, at {HEADROOM:.0%} of measured"),
+        ("record-database row writes", f"{partner_per_s * 3:,.0f} rows/s",
+         "3 a delivery: made with the claim, leased, recorded"),
+        ("record-database transactions", f"{leases + dispatchers * 50:,}/s",
+         f"{leases:,} leases (10 a dispatcher) + at most 50 answer batches a dispatcher"),
+        ("channel row lock", f"{leases:,} holds/s", "every lease of the channel takes it: a few ms each"),
+        ("record-database connections", f"{dispatchers * 4:,} at most", "a pool of 4 per class per dispatcher"),
+    ]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     out = Path("bench/out")
     ap.add_argument("--hosts", type=Path, default=out / "hosts.json", help="bench/hosts_bench.py --json output.")
     ap.add_argument("--claims", type=Path, default=out / "claims.json", help="bench/claims_bench.py --json output.")
     ap.add_argument("--collector", type=Path, default=out / "collector.json", help="bench/collector_bench.py --json output.")
+    ap.add_argument("--delivery", type=Path, default=out / "delivery.json", help="bench/delivery_bench.py --json output.")
+    ap.add_argument("--partner-per-s", type=float, default=40_000, help="A partner's capacity to plan a channel for.")
     ap.add_argument("--polls", type=float, default=1_000_000, help="Peak polls a second to plan for.")
     ap.add_argument("--claims-per-s", type=float, default=50_000, help="Peak claims a second to plan for.")
     ap.add_argument("--pois", type=int, default=100_000_000, help="POIs in the snapshot.")
@@ -82,6 +105,10 @@ def main() -> None:
     print("| quantity | figure | from |\n|---|---|---|")
     for row in rows:
         print("| " + " | ".join(row) + " |")
+    if args.delivery.exists():
+        print("\n| delivery | figure | from |\n|---|---|---|")
+        for row in delivery_plan(load(args.delivery), args.partner_per_s):
+            print("| " + " | ".join(row) + " |")
 
 
 if __name__ == "__main__":
