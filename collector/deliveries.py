@@ -12,10 +12,11 @@ from aiohttp import web
 
 from collector.delivery_panel import DeliveryPanel
 from collector.keys import deliveries_key, settings_key
-from delivery.channels import load_channels
+from delivery.channels import MIN_RATE_PER_S, load_channels
 from geo_service.ledger import LedgerError, open_records
+from geo_service.ledger.deliveries import CONFIGURED
 from geo_service.web.errors import InvalidParam, LedgerUnavailable, NotFound
-from geo_service.web.params import field_of, json_object, require_admin
+from geo_service.web.params import claim_id_param, field_of, json_object, require_admin
 from geo_service.web.responses import json_response
 from geo_service.web.routing import Route
 
@@ -50,7 +51,7 @@ async def deliveries(request: web.Request) -> web.Response:
 async def retry_delivery(request: web.Request) -> web.Response:
     """An operator sends a dead letter (or a parked delivery) again now."""
     require_admin(request.headers.get("Authorization", ""), request.app[settings_key].admin_token, "delivery retries")
-    claim_id = request.match_info["claim_id"]
+    claim_id = claim_id_param(request.match_info["claim_id"])
     try:
         moved = await _panel(request).store.retry_failed(claim_id)
     except LedgerError as exc:
@@ -68,10 +69,13 @@ def _channel_change(raw: bytes) -> tuple[int | None, bool | None]:
     if unknown or not body:
         raise InvalidParam("give rate_per_s and/or paused, nothing else", field=sorted(unknown)[0] if unknown else "rate_per_s")
     rate = paused = None
-    if "rate_per_s" in body:
+    if body.get("rate_per_s", 0) is None:
+        rate = CONFIGURED  # null: the channels file's rate again
+    elif "rate_per_s" in body:
         value = float(field_of(body, "rate_per_s", (int, float), "a number"))
-        if not (math.isfinite(value) and 0 < value <= 1e6):
-            raise InvalidParam("rate_per_s must be in (0, 1e6]", field="rate_per_s")
+        if not (math.isfinite(value) and MIN_RATE_PER_S <= value <= 1e6):
+            raise InvalidParam(f"rate_per_s must be in [{MIN_RATE_PER_S:g}, 1e6], or null for the configured rate",
+                               field="rate_per_s")
         rate = round(value * 1000)
     if "paused" in body:
         if not isinstance(body["paused"], bool):

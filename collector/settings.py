@@ -71,6 +71,8 @@ class CollectorSettings:
         if self.source and not self.source.startswith("mysql://"):
             problems.append("source: must be mysql://user:pass@host:port/db (or empty)")
         problems += ledger_problems(self.ledger, self.record_db)
+        if self.channels and self.ledger.startswith("redis") and not self.record_db:
+            problems.append("channels: a Redis ledger's deliveries are in its record database; set record_db")
         try:
             ship_part(self.ship_part)
         except ValueError as exc:

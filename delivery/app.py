@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from delivery.channels import Channel, Channels
-from delivery.dispatcher import ChannelRunner, owner_id
+from delivery.dispatcher import MAX_UNRECORDED, ChannelRunner, owner_id
 from delivery.settings import DeliverySettings
 from geo_service.ledger import PlanRunner, open_records
 from geo_service.ledger.deliveries import DeliveryStore
@@ -19,6 +20,7 @@ from geo_service.web.metrics import Metrics
 from geo_service.web.responses import json_response
 from geo_service.web.routing import Guard, Route, add_guarded_routes
 
+log = logging.getLogger("geodrop.delivery")
 HEALTHY_LEASE_AGE_S = 5.0  # a channel that has not leased for this long is stuck (its database calls fail)
 
 
@@ -52,7 +54,9 @@ async def dispatching(dispatcher: Dispatcher) -> AsyncIterator[asyncio.Event]:
         yield stop
     finally:
         stop.set()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        for task, outcome in zip(tasks, await asyncio.gather(*tasks, return_exceptions=True)):
+            if isinstance(outcome, Exception):
+                log.error("a channel stopped on an error", extra={"task": task.get_name(), "error": repr(outcome)})
         for pool in dispatcher.runners_db:
             await pool.close()
 
@@ -65,7 +69,8 @@ def health(dispatcher: Dispatcher) -> dict[str, object]:
         "lease_age_s": round(now - r.health.last_lease_at, 3) if r.health.last_lease_at else None,
         "failures": r.health.failures, "last_error": r.health.last_error, **dict(r.health.counts)}
         for r in dispatcher.runners}
-    stuck = [n for n, c in channels.items() if c["lease_age_s"] is None or float(str(c["lease_age_s"])) > HEALTHY_LEASE_AGE_S]
+    stuck = [r.channel.name for r in dispatcher.runners if not r.health.last_lease_at
+             or now - r.health.last_lease_at > HEALTHY_LEASE_AGE_S or r.health.unrecorded >= MAX_UNRECORDED]
     return {"ok": not stuck, "stuck": stuck, "channels": channels}
 
 

@@ -20,9 +20,10 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from geo_service.config import secret_problems
+from geo_service.config import is_loopback, secret_problems
 
 CLASSES = ("fast", "slow")
+MIN_RATE_PER_S = 0.001  # the ledger keeps rates in thousandths a second: less would be a silent zero
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-")
 _FIELDS = {"name", "url", "class", "rate_per_s", "max_in_flight", "timeout_s", "secret_env", "eta", "prizes"}
 
@@ -99,16 +100,19 @@ def _channel(raw: Any, where: str) -> Channel:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ChannelsError(f"{where}, field url: must be an http(s) URL, got {url!r}")
-    if parts.username or parts.password:
-        raise ChannelsError(f"{where}, field url: must hold no credentials (the secret goes in secret_env)")
+    if parts.username or parts.password or parts.query or parts.fragment:
+        raise ChannelsError(f"{where}, field url: must hold no credentials, query or fragment (the secret goes in "
+                            "secret_env)")
+    if parts.scheme != "https" and not is_loopback(parts.hostname):
+        raise ChannelsError(f"{where}, field url: must be https off loopback (answers say what was delivered)")
     kind = _field(raw, "class", (str,), where, "fast or slow")
     if kind not in CLASSES:
         raise ChannelsError(f"{where}, field class: must be fast or slow, got {kind!r}")
     rate = float(_field(raw, "rate_per_s", (int, float), where, "a number of calls a second"))
     in_flight = _field(raw, "max_in_flight", (int,), where, "a whole number")
     timeout = float(_field(raw, "timeout_s", (int, float), where, "seconds"))
-    if not 0 < rate <= 1e6:
-        raise ChannelsError(f"{where}, field rate_per_s: must be in (0, 1e6], got {rate:g}")
+    if not MIN_RATE_PER_S <= rate <= 1e6:
+        raise ChannelsError(f"{where}, field rate_per_s: must be in [{MIN_RATE_PER_S:g}, 1e6], got {rate:g}")
     if not 1 <= in_flight <= 10_000:
         raise ChannelsError(f"{where}, field max_in_flight: must be 1 to 10000, got {in_flight}")
     if not 0 < timeout <= 300:
@@ -132,6 +136,8 @@ def load_channels(path: str | Path) -> Channels:
     if not isinstance(raw, dict) or not isinstance(raw.get("channels"), list):
         raise ChannelsError(f"{path}: must be an object with a list of channels under \"channels\"")
     channels = tuple(_channel(c, f"{path}: channel {i + 1}") for i, c in enumerate(raw["channels"]))
+    if not channels:
+        raise ChannelsError(f"{path}: names no channel")
     seen: dict[str, str] = {}
     names: set[str] = set()
     for c in channels:

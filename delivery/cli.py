@@ -16,12 +16,12 @@ import orjson
 from aiohttp import web
 
 from delivery.app import create_app, dispatching, make_dispatcher, selected
-from delivery.channels import Channels, ChannelsError, load_channels
+from delivery.channels import MIN_RATE_PER_S, Channels, ChannelsError, load_channels
 from delivery.partner import Partner
 from delivery.settings import DeliverySettings
 from geo_service.config import add_settings_flags, cli_settings
 from geo_service.ledger import LedgerError, open_records
-from geo_service.ledger.deliveries import DeliveryStore
+from geo_service.ledger.deliveries import CONFIGURED, DeliveryStore
 from geo_service.web.logs import configure_logging
 
 ENV_PREFIX = "GEODROP_DELIVER_"
@@ -45,7 +45,9 @@ def parser() -> argparse.ArgumentParser:
                              description="Every dispatcher of the channel obeys within its next 100 ms slice. Prints the "
                                          "channel's shared state as JSON.")
     channel.add_argument("name", help="The channel's name, as in the channels file.")
-    channel.add_argument("--rate", type=float, help="The new rate per second (a live override of the file's).")
+    rate = channel.add_mutually_exclusive_group()
+    rate.add_argument("--rate", type=float, help="The new rate per second (a live override of the file's).")
+    rate.add_argument("--configured-rate", action="store_true", help="Drop the live override: the file's rate again.")
     pause = channel.add_mutually_exclusive_group()
     pause.add_argument("--pause", action="store_true", help="Stop sending on this channel (deliveries wait).")
     pause.add_argument("--resume", action="store_true", help="Send again.")
@@ -58,19 +60,28 @@ def parser() -> argparse.ArgumentParser:
                     "partner's statement lacks, and statement entries with no win here. With --repair, makes the missing "
                     "deliveries and sends again what a partner lacks (the same delivery_id: a partner that had it "
                     "answers already_delivered). Exit 0 when all agree, 1 with a report otherwise, 2 on bad input.")
+    reconcile.add_argument("--channel", metavar="NAME",
+                           help="Reconcile this channel's prize types only (needed with --statement: a statement is "
+                                "one partner's).")
     reconcile.add_argument("--statement", action="append", default=[], metavar="FILE",
-                           help="A partner's statement: the delivery ids it honoured, one a line (repeatable; e.g. "
-                                "the demo partner's GET /statement/{channel}).")
+                           help="The channel's partner's statement: the delivery ids it honoured, one a line "
+                                "(repeatable; e.g. the demo partner's GET /statement/{channel}). An empty one is refused.")
     reconcile.add_argument("--repair", action="store_true", help="Re-drive what is missing (see above).")
     add_settings_flags(reconcile, DeliverySettings)
     partner = sub.add_parser("partner", help="Run the demo partner: a loopback wallet that honours the contract.",
                              description="Serves POST /deliver/{channel} for every channel of the channels file, "
                                          "signed with that channel's secret (from its secret_env).")
-    partner.add_argument("--port", type=int, default=8082, help="TCP port on 127.0.0.1 (default 8082).")
+    partner.add_argument("--port", type=_port, default=8082, help="TCP port on 127.0.0.1 (default 8082).")
     partner.add_argument("--accounts-required", default="", metavar="CHANNELS",
                          help="Comma-separated channels that answer no_account until POST /accounts/{user_id}.")
     partner.add_argument("--channels", default="data/sample/channels.json", help="The channels file.")
     return top
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 1-65535, got {text!r}")
+    return int(text)
 
 
 def _run_async(work: Callable[[], Awaitable[T]]) -> T:
@@ -96,6 +107,9 @@ def _statement(paths: Sequence[str]) -> set[str] | None:
                 raise ChannelsError(f"{path}: line {number}: a delivery id is ASCII")
             if text:
                 ids.add(text)
+    if not ids:
+        raise ChannelsError(f"{', '.join(paths)}: names no delivery id; refused (a failed download would re-send every "
+                            "delivery)")
     return ids
 
 
@@ -134,11 +148,11 @@ def _print(value: Any) -> None:
 
 def _command(args: argparse.Namespace, settings: DeliverySettings) -> int:
     if args.command == "channel":
-        if args.rate is not None and not 0 < args.rate <= 1e6:
-            raise ChannelsError(f"--rate must be in (0, 1e6], got {args.rate:g}")
+        if args.rate is not None and not MIN_RATE_PER_S <= args.rate <= 1e6:
+            raise ChannelsError(f"--rate must be in [{MIN_RATE_PER_S:g}, 1e6], got {args.rate:g}")
         load_channels(settings.channels).named(args.name)
         paused = True if args.pause else (False if args.resume else None)
-        rate = None if args.rate is None else round(args.rate * 1000)
+        rate = CONFIGURED if args.configured_rate else None if args.rate is None else round(args.rate * 1000)
         rate_now, paused_now = _run_async(lambda: _with_store(settings, lambda s: s.set_channel(args.name, rate, paused)))
         log.info("channel changed", extra={"audit": "channel", "channel": args.name, "rate_milli": rate_now,
                                            "paused": paused_now})
@@ -153,7 +167,10 @@ def _command(args: argparse.Namespace, settings: DeliverySettings) -> int:
         _print(_run_async(lambda: _with_store(settings, read)))
         return 0
     statement = _statement(args.statement)
-    report = _run_async(lambda: _with_store(settings, lambda s: s.reconcile(statement, args.repair)))
+    if statement is not None and not args.channel:
+        raise ChannelsError("--statement needs --channel: a statement is one partner's, and only its prizes are compared")
+    prizes = load_channels(settings.channels).named(args.channel).prizes if args.channel else None
+    report = _run_async(lambda: _with_store(settings, lambda s: s.reconcile(prizes, statement, args.repair)))
     _print({"differences": report.differences(), "repaired": args.repair, **{f: getattr(report, f) for f in report.__slots__}})
     return 1 if report.differences() else 0
 
@@ -169,8 +186,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ChannelsError as exc:
             print(f"{PROGRAM}: {exc}", file=sys.stderr)
             return 2
-        with suppress(KeyboardInterrupt):
-            asyncio.run(_serve_partner(args.port, partner))
+        try:
+            with suppress(KeyboardInterrupt):
+                asyncio.run(_serve_partner(args.port, partner))
+        except OSError as exc:
+            print(f"{PROGRAM}: port {args.port}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
         return 0
     configure_logging(getattr(args, "log_level", "warning"), process="dispatcher")
     settings = cli_settings(DeliverySettings, ENV_PREFIX, args, PROGRAM)

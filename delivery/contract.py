@@ -11,6 +11,9 @@ body carries delivery_id, the idempotency key: the same for every attempt of one
     2xx or 409 {"status": "already_delivered", "reference": R}   delivered (it had seen this delivery_id)
     409 {"status": "no_account"}                            parked until the player opens an account and asks again
     429 or 503, optionally with Retry-After: <seconds>     the channel slows down; the delivery is sent again
+    401, 403, 404, 408                                      the same: a refused signature, a wrong route or a timeout
+                                                            is the channel's trouble (a clock, a secret, a proxy), not
+                                                            this delivery's, and must not dead-letter a whole backlog
     any other 4xx                                           failed: to the dead-letter list, for an operator
     5xx, a timeout, a reset, or anything else              sent again, with the same delivery_id, after a backoff
 """
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import random
 from dataclasses import dataclass
 
@@ -29,6 +33,7 @@ TOLERANCE_S = 300
 MAX_ANSWER_BYTES = 65_536  # more than this is not an answer: the call is retried
 BACKOFF_BASE_S, BACKOFF_CAP_S = 0.5, 60.0
 RETRY_AFTER_CAP_S = 300.0
+CHANNEL_TROUBLE = frozenset({401, 403, 404, 408})  # the channel's fault, not the delivery's: retried and slowed
 
 
 class SignatureError(ValueError):
@@ -83,11 +88,12 @@ def _status_of(raw: bytes) -> tuple[str | None, str | None]:
 
 
 def retry_after(value: str | None) -> float | None:
-    """Return a Retry-After header's seconds (capped), or None for none or an HTTP date (the backoff then)."""
+    """Return a Retry-After header's seconds (capped), or None for none, an HTTP date or no number (the backoff then)."""
     try:
-        return min(max(float(value), 0.0), RETRY_AFTER_CAP_S) if value else None
+        seconds = float(value) if value else math.nan
     except ValueError:
         return None
+    return min(max(seconds, 0.0), RETRY_AFTER_CAP_S) if math.isfinite(seconds) else None
 
 
 def classify(status: int, raw: bytes | None, retry_after_header: str | None = None) -> Answer:
@@ -104,6 +110,8 @@ def classify(status: int, raw: bytes | None, retry_after_header: str | None = No
         return Answer("parked", "no_account: the player has no account with the partner yet")
     if status in (429, 503):
         return Answer("slow", f"HTTP {status}: the partner asks to slow down", retry_after(retry_after_header))
+    if status in CHANNEL_TROUBLE:
+        return Answer("slow", f"HTTP {status}: the channel's signature, secret or route is refused", None)
     if 400 <= status < 500:
         return Answer("failed", f"HTTP {status} {(said or '')[:60]}".strip())
     return Answer("retry", f"HTTP {status}")

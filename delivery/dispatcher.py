@@ -30,8 +30,21 @@ from geo_service.ledger.rates import SLICE_S, slice_of
 log = logging.getLogger("geodrop.delivery")
 FLUSH_EVERY_S = 0.02  # answers are recorded in one transaction this often (a delivered prize shows within it)
 LEASE_MARGIN_S = 5.0  # a lease outlives its call's timeout by this much
-SEND_MARGIN_S = 0.01  # a call not started this long before its slice ends is given back, not sent
+# A slice's deliveries are leased this long before it begins and sent as it begins; one not started in its first
+# 30 ms is given back. The slice's calls then reach the partner well inside it, whatever the database's latency,
+# and a stall of the partner or the network short of 70 ms does not push them into the next slice.
+LEASE_AHEAD_S = 0.07
+SEND_WINDOW_S = 0.03
+MAX_UNRECORDED = 10_000  # answers waiting for the record database beyond which no more are leased
+UNREACHABLE_AFTER = 3  # answers failing one by one, first to last, that mean the database is down
 FAILURE_LOG_EVERY_S = 10.0
+
+
+async def _until(stop: asyncio.Event, moment: float) -> bool:
+    """Wait until the epoch time `moment` or `stop`, whichever comes first; return whether `stop` came."""
+    with suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), max(0.0, moment - time.time()))
+    return stop.is_set()
 
 
 def owner_id() -> str:
@@ -86,41 +99,48 @@ class ChannelRunner:
                                          auto_decompress=False, raise_for_status=False) as session:
             recorder = asyncio.create_task(self._record_loop(stop), name=f"record-{c.name}")
             while not stop.is_set():
-                now = time.time()
-                with suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), (slice_of(now) + 1) * SLICE_S - now + 0.0005)
-                if not stop.is_set():
-                    await self._lease_and_send(session)
+                target = slice_of(time.time()) + 1
+                if not await _until(stop, target * SLICE_S - LEASE_AHEAD_S):
+                    try:
+                        await self._lease_and_send(session, target, stop)
+                    except Exception as exc:  # noqa: BLE001 - one bad round must not stop the channel for good
+                        log.exception("lease round failed", extra={"channel": c.name})
+                        self._failed(exc)
             if self._calls:
                 await asyncio.wait(self._calls, timeout=c.timeout_s + 1)
             for task in list(self._calls):  # bounded: a call past its own timeout is abandoned (its lease ends)
                 task.cancel()
             await recorder
 
-    async def _lease_and_send(self, session: aiohttp.ClientSession) -> None:
+    async def _lease_and_send(self, session: aiohttp.ClientSession, target: int, stop: asyncio.Event) -> None:
+        """Lease for the slice `target` ahead of it, then send at its start: the database's time is off the clock."""
         c, h = self.channel, self.health
-        want = c.max_in_flight - len(self._calls)
-        slice_no = slice_of(time.time())
+        # While answers cannot be written, take no more: the leases of those waiting end, and they are sent again.
+        want = c.max_in_flight - len(self._calls) if len(self._answers) < MAX_UNRECORDED else 0
         try:
-            lease = await self.store.lease(c.name, c.prizes, c.rate_milli, want, self.owner, c.timeout_s + LEASE_MARGIN_S)
+            lease = await self.store.lease(c.name, c.prizes, c.rate_milli, want, self.owner, c.timeout_s + LEASE_MARGIN_S,
+                                           target)
         except LedgerError as exc:
             self._failed(exc)
             return
         h.pace_milli, h.rate_milli, h.paused, h.last_lease_at = lease.pace_milli, lease.rate_milli, lease.paused, time.time()
-        slice_end = (slice_no + 1) * SLICE_S
+        # Stopping before the slice begins gives the lease back (recorded as the dispatcher stops): nothing goes early.
+        send_by = lease.slice * SLICE_S + (-1.0 if await _until(stop, lease.slice * SLICE_S) else SEND_WINDOW_S)
         for d in lease.deliveries:
-            task = asyncio.create_task(self._send(session, d, slice_end))
+            task = asyncio.create_task(self._send(session, d, send_by))
             self._calls.add(task)
             task.add_done_callback(self._calls.discard)
         h.counts["sent"] += len(lease.deliveries)
         h.in_flight = len(self._calls)
 
-    async def _send(self, session: aiohttp.ClientSession, d: Delivery, slice_end: float) -> None:
+    async def _send(self, session: aiohttp.ClientSession, d: Delivery, send_by: float) -> None:
         c = self.channel
-        if time.time() > slice_end - SEND_MARGIN_S:
-            # Its slice is over (a slow lease, a busy loop): sent now it would crowd the next slice's own calls.
+        if time.time() > send_by:
+            # Its slice is too far gone (a lease that waited, a busy loop): sent now it could land among the next slice's
+            # own calls at the partner.
             self.health.counts["late"] += 1
-            self._answers.append(Result(d.claim_id, "retry", self.owner, "not sent: its 100 ms slice had ended", time.time()))
+            self._answers.append(Result(d.claim_id, "retry", self.owner, d.attempt, "not sent: its 100 ms slice had ended",
+                                        time.time()))
             return
         body = payload(d.claim_id, d.user_id, d.task_id, d.prize_type, d.won_at, c.name, d.attempt)
         headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(self._secret, int(time.time()), body),
@@ -139,14 +159,14 @@ class ChannelRunner:
         now = time.time()
         if answer.kind in ("delivered", "parked", "failed"):
             h.counts[answer.kind] += 1
-            self._answers.append(Result(d.claim_id, answer.kind, self.owner, answer.detail))
+            self._answers.append(Result(d.claim_id, answer.kind, self.owner, d.attempt, answer.detail))
             if answer.kind == "failed":
                 log.warning("delivery failed: to the dead-letter list", extra={
                     "channel": self.channel.name, "claim_id": d.claim_id, "error": answer.detail})
             return
         wait = answer.retry_after_s if answer.retry_after_s is not None else backoff_s(d.attempt, self.rng)
         h.counts["retried"] += 1
-        self._answers.append(Result(d.claim_id, "retry", self.owner, answer.detail, now + wait))
+        self._answers.append(Result(d.claim_id, "retry", self.owner, d.attempt, answer.detail, now + min(wait, 3600.0)))
         if answer.kind == "slow" and slice_of(now) != self._slowed_slice:
             self._slowed_slice = slice_of(now)
             h.counts["slowed"] += 1
@@ -172,16 +192,37 @@ class ChannelRunner:
                 return
             if self._answers:
                 batch, self._answers = self._answers, []
-                try:
-                    await self.store.settle(batch)
-                except LedgerError as exc:
+                if not await self._record(batch):
                     self._answers[:0] = batch  # kept, in order, for the next round
-                    self._failed(exc)
                     if stop.is_set() and not self._calls:
                         return  # shutting down with the database gone: the leases end and others resend
                     await asyncio.sleep(0.5)
             self.health.unrecorded = len(self._answers)
             self.health.in_flight = len(self._calls)
+
+    async def _record(self, batch: list[Result]) -> bool:
+        """Write a batch of answers; False (keep them all) if the database answers none. If it refuses the batch but
+        takes answers one by one, the ones it refuses alone are dropped and logged (their leases end and they are
+        sent again), so one bad answer never holds back the rest."""
+        try:
+            await self.store.settle(batch)
+            return True
+        except Exception as exc:  # noqa: BLE001 - whatever the database says, the batch is kept or split
+            self._failed(exc)
+        if len(batch) == 1:
+            return False
+        refused: list[tuple[Result, str]] = []
+        for result in batch:
+            try:
+                await self.store.settle([result])
+            except Exception as exc:  # noqa: BLE001
+                refused.append((result, str(exc)))
+                if len(refused) == UNREACHABLE_AFTER and len(refused) == batch.index(result) + 1:
+                    return False  # the first few all failed: the database is down, not one answer bad
+        for result, error in refused:
+            log.error("an answer could not be recorded; its delivery is sent again when its lease ends",
+                      extra={"channel": self.channel.name, "claim_id": result.claim_id, "error": error[:300]})
+        return True
 
     def _failed(self, exc: Exception) -> None:
         h = self.health

@@ -8,7 +8,6 @@ state: whether the claim names a real task and POI near the player, and the orde
 from __future__ import annotations
 
 import random
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -16,10 +15,8 @@ from geo_service.ledger import ClaimRequest, Ledger, Outcome
 from geo_service.nearby import Lookup, StatusView
 from geo_service.snapshot.format import PrizeRow
 from geo_service.snapshot.grid import MAX_ABS_LNG, distance_m
-from geo_service.web.errors import InvalidParam, NotFound, PoiNotInTask
-from geo_service.web.params import field_of, integer_of, json_object, number_in_range, served_position
-
-CLAIM_ID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+from geo_service.web.errors import NotFound, PoiNotInTask
+from geo_service.web.params import claim_id_param, field_of, integer_of, json_object, number_in_range, served_position
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,9 +34,7 @@ class ClaimBody:
 def claim_body(raw: bytes) -> ClaimBody:
     """Parse and check a claim's JSON body."""
     body = json_object(raw)
-    claim_id = field_of(body, "claim_id", (str,), "a string")
-    if not CLAIM_ID_RE.fullmatch(claim_id):
-        raise InvalidParam("claim_id must be 1-64 characters of A-Z a-z 0-9 _ . : -", field="claim_id")
+    claim_id = claim_id_param(field_of(body, "claim_id", (str,), "a string"))
     task_id, poi_id = integer_of(body, "task_id"), integer_of(body, "poi_id")
     lat = number_in_range("lat", float(field_of(body, "lat", (int, float), "a number")), body["lat"], -90.0, 90.0)
     lng = number_in_range("lng", float(field_of(body, "lng", (int, float), "a number")), body["lng"], -MAX_ABS_LNG, MAX_ABS_LNG)

@@ -37,14 +37,15 @@ MIN_SECRET_BYTES = 32
 def secret_problems(host: str, secrets: Mapping[str, str]) -> list[str]:
     """Return why secrets must not guard a service listening on `host`: off loopback, a published demo secret or
     one shorter than MIN_SECRET_BYTES is refused (empty: the feature it guards is off)."""
-    if _is_loopback(host):
+    if is_loopback(host):
         return []
     return [f"{name}: a service listening on {host} needs a secret of its own, at least {MIN_SECRET_BYTES} bytes "
             "(the demo secrets are published)" for name, value in secrets.items()
             if value and (value in DEMO_SECRETS or len(value.encode()) < MIN_SECRET_BYTES)]
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """Return whether a host name or address is this machine's loopback (a name other than localhost: no)."""
     if host == "localhost":
         return True
     try:

@@ -135,6 +135,8 @@ WEBHOOKS = {"delivery": {"post": {
                        PARTNER_ANSWER),
         "429": {"description": "Slow down: the channel's pace drops; Retry-After (seconds) is honoured."},
         "503": {"description": "As 429."},
+        "401": {"description": "As 429, without the hold: a refused signature is the channel's trouble (a clock, a "
+                               "secret), never one delivery's; so are 403, 404 and 408."},
         "4XX": {"description": "Refused for good: the delivery goes to the dead-letter list for an operator."},
         "5XX": {"description": "Sent again with the same delivery_id after a capped, jittered backoff (also after a "
                                "timeout, a reset, or any answer that is not one of the above)."}}}}}

@@ -14,12 +14,12 @@ from typing import Any
 from aiohttp import web
 
 from geo_service.auth import player
-from geo_service.claims import CLAIM_ID_RE
 from geo_service.keys import deliveries_key, ledger_key, settings_key, snapshot_key
 from geo_service.ledger import LedgerError, open_records
 from geo_service.ledger.deliveries import DeliveryStore
 from geo_service.nearby.task_status import iso_utc
-from geo_service.web.errors import DeliveriesUnavailable, InvalidParam, LedgerUnavailable, NotFound, TooManyRequests
+from geo_service.web.errors import DeliveriesUnavailable, LedgerUnavailable, NotFound, TooManyRequests
+from geo_service.web.params import claim_id_param
 from geo_service.web.responses import json_response
 
 MAX_PRIZES = 200  # newest first; a player with more sees the newest
@@ -79,9 +79,7 @@ async def my_prizes(request: web.Request) -> web.Response:
 
 async def ask_again(request: web.Request) -> web.Response:
     user_id = player(request)
-    claim_id = request.match_info["claim_id"]
-    if not CLAIM_ID_RE.fullmatch(claim_id):
-        raise InvalidParam("claim_id must be 1-64 characters of A-Z a-z 0-9 _ . : -", field="claim_id")
+    claim_id = claim_id_param(request.match_info["claim_id"])
     every_s = request.app[settings_key].ask_again_every_s
     prize, wait = await _ledger_call(request, _store(request).ask_again(user_id, claim_id, every_s))
     if prize is None:

@@ -224,7 +224,7 @@ function channelRow(c) {
 }
 function deadLetter(d) {
   const item = el("li", { class: "dead-letter", "data-claim-id": d.claim_id },
-    `${d.claim_id} · ${d.user_id} · ${d.prize_type} · ${d.attempts} attempts: `, el("span", { class: "error-text" }, d.last_error || ""));
+    `${d.claim_id} · ${d.prize_type} · ${d.attempts} attempts: `, el("span", { class: "error-text" }, d.last_error || ""));
   if (state.admin) {
     const retry = el("button", { type: "button", class: "retry" }, "retry");
     retry.onclick = () => admin(`/v1/admin/deliveries/${encodeURIComponent(d.claim_id)}/retry`, {});

@@ -49,6 +49,7 @@ class Lease:
     """What one lease took: the deliveries to send now, and the channel's pace and switches as they stand."""
 
     deliveries: list[Delivery]
+    slice: int  # the 100 ms slice whose allowance they took: they are sent in it
     pace_milli: int
     rate_milli: int
     paused: bool
@@ -62,6 +63,7 @@ class Result:
     claim_id: str
     kind: str
     owner: str
+    attempt: int  # the lease's attempt number: an answer moves only the lease it was sent under
     detail: str | None = None  # the partner's reference for delivered, else the error
     due_at: float | None = None
 
@@ -74,41 +76,50 @@ def _channel_row(name: str, dialect: Dialect) -> Plan:
 
 
 def lease_plan(channel: str, prize_types: Sequence[str], configured_milli: int, want: int, owner: str, lease_s: float,
-               dialect: Dialect, clock: Any = time.time) -> Plan:
-    """Take up to `want` due deliveries of the channel's prize types within what its pace leaves of this 100 ms slice,
-    oldest first, each checked against its won claim (a row with none is failed, never sent); mark them sending
-    until the lease ends. Returns a Lease."""
+               dialect: Dialect, for_slice: int = 0, clock: Any = time.time) -> Plan:
+    """Take up to `want` due deliveries of the channel's prize types within what its pace leaves of a 100 ms slice (the
+    one asked for, `for_slice`, if it has not begun; else this one; a later one another dispatcher leased for, if
+    any), oldest first, each checked against its won claim (a row with none is failed, never sent); mark them sending
+    until the lease ends. Returns a Lease, naming the slice it is for."""
     rate_row, paused, pace, slice_no, used, slowed, hold_until = yield from _channel_row(channel, dialect)
     rate = configured_milli if rate_row is None else int(rate_row)
     now = clock()
-    n = slice_of(now)
+    n = max(slice_of(now), for_slice)
     pace = rate if int(pace) < 0 else min(int(pace), rate)
     if n > int(slice_no):
         if n - int(slowed) > QUIET:
             pace = min(rate, pace + max(1, round(rate * CLIMB_SHARE)))
         slice_no, used = n, 0
     room = 0 if paused or now < float(hold_until) else max(0, allowance(pace, int(slice_no)) - int(used))
-    taken: list[Delivery] = []
+    rows: list[Any] = []
     for prize_type in prize_types:
-        if len(taken) >= min(room, want):
+        if len(rows) >= min(room, want):
             break
-        rows = yield Statement(
-            "SELECT d.claim_id, d.user_id, d.task_id, d.prize_type, d.won_at, d.attempts, c.claim_id FROM deliveries d "
-            f"LEFT JOIN claims c ON {_ITS_WIN} WHERE d.prize_type = ? AND d.due_at <= ? ORDER BY d.due_at LIMIT ?"
-            f"{dialect.for_update}{dialect.skip_locked}", (prize_type, now, min(room, want) - len(taken)), fetch="all")
-        unreal = [str(r[0]) for r in rows if r[6] is None]
-        if unreal:
-            yield Statement(f"UPDATE deliveries SET state = 'failed', due_at = NULL, last_error = ?, updated_at = ? "
-                            f"WHERE claim_id IN ({', '.join('?' * len(unreal))})",
-                            ("no won claim of this player and prize matches it", now, *unreal))
-        taken += [Delivery(str(c), str(u), int(t), str(p), float(w), int(a) + 1) for c, u, t, p, w, a, won in rows if won]
+        # Only the deliveries rows are locked (SKIP LOCKED passes over those another dispatcher holds): a join's claims
+        # rows would be locked and skipped too, and a win whose row a re-shipped batch holds would look missing.
+        rows += yield Statement(
+            "SELECT claim_id, user_id, task_id, prize_type, won_at, attempts FROM deliveries WHERE prize_type = ? AND "
+            f"due_at <= ? ORDER BY due_at LIMIT ?{dialect.for_update}{dialect.skip_locked}",
+            (prize_type, now, min(room, want) - len(rows)), fetch="all")
+    real: set[str] = set()
+    if rows:
+        # A plain read: it sees every claim committed before it, the one committed with each row among them.
+        won = yield Statement(f"SELECT d.claim_id FROM deliveries d JOIN claims c ON {_ITS_WIN} WHERE d.claim_id IN "
+                              f"({', '.join('?' * len(rows))})", tuple(str(r[0]) for r in rows), fetch="all")
+        real = {str(c) for (c,) in won}
+    unreal = [str(r[0]) for r in rows if str(r[0]) not in real]
+    if unreal:
+        yield Statement(f"UPDATE deliveries SET state = 'failed', due_at = NULL, last_error = ?, updated_at = ? "
+                        f"WHERE claim_id IN ({', '.join('?' * len(unreal))})",
+                        ("no won claim of this player and prize matches it", now, *unreal))
+    taken = [Delivery(str(c), str(u), int(t), str(p), float(w), int(a) + 1) for c, u, t, p, w, a in rows if str(c) in real]
     if taken:
         ids = [d.claim_id for d in taken]
         yield Statement(f"UPDATE deliveries SET state = 'sending', due_at = ?, attempts = attempts + 1, lease_owner = ?, "
                         f"updated_at = ? WHERE claim_id IN ({', '.join('?' * len(ids))})", (now + lease_s, owner, now, *ids))
     yield Statement("UPDATE delivery_channels SET pace_milli = ?, slice = ?, slice_used = ?, sent = sent + ? WHERE name = ?",
                     (pace, slice_no, int(used) + len(taken), len(taken), channel))
-    return Lease(taken, pace, rate, bool(paused), float(hold_until))
+    return Lease(taken, int(slice_no), pace, rate, bool(paused), float(hold_until))
 
 
 def slow_plan(channel: str, hold_s: float, dialect: Dialect, clock: Any = time.time) -> Plan:
@@ -130,7 +141,8 @@ def slow_plan(channel: str, hold_s: float, dialect: Dialect, clock: Any = time.t
 
 # What recording each kind of answer sets; {detail} (the partner's reference, or the error) and {due} (when a retry
 # is due) differ by row. A delivery the partner confirmed is a fact whoever holds its lease now; the others apply only
-# to a row still leased by the dispatcher that sent it (its lease may have ended, and another may hold it now).
+# to a row still under the lease the call was sent under (same dispatcher, same attempt): that lease may have ended,
+# and another dispatcher, or this one again, may hold the row now.
 _SETS = {"delivered": "state = 'delivered', partner_ref = {detail}, delivered_at = ?, due_at = NULL, last_error = NULL",
          "retry": "state = 'pending', last_error = {detail}, due_at = {due}",
          "parked": "state = 'parked', last_error = {detail}, due_at = NULL",
@@ -147,8 +159,11 @@ def _settle_statement(kind: str, owner: str, rows: Sequence[Result], now: float)
         params.append(now)
     if kind == "retry":
         params += [x for r in rows for x in (r.claim_id, r.due_at)]
-    guard = "state <> 'delivered'" if kind == "delivered" else "state = 'sending' AND lease_owner = ?"
-    params += [now, *(r.claim_id for r in rows), *([] if kind == "delivered" else [owner])]
+    guard = "state <> 'delivered'"
+    params += [now, *(r.claim_id for r in rows)]
+    if kind != "delivered":
+        guard = f"state = 'sending' AND lease_owner = ? AND attempts = {case}"
+        params += [owner, *(x for r in rows for x in (r.claim_id, r.attempt))]
     return Statement(f"UPDATE deliveries SET {_SETS[kind].format(detail=case, due=case)}, updated_at = ? "
                      f"WHERE claim_id IN ({', '.join('?' * len(rows))}) AND {guard}", tuple(params))
 
@@ -198,14 +213,18 @@ def ask_again_plan(user_id: str, claim_id: str, every_s: float, dialect: Dialect
     return prize, 0.0
 
 
+CONFIGURED = -1  # set_channel's rate that clears a live override: the channels file's rate again
+
+
 def set_channel_plan(name: str, rate_milli: int | None, paused: bool | None, dialect: Dialect,
                      clock: Any = time.time) -> Plan:
-    """Change a channel's rate (a live override of its configured one) and/or pause it; every dispatcher obeys at its
-    next lease (the next 100 ms slice). Returns the row's rate override and pause switch."""
+    """Change a channel's rate (a live override of its configured one; CONFIGURED clears it) and/or pause it; every
+    dispatcher obeys at its next lease (the next 100 ms slice). Returns the row's rate override and pause switch."""
     yield from _channel_row(name, dialect)
     if rate_milli is not None:
+        override = None if rate_milli == CONFIGURED else rate_milli
         yield Statement("UPDATE delivery_channels SET rate_milli = ?, pace_milli = ?, changed_at = ? WHERE name = ?",
-                        (rate_milli, rate_milli, clock(), name))
+                        (override, -1 if override is None else override, clock(), name))
     if paused is not None:
         yield Statement("UPDATE delivery_channels SET paused = ?, changed_at = ? WHERE name = ?", (int(paused), clock(), name))
     row = yield Statement("SELECT rate_milli, paused FROM delivery_channels WHERE name = ?", (name,), fetch="one")
@@ -228,12 +247,12 @@ def channel_stats_plan(prize_types: Sequence[str], dead_letters: int, clock: Any
                               "IS NOT NULL", tuple(prize_types), fetch="one")
     counts = yield Statement(f"SELECT state, COUNT(*) FROM deliveries WHERE state IN ('parked', 'failed', 'sending') AND "
                              f"prize_type IN ({marks}) GROUP BY state", tuple(prize_types), fetch="all")
-    dead = yield Statement(f"SELECT claim_id, user_id, prize_type, attempts, last_error, updated_at FROM deliveries WHERE "
+    dead = yield Statement(f"SELECT claim_id, prize_type, attempts, last_error, updated_at FROM deliveries WHERE "
                            f"state = 'failed' AND prize_type IN ({marks}) ORDER BY updated_at DESC LIMIT ?",
                            (*prize_types, dead_letters), fetch="all")
     oldest = None if backlog[1] is None else max(0.0, clock() - float(backlog[1]))
     return {"backlog": int(backlog[0]), "oldest_pending_s": oldest, "states": {str(s): int(n) for s, n in counts},
-            "dead_letters": [dict(zip(("claim_id", "user_id", "prize_type", "attempts", "last_error", "failed_at"), r))
+            "dead_letters": [dict(zip(("claim_id", "prize_type", "attempts", "last_error", "failed_at"), r))
                              for r in dead]}
 
 
@@ -261,20 +280,25 @@ class DeliveryReport:
         return sum(len(getattr(self, f)) for f in self.__slots__)
 
 
-def reconcile_plan(statement: set[str] | None, repair: bool, clock: Any = time.time) -> Plan:
-    """Compare the won claims, the delivery rows and (given) the partner's statement of the ids it honoured, in one
-    transaction; with repair, make the missing rows and make due now every delivery the partner lacks (it gets the
-    same key again: one it did honour answers "already delivered")."""
+def reconcile_plan(prize_types: Sequence[str] | None, statement: set[str] | None, repair: bool,
+                   clock: Any = time.time) -> Plan:
+    """Compare the won claims, the delivery rows and (given) one partner's statement of the ids it honoured, in one
+    transaction, over the prize types of that partner's channel (None: every prize, no statement). With repair, make
+    the missing rows, and make due now each delivery the partner lacks that is recorded delivered here, and each it
+    has that waits here (the same key again: one it did honour answers "already delivered"); never one being sent."""
+    among = "" if prize_types is None else f" AND {{}}.prize_type IN ({', '.join('?' * len(prize_types))})"
+    types = tuple(prize_types or ())
     missing = yield Statement("SELECT c.claim_id, c.user_id, c.task_id, c.prize_type, c.created_at FROM claims c "
                               "LEFT JOIN deliveries d ON d.claim_id = c.claim_id WHERE c.outcome = 'won' AND "
-                              "d.claim_id IS NULL ORDER BY c.claim_id", fetch="all")
+                              f"d.claim_id IS NULL{among.format('c')} ORDER BY c.claim_id", types, fetch="all")
     no_win = yield Statement(f"SELECT d.claim_id FROM deliveries d LEFT JOIN claims c ON {_ITS_WIN} WHERE c.claim_id IS "
-                             "NULL ORDER BY d.claim_id", fetch="all")
+                             f"NULL{among.format('d')} ORDER BY d.claim_id", types, fetch="all")
     unknown: list[str] = []
     partner_no_win: list[str] = []
     ahead: list[str] = []
     if statement is not None:
-        rows = yield Statement(f"SELECT d.claim_id, d.state FROM deliveries d JOIN claims c ON {_ITS_WIN}", fetch="all")
+        rows = yield Statement(f"SELECT d.claim_id, d.state FROM deliveries d JOIN claims c ON {_ITS_WIN} "
+                               f"WHERE 1 = 1{among.format('d')}", types, fetch="all")
         state = {str(c): str(s) for c, s in rows}
         unknown = sorted(c for c, s in state.items() if s == "delivered" and c not in statement)
         made = {str(r[0]) for r in missing}
@@ -286,9 +310,10 @@ def reconcile_plan(statement: set[str] | None, repair: bool, clock: Any = time.t
         for claim_id, user_id, task_id, prize_type, won_at in missing:
             yield Statement(insert_delivery("?"), delivery_row(ClaimRecord(claim_id, user_id, task_id, 0, prize_type, "won",
                                                                            None, float(won_at)), now))
-        for claim_id in [*unknown, *ahead]:
-            yield Statement("UPDATE deliveries SET state = 'pending', due_at = ?, updated_at = ? WHERE claim_id = ?",
-                            (now, now, claim_id))
+        for claim_ids, states in ((unknown, "'delivered'"), (ahead, "'pending', 'parked', 'failed'")):
+            for claim_id in claim_ids:
+                yield Statement(f"UPDATE deliveries SET state = 'pending', due_at = ?, updated_at = ? WHERE claim_id = ? "
+                                f"AND state IN ({states})", (now, now, claim_id))
     return report
 
 
@@ -310,10 +335,10 @@ class DeliveryStore:
         self.dialect = SQLITE if runner.kind == "sqlite" else MYSQL
 
     async def lease(self, channel: str, prize_types: Sequence[str], configured_milli: int, want: int, owner: str,
-                    lease_s: float) -> Lease:
+                    lease_s: float, for_slice: int = 0) -> Lease:
         d = self.dialect
         lease: Lease = await self.runner.run_plan(
-            lambda: lease_plan(channel, prize_types, configured_milli, want, owner, lease_s, d))
+            lambda: lease_plan(channel, prize_types, configured_milli, want, owner, lease_s, d, for_slice))
         return lease
 
     async def slow(self, channel: str, hold_s: float) -> int:
@@ -339,6 +364,7 @@ class DeliveryStore:
         return row
 
     async def retry_failed(self, claim_id: str) -> bool:
+        """Send a dead letter (or a parked delivery) again now; False if there is no such one."""
         moved: bool = await self.runner.run_plan(lambda: retry_failed_plan(claim_id))
         return moved
 
@@ -351,6 +377,6 @@ class DeliveryStore:
         state: dict[str, dict[str, Any]] = await self.runner.run_plan(lambda: channel_state_plan(names), write=False)
         return state
 
-    async def reconcile(self, statement: set[str] | None, repair: bool) -> DeliveryReport:
-        report: DeliveryReport = await self.runner.run_plan(lambda: reconcile_plan(statement, repair))
+    async def reconcile(self, prize_types: Sequence[str] | None, statement: set[str] | None, repair: bool) -> DeliveryReport:
+        report: DeliveryReport = await self.runner.run_plan(lambda: reconcile_plan(prize_types, statement, repair))
         return report

@@ -91,24 +91,27 @@ MARKS_TABLE = ("CREATE TABLE IF NOT EXISTS flow_marks (bucket INT NOT NULL PRIMA
                "last_seq BIGINT NOT NULL)")
 # The Redis ledger's kill switches, kept beside its record: a restore gives a lost bucket's tasks theirs back.
 FLAGS_TABLE = "CREATE TABLE IF NOT EXISTS ledger_flags (task_id BIGINT NOT NULL PRIMARY KEY, enabled INT NOT NULL)"
-# Ids are ASCII (claims.py, tokens.py) and compared byte for byte: MySQL compares VARCHARs without case by
-# default, which would make "Abc" and "abc" one delivery, or show one player another's prizes.
+# Ids are ASCII (claims.py, tokens.py) and, with prize types, compared byte for byte: MySQL compares VARCHARs without
+# case by default, which would make "Abc" and "abc" one delivery, show one player another's prizes, or lease a
+# "Cash" prize to the "cash" channel. Texts a partner sends may be in any script.
 _EXACT = {"sqlite": "", "mysql": " CHARACTER SET ascii COLLATE ascii_bin"}
+_EXACT_TEXT = {"sqlite": "", "mysql": " CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"}
+_TEXT = {"sqlite": "", "mysql": " CHARACTER SET utf8mb4"}
 
 
 def deliveries_schema(dialect: str) -> list[str]:
     """Return the statements that make the delivery tables (idempotent), for "sqlite" or "mysql"."""
-    exact = _EXACT[dialect]
+    exact, exact_text, text = _EXACT[dialect], _EXACT_TEXT[dialect], _TEXT[dialect]
     return [
         f"CREATE TABLE IF NOT EXISTS deliveries (claim_id VARCHAR(64){exact} NOT NULL PRIMARY KEY, "
-        f"user_id VARCHAR(64){exact} NOT NULL, task_id BIGINT NOT NULL, prize_type VARCHAR(40) NOT NULL, "
+        f"user_id VARCHAR(64){exact} NOT NULL, task_id BIGINT NOT NULL, prize_type VARCHAR(40){exact_text} NOT NULL, "
         "won_at DOUBLE NOT NULL, state VARCHAR(12) NOT NULL, due_at DOUBLE NULL, attempts INT NOT NULL DEFAULT 0, "
-        "lease_owner VARCHAR(64) NULL, last_error VARCHAR(200) NULL, partner_ref VARCHAR(128) NULL, "
+        f"lease_owner VARCHAR(64) NULL, last_error VARCHAR(200){text} NULL, partner_ref VARCHAR(128){text} NULL, "
         "asked_at DOUBLE NULL, updated_at DOUBLE NOT NULL, delivered_at DOUBLE NULL)",
         "CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (prize_type, due_at)",
         "CREATE INDEX IF NOT EXISTS deliveries_user ON deliveries (user_id)",
         "CREATE INDEX IF NOT EXISTS deliveries_state ON deliveries (state, prize_type, updated_at)",
-        "CREATE TABLE IF NOT EXISTS delivery_channels (name VARCHAR(64) NOT NULL PRIMARY KEY, rate_milli BIGINT NULL, "
+        f"CREATE TABLE IF NOT EXISTS delivery_channels (name VARCHAR(64){exact} NOT NULL PRIMARY KEY, rate_milli BIGINT NULL, "
         "paused INT NOT NULL DEFAULT 0, pace_milli BIGINT NOT NULL DEFAULT -1, slice BIGINT NOT NULL DEFAULT 0, "
         "slice_used BIGINT NOT NULL DEFAULT 0, slowed_slice BIGINT NOT NULL DEFAULT 0, "
         "hold_until DOUBLE NOT NULL DEFAULT 0, sent BIGINT NOT NULL DEFAULT 0, changed_at DOUBLE NOT NULL DEFAULT 0)",

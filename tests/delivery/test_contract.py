@@ -49,7 +49,10 @@ def test_the_payload_names_the_delivery_and_its_win() -> None:
     (429, {}, "slow"),
     (503, {}, "slow"),
     (400, {"status": "bad"}, "failed"),
-    (404, {}, "failed"),
+    (404, {}, "slow"),  # a wrong route or a refused signature is the channel's trouble: never a dead letter
+    (401, {"status": "bad_signature"}, "slow"),
+    (410, {}, "failed"),
+    (422, {"status": "invalid"}, "failed"),
     (500, {"status": "delivered", "reference": "r1"}, "retry"),
     (502, None, "retry"),
     # Garbage never marks a delivery delivered:
@@ -74,6 +77,7 @@ def test_an_oversize_answer_is_retried_and_retry_after_is_honoured_within_a_cap(
     assert classify(503, b"", "99999").retry_after_s == 300
     assert classify(503, b"", "Wed, 21 Oct 2015 07:28:00 GMT").retry_after_s is None  # a date: the backoff then
     assert classify(429, b"", "-5").retry_after_s == 0
+    assert classify(429, b"", "nan").retry_after_s is None and classify(503, b"", "inf").retry_after_s is None
 
 
 def test_the_backoff_grows_to_a_cap_with_jitter() -> None:
@@ -91,6 +95,9 @@ def test_the_backoff_grows_to_a_cap_with_jitter() -> None:
     ({"timeout_s": -1}, "field timeout_s"),
     ({"url": "ftp://x/y"}, "field url"),
     ({"url": "http://user:pw@127.0.0.1/x"}, "field url"),
+    ({"url": "http://wallet.example/x"}, "must be https off loopback"),
+    ({"url": "https://wallet.example/x?key=secret"}, "no credentials, query or fragment"),
+    ({"rate_per_s": 0.0001}, "field rate_per_s"),
     ({"name": "Wallet!"}, "field name"),
     ({"prizes": []}, "field prizes"),
     ({"colour": "red"}, "field colour"),
@@ -108,6 +115,8 @@ def test_one_prize_on_two_channels_and_two_channels_of_one_name_are_refused(tmp_
         load_channels(write_channels(tmp_path / "c.json", a, b))
     with pytest.raises(ChannelsError, match="two channels have this name"):
         load_channels(write_channels(tmp_path / "c.json", a, channel("a", "http://127.0.0.1:9", ["coupon"])))
+    with pytest.raises(ChannelsError, match="names no channel"):
+        load_channels(write_channels(tmp_path / "c.json"))
     (tmp_path / "c.json").write_text("{not json")
     with pytest.raises(ChannelsError, match="not JSON"):
         load_channels(tmp_path / "c.json")

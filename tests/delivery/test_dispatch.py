@@ -193,14 +193,16 @@ async def test_a_live_pause_and_rate_change_reach_a_running_dispatcher_within_a_
         paused_at = await steer("--pause")
         await asyncio.sleep(2)
         held = len(partner.log.received)
+        resuming_at = time.time()  # the resume commits while its command runs: count from its start
         resumed_at = await steer("--rate", "100", "--resume")
         await asyncio.sleep(4)
     finally:
         for p in running:
             p.stop()
     received = partner.received_times("wallet")
-    assert max(t for t in received if t < resumed_at) < paused_at + 1.0  # nothing sent a second after the pause
+    assert max(t for t in received if t < resuming_at) < paused_at + 1.0  # nothing sent a second after the pause
     assert held < 6000
-    after = Counter(int(t) for t in received if t > resumed_at + 1)
+    after = Counter(int(t) for t in received if t > resumed_at)
     assert after and max(after.values()) <= 100  # the new rate, on the running dispatcher
-    assert sum(after.values()) / len(after) >= 80
+    whole = [after[s] for s in range(int(resumed_at) + 1, int(max(received)))]  # whole seconds only
+    assert whole and min(whole) >= 90, after

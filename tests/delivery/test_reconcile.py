@@ -42,7 +42,7 @@ def deliver_all(stub: Stub, dsn: str, tmp_path: Path, expected: int) -> Path:
 
 
 def reconcile(dsn: str, channels: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> tuple[int, dict[str, object]]:
-    code = main(["reconcile", "--ledger", dsn, "--channels", str(channels), *extra])
+    code = main(["reconcile", "--ledger", dsn, "--channels", str(channels), "--channel", "wallet", *extra])
     return code, orjson.loads(capsys.readouterr().out)
 
 
@@ -90,3 +90,24 @@ def test_a_delivery_with_no_win_is_failed_never_sent_and_reported(
     statement.write_text("real-1\nghost-9\n")
     code, report = reconcile(dsn, channels, capsys, "--statement", str(statement))
     assert code == 1 and report["no_win"] == ["forged-1", "forged-2"] and report["partner_no_win"] == ["ghost-9"]
+
+
+def test_a_statement_reconciles_its_own_channel_only_and_an_empty_one_is_refused(
+        request: pytest.FixtureRequest, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    dsn = fresh_ledger("sqlite", request, tmp_path)
+    land_wins(dsn, ["cash-1", "cash-2"], "cash")
+    land_wins(dsn, ["coupon-1"], "coupon")
+    execute(dsn, "UPDATE deliveries SET state = 'delivered', due_at = NULL")
+    channels = write_channels(tmp_path / "channels.json", channel("wallet", "http://127.0.0.1:9", ["cash"]),
+                              channel("coupons", "http://127.0.0.1:9", ["coupon"], kind="slow"))
+    statement = tmp_path / "wallet.txt"
+    statement.write_text("cash-1\n")
+    code, report = reconcile(dsn, channels, capsys, "--statement", str(statement), "--repair")
+    assert code == 1 and report["unknown_to_partner"] == ["cash-2"]
+    assert states(dsn) == {"cash-1": "delivered", "cash-2": "pending", "coupon-1": "delivered"}  # coupons untouched
+    statement.write_text("\n")
+    assert main(["reconcile", "--ledger", dsn, "--channels", str(channels), "--channel", "wallet",
+                 "--statement", str(statement), "--repair"]) == 2
+    assert "names no delivery id" in capsys.readouterr().err
+    assert main(["reconcile", "--ledger", dsn, "--channels", str(channels), "--statement", str(statement)]) == 2
+    assert states(dsn)["cash-1"] == "delivered"
