@@ -109,9 +109,10 @@ def openapi_spec() -> dict[str, Any]:
                     "503": "The record database is unreachable (ledger_unavailable)."}),
             "/v1/admin/deliveries/{claim_id}/retry": _post(
                 "Send a dead letter (a failed delivery) or a parked one again now (audited).",
-                [{"name": "claim_id", "in": "path", "required": True, "schema": {"type": "string"}, "example": "c-1"}],
+                [{"name": "claim_id", "in": "path", "required": True, "example": "c-1",
+                  "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,64}$"}}],
                 {"type": "object"},
-                {**_ADMIN_401, "404": "No failed or parked delivery of that id, or no deliveries panel (not_found).",
+                {"400": "Not a claim id (invalid_param).", **_ADMIN_401, "404": "No failed or parked delivery of that id, or no deliveries panel (not_found).",
                  "503": "The record database is unreachable; nothing changed (ledger_unavailable)."}),
             "/v1/admin/channels/{name}": _post(
                 "A channel's live rate and pause switch (audited): every dispatcher obeys within 100 ms.",

@@ -41,7 +41,7 @@ async def _claims(service: Any, snapshots: Path, count: int, seed: int) -> list[
         token = mint(f"u{seed}-{k}", SECRET, int(now) + 3600)
         async with limit:
             resp = await service.post("/v1/claims", json=body, headers={"Authorization": f"Bearer {token}"})
-            assert resp.status == 200
+            assert resp.status == 200, await resp.text()
             answer = await resp.json()
             if answer["outcome"] == "won":
                 wins.append((task_id, str(answer["prize_type"])))
@@ -153,7 +153,9 @@ async def _fresh(service: Any) -> bool:
 async def test_readers_never_see_a_half_built_view(make_client: MakeClient, make_collector: Any,
                                                    sample_snapshots: Path, tmp_path: Path) -> None:
     ledger = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
-    service = await make_client(sample_snapshots, token_secret=SECRET, ledger=ledger, max_speed_mps=1e9)
+    # 32 claims at once queue on the SQLite file while a collector reads it every 20 ms: the claims (the load here, not
+    # the subject) may wait longer than the 3 s a player would, the more so since each win also writes its delivery.
+    service = await make_client(sample_snapshots, token_secret=SECRET, ledger=ledger, max_speed_mps=1e9, claim_timeout_s=30)
     collector = await make_collector(sample_snapshots, ledger, tick_floor_s=0.02, tick_ceiling_s=0.02)
     stop = asyncio.Event()
     checked = 0

@@ -85,6 +85,7 @@ async def test_a_storm_with_a_dispatcher_sigkilled_and_garbage_answers_is_delive
     assert partner.log.refused_signatures == 0
 
 
+@pytest.mark.slow  # 20,000 wins at 500/s: 40 s
 async def test_peak_shaving_holds_a_channel_to_its_rate_across_two_dispatchers(
         request: pytest.FixtureRequest, tmp_path: Path, stub: tuple[Stub, str]) -> None:
     partner, url = stub
@@ -142,6 +143,7 @@ async def test_a_hanging_slow_partner_does_not_delay_the_fast_channel(
     assert len([t for t, c, _ in partner.log.received if c == "coupons"]) >= 200
 
 
+@pytest.mark.slow  # 35 s of a partner's limit and its lifting
 async def test_the_pace_follows_a_partners_limit_and_climbs_back_when_it_lifts(
         request: pytest.FixtureRequest, tmp_path: Path, stub: tuple[Stub, str]) -> None:
     partner, url = stub
