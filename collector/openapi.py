@@ -112,7 +112,8 @@ def openapi_spec() -> dict[str, Any]:
                 [{"name": "claim_id", "in": "path", "required": True, "example": "c-1",
                   "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,64}$"}}],
                 {"type": "object"},
-                {"400": "Not a claim id (invalid_param).", **_ADMIN_401, "404": "No failed or parked delivery of that id, or no deliveries panel (not_found).",
+                {"400": "Not a claim id (invalid_param).", **_ADMIN_401,
+                 "404": "No failed or parked delivery of that id, or no deliveries panel (not_found).",
                  "503": "The record database is unreachable; nothing changed (ledger_unavailable)."}),
             "/v1/admin/channels/{name}": _post(
                 "A channel's live rate and pause switch (audited): every dispatcher obeys within 100 ms.",
