@@ -19,7 +19,7 @@ class DeliverySettings:
         "MySQL DSN of a Redis ledger's record database, where the shipper writes claims and deliveries."))
     channels: str = field(default="data/sample/channels.json", metadata=help_text(
         "Channels file (JSON): each partner's URL, class, rate, in-flight limit, timeout, secret variable, ETA and "
-        "prize types (README: Delivery)."))
+        "prize types (README: geo-deliver)."))
     only: str = field(default="", metadata=help_text(
         "Comma-separated channel names this dispatcher serves (empty: every channel in the file)."))
     host: str = field(default="127.0.0.1", metadata=help_text("Address of /healthz and /metrics."))
