@@ -5,7 +5,8 @@ latency under a steady stream of wins, and the measured rate against the configu
                                             [--mysql mysql://root@127.0.0.1:3306/test] [--json bench/out/delivery.json]
 
 Each backend gets a fresh record database. "push": --wins wins landed at once, one `geo-deliver run` process on a
-channel with no effective rate limit (1e6/s, 256 calls in flight) against the demo partner (`geo-deliver partner`,
+channel with no effective rate limit (1e6/s, 512 calls in flight: one lease a 100 ms slice caps a dispatcher at
+10 x max_in_flight a second) against the demo partner (`geo-deliver partner`,
 its own process: it checks every signature and applies each delivery_id once); deliveries/s from the first to the
 last recorded delivery, CPU seconds per delivery of the dispatcher and of the partner. "steady": 400 wins a second
 landed in 40 ms batches for 10 s while the dispatcher runs (channel at 2,000/s); win to recorded-delivered p50 and
@@ -83,7 +84,7 @@ def partner(folder: Path, rate: float, in_flight: int) -> tuple[subprocess.Popen
 def push(backend: str, mysql: str, folder: Path, wins: int) -> dict[str, Any]:
     dsn = fresh(backend, mysql, folder)
     land_wins(dsn, [f"push-{i}" for i in range(wins)], "cash")
-    partner_proc, channels = partner(folder, 1e6, 256)
+    partner_proc, channels = partner(folder, 1e6, 512)
     port = free_port()
     dispatcher = start("run", "--ledger", dsn, "--channels", str(channels), "--port", str(port))
     try:

@@ -30,10 +30,10 @@ from geo_service.ledger.rates import SLICE_S, slice_of
 log = logging.getLogger("geodrop.delivery")
 FLUSH_EVERY_S = 0.02  # answers are recorded in one transaction this often (a delivered prize shows within it)
 LEASE_MARGIN_S = 5.0  # a lease outlives its call's timeout by this much
-# A slice's deliveries are leased this long before it begins and sent as it begins; one not started in its first
-# 30 ms is given back. The slice's calls then reach the partner well inside it, whatever the database's latency,
-# and a stall of the partner or the network short of 70 ms does not push them into the next slice.
-LEASE_AHEAD_S = 0.07
+# A slice's deliveries are leased this long before it begins (calls of the slice before are mostly answered by then,
+# and the database has time to answer) and sent as it begins; a lease back more than 30 ms into its slice is given
+# back. The slice's calls then reach the partner well inside it, whatever the database's latency.
+LEASE_AHEAD_S = 0.04
 SEND_WINDOW_S = 0.03
 MAX_UNRECORDED = 10_000  # answers waiting for the record database beyond which no more are leased
 UNREACHABLE_AFTER = 3  # answers failing one by one, first to last, that mean the database is down
@@ -124,24 +124,23 @@ class ChannelRunner:
             self._failed(exc)
             return
         h.pace_milli, h.rate_milli, h.paused, h.last_lease_at = lease.pace_milli, lease.rate_milli, lease.paused, time.time()
-        # Stopping before the slice begins gives the lease back (recorded as the dispatcher stops): nothing goes early.
-        send_by = lease.slice * SLICE_S + (-1.0 if await _until(stop, lease.slice * SLICE_S) else SEND_WINDOW_S)
+        # Sent as the slice begins, all at once; a lease that came back too late for that (a database stall) or a stop
+        # before the slice began gives its deliveries back, recorded as the dispatcher goes on or stops.
+        stopped = await _until(stop, lease.slice * SLICE_S)
+        if lease.deliveries and (stopped or time.time() > lease.slice * SLICE_S + SEND_WINDOW_S):
+            h.counts["late"] += len(lease.deliveries)
+            self._answers += [Result(d.claim_id, "retry", self.owner, d.attempt, "not sent: its 100 ms slice had begun",
+                                     time.time()) for d in lease.deliveries]
+            return
         for d in lease.deliveries:
-            task = asyncio.create_task(self._send(session, d, send_by))
+            task = asyncio.create_task(self._send(session, d))
             self._calls.add(task)
             task.add_done_callback(self._calls.discard)
         h.counts["sent"] += len(lease.deliveries)
         h.in_flight = len(self._calls)
 
-    async def _send(self, session: aiohttp.ClientSession, d: Delivery, send_by: float) -> None:
+    async def _send(self, session: aiohttp.ClientSession, d: Delivery) -> None:
         c = self.channel
-        if time.time() > send_by:
-            # Its slice is too far gone (a lease that waited, a busy loop): sent now it could land among the next slice's
-            # own calls at the partner.
-            self.health.counts["late"] += 1
-            self._answers.append(Result(d.claim_id, "retry", self.owner, d.attempt, "not sent: its 100 ms slice had ended",
-                                        time.time()))
-            return
         body = payload(d.claim_id, d.user_id, d.task_id, d.prize_type, d.won_at, c.name, d.attempt)
         headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(self._secret, int(time.time()), body),
                    "Idempotency-Key": d.claim_id}
