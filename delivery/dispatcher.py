@@ -16,6 +16,7 @@ import random
 import socket
 import time
 from collections import Counter
+from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 
@@ -35,15 +36,18 @@ LEASE_MARGIN_S = 5.0  # a lease outlives its call's timeout by this much
 # back. The slice's calls then reach the partner well inside it, whatever the database's latency.
 LEASE_AHEAD_S = 0.04
 SEND_WINDOW_S = 0.03
+SEND_DEADLINE_S = 0.07  # and a call of it not started 70 ms into the slice is given back
 MAX_UNRECORDED = 10_000  # answers waiting for the record database beyond which no more are leased
-UNREACHABLE_AFTER = 3  # answers failing one by one, first to last, that mean the database is down
+UNREACHABLE_AFTER = 3  # answers failing one by one in a row that mean the database is down, not one answer bad
 FAILURE_LOG_EVERY_S = 10.0
 
 
 async def _until(stop: asyncio.Event, moment: float) -> bool:
-    """Wait until the epoch time `moment` or `stop`, whichever comes first; return whether `stop` came."""
-    with suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), max(0.0, moment - time.time()))
+    """Wait until the epoch time `moment` or `stop`, whichever comes first; return whether `stop` came. The wait runs
+    on the monotonic clock: if the wall clock stepped back meanwhile, it waits again for what is left."""
+    while not stop.is_set() and (left := moment - time.time()) > 0:  # bounded: each round waits out what is left
+        with suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), left)
     return stop.is_set()
 
 
@@ -89,6 +93,7 @@ class ChannelRunner:
         self._answers: list[Result] = []
         self._calls: set[asyncio.Task[None]] = set()
         self._slowed_slice = 0
+        self._recording = 0  # answers being written now
         self._last_failure_log = 0.0
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -116,7 +121,7 @@ class ChannelRunner:
         """Lease for the slice `target` ahead of it, then send at its start: the database's time is off the clock."""
         c, h = self.channel, self.health
         # While answers cannot be written, take no more: the leases of those waiting end, and they are sent again.
-        want = c.max_in_flight - len(self._calls) if len(self._answers) < MAX_UNRECORDED else 0
+        want = c.max_in_flight - len(self._calls) if len(self._answers) + self._recording < MAX_UNRECORDED else 0
         try:
             lease = await self.store.lease(c.name, c.prizes, c.rate_milli, want, self.owner, c.timeout_s + LEASE_MARGIN_S,
                                            target)
@@ -128,19 +133,22 @@ class ChannelRunner:
         # before the slice began gives its deliveries back, recorded as the dispatcher goes on or stops.
         stopped = await _until(stop, lease.slice * SLICE_S)
         if lease.deliveries and (stopped or time.time() > lease.slice * SLICE_S + SEND_WINDOW_S):
-            h.counts["late"] += len(lease.deliveries)
-            self._answers += [Result(d.claim_id, "retry", self.owner, d.attempt, "not sent: its 100 ms slice had begun",
-                                     time.time()) for d in lease.deliveries]
+            self._give_back(lease.deliveries, "not sent: its 100 ms slice had begun")
             return
+        deadline = lease.slice * SLICE_S + SEND_DEADLINE_S
         for d in lease.deliveries:
-            task = asyncio.create_task(self._send(session, d))
+            task = asyncio.create_task(self._send(session, d, deadline))
             self._calls.add(task)
             task.add_done_callback(self._calls.discard)
         h.counts["sent"] += len(lease.deliveries)
         h.in_flight = len(self._calls)
 
-    async def _send(self, session: aiohttp.ClientSession, d: Delivery) -> None:
+    async def _send(self, session: aiohttp.ClientSession, d: Delivery, deadline: float) -> None:
         c = self.channel
+        if time.time() > deadline:
+            # A lease larger than the loop can start in its slice: the rest would land among the next slice's calls.
+            self._give_back([d], "not sent: its 100 ms slice was nearly over")
+            return
         body = payload(d.claim_id, d.user_id, d.task_id, d.prize_type, d.won_at, c.name, d.attempt)
         headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(self._secret, int(time.time()), body),
                    "Idempotency-Key": d.claim_id}
@@ -149,9 +157,13 @@ class ChannelRunner:
                 answer = classify(response.status, await read_answer(response), response.headers.get("Retry-After"))
         except TimeoutError:
             answer = Answer("slow", f"no answer within {c.timeout_s:g} s")
-        except (aiohttp.ClientError, OSError, ValueError) as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever went wrong, the delivery is answered (sent again later)
             answer = Answer("retry", f"{type(exc).__name__}: {exc}"[:200])
         self._answered(d, answer)
+
+    def _give_back(self, deliveries: Sequence[Delivery], why: str) -> None:
+        self.health.counts["late"] += len(deliveries)
+        self._answers += [Result(d.claim_id, "retry", self.owner, d.attempt, why, time.time()) for d in deliveries]
 
     def _answered(self, d: Delivery, answer: Answer) -> None:
         h = self.health
@@ -175,7 +187,7 @@ class ChannelRunner:
 
     async def _slow(self, hold_s: float) -> None:
         try:
-            self.health.pace_milli = await self.store.slow(self.channel.name, hold_s)
+            self.health.pace_milli = await self.store.slow(self.channel.name, self.channel.rate_milli, hold_s)
         except LedgerError as exc:
             self._failed(exc)
 
@@ -191,7 +203,10 @@ class ChannelRunner:
                 return
             if self._answers:
                 batch, self._answers = self._answers, []
-                if not await self._record(batch):
+                self._recording = len(batch)
+                recorded = await self._record(batch)
+                self._recording = 0
+                if not recorded:
                     self._answers[:0] = batch  # kept, in order, for the next round
                     if stop.is_set() and not self._calls:
                         return  # shutting down with the database gone: the leases end and others resend
@@ -211,13 +226,18 @@ class ChannelRunner:
         if len(batch) == 1:
             return False
         refused: list[tuple[Result, str]] = []
-        for result in batch:
+        in_a_row = 0
+        for i, result in enumerate(batch):
             try:
                 await self.store.settle([result])
+                in_a_row = 0
             except Exception as exc:  # noqa: BLE001
                 refused.append((result, str(exc)))
-                if len(refused) == UNREACHABLE_AFTER and len(refused) == batch.index(result) + 1:
-                    return False  # the first few all failed: the database is down, not one answer bad
+                in_a_row += 1
+                if in_a_row == UNREACHABLE_AFTER:  # the database went away: keep these and the untried rest
+                    self._answers[:0] = [r for r, _ in refused[-in_a_row:]] + batch[i + 1 :]
+                    refused = refused[:-in_a_row]
+                    break
         for result, error in refused:
             log.error("an answer could not be recorded; its delivery is sent again when its lease ends",
                       extra={"channel": self.channel.name, "claim_id": result.claim_id, "error": error[:300]})

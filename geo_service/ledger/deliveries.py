@@ -122,7 +122,7 @@ def lease_plan(channel: str, prize_types: Sequence[str], configured_milli: int, 
     return Lease(taken, int(slice_no), pace, rate, bool(paused), float(hold_until))
 
 
-def slow_plan(channel: str, hold_s: float, dialect: Dialect, clock: Any = time.time) -> Plan:
+def slow_plan(channel: str, configured_milli: int, hold_s: float, dialect: Dialect, clock: Any = time.time) -> Plan:
     """The partner choked (429, 503, a timeout): drop the channel's pace by a proportion, at most once in SLOW_EVERY
     slices, and hold every dispatcher of it for hold_s (the partner's Retry-After). Returns the pace now."""
     rate_row, _, pace, _, _, slowed, _ = yield from _channel_row(channel, dialect)
@@ -130,8 +130,8 @@ def slow_plan(channel: str, hold_s: float, dialect: Dialect, clock: Any = time.t
     n = slice_of(now)
     pace = int(pace)
     if n - int(slowed) >= SLOW_EVERY and pace != 0:
-        pace = max(FLOOR_MILLI, round((pace if pace > 0 else (int(rate_row) if rate_row is not None else FLOOR_MILLI))
-                                      * SLOW_FACTOR))
+        rate = configured_milli if rate_row is None else int(rate_row)
+        pace = max(FLOOR_MILLI, round((pace if pace > 0 else rate) * SLOW_FACTOR))
         yield Statement("UPDATE delivery_channels SET pace_milli = ?, slowed_slice = ? WHERE name = ?", (pace, n, channel))
     if hold_s > 0:
         yield Statement("UPDATE delivery_channels SET hold_until = ? WHERE name = ? AND hold_until < ?",
@@ -172,8 +172,13 @@ def settle_plan(results: Sequence[Result], clock: Any = time.time) -> Plan:
     """Record how calls ended, in one transaction: one statement a kind and dispatcher (a few hundred rows each).
     Returns how many rows each kind moved."""
     now = clock()
-    groups: dict[tuple[str, str], list[Result]] = {}
+    latest: dict[str, Result] = {}  # one answer a delivery: a confirmation, else the newest attempt's
     for r in results:
+        held = latest.get(r.claim_id)
+        if held is None or held.kind != "delivered" and (r.kind == "delivered" or r.attempt > held.attempt):
+            latest[r.claim_id] = r
+    groups: dict[tuple[str, str], list[Result]] = {}
+    for r in latest.values():
         groups.setdefault((r.kind, r.owner), []).append(r)
     moved: dict[str, int] = {}
     for (kind, owner), rows in groups.items():
@@ -341,8 +346,8 @@ class DeliveryStore:
             lambda: lease_plan(channel, prize_types, configured_milli, want, owner, lease_s, d, for_slice))
         return lease
 
-    async def slow(self, channel: str, hold_s: float) -> int:
-        pace: int = await self.runner.run_plan(lambda: slow_plan(channel, hold_s, self.dialect))
+    async def slow(self, channel: str, configured_milli: int, hold_s: float) -> int:
+        pace: int = await self.runner.run_plan(lambda: slow_plan(channel, configured_milli, hold_s, self.dialect))
         return pace
 
     async def settle(self, results: Sequence[Result]) -> dict[str, int]:
