@@ -84,10 +84,6 @@ def _port(text: str) -> int:
     return int(text)
 
 
-def _run_async(work: Callable[[], Awaitable[T]]) -> T:
-    return asyncio.run(work())  # type: ignore[arg-type]
-
-
 async def _with_store(settings: DeliverySettings, work: Callable[[DeliveryStore], Awaitable[T]]) -> T:
     runner = open_records(settings.ledger, settings.record_db)
     try:
@@ -153,7 +149,7 @@ def _command(args: argparse.Namespace, settings: DeliverySettings) -> int:
         load_channels(settings.channels).named(args.name)
         paused = True if args.pause else (False if args.resume else None)
         rate = CONFIGURED if args.configured_rate else None if args.rate is None else round(args.rate * 1000)
-        rate_now, paused_now = _run_async(lambda: _with_store(settings, lambda s: s.set_channel(args.name, rate, paused)))
+        rate_now, paused_now = asyncio.run(_with_store(settings, lambda s: s.set_channel(args.name, rate, paused)))
         log.info("channel changed", extra={"audit": "channel", "channel": args.name, "rate_milli": rate_now,
                                            "paused": paused_now})
         _print({"channel": args.name, "rate_per_s": None if rate_now is None else rate_now / 1000, "paused": paused_now})
@@ -164,13 +160,13 @@ def _command(args: argparse.Namespace, settings: DeliverySettings) -> int:
         async def read(store: DeliveryStore) -> dict[str, Any]:
             return {c.name: await store.stats(c.prizes) for c in selected(channels, settings.channel_names())}
 
-        _print(_run_async(lambda: _with_store(settings, read)))
+        _print(asyncio.run(_with_store(settings, read)))
         return 0
     statement = _statement(args.statement)
     if statement is not None and not args.channel:
         raise ChannelsError("--statement needs --channel: a statement is one partner's, and only its prizes are compared")
     prizes = load_channels(settings.channels).named(args.channel).prizes if args.channel else None
-    report = _run_async(lambda: _with_store(settings, lambda s: s.reconcile(prizes, statement, args.repair)))
+    report = asyncio.run(_with_store(settings, lambda s: s.reconcile(prizes, statement, args.repair)))
     _print({"differences": report.differences(), "repaired": args.repair, **{f: getattr(report, f) for f in report.__slots__}})
     return 1 if report.differences() else 0
 
