@@ -26,6 +26,8 @@ from collector.keys import (
     ticker_key,
     views_key,
 )
+from collector.security import ROUTES as SESSION_ROUTES
+from collector.security import secure_headers
 from collector.service import ServiceClient
 from collector.settings import CollectorSettings
 from collector.ticker import Ticker
@@ -107,5 +109,6 @@ def create_app(settings: CollectorSettings) -> web.Application:
     app[service_key] = ServiceClient(settings.service)
     app.cleanup_ctx.extend([ticker_ctx, ledger_ctx, service_ctx, deliveries_ctx])
     app.on_shutdown.append(close_streams)
-    add_guarded_routes(app.router, ROUTES + DASHBOARD_ROUTES + DELIVERY_ROUTES, Guard(metrics))
+    app.on_response_prepare.append(secure_headers)
+    add_guarded_routes(app.router, ROUTES + DASHBOARD_ROUTES + DELIVERY_ROUTES + SESSION_ROUTES, Guard(metrics))
     return app

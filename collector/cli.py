@@ -19,6 +19,7 @@ from geo_service.config import add_settings_flags, cli_settings
 from geo_service.ledger import LedgerError, PrizeChange, PrizeChangeRefused, open_ledger
 from geo_service.ledger.rates import UNLIMITED, rate_milli
 from geo_service.nearby.task_status import iso_utc
+from geo_service.web.load import raise_open_files_limit
 from geo_service.web.logs import configure_logging
 
 ENV_PREFIX = "GEODROP_COLLECTOR_"
@@ -127,6 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"geo-collector: {exc}", file=sys.stderr)
             return 2
     configure_logging(args.log_level)
-    logging.getLogger("geodrop.collector").info("collector serving", extra={"port": settings.port})
+    # Every stream and status poll is a socket: the soft limit of 1024 would refuse them long before memory does.
+    files = raise_open_files_limit()
+    logging.getLogger("geodrop.collector").info("collector serving", extra={"port": settings.port, "max_open_files": files})
     web.run_app(create_app(settings), host=settings.host, port=settings.port, access_log=None, print=None)
     return 0

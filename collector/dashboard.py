@@ -16,11 +16,12 @@ from aiohttp import web
 
 from collector.handlers import current_view
 from collector.keys import files_key, service_key, settings_key, ticker_key
+from collector.security import admin_check
 from collector.service import ServiceUnavailable
 from geo_service.ledger import LedgerError
 from geo_service.snapshot.grid import MAX_ABS_LNG
 from geo_service.web.errors import InvalidParam, LedgerUnavailable, NotFound
-from geo_service.web.params import coordinate, id_param, json_object, require_admin
+from geo_service.web.params import coordinate, id_param, json_object
 from geo_service.web.responses import etag_matches, json_response, not_modified
 from geo_service.web.routing import Route
 
@@ -61,8 +62,9 @@ async def task_pois(request: web.Request) -> web.Response:
     position = view.index.positions(np.array([task_id], dtype=np.int64))[0]
     if position < 0:
         raise NotFound(f"no task {task_id} in snapshot {view.seq}", field="task_id")
-    snap = await request.app[files_key].snapshot(view.seq)
-    rows = np.flatnonzero(snap.task_index == position)
+    files = request.app[files_key]
+    rows = await files.task_rows(view.seq, int(position))
+    snap = await files.snapshot(view.seq)
     shown = rows[:limit]
     lats, lngs = snap.degrees(shown)
     pois = [[lng, lat, poi_id] for lng, lat, poi_id in zip(lngs.tolist(), lats.tolist(), snap.poi_ids[shown].tolist())]
@@ -107,7 +109,7 @@ async def overview(request: web.Request) -> web.Response:
 async def set_task(request: web.Request) -> web.Response:
     """The kill switch: POST {"enabled": false} (or true) with the admin bearer token."""
     app = request.app
-    require_admin(request.headers.get("Authorization", ""), app[settings_key].admin_token, "the kill switch")
+    admin_check(request, "the kill switch")
     task_id = id_param(request.match_info["task_id"], "task_id")
     body = json_object(await request.read())
     enabled = body.get("enabled")

@@ -12,11 +12,12 @@ from aiohttp import web
 
 from collector.delivery_panel import DeliveryPanel
 from collector.keys import deliveries_key, settings_key
+from collector.security import admin_check
 from delivery.channels import MIN_RATE_PER_S, load_channels
 from geo_service.ledger import LedgerError, open_records
 from geo_service.ledger.deliveries import CONFIGURED
 from geo_service.web.errors import InvalidParam, LedgerUnavailable, NotFound
-from geo_service.web.params import claim_id_param, field_of, json_object, require_admin
+from geo_service.web.params import claim_id_param, field_of, json_object
 from geo_service.web.responses import json_response
 from geo_service.web.routing import Route
 
@@ -50,7 +51,7 @@ async def deliveries(request: web.Request) -> web.Response:
 
 async def retry_delivery(request: web.Request) -> web.Response:
     """An operator sends a dead letter (or a parked delivery) again now."""
-    require_admin(request.headers.get("Authorization", ""), request.app[settings_key].admin_token, "delivery retries")
+    admin_check(request, "delivery retries")
     claim_id = claim_id_param(request.match_info["claim_id"])
     try:
         moved = await _panel(request).store.retry_failed(claim_id)
@@ -86,7 +87,7 @@ def _channel_change(raw: bytes) -> tuple[int | None, bool | None]:
 
 async def set_channel(request: web.Request) -> web.Response:
     """A channel's live rate and pause switch: POST {"rate_per_s": 300} and/or {"paused": true}."""
-    require_admin(request.headers.get("Authorization", ""), request.app[settings_key].admin_token, "channel changes")
+    admin_check(request, "channel changes")
     panel = _panel(request)
     name = request.match_info["name"]
     if name not in {c.name for c in panel.channels}:

@@ -11,7 +11,8 @@ _QUEUE = 256  # events a slow subscriber may lag behind before it is dropped
 class Feed:
     def __init__(self) -> None:
         self._queues: set[asyncio.Queue[dict[str, Any] | None]] = set()
-        self.dropped = 0
+        self.dropped = 0  # subscribers closed for falling behind
+        self.refused = 0  # streams refused at the cap (handlers.stream)
 
     def subscribe(self) -> asyncio.Queue[dict[str, Any] | None]:
         queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(_QUEUE)

@@ -21,6 +21,7 @@ from collector.keys import (
     views_key,
 )
 from collector.openapi import openapi_spec
+from collector.security import admin_check
 from collector.views import View, change_json
 from geo_service.ledger import LedgerError, PrizeChangeRefused
 from geo_service.ledger.rates import UNLIMITED, rate_milli
@@ -29,15 +30,17 @@ from geo_service.web.errors import (
     InvalidParam,
     LedgerUnavailable,
     NotFound,
+    Overloaded,
     QuotaBelowIssued,
     SnapshotUnavailable,
     ViewUnavailable,
 )
-from geo_service.web.params import field_of, id_param, integer_of, json_object, one_value, require_admin
+from geo_service.web.params import field_of, id_param, integer_of, json_object, one_value
 from geo_service.web.responses import etag_matches, json_response, not_modified
 from geo_service.web.routing import Route
 
 log = logging.getLogger("geodrop.collector")
+STREAM_RETRY_AFTER_S = 30  # a refused dashboard tries again this much later (its page does, past EventSource's give-up)
 
 
 def current_view(request: web.Request) -> View:
@@ -95,7 +98,11 @@ async def stream(request: web.Request) -> web.StreamResponse:
     """Server-sent events: every district (or one, with ?district=) now, then each change."""
     view = current_view(request)
     code = _district_code(one_value(request.query, "district")) if "district" in request.query else None
-    feed = request.app[feed_key]
+    feed, settings = request.app[feed_key], request.app[settings_key]
+    if feed.subscribers >= settings.stream_max_subscribers:
+        feed.refused += 1
+        raise Overloaded(f"{feed.subscribers} streams are open, the most this collector keeps; retry after the time given",
+                         headers={"Retry-After": str(STREAM_RETRY_AFTER_S)})
     queue = feed.subscribe()
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     await response.prepare(request)
@@ -103,7 +110,6 @@ async def stream(request: web.Request) -> web.StreamResponse:
         for d in view.districts:
             if code is None or d["code"] == code:
                 await response.write(b"event: district\ndata: " + orjson.dumps(d) + b"\n\n")
-        settings = request.app[settings_key]
         ends = time.monotonic() + settings.stream_max_s
         while (left := ends - time.monotonic()) > 0:  # bounded by stream_max_s
             try:
@@ -170,6 +176,8 @@ async def metrics(request: web.Request) -> web.Response:
         "collector_sweeps_total": ("counter", "Complete reads of the counters finished.", h.sweeps),
         "collector_view_swaps_total": ("counter", "Views swapped in.", holder.swaps),
         "collector_stream_subscribers": ("gauge", "Open /v1/stream connections.", app[feed_key].subscribers),
+        "collector_streams_refused_total": ("counter", "Streams refused because stream_max_subscribers were open.",
+                                            app[feed_key].refused),
         "ledger_config_problems": ("gauge", "Requirements of the ledger its server does not meet (see /healthz).",
                                    len(app[ledger_check_key].problems)),
     }
@@ -213,7 +221,7 @@ def prize_change(raw: bytes) -> tuple[int | None, int | None]:
 
 async def set_prize(request: web.Request) -> web.Response:
     app = request.app
-    require_admin(request.headers.get("Authorization", ""), app[settings_key].admin_token, "live prize changes")
+    admin_check(request, "live prize changes")
     task_id, prize_type = id_param(request.match_info["task_id"], "task_id"), request.match_info["prize_type"]
     quota, rate = prize_change(await request.read())
     try:

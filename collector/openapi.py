@@ -16,7 +16,8 @@ _TASK_P = {"name": "task_id", "in": "path", "required": True,
            "schema": {"type": "string", "pattern": "^[0-9]{1,18}$", "example": str(EXAMPLE["task_id"])}}
 _ETAG_H = {"name": "If-None-Match", "in": "header", "required": False, "schema": {"type": "string"}}
 _ETAG = {"ETag": {"schema": {"type": "string"}, "description": "Revalidate with If-None-Match."}}
-_ADMIN_401 = {"401": "Missing or wrong bearer token, or admin routes off: no admin_token (invalid_token)."}
+_ADMIN_401 = {"401": "Missing or wrong bearer token and no live admin session, or admin routes off: no admin_token "
+                     "(invalid_token)."}
 PRIZE_CHANGE = {
     "type": "object", "minProperties": 1, "additionalProperties": False,
     "properties": {"quota": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1,
@@ -37,9 +38,25 @@ def _get(summary: str, params: list[dict[str, Any]], errors: dict[str, str], con
 
 
 def _post(summary: str, params: list[dict[str, Any]], body: dict[str, Any], errors: dict[str, str]) -> dict[str, Any]:
-    return {"post": {"summary": summary, "security": [{"admin": []}], "parameters": params,
+    return {"post": {"summary": summary, "security": [{"admin": []}, {"adminSession": [], "sameOrigin": []}],
+                     "parameters": params,
                      "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
                      "responses": {"200": json_ok(summary), **{code: error_spec(text) for code, text in errors.items()}}}}
+
+
+def _session() -> dict[str, Any]:
+    until = {"type": "object", "required": ["expires_at"], "properties": {"expires_at": {"type": ["integer", "null"]}}}
+    ok = {"200": {"description": "When the session ends (Unix seconds; null: none).",
+                  "content": {"application/json": {"schema": until}}}}
+    return {
+        "get": {"summary": "Whether this browser holds a live admin session, and until when.", "parameters": [],
+                "responses": ok},
+        "post": {"summary": "Trade the admin bearer token for a session cookie (HttpOnly, SameSite=Strict, path "
+                            "/v1/admin) lasting admin_session_s.", "security": [{"admin": []}], "parameters": [],
+                 "responses": {**ok, **{c: error_spec(t) for c, t in _ADMIN_401.items()}}},
+        "delete": {"summary": "Drop the session cookie.", "parameters": [],
+                   "responses": {"200": json_ok("The cookie is dropped.")}},
+    }
 
 
 def openapi_spec() -> dict[str, Any]:
@@ -65,7 +82,9 @@ def openapi_spec() -> dict[str, Any]:
                                      [_ETAG_H], _NO_VIEW, conditional=True),
             "/v1/stream": _get("Server-sent events: each district's totals now, then whenever they change; the stream ends "
                                "after stream_max_s and the client reconnects.",
-                               [{**_DISTRICT_Q, "required": False}], {**_NO_VIEW, **_BAD_DISTRICT},
+                               [{**_DISTRICT_Q, "required": False}],
+                               {**_NO_VIEW, **_BAD_DISTRICT, "503": "stream_max_subscribers streams are open (overloaded, "
+                                                                    "with Retry-After), or no view yet."},
                                ok={"description": "`district` events, each a district's totals as in /v1/districts.",
                                    "content": {"text/event-stream": {"schema": {"type": "object"}}}}),
             "/healthz": _get("View version and age, tick interval and timings, ledger, shipping, origin.", [],
@@ -102,6 +121,7 @@ def openapi_spec() -> dict[str, Any]:
                 {"400": "Body not a JSON object (invalid_json), or enabled missing or not a boolean (invalid_param).",
                  **_ADMIN_401, "404": "No such task in the live snapshot (not_found).", **_NO_VIEW,
                  "503": "The ledger is unreachable; nothing changed (ledger_unavailable), or no view yet."}),
+            "/v1/admin/session": _session(),
             "/v1/deliveries": _get(
                 "Per delivery channel: backlog, age of the oldest pending, rate now, pace and configured rate, paused, "
                 "counts by state, the newest dead letters.", [], {
@@ -134,6 +154,10 @@ def openapi_spec() -> dict[str, Any]:
                  "503": "The ledger is unreachable; nothing changed (ledger_unavailable)."}),
         },
         "components": {"schemas": {"Error": ERROR},
-                       "securitySchemes": {"admin": {"type": "http", "scheme": "bearer",
-                                                     "description": "the admin_token setting"}}},
+                       "securitySchemes": {
+                           "admin": {"type": "http", "scheme": "bearer", "description": "the admin_token setting"},
+                           "adminSession": {"type": "apiKey", "in": "cookie", "name": "geodrop_admin",
+                                            "description": "The dashboard's session, from POST /v1/admin/session."},
+                           "sameOrigin": {"type": "apiKey", "in": "header", "name": "X-Geodrop-Session",
+                                          "description": "Any value: sent with the session cookie by the page itself."}}},
     }

@@ -38,6 +38,9 @@ class CollectorSettings:
         "shipping (1/1: all of it)."))
     admin_token: str = field(default="", repr=False, metadata=help_text(
         "Bearer token of the admin routes (live prize changes, the dashboard's kill switch); empty disables them."))
+    admin_session_s: int = field(default=900, metadata=help_text(
+        "Lifetime of the dashboard's admin session: the page trades the token for an HttpOnly cookie that lasts this "
+        "long, and asks for the token again after."))
     channels: str = field(default="", metadata=help_text(
         "Delivery channels file (JSON, as geo-deliver's): the dashboard then shows each channel's backlog, pace and dead "
         "letters, read from the record database (empty: no deliveries panel)."))
@@ -59,15 +62,18 @@ class CollectorSettings:
     stream_max_s: float = field(default=600.0, metadata=help_text(
         "Longest a stream stays open; then it ends and the client reconnects (EventSource does so by itself), "
         "so no connection outlives a deploy or a balancer's limits by long."))
+    stream_max_subscribers: int = field(default=500, metadata=help_text(
+        "Most /v1/stream connections open at once; past it a new one is answered 503 with Retry-After, so idle "
+        "streams cannot take the sockets the services' status polls and the dashboard's reads need."))
 
     def __post_init__(self) -> None:
         problems = secret_problems(self.host, {"admin_token": self.admin_token})
         if not 0 < self.tick_floor_s <= self.tick_ceiling_s:
             problems.append("tick_floor_s: must be positive and at most tick_ceiling_s")
         if min(self.slow_read_s, self.origin_poll_s, self.sweep_page_rows, self.sweep_every_s, self.preview_horizon_s,
-               self.stream_heartbeat_s, self.stream_max_s) <= 0:
+               self.stream_heartbeat_s, self.stream_max_s, self.stream_max_subscribers, self.admin_session_s) <= 0:
             problems.append("slow_read_s, origin_poll_s, sweep_page_rows, sweep_every_s, preview_horizon_s, "
-                            "stream_heartbeat_s and stream_max_s: must be positive")
+                            "stream_heartbeat_s, stream_max_s, stream_max_subscribers and admin_session_s: must be positive")
         if self.source and not self.source.startswith("mysql://"):
             problems.append("source: must be mysql://user:pass@host:port/db (or empty)")
         problems += ledger_problems(self.ledger, self.record_db)

@@ -7,7 +7,6 @@ import asyncio
 import logging
 import multiprocessing as mp
 import os
-import resource
 import signal
 import sys
 import time
@@ -27,6 +26,7 @@ from geo_service.settings import ServiceSettings
 from geo_service.snapshot.folder import current_seq
 from geo_service.snapshot.format import SnapshotError, read_tables
 from geo_service.tokens import mint
+from geo_service.web.load import raise_open_files_limit
 from geo_service.web.logs import configure_logging
 
 ENV_PREFIX = "GEODROP_SERVICE_"
@@ -62,15 +62,6 @@ def run_worker(settings: ServiceSettings, log_level: str) -> None:
         print=None,
         loop=uvloop.new_event_loop() if settings.uvloop else None,
     )
-
-
-def raise_open_files_limit() -> int:
-    """Lift this process's soft limit on open files to its hard limit and return it: every connection is a
-    file, and the usual soft limit of 1024 would refuse connections long before memory or CPU run out."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 def supervise(settings: ServiceSettings, log_level: str) -> int:

@@ -17,9 +17,13 @@ function ratio(d) {
   return quota ? left / quota : 0;
 }
 function pct(x) { return `${Math.round(x * 100)}%`; }
+// Every node of the page is made here, from text: nothing the data holds is ever parsed as markup. A style is set
+// through the CSSOM, which the page's CSP (no inline style) allows.
 function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) { if (k === "class") node.className = v; else node.setAttribute(k, v); }
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") node.className = v; else if (k === "style") Object.assign(node.style, v); else node.setAttribute(k, v);
+  }
   for (const c of children) node.append(c);
   return node;
 }
@@ -59,7 +63,7 @@ function drawLegend(map) {
   legend.onAdd = () => {
     const m = MEASURES[state.measure];
     const box = el("div", { class: "legend" }, el("b", {}, m.label));
-    m.classes.forEach((c, i) => box.append(el("br"), el("i", { style: `background:${PALETTE[i]}` }), `≥ ${m.format(c)}`));
+    m.classes.forEach((c, i) => box.append(el("br"), el("i", { style: { background: PALETTE[i] } }), `≥ ${m.format(c)}`));
     return box;
   };
   legend.addTo(map);
@@ -109,23 +113,33 @@ async function showPois(taskId) {
   document.getElementById("panel").append(note);
 }
 
-function adminToken() {
-  let token = sessionStorage.getItem("geodrop-admin-token");
-  if (!token) {
-    token = window.prompt("Admin token (kept in this tab only)") || "";
-    if (token) sessionStorage.setItem("geodrop-admin-token", token);
+// Admin actions ride on a session cookie the page's script cannot read (HttpOnly). Before one, the page asks whether
+// this browser holds a live session; if not, it asks for the token, trades it for a session at /v1/admin/session and
+// forgets it. The X-Geodrop-Session header marks the action as the page's own (same origin).
+let sessionEnds = null;  // when the session ends (Unix seconds), as the collector last said
+async function ensureSession() {
+  if (sessionEnds === null) sessionEnds = (await getJSON("/v1/admin/session")).expires_at || 0;
+  if (sessionEnds > Date.now() / 1000 + 5) return true;
+  const token = window.prompt("Admin token (opens a short session; the page does not keep it)") || "";
+  if (!token) return false;
+  sessionEnds = (await getJSON("/v1/admin/session", { method: "POST", headers: { Authorization: `Bearer ${token}` } })).expires_at;
+  return true;
+}
+async function adminPost(url, body) {
+  if (!await ensureSession()) return null;
+  try {
+    return await getJSON(url, { method: "POST", body: JSON.stringify(body),
+      headers: { "Content-Type": "application/json", "X-Geodrop-Session": "1" } });
+  } catch (e) {
+    if (e.status === 401) sessionEnds = 0;  // the session ended (or the token changed): ask again next time
+    throw e;
   }
-  return token;
 }
 
 async function switchTask(taskId, enabled) {
-  const token = adminToken();
-  if (!token) return;
   try {
-    await getJSON(`/v1/admin/tasks/${taskId}`, { method: "POST", headers: { Authorization: `Bearer ${token}`,
-      "Content-Type": "application/json" }, body: JSON.stringify({ enabled }) });
+    if (await adminPost(`/v1/admin/tasks/${taskId}`, { enabled }) === null) return;
   } catch (e) {
-    if (e.status === 401) sessionStorage.removeItem("geodrop-admin-token");
     document.getElementById("panel").append(el("p", { class: "error" }, `kill switch: ${e.message}`));
     return;
   }
@@ -161,7 +175,11 @@ function follow() {
   const stream = new EventSource("/v1/stream");
   const flag = document.getElementById("h-stream");
   stream.onopen = () => { flag.textContent = "stream on"; flag.className = ""; };
-  stream.onerror = () => { flag.textContent = "stream reconnecting"; flag.className = "bad"; };
+  stream.onerror = () => {
+    flag.textContent = "stream reconnecting"; flag.className = "bad";
+    // EventSource retries a dropped stream by itself, but gives up on an error answer (a 503 at the stream cap).
+    if (stream.readyState === EventSource.CLOSED) setTimeout(follow, 30_000);
+  };
   stream.addEventListener("district", (event) => {
     const d = JSON.parse(event.data);
     state.districts.set(d.code, d);
@@ -233,13 +251,7 @@ function deadLetter(d) {
   return item;
 }
 async function admin(url, body) {
-  const token = adminToken();
-  if (!token) return;
-  try {
-    await getJSON(url, { method: "POST", headers: { Authorization: `Bearer ${token}`, "Content-Type": "application/json" },
-      body: JSON.stringify(body) });
-  } catch (e) {
-    if (e.status === 401) sessionStorage.removeItem("geodrop-admin-token");
+  try { await adminPost(url, body); } catch (e) {
     document.getElementById("deliveries").append(el("p", { class: "error" }, e.message));
   }
   refreshDeliveries();

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import resource
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -60,3 +61,12 @@ class LoadMonitor:
             await asyncio.sleep(_PROBE_S)
             late_ms = max(0.0, (loop.time() - started - _PROBE_S) * 1000)
             self.lag_ms = (1 - _EWMA) * self.lag_ms + _EWMA * late_ms
+
+
+def raise_open_files_limit() -> int:
+    """Lift this process's soft limit on open files to its hard limit and return it: every connection is a
+    file, and the usual soft limit of 1024 would refuse connections long before memory or CPU run out."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]

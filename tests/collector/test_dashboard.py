@@ -3,6 +3,8 @@ service on the sample: districts drawn, figures moving live, the kill switch, th
 
 from __future__ import annotations
 
+import csv
+import shutil
 import subprocess
 import sys
 import time
@@ -119,7 +121,9 @@ def test_the_kill_switch_on_the_page_takes_the_task_out_of_nearby(page: Page, si
     while task_id in {t["task_id"] for t in get_json(nearby)["tasks"]}:  # bounded by the deadline
         assert time.monotonic() < deadline, "the task is still in /v1/nearby"
         time.sleep(0.1)
-    assert page.evaluate("sessionStorage.getItem('geodrop-admin-token')") == ADMIN
+    # The token bought an HttpOnly session: nothing a script of the page can read holds it.
+    assert page.evaluate("() => [sessionStorage.length, localStorage.length, document.cookie]") == [0, 0, ""]
+    assert any(c["name"] == "geodrop_admin" and c["httpOnly"] for c in page.context.cookies())
     assert errors == []
 
 
@@ -139,20 +143,59 @@ def test_a_probe_click_draws_the_windows_cells_and_the_answers_pois(page: Page, 
     assert errors == []
 
 
-def test_a_district_named_like_markup_shows_as_text_and_runs_nothing(page: Page, site: Site) -> None:
+# Names that would run the page's trap if any of them reached the DOM as markup, or an attribute as code.
+HOSTILE = ['<img src=x onerror="__trap()">', "<script>__trap()</script>", '"><svg onload=__trap()>',
+           "javascript:__trap()", "</span><iframe srcdoc='<script>parent.__trap()</script>'>"]
+
+
+def hostile_source(into: Path) -> Path:
+    """The sample with every district name, task name and prize type replaced by script and markup."""
+    shutil.copytree(SAMPLE, into)
+    (into / "channels.json").unlink()  # its prize types are the sample's: a build would refuse the hostile ones
+    outlines = orjson.loads((into / "districts.geojson").read_bytes())
+    for i, f in enumerate(outlines["features"]):
+        f["properties"]["name"] = HOSTILE[i % len(HOSTILE)]
+    (into / "districts.geojson").write_bytes(orjson.dumps(outlines))
+    for name, column in (("tasks.csv", "name"), ("task_prizes.csv", "prize_type")):
+        with (into / name).open(newline="") as f:
+            rows = list(csv.DictReader(f))
+        kinds = sorted({r[column] for r in rows})
+        for i, r in enumerate(rows):
+            r[column] = HOSTILE[(kinds.index(r[column]) if column == "prize_type" else i) % len(HOSTILE)]
+        with (into / name).open("w", newline="") as f:
+            out = csv.DictWriter(f, fieldnames=list(rows[0]))
+            out.writeheader()
+            out.writerows(rows)
+    return into
+
+
+@pytest.fixture
+def hostile_site(tmp_path: Path) -> Iterator[Process]:
+    snaps = tmp_path / "snaps"
+    subprocess.run([sys.executable, "-m", "loaders", "build", "--source", str(hostile_source(tmp_path / "src")),
+                    "--out", str(snaps), "--quiet"], check=True, timeout=120)
+    col = collector(snaps, f"sqlite:///{tmp_path / 'ledger.sqlite3'}", "--admin-token", ADMIN).start()
+    try:
+        col.wait_ready()
+        yield col
+    finally:
+        col.stop()
+
+
+def test_names_of_script_and_markup_show_as_text_and_run_nothing_under_the_csp(page: Page, hostile_site: Process) -> None:
     errors: list[str] = []
-    open_page(page, site.collector.url, errors)
-    name = "<img src=x onerror=\"window.pwned=1\">"
-    shown = page.evaluate("""(name) => {
-        const code = state.districts.keys().next().value;
-        state.districts.set(code, {...state.districts.get(code), name});
-        const layer = state.features.get(code);
-        layer.setTooltipContent(tooltip(code));
-        layer.openTooltip();
-        const tip = document.querySelector(".leaflet-tooltip");
-        return {text: tip.textContent, images: tip.querySelectorAll("img").length};
-    }""", name)
-    page.wait_for_timeout(200)  # an onerror would have run by now
-    assert name in shown["text"] and shown["images"] == 0
-    assert page.evaluate("() => window.pwned") is None
+    page.add_init_script("window.__trapped = 0; window.__trap = () => { window.__trapped += 1; };")
+    csp: list[str] = []
+    page.on("response", lambda r: csp.append(r.headers.get("content-security-policy", "")) if r.url.endswith("/") else None)
+    open_page(page, hostile_site.url, errors)
+    assert csp and "script-src 'self'" in csp[0]
+    page.locator(f"path.district[data-code='{DISTRICT}']").dispatch_event("mouseover")
+    page.locator(f"path.district[data-code='{DISTRICT}']").dispatch_event("click")
+    page.wait_for_selector("#district-totals")
+    panel, tip = page.inner_text("#panel"), page.inner_text(".leaflet-tooltip")
+    shown = panel + tip
+    assert {h for h in HOSTILE if h in shown} >= set(HOSTILE[:4]), "the names must show as they are, as text"
+    assert page.locator("#panel img, #panel script, #panel svg, #panel iframe, .leaflet-tooltip img").count() == 0
+    page.wait_for_timeout(300)  # an onerror or onload would have run by now
+    assert page.evaluate("() => window.__trapped") == 0
     assert errors == []

@@ -1,0 +1,99 @@
+"""What keeps the dashboard's tab safe: a strict Content-Security-Policy and the usual headers on every answer,
+and the admin session that keeps the admin token out of the page.
+
+The page asks for the admin token once, trades it at POST /v1/admin/session for a short-lived session cookie
+(HttpOnly, so no script reads it; SameSite=Strict and scoped to /v1/admin, so no other site's page sends it),
+and forgets it. The cookie is `<expires>.<HMAC of it under a key derived from the admin token>`: nothing is
+stored server-side, every collector of a deployment accepts it, and changing the token ends every session.
+An admin request that rides on the cookie must also carry the X-Geodrop-Session header: a custom header
+cannot be sent cross-origin without a CORS preflight, which the collector never grants.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+
+from aiohttp import web
+
+from collector.keys import settings_key
+from geo_service.web.params import require_admin
+from geo_service.web.responses import json_response
+from geo_service.web.routing import Route
+
+COOKIE = "geodrop_admin"
+SESSION_HEADER = "X-Geodrop-Session"
+# No inline script or style, nothing from another origin; connect-src 'self' covers fetch and the event stream.
+# Leaflet and uPlot position their nodes through element.style, which CSP leaves alone.
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+       "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
+           "X-Frame-Options": "DENY", "Cross-Origin-Opener-Policy": "same-origin"}
+
+
+async def secure_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: every answer of the collector, pages, JSON and errors alike, carries HEADERS."""
+    response.headers.update(HEADERS)
+
+
+def _mac(token: str, expires: int) -> str:
+    key = hmac.new(token.encode(), b"geodrop admin session", hashlib.sha256).digest()
+    return hmac.new(key, str(expires).encode(), hashlib.sha256).hexdigest()
+
+
+def session_value(token: str, expires: int) -> str:
+    return f"{expires}.{_mac(token, expires)}"
+
+
+def session_valid(token: str, value: str, now: float) -> bool:
+    expires, _, mac = value.partition(".")
+    if not (token and expires.isascii() and expires.isdigit() and len(expires) <= 12 and int(expires) > now):
+        return False
+    return hmac.compare_digest(mac.encode(), _mac(token, int(expires)).encode())
+
+
+def admin_check(request: web.Request, what: str) -> None:
+    """Let an admin route pass with the bearer token (scripts, curl) or the page's session; 401 otherwise."""
+    token = request.app[settings_key].admin_token
+    if token and request.headers.get(SESSION_HEADER) and session_valid(token, request.cookies.get(COOKIE, ""), time.time()):
+        return
+    require_admin(request.headers.get("Authorization", ""), token, what)
+
+
+async def open_session(request: web.Request) -> web.Response:
+    """Trade the admin bearer token for a session cookie the page's script cannot read."""
+    settings = request.app[settings_key]
+    require_admin(request.headers.get("Authorization", ""), settings.admin_token, "an admin session")
+    expires = int(time.time()) + settings.admin_session_s
+    response = json_response({"expires_at": expires})
+    response.set_cookie(COOKIE, session_value(settings.admin_token, expires), max_age=settings.admin_session_s,
+                        path="/v1/admin", httponly=True, samesite="Strict", secure=_https(request))
+    return response
+
+
+async def session_state(request: web.Request) -> web.Response:
+    """Whether this browser holds a live session, and until when: the page asks before an admin action, so it
+    prompts for the token only when it must (and the console shows no 401)."""
+    value, token = request.cookies.get(COOKIE, ""), request.app[settings_key].admin_token
+    live = session_valid(token, value, time.time())
+    return json_response({"expires_at": int(value.partition(".")[0]) if live else None})
+
+
+async def close_session(request: web.Request) -> web.Response:
+    """End the page's session (the cookie is dropped; a copy of it lives until it expires)."""
+    response = json_response({"closed": True})
+    response.del_cookie(COOKIE, path="/v1/admin", secure=_https(request), httponly=True, samesite="Strict")
+    return response
+
+
+def _https(request: web.Request) -> bool:
+    """Whether the browser reached us over TLS (directly, or through a proxy that says so)."""
+    return request.secure or request.headers.get("X-Forwarded-Proto", "") == "https"
+
+
+ROUTES: list[Route] = [
+    ("GET", "/v1/admin/session", session_state),
+    ("POST", "/v1/admin/session", open_session),
+    ("DELETE", "/v1/admin/session", close_session),
+]

@@ -1,0 +1,92 @@
+"""The collector's surfaces against what a page, a script or a crowd sends: its headers, the admin session that
+keeps the token out of the page, the cap on streams."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from collector.security import COOKIE, CSP, SESSION_HEADER, session_valid, session_value
+from tests.support.ledgers import sql_rows
+from tests.test_error_shape import assert_error_shape
+
+ADMIN = "surface-admin-token"
+KILL = "/v1/admin/tasks/44030500"
+
+
+@pytest.mark.parametrize("path", ["/", "/static/dashboard.js", "/v1/districts", "/v1/nowhere", "/v1/tasks/%C2%B2/pois"])
+async def test_every_answer_carries_the_csp_and_the_usual_headers(
+        make_collector: Any, sample_snapshots: Path, tmp_path: Path, path: str) -> None:
+    client = await make_collector(sample_snapshots, f"sqlite:///{tmp_path / 'l.sqlite3'}")
+    resp = await client.get(path)
+    assert resp.headers["Content-Security-Policy"] == CSP
+    assert "script-src 'self';" in CSP and "unsafe-inline" not in CSP and "frame-ancestors 'none'" in CSP
+    assert resp.headers["X-Content-Type-Options"] == "nosniff"
+    assert resp.headers["Referrer-Policy"] == "no-referrer" and resp.headers["X-Frame-Options"] == "DENY"
+
+
+async def test_the_admin_token_buys_an_httponly_session_that_only_same_origin_requests_can_use(
+        make_collector: Any, sample_snapshots: Path, tmp_path: Path) -> None:
+    ledger = f"sqlite:///{tmp_path / 'l.sqlite3'}"
+    client = await make_collector(sample_snapshots, ledger, admin_token=ADMIN, admin_session_s=60)
+    refused = await client.post("/v1/admin/session", headers={"Authorization": "Bearer wrong"})
+    assert_error_shape(401, refused.headers, await refused.json(), "invalid_token")
+    assert COOKIE not in refused.cookies
+    opened = await client.post("/v1/admin/session", headers={"Authorization": f"Bearer {ADMIN}"})
+    assert opened.status == 200
+    cookie = opened.cookies[COOKIE]
+    assert cookie["httponly"] and cookie["samesite"] == "Strict" and cookie["path"] == "/v1/admin"
+    assert int(cookie["max-age"]) == 60 and ADMIN not in cookie.value
+    # The client's jar now sends the cookie. Without the header (what a cross-site form could send) it is not enough.
+    bare = await client.post(KILL, json={"enabled": False})
+    assert bare.status == 401
+    assert sql_rows(ledger, "SELECT * FROM task_flags") == []
+    ok = await client.post(KILL, json={"enabled": False}, headers={SESSION_HEADER: "1"})
+    assert ok.status == 200 and (await ok.json())["enabled"] is False
+    assert sql_rows(ledger, "SELECT task_id, enabled FROM task_flags") == [(44030500, 0)]
+    closed = await client.delete("/v1/admin/session")
+    assert closed.status == 200
+    after = await client.post(KILL, json={"enabled": True}, headers={SESSION_HEADER: "1"})
+    assert after.status == 401
+    assert sql_rows(ledger, "SELECT task_id, enabled FROM task_flags") == [(44030500, 0)]
+
+
+@pytest.mark.parametrize("value", [
+    session_value(ADMIN, int(time.time()) - 1),  # expired
+    session_value("another-token", int(time.time()) + 600),  # made under another token (the token was changed)
+    f"{int(time.time()) + 10**6}.{session_value(ADMIN, int(time.time()) + 600).split('.')[1]}",  # expiry moved
+    "", "x", "1.", ".abc", "²" * 3 + ".00", "9" * 40 + ".00",
+])
+async def test_a_forged_expired_or_garbled_session_opens_nothing(
+        make_collector: Any, sample_snapshots: Path, tmp_path: Path, value: str) -> None:
+    assert not session_valid(ADMIN, value, time.time())
+    client = await make_collector(sample_snapshots, f"sqlite:///{tmp_path / 'l.sqlite3'}", admin_token=ADMIN)
+    client.session.cookie_jar.update_cookies({COOKIE: value})
+    resp = await client.post(KILL, json={"enabled": False}, headers={SESSION_HEADER: "1"})
+    assert_error_shape(401, resp.headers, await resp.json(), "invalid_token")
+
+
+async def test_streams_past_the_cap_get_a_503_with_retry_after_and_the_rest_of_the_collector_answers(
+        make_collector: Any, sample_snapshots: Path, tmp_path: Path) -> None:
+    client = await make_collector(sample_snapshots, f"sqlite:///{tmp_path / 'l.sqlite3'}", stream_max_subscribers=3)
+    held = [await client.get("/v1/stream") for _ in range(3)]
+    assert all(r.status == 200 for r in held)
+    refused = await client.get("/v1/stream")
+    assert_error_shape(503, refused.headers, await refused.json(), "overloaded")
+    assert int(refused.headers["Retry-After"]) > 0
+    status = await client.get("/v1/tasks/status")
+    assert status.status == 200
+    metrics = await (await client.get("/metrics")).text()
+    assert 'geodrop_collector_streams_refused_total{process="collector"} 1\n' in metrics
+    held[0].close()  # one goes away: its place is free again
+    deadline = time.monotonic() + 5
+    while (again := await client.get("/v1/stream")).status != 200:  # bounded by the deadline
+        again.close()
+        assert time.monotonic() < deadline, "a closed stream's place was not freed"
+        await asyncio.sleep(0.05)
+    for r in [*held[1:], again]:
+        r.close()
