@@ -171,6 +171,10 @@ async def healthz(request: web.Request) -> web.Response:
     return json_response({"ok": True, **health})
 
 
+def _or_minus_one(value: float | None) -> float:
+    return -1 if value is None else value
+
+
 async def metrics(request: web.Request) -> web.Response:
     app = request.app
     holder, load, check = app[snapshot_key], app[load_key], app[ledger_check_key]
@@ -183,6 +187,10 @@ async def metrics(request: web.Request) -> web.Response:
                                     int(holder.source_problem is not None)),
         "status_edges_inline_total": ("counter", "Task-window edges whose status was computed in a request "
                                                   "(not ahead, in a thread).", holder.edges_inline),
+        "status_age_seconds": ("gauge", "Age of the task status taken from the collector (-1: none yet, or no "
+                                        "collector).", _or_minus_one(app[status_key].age_s())),
+        "status_poll_failures_total": ("counter", "Polls of the collector's task status that failed.",
+                                       app[status_key].failures),
         "shed_requests_total": ("counter", "Requests answered 503 because of load.", load.shed),
         "inflight_requests": ("gauge", "Requests in flight.", load.inflight),
         "event_loop_lag_ms": ("gauge", "Smoothed event-loop lag.", load.lag_ms),
