@@ -103,8 +103,8 @@ def create_app(settings: CollectorSettings) -> web.Application:
         source=MySQLSource.from_dsn(settings.source) if settings.source else None,
     )
     if settings.origin:
-        app[puller_key] = Puller(open_origin(settings.origin, settings.origin_endpoint), settings.snapshots,
-                                 settings.origin_poll_s)
+        app[puller_key] = Puller(open_origin(settings.origin, settings.origin_endpoint, settings.origin_timeout_s),
+                                 settings.snapshots, settings.origin_poll_s, max_bytes=settings.origin_max_bytes)
     app[files_key] = SnapshotFiles(settings.snapshots, settings.data_dir / "mapped")
     app[service_key] = ServiceClient(settings.service)
     app.cleanup_ctx.extend([ticker_ctx, ledger_ctx, service_ctx, deliveries_ctx])

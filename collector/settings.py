@@ -10,7 +10,10 @@ from geo_service.config import (
     help_text,
     origin_endpoint_field,
     origin_field,
+    origin_max_bytes_field,
     origin_poll_field,
+    origin_problems,
+    origin_timeout_field,
     secret_problems,
 )
 from geo_service.dsn import ledger_problems, ship_part
@@ -27,6 +30,8 @@ class CollectorSettings:
     origin: str = origin_field()
     origin_endpoint: str = origin_endpoint_field()
     origin_poll_s: float = origin_poll_field()
+    origin_timeout_s: float = origin_timeout_field()
+    origin_max_bytes: int = origin_max_bytes_field()
     ledger: str = field(default="sqlite:///var/ledger.sqlite3", repr=False,
                         metadata=help_text("Ledger DSN to read: sqlite:///PATH, mysql://user:pass@host:port/db, "
                                        "redis://host:port[/db] or redis+cluster://host:port[,host:port...]."))
@@ -74,6 +79,7 @@ class CollectorSettings:
                self.stream_heartbeat_s, self.stream_max_s, self.stream_max_subscribers, self.admin_session_s) <= 0:
             problems.append("slow_read_s, origin_poll_s, sweep_page_rows, sweep_every_s, preview_horizon_s, "
                             "stream_heartbeat_s, stream_max_s, stream_max_subscribers and admin_session_s: must be positive")
+        problems += origin_problems(self.origin_timeout_s, self.origin_max_bytes)
         if self.source and not self.source.startswith("mysql://"):
             problems.append("source: must be mysql://user:pass@host:port/db (or empty)")
         problems += ledger_problems(self.ledger, self.record_db)

@@ -135,8 +135,9 @@ def create_app(settings: ServiceSettings) -> web.Application:
                                          on_load=lambda lookup: seed_counters(ledger, lookup),
                                          levels=Levels(settings.level_few_below, settings.level_last_below))
     if settings.origin:
-        app[puller_key] = Puller(open_origin(settings.origin, settings.origin_endpoint), settings.snapshots,
-                                 settings.origin_poll_s, on_pulled=watcher.wake)
+        app[puller_key] = Puller(open_origin(settings.origin, settings.origin_endpoint, settings.origin_timeout_s),
+                                 settings.snapshots, settings.origin_poll_s, on_pulled=watcher.wake,
+                                 max_bytes=settings.origin_max_bytes)
     app[load_key] = load = LoadMonitor(settings)
     app[metrics_key] = metrics = Metrics()
     app[status_key] = StatusPoller(settings.collector.rstrip("/"), holder, settings.status_poll_s)

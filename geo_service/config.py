@@ -75,6 +75,23 @@ def origin_poll_field() -> Any:
     return field(default=1.0, metadata=help_text("How often to check the origin's CURRENT (backs off to 30 s while it fails)."))
 
 
+def origin_timeout_field() -> Any:
+    return field(default=30.0, metadata=help_text(
+        "Seconds the origin may stay silent, and may take over CURRENT or a manifest in all, before the poll fails; "
+        "a file gets that plus its size at 256 KiB/s (a stalled or drip-feeding origin must not hold the host)."))
+
+
+def origin_max_bytes_field() -> Any:
+    return field(default=8 << 30, metadata=help_text(
+        "Most bytes a pulled snapshot's files may add up to; a manifest listing more is refused before a byte is "
+        "downloaded, and a file longer than its manifest says is cut off (the host's disk stays safe)."))
+
+
+def origin_problems(timeout_s: float, max_bytes: int) -> list[str]:
+    """Return what is wrong with the origin limits of a process that pulls snapshots."""
+    return [] if timeout_s > 0 and max_bytes > 0 else ["origin_timeout_s and origin_max_bytes: must be positive"]
+
+
 def _convert(name: str, kind: Any, value: Any) -> Any:
     if isinstance(kind, types.UnionType):
         kind = next(k for k in typing.get_args(kind) if k is not type(None))

@@ -10,7 +10,10 @@ from geo_service.config import (
     help_text,
     origin_endpoint_field,
     origin_field,
+    origin_max_bytes_field,
     origin_poll_field,
+    origin_problems,
+    origin_timeout_field,
     secret_problems,
 )
 from geo_service.dsn import ledger_problems
@@ -29,6 +32,8 @@ class ServiceSettings:
     origin: str = origin_field()
     origin_endpoint: str = origin_endpoint_field()
     origin_poll_s: float = origin_poll_field()
+    origin_timeout_s: float = origin_timeout_field()
+    origin_max_bytes: int = origin_max_bytes_field()
     max_pois: int = field(default=300, metadata=help_text("Cap on POIs per /v1/nearby answer; `truncated` says it cut."))
     level_few_below: int = field(default=100, metadata=help_text(
         "Answers show a prize with fewer than this many left as level `few` (more: `plenty`), not its count: "
@@ -105,6 +110,7 @@ class ServiceSettings:
         problems += secret_problems(self.host, {"token_secret": self.token_secret, "admin_token": self.admin_token})
         if self.poll_interval_s <= 0 or self.origin_poll_s <= 0:
             problems.append("poll_interval_s and origin_poll_s: must be positive")
+        problems += origin_problems(self.origin_timeout_s, self.origin_max_bytes)
         if min(self.claim_timeout_s, self.keepalive_timeout_s) <= 0 or self.ask_again_every_s < 0:
             problems.append("claim_timeout_s and keepalive_timeout_s: must be positive; ask_again_every_s: 0 or more")
         if problems:

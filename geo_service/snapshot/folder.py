@@ -31,6 +31,7 @@ from geo_service.snapshot.format import (
     SnapshotError,
     fsync_path,
     open_snapshot,
+    parse_seq,
     rows_of,
     storage_error,
     write_files,
@@ -55,18 +56,19 @@ def list_seqs(root: Path) -> list[int]:
     """Return the seqs of the published snapshot folders, oldest first."""
     if not root.is_dir():
         return []
-    return sorted(int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit())
+    return sorted(seq for p in root.iterdir() if p.is_dir() and (seq := parse_seq(p.name)) is not None)
 
 
 def current_seq(root: Path) -> int | None:
     """Return the seq CURRENT points at, or None before the first publish."""
     try:
-        text = (root / "CURRENT").read_text().strip()
+        text = (root / "CURRENT").read_bytes().decode(errors="replace").strip()
     except FileNotFoundError:
         return None
-    if not text.isdigit():
+    seq = parse_seq(text)
+    if seq is None:
         raise SnapshotError(f"{root / 'CURRENT'}: not a snapshot seq: {text[:40]!r}")
-    return int(text)
+    return seq
 
 
 def _point_current(root: Path, seq: int) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -44,6 +45,9 @@ TABLES = ("tasks.json", "districts.json")
 # Files a snapshot may carry beyond the required ones: the district outlines simplified for maps
 # (the dashboard's), absent from snapshots built before it.
 OPTIONAL = ("districts.geojson",)
+# A seq is at most this many ASCII digits: any such number fits an int64, and anything longer is garbage.
+MAX_SEQ_DIGITS = 18
+_SHA256 = re.compile(r"[0-9a-f]{64}")  # as hexdigest() writes it
 
 
 class PrizeRow(TypedDict):
@@ -186,8 +190,17 @@ def read_manifest(folder: Path) -> Manifest:
     return parse_manifest(raw, f"{folder}/manifest.json")
 
 
-def parse_manifest(raw: bytes, where: str) -> Manifest:
-    """Return a manifest's content after checking its format, version and file list; `where` names it."""
+def parse_seq(text: str) -> int | None:
+    """Return the seq a CURRENT file or a snapshot folder's name spells, or None if it spells none: ASCII decimal
+    digits only (str.isdigit() alone also takes "²", which int() then refuses), at most MAX_SEQ_DIGITS of them."""
+    return int(text) if 0 < len(text) <= MAX_SEQ_DIGITS and text.isascii() and text.isdigit() else None
+
+
+def parse_manifest(raw: bytes, where: str, seq: int | None = None) -> Manifest:
+    """Return a manifest's content after checking its format, version and the shape of every field read from it
+    (seq, which must be `seq` when given, built_at, deliveries, each file's bytes, sha256 and rows): a malformed
+    one, from a damaged disk or an origin, is a SnapshotError naming the field, never a KeyError or TypeError
+    further on. `where` names it."""
     try:
         manifest = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -197,11 +210,37 @@ def parse_manifest(raw: bytes, where: str) -> Manifest:
     if manifest.get("version") != VERSION:
         raise SnapshotError(f"{where}: format version {manifest.get('version')!r}; this release reads version {VERSION} "
                             "only: rebuild the snapshot with this release's geo-snapshot build (and publish it again)")
+    _check(where, "seq", manifest.get("seq"), _whole(manifest.get("seq")), "a whole number")
+    _check(where, "seq", manifest["seq"], seq is None or manifest["seq"] == seq, f"{seq}, the seq CURRENT names")
+    built_at = manifest.get("built_at")
+    _check(where, "built_at", built_at, isinstance(built_at, int | float) and not isinstance(built_at, bool),
+           "a number (epoch seconds)")
+    deliveries = manifest.get("deliveries", {})
+    _check(where, "deliveries", deliveries, isinstance(deliveries, dict)
+           and all(isinstance(d, dict) for d in deliveries.values()), "an object of objects")
+    files: Any = manifest.get("files")
+    _check(where, "files", files, isinstance(files, dict), "an object")
     required = {f"{n}.npy" for n in ROW_ARRAYS} | set(TABLES)
-    listed = set(manifest.get("files", {}))
-    if not required <= listed <= required | set(OPTIONAL):
-        raise SnapshotError(f"{where}: lists files {sorted(listed)}, expected {sorted(required)} and any of {list(OPTIONAL)}")
+    if not required <= set(files) <= required | set(OPTIONAL):
+        raise SnapshotError(f"{where}: lists files {sorted(files)}, expected {sorted(required)} and any of {list(OPTIONAL)}")
+    for name, info in files.items():
+        _check(where, f"files.{name}", info, isinstance(info, dict), "an object")
+        _check(where, f"files.{name}.bytes", info.get("bytes"), _whole(info.get("bytes")), "a whole number")
+        sha256 = info.get("sha256")
+        _check(where, f"files.{name}.sha256", sha256, isinstance(sha256, str) and _SHA256.fullmatch(sha256) is not None,
+               "64 lowercase hex digits")
+        if name.endswith(".npy"):
+            _check(where, f"files.{name}.rows", info.get("rows"), _whole(info.get("rows")), "a whole number")
     return manifest
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check(where: str, field: str, value: Any, ok: bool, wanted: str) -> None:
+    if not ok:
+        raise SnapshotError(f"{where}: field {field} must be {wanted}; got {repr(value)[:60]}")
 
 
 def verify_file(path: Path, info: Mapping[str, Any]) -> None:

@@ -14,15 +14,22 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import aiohttp
 
+from geo_service.snapshot.format import MAX_SEQ_DIGITS, SnapshotError, parse_seq
+
 T = TypeVar("T")
 CHUNK = 1 << 20  # bytes read and written at a time when copying a file down
+TIMEOUT_S = 30.0  # how long an origin may stay silent (origin_timeout_s)
+# Caps on the small objects a host reads, so an origin answering with far more cannot fill its memory.
+CURRENT_MAX_BYTES = 64
+MANIFEST_MAX_BYTES = 1 << 20
 
 
 class OriginError(Exception):
@@ -31,13 +38,16 @@ class OriginError(Exception):
 
 class Origin(Protocol):
     url: str  # for messages: never carries credentials
+    timeout_s: float  # how long it may stay silent; the puller's deadlines start from it
 
-    async def read(self, name: str) -> bytes | None:
-        """Return a small object (CURRENT, a manifest), or None if the origin has none by that name."""
+    async def read(self, name: str, limit: int = MANIFEST_MAX_BYTES) -> bytes | None:
+        """Return a small object (CURRENT, a manifest), or None if the origin has none by that name; one longer
+        than `limit` bytes is refused (SnapshotError)."""
         ...
 
-    async def fetch(self, name: str, dest: Path) -> None:
-        """Download an object into dest, going on from dest's length if a download was cut short."""
+    async def fetch(self, name: str, dest: Path, size: int) -> None:
+        """Download an object into dest, going on from dest's length if a download was cut short. Never writes
+        dest past `size` bytes: an object longer is refused (SnapshotError) and the caller deletes dest."""
         ...
 
     async def put(self, name: str, src: Path | bytes) -> None:
@@ -53,15 +63,44 @@ class Origin(Protocol):
 
 def _seq_names(names: list[str]) -> list[int]:
     """Return the seqs of <seq>/manifest.json among object names."""
-    return sorted({int(n.split("/")[0]) for n in names if n.endswith("/manifest.json") and n.split("/")[0].isdigit()})
+    seqs = (parse_seq(n.removesuffix("/manifest.json")) for n in names if n.endswith("/manifest.json"))
+    return sorted({seq for seq in seqs if seq is not None})
+
+
+def _too_long(where: str, limit: int) -> SnapshotError:
+    return SnapshotError(f"{where}: longer than {limit} bytes; refused")
+
+
+async def _bounded(chunks: AsyncIterator[bytes], limit: int, where: str) -> bytes:
+    """Gather a small object, refusing it once it passes `limit` bytes (never holding much more in memory)."""
+    data = bytearray()
+    async for chunk in chunks:
+        data += chunk
+        if len(data) > limit:
+            raise _too_long(where, limit)
+    return bytes(data)
+
+
+@contextmanager
+def _capped(dest: Path, append: bool, size: int, where: str) -> Iterator[Callable[[bytes], None]]:
+    """Open dest for a download (appending to a partial copy, or afresh) and yield a write that refuses to take it
+    past `size` bytes: an origin sending more than the manifest says must not fill the host's disk."""
+    with dest.open("ab" if append else "wb") as out:
+        def write(chunk: bytes) -> None:
+            if out.tell() + len(chunk) > size:
+                raise SnapshotError(f"{where}: longer than the {size} bytes its manifest says; refused")
+            out.write(chunk)
+
+        yield write
 
 
 class FolderOrigin:
     """A folder: written by publish, served to the hosts by a static HTTP server, or read directly (NFS)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, timeout_s: float = TIMEOUT_S) -> None:
         self.root = root
         self.url = str(root)
+        self.timeout_s = timeout_s  # a stalled network filesystem
 
     async def _io(self, work: Callable[[], T]) -> T:
         try:
@@ -69,15 +108,27 @@ class FolderOrigin:
         except OSError as exc:
             raise OriginError(f"origin {self.url}: {exc}") from exc
 
-    async def read(self, name: str) -> bytes | None:
+    async def read(self, name: str, limit: int = MANIFEST_MAX_BYTES) -> bytes | None:
         path = self.root / name
-        return await self._io(lambda: path.read_bytes() if path.is_file() else None)
 
-    async def fetch(self, name: str, dest: Path) -> None:
+        def load() -> bytes | None:
+            if not path.is_file():
+                return None
+            with path.open("rb") as f:
+                data = f.read(limit + 1)
+            if len(data) > limit:
+                raise _too_long(f"origin {self.url}/{name}", limit)
+            return data
+
+        return await self._io(load)
+
+    async def fetch(self, name: str, dest: Path, size: int) -> None:
         def copy() -> None:
-            with (self.root / name).open("rb") as src, dest.open("ab") as out:
-                src.seek(out.tell())
-                shutil.copyfileobj(src, out, CHUNK)
+            offset = dest.stat().st_size if dest.exists() else 0
+            with (self.root / name).open("rb") as src, _capped(dest, True, size, f"origin {self.url}/{name}") as write:
+                src.seek(offset)
+                while chunk := src.read(CHUNK):
+                    write(chunk)
 
         await self._io(copy)
 
@@ -106,7 +157,7 @@ class FolderOrigin:
 class HttpOrigin:
     """The base URL of an HTTP server serving an origin folder (read only). Byte ranges resume downloads."""
 
-    def __init__(self, base: str, timeout_s: float = 30.0) -> None:
+    def __init__(self, base: str, timeout_s: float = TIMEOUT_S) -> None:
         # Credentials in the URL (user:pass@) go in an Authorization header; `url`, which logs, errors and /healthz
         # show, keeps the user and hides the password.
         parts = urlsplit(base.rstrip("/"))
@@ -115,6 +166,7 @@ class HttpOrigin:
         self._base = urlunsplit(parts._replace(netloc=host))
         self._auth = ({"Authorization": aiohttp.encode_basic_auth(unquote(parts.username or ""), unquote(parts.password))}
                       if parts.password else {})
+        self.timeout_s = timeout_s
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout_s, sock_read=timeout_s)
         self._session: aiohttp.ClientSession | None = None
 
@@ -136,20 +188,20 @@ class HttpOrigin:
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise OriginError(f"origin {self.url}/{name}: {type(exc).__name__}: {exc}") from exc
 
-    async def read(self, name: str) -> bytes | None:
+    async def read(self, name: str, limit: int = MANIFEST_MAX_BYTES) -> bytes | None:
         async def body(resp: aiohttp.ClientResponse) -> bytes:
-            return await resp.read()
+            return await _bounded(resp.content.iter_chunked(min(CHUNK, limit + 1)), limit, f"origin {self.url}/{name}")
 
         return await self._get(name, 0, body)
 
-    async def fetch(self, name: str, dest: Path) -> None:
+    async def fetch(self, name: str, dest: Path, size: int) -> None:
         offset = dest.stat().st_size if dest.exists() else 0
 
         async def save(resp: aiohttp.ClientResponse) -> bool:
             # 200 to a ranged request: the server sent the whole object, so the partial copy is dropped.
-            with dest.open("ab" if resp.status == 206 else "wb") as out:
+            with _capped(dest, resp.status == 206, size, f"origin {self.url}/{name}") as write:
                 async for chunk in resp.content.iter_chunked(CHUNK):
-                    out.write(chunk)
+                    write(chunk)
             return True
 
         if await self._get(name, offset, save) is None:
@@ -170,8 +222,8 @@ class HttpOrigin:
 class S3Origin:
     """s3://bucket/prefix on any S3-compatible store, through aiobotocore."""
 
-    def __init__(self, bucket: str, prefix: str, endpoint: str = "") -> None:
-        self.bucket, self.prefix, self.endpoint = bucket, prefix.strip("/"), endpoint
+    def __init__(self, bucket: str, prefix: str, endpoint: str = "", timeout_s: float = TIMEOUT_S) -> None:
+        self.bucket, self.prefix, self.endpoint, self.timeout_s = bucket, prefix.strip("/"), endpoint, timeout_s
         self.url = f"s3://{bucket}/{self.prefix}" + (f" at {endpoint}" if endpoint else "")
         self._exit: Any = None
         self._s3: Any = None
@@ -185,7 +237,8 @@ class S3Origin:
             from aiobotocore.session import get_session
 
             # Fail fast: the puller has its own back-off, and a host polls every second.
-            config = AioConfig(connect_timeout=5, read_timeout=60, retries={"max_attempts": 2, "mode": "standard"})
+            config = AioConfig(connect_timeout=min(5, self.timeout_s), read_timeout=self.timeout_s,
+                               retries={"max_attempts": 2, "mode": "standard"})
             context = get_session().create_client("s3", endpoint_url=self.endpoint or None, config=config)
             self._s3 = await context.__aenter__()
             self._exit = context.__aexit__
@@ -199,27 +252,27 @@ class S3Origin:
         except (BotoCoreError, ClientError, aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise OriginError(f"origin {self.url}: {type(exc).__name__}: {exc}") from exc
 
-    async def read(self, name: str) -> bytes | None:
+    async def read(self, name: str, limit: int = MANIFEST_MAX_BYTES) -> bytes | None:
         async def get(s3: Any) -> bytes | None:
             try:
                 answer = await s3.get_object(Bucket=self.bucket, Key=self._key(name))
             except s3.exceptions.NoSuchKey:
                 return None
             async with answer["Body"] as body:
-                return bytes(await body.read())
+                return await _bounded(body.iter_chunks(min(CHUNK, limit + 1)), limit, f"origin {self.url}/{name}")
 
         return await self._call(get)
 
-    async def fetch(self, name: str, dest: Path) -> None:
+    async def fetch(self, name: str, dest: Path, size: int) -> None:
         offset = dest.stat().st_size if dest.exists() else 0
 
         async def get(s3: Any) -> None:
             ranged = {"Range": f"bytes={offset}-"} if offset else {}
             answer = await s3.get_object(Bucket=self.bucket, Key=self._key(name), **ranged)
-            with dest.open("ab" if offset else "wb") as out:
+            with _capped(dest, bool(offset), size, f"origin {self.url}/{name}") as write:
                 async with answer["Body"] as body:
                     async for chunk in body.iter_chunks(CHUNK):
-                        out.write(chunk)
+                        write(chunk)
 
         await self._call(get)
 
@@ -249,29 +302,32 @@ class S3Origin:
             await exit_(None, None, None)
 
 
-def open_origin(url: str, endpoint: str = "") -> Origin:
-    """Return the origin a URL names: s3://bucket/prefix, http(s)://base, or a folder path."""
+def open_origin(url: str, endpoint: str = "", timeout_s: float = TIMEOUT_S) -> Origin:
+    """Return the origin a URL names: s3://bucket/prefix, http(s)://base, or a folder path; it may stay silent
+    for timeout_s seconds before a read of it fails."""
     parts = urlsplit(url)
     if parts.scheme == "s3":
         if not parts.netloc:
             raise ValueError(f"an s3 origin names its bucket: s3://bucket/prefix; got {url!r}")
-        return S3Origin(parts.netloc, parts.path, endpoint)
+        return S3Origin(parts.netloc, parts.path, endpoint, timeout_s)
     if parts.scheme in ("http", "https"):
-        return HttpOrigin(url)
+        return HttpOrigin(url, timeout_s)
     if parts.scheme in ("", "file"):
-        return FolderOrigin(Path(parts.path if parts.scheme else url))
+        return FolderOrigin(Path(parts.path if parts.scheme else url), timeout_s)
     raise ValueError(f"an origin is a folder, http(s)://... or s3://bucket/prefix; got {parts.scheme}://")
 
 
 async def current_of(origin: Origin) -> int | None:
-    """Return the seq an origin's CURRENT names, or None before its first publish."""
-    raw = await origin.read("CURRENT")
+    """Return the seq an origin's CURRENT names, or None before its first publish; a CURRENT that names none is
+    refused (SnapshotError)."""
+    raw = await origin.read("CURRENT", CURRENT_MAX_BYTES)
     if raw is None:
         return None
     text = raw.decode(errors="replace").strip()
-    if not text.isdigit():
-        raise OriginError(f"origin {origin.url}: CURRENT is not a seq: {text[:40]!r}")
-    return int(text)
+    seq = parse_seq(text)
+    if seq is None:
+        raise SnapshotError(f"origin {origin.url}: CURRENT is not a seq (at most {MAX_SEQ_DIGITS} ASCII digits): {text[:40]!r}")
+    return seq
 
 
 async def publish(origin: Origin, folder: Path, manifest: dict[str, Any]) -> None:

@@ -6,8 +6,11 @@ where it stopped), every file checked against the manifest's SHA-256 and fsynced
 locally the way a build publishes (rename, then CURRENT), and the watcher's double buffer swaps it
 in. A seq the host already has (the origin rolled back) is pointed at. A copy that fails its checks
 is refused and reported, and the live snapshot stays; while the origin is down the puller backs off
-and the host goes on serving. The workers of a host share its folder: one pulls at a time (a lock
-file), the others find the work done. This module may touch the origin and the local snapshots folder.
+and the host goes on serving. Nothing an origin sends ends the puller or fills the host: a malformed
+CURRENT or manifest, an object longer than its cap or than its manifest says, a snapshot above
+max_bytes is refused, and an origin that stalls or drips its answer runs into a deadline. The workers
+of a host share its folder: one pulls at a time (a lock file), the others find the work done. This
+module may touch the origin and the local snapshots folder.
 """
 
 from __future__ import annotations
@@ -18,21 +21,26 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
 from geo_service.snapshot.folder import current_seq, install_pulled, rollback
 from geo_service.snapshot.format import SnapshotError, parse_manifest, verify_file
-from geo_service.snapshot.origin import Origin, OriginError, current_of
+from geo_service.snapshot.origin import MANIFEST_MAX_BYTES, Origin, OriginError, current_of
 
+T = TypeVar("T")
 log = logging.getLogger("geodrop.pull")
 MAX_BACKOFF_S = 30.0
 REFUSED_RETRY_S = 60.0  # a copy refused as corrupt is fetched again only this long after, in case the origin is fixed
+MAX_SNAPSHOT_BYTES = 8 << 30  # origin_max_bytes' default: a snapshot's files in all
+# The slowest download a file's deadline allows beyond the origin's timeout: a drip-feeding origin fails it, and
+# a slow but honest link resumes where it stopped on the next try.
+MIN_BYTES_PER_S = 256 << 10
 _PREFIX = ".pull-"
 
 
@@ -46,17 +54,19 @@ class PullHealth:
     last_pull_bytes: int = 0
     last_error: str | None = None
     pulls: int = 0  # pulls this process completed
-    refused: int = 0  # copies this process refused
-    failures: int = 0  # polls or downloads that failed (origin down, bad answer)
+    refused: int = 0  # answers this process refused: a malformed CURRENT or manifest, over a limit, a bad checksum
+    failures: int = 0  # polls or downloads that failed (origin down or stalled, a refused answer)
 
 
 class Puller:
     """Keeps `root` at the origin's current seq; one pull at a time per host."""
 
     def __init__(self, origin: Origin, root: Path, interval_s: float, keep: int = 5,
-                 on_pulled: Callable[[], None] | None = None, refused_retry_s: float = REFUSED_RETRY_S) -> None:
+                 on_pulled: Callable[[], None] | None = None, refused_retry_s: float = REFUSED_RETRY_S,
+                 max_bytes: int = MAX_SNAPSHOT_BYTES) -> None:
         self.origin = origin
         self.refused_retry_s = refused_retry_s
+        self.max_bytes = max_bytes
         self.root = root
         self.interval_s = interval_s
         self.keep = keep
@@ -78,7 +88,7 @@ class Puller:
     async def pull_once(self) -> bool:
         """Bring the origin's current seq here if it is not; return whether CURRENT moved. Raises
         OriginError when the origin cannot be read, SnapshotError when its copy is refused."""
-        seq = await current_of(self.origin)
+        seq = await self._within(self.origin.timeout_s, "CURRENT", current_of(self.origin))
         self.health.origin_seq = seq
         self.health.local_seq = local = await asyncio.to_thread(current_seq, self.root)
         if seq is None or seq == local:
@@ -108,13 +118,18 @@ class Puller:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
     async def _fetch_checked(self, seq: int) -> bool:
-        raw = await self.origin.read(f"{seq}/manifest.json")
+        name = f"{seq}/manifest.json"
+        raw = await self._within(self.origin.timeout_s, name, self.origin.read(name, MANIFEST_MAX_BYTES))
         if raw is None:
             raise OriginError(f"origin {self.origin.url}: CURRENT names {seq}, which has no manifest.json")
         refused = self._refused
         if refused is not None and refused[:2] == (seq, raw) and time.time() - refused[2] < self.refused_retry_s:
             return False
-        manifest = parse_manifest(raw, f"{self.origin.url}/{seq}/manifest.json")
+        manifest = parse_manifest(raw, f"origin {self.origin.url}/{name}", seq)
+        total = sum(info["bytes"] for info in manifest["files"].values())
+        if total > self.max_bytes:  # checked before a byte of it is written
+            raise SnapshotError(f"origin {self.origin.url}/{name}: {total} bytes of files, above origin_max_bytes "
+                                f"({self.max_bytes}); refused")
         started = time.monotonic()
         tmp = self.root / f"{_PREFIX}{seq}"
         await asyncio.to_thread(_clear_other_pulls, self.root, tmp)
@@ -124,14 +139,14 @@ class Puller:
                 await self._fetch_file(f"{seq}/{name}", tmp / name, info)
         except SnapshotError:
             self._refused = (seq, raw, time.time())
-            self.health.refused += 1
             raise
         (tmp / "manifest.json").write_bytes(raw)
         await asyncio.to_thread(install_pulled, self.root, tmp, seq, self.keep)
+        self._refused = None
         h = self.health
         h.pulls += 1
         h.last_pull_at, h.last_pull_s = time.time(), round(time.monotonic() - started, 3)
-        h.last_pull_bytes = sum(int(info["bytes"]) for info in manifest["files"].values())
+        h.last_pull_bytes = total
         (self.root / ".pull.json").write_bytes(orjson.dumps({"seq": seq, "at": h.last_pull_at, "seconds": h.last_pull_s,
                                                              "bytes": h.last_pull_bytes}))
         log.info("snapshot pulled", extra={"seq": seq, "seconds": h.last_pull_s, "bytes": h.last_pull_bytes})
@@ -143,27 +158,52 @@ class Puller:
         if size > info["bytes"]:
             dest.unlink()
             size = 0
-        if size < info["bytes"]:
-            await self.origin.fetch(name, dest)
         try:
+            if size < info["bytes"]:
+                seconds = self.origin.timeout_s + (info["bytes"] - size) / MIN_BYTES_PER_S
+                await self._within(seconds, name, self.origin.fetch(name, dest, info["bytes"]))
             await asyncio.to_thread(_check_and_sync, dest, info)
         except SnapshotError:
             dest.unlink(missing_ok=True)  # fetched whole next time
             raise
 
+    async def _within(self, seconds: float, name: str, work: Awaitable[T]) -> T:
+        """Await work on the origin for at most `seconds` in all: a read timeout alone lets an origin that drips a
+        byte now and then hold the puller, and the host's pull lock, for ever."""
+        try:
+            async with asyncio.timeout(seconds):
+                return await work
+        except TimeoutError:
+            raise OriginError(f"origin {self.origin.url}/{name}: no complete answer within {seconds:.1f} s") from None
+
     async def run(self) -> None:
-        """Pull until cancelled; back off while the origin fails."""
+        """Pull until cancelled; back off while the origin fails. Nothing the origin sends ends it: a refused
+        answer, a failure and even an unexpected error are reported, and pulling goes on."""
         delay = self.interval_s
         while True:
             try:
                 await self.pull_once()
-                self.health.last_error, delay = None, self.interval_s
-            except (OriginError, SnapshotError, OSError) as exc:
-                self.health.failures += 1
-                self.health.last_error = str(exc)
-                delay = min(delay * 2, MAX_BACKOFF_S)
-                log.warning("snapshot pull failed; the live snapshot stays", extra={"error": str(exc), "retry_in_s": delay})
+            except SnapshotError as exc:
+                self.health.refused += 1
+                delay = self._failed("snapshot refused; the live snapshot stays", str(exc), delay)
+            except (OriginError, OSError) as exc:
+                delay = self._failed("snapshot pull failed; the live snapshot stays", str(exc), delay)
+            except Exception as exc:  # a bug must not stop this host pulling until it restarts
+                delay = self._failed("snapshot pull failed unexpectedly; the live snapshot stays",
+                                     f"{type(exc).__name__}: {exc}", delay, trace=True)
+            else:
+                delay = self.interval_s
+                if self._refused is None or self._refused[0] != self.health.origin_seq:
+                    self.health.last_error = None  # a refused copy still current at the origin stays reported
             await asyncio.sleep(delay)
+
+    def _failed(self, message: str, error: str, delay: float, trace: bool = False) -> float:
+        """Count and report a failed poll; return the next, longer delay."""
+        self.health.failures += 1
+        self.health.last_error = error
+        delay = min(delay * 2, MAX_BACKOFF_S)
+        log.warning(message, exc_info=trace, extra={"error": error, "retry_in_s": delay})
+        return delay
 
 
 def pull_metrics(puller: Puller) -> dict[str, tuple[str, str, float]]:
@@ -172,7 +212,8 @@ def pull_metrics(puller: Puller) -> dict[str, tuple[str, str, float]]:
     return {
         "origin_seq": ("gauge", "Seq the origin's CURRENT names (0: unknown).", v["origin_seq"] or 0),
         "pulls_total": ("counter", "Snapshots this process pulled from the origin.", v["pulls"]),
-        "pull_refused_total": ("counter", "Pulled copies refused by their checksums.", v["refused"]),
+        "pull_refused_total": ("counter", "Origin answers refused: a malformed CURRENT or manifest, over a limit, "
+                                          "a bad checksum.", v["refused"]),
         "pull_failures_total": ("counter", "Origin polls or downloads that failed.", v["failures"]),
         "last_pull_seconds": ("gauge", "Duration of the last pull into this host's folder.", v["last_pull_s"]),
         "last_pull_age_seconds": ("gauge", "Time since the last pull into this host's folder (-1: none).",

@@ -1,21 +1,27 @@
-"""Snapshots shipped from an origin: nginx serving a folder, and an S3 API (moto's server) on loopback."""
+"""Snapshots shipped from an origin: nginx serving a folder, and an S3 API (moto's server) on loopback; origins
+that send garbage, too much, or stall."""
 
 from __future__ import annotations
 
 import asyncio
+import copy
+import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from geo_service.keys import puller_key
 from geo_service.snapshot.folder import current_seq
-from geo_service.snapshot.format import open_snapshot
-from geo_service.snapshot.origin import Origin, open_origin, publish
-from geo_service.snapshot.pull import Puller
+from geo_service.snapshot.format import SnapshotError, open_snapshot, parse_manifest, read_manifest
+from geo_service.snapshot.origin import FolderOrigin, Origin, current_of, open_origin, publish
+from geo_service.snapshot.pull import Puller, pulling
 from loaders.cli import main as snapshot_cli
 from tests.conftest import MakeClient, build_into
 from tests.support.builders import set_csv_field, write_claims_data
@@ -164,9 +170,9 @@ async def test_an_upload_cut_before_its_current_moved_is_never_pulled(
     looks: list[str] = []
     read = reader.read
 
-    async def counted(name: str) -> bytes | None:
+    async def counted(name: str, limit: int) -> bytes | None:
         looks.append(name)
-        return await read(name)
+        return await read(name, limit)
 
     monkeypatch.setattr(reader, "read", counted)
     for _ in range(300):  # bounded: 15 s
@@ -221,7 +227,7 @@ async def test_a_download_cut_short_resumes_where_it_stopped(world: World, build
     half = len(whole) // 2
     dest = tmp_path / "lats.npy"
     dest.write_bytes(b"\x00" * half)  # a first half that differs from the origin's
-    await reader.fetch("1/lats.npy", dest)
+    await reader.fetch("1/lats.npy", dest, len(whole))
     got = dest.read_bytes()
     assert got[:half] == b"\x00" * half and got[half:] == whole[half:]  # only the rest came over the wire
     await origin.close()
@@ -272,3 +278,232 @@ async def test_an_http_origins_password_is_sent_as_a_header_and_never_shown() ->
     finally:
         await origin.close()
         await server.close()
+
+
+async def publish_seq(folder: Path, builds: Path, seq: int) -> None:
+    """Publish a build's seq into an origin folder, as `geo-snapshot publish` does."""
+    await publish(FolderOrigin(folder), builds / str(seq), read_manifest(builds / str(seq)))
+
+
+def puller_running() -> bool:
+    """Whether pull.pulling's task is alive (a puller that died would be done)."""
+    return any(t.get_name() == "snapshot-puller" and not t.done() for t in asyncio.all_tasks())
+
+
+async def at(root: Path, seq: int, puller: Puller) -> None:
+    """Wait until the host's folder is at seq and its puller reports no error."""
+    async def there() -> bool:
+        return current_seq(root) == seq and puller.health.last_error is None
+
+    await until(there)
+
+
+Breakage = Callable[[Path, Path], None]  # (origin folder, builds): makes what the origin serves bad
+
+
+def current(text: bytes) -> Breakage:
+    def breakage(folder: Path, builds: Path) -> None:
+        (folder / "CURRENT").write_bytes(text)
+
+    return breakage
+
+
+def seq2(edit: Callable[[dict[str, Any]], Any] = lambda m: None, raw: bytes | None = None, longer: str = "") -> Breakage:
+    """Seq 2's files at the origin under its manifest changed by `edit` (or replaced by `raw`), one file `longer`
+    than the manifest says, and CURRENT naming seq 2."""
+    def breakage(folder: Path, builds: Path) -> None:
+        shutil.copytree(builds / "2", folder / "2")
+        manifest = orjson.loads((builds / "2" / "manifest.json").read_bytes())
+        edit(manifest)
+        (folder / "2" / "manifest.json").write_bytes(orjson.dumps(manifest) if raw is None else raw)
+        if longer:
+            with (folder / "2" / longer).open("ab") as f:
+                f.write(b"and more")
+        (folder / "CURRENT").write_bytes(b"2\n")
+
+    return breakage
+
+
+BREAKAGES: dict[str, tuple[Breakage, str]] = {  # id: (breakage, what last_error says)
+    "current-superscript": (current("²\n".encode()), "CURRENT is not a seq"),
+    "current-letters": (current(b"abc\n"), "CURRENT is not a seq"),
+    "current-empty": (current(b""), "CURRENT is not a seq"),
+    "current-huge": (current(b"1" + b"0" * 30 + b"\n"), "CURRENT is not a seq"),
+    "current-binary": (current(bytes(range(256))), "CURRENT: longer than 64 bytes"),
+    "manifest-not-json": (seq2(raw=b"{"), "not JSON"),
+    "manifest-a-list": (seq2(raw=b"[]"), "not a geodrop-snapshot manifest"),
+    "manifest-too-big": (seq2(lambda m: m.update(padding="x" * (1 << 20))), "longer than 1048576 bytes"),
+    "files-a-list": (seq2(lambda m: m.update(files=list(m["files"]))), "field files must be an object"),
+    "entry-without-bytes": (seq2(lambda m: m["files"]["cells.npy"].pop("bytes")), "files.cells.npy.bytes"),
+    "bytes-negative": (seq2(lambda m: m["files"]["lats.npy"].update(bytes=-1)), "files.lats.npy.bytes"),
+    "bytes-a-string": (seq2(lambda m: m["files"]["tasks.json"].update(bytes="12")), "files.tasks.json.bytes"),
+    "bad-sha256": (seq2(lambda m: m["files"]["cells.npy"].update(sha256="abc")), "files.cells.npy.sha256"),
+    "seq-not-currents": (seq2(lambda m: m.update(seq=3)), "field seq must be 2, the seq CURRENT names"),
+    "body-longer-than-manifest": (seq2(longer="tasks.json"), "2/tasks.json: longer than the"),
+    "above-max-bytes": (seq2(lambda m: m["files"]["cells.npy"].update(bytes=1 << 40)), "above origin_max_bytes"),
+}
+
+
+@pytest.mark.parametrize("world", ["http"], indirect=True)
+@pytest.mark.parametrize("case", list(BREAKAGES))
+async def test_a_malformed_origin_is_refused_and_the_next_good_publish_taken(
+        world: World, builds: Path, tmp_path: Path, case: str) -> None:
+    breakage, said = BREAKAGES[case]
+    folder, host_root = Path(world.publish_to), tmp_path / "host"
+    await publish_seq(folder, builds, 1)
+    # A password in the URL: no message may show it.
+    puller = Puller(world.origin(world.pull_from.replace("://", "://puller:s3cret@")), host_root, 0.05)
+    async with pulling(puller):
+        await at(host_root, 1, puller)
+        breakage(folder, builds)
+
+        async def refused() -> bool:
+            return puller.health.refused >= 1 and said in (puller.health.last_error or "")
+
+        await until(refused)
+        assert puller_running() and "s3cret" not in str(puller.health.last_error)
+        assert current_seq(host_root) == 1 and not (host_root / "2").exists()
+        open_snapshot(host_root / "1", verify=True)  # the live one is whole
+        await publish_seq(folder, builds, 3)
+        await at(host_root, 3, puller)
+        assert puller_running()
+
+
+@pytest.mark.parametrize(("name", "how"), [("CURRENT", "stall"), ("2/manifest.json", "drip"), ("2/cells.npy", "stall"),
+                                           ("2/lats.npy", "drip")])
+async def test_a_stalled_or_dripping_origin_times_out_and_the_next_good_publish_is_taken(
+        builds: Path, tmp_path: Path, name: str, how: str) -> None:
+    folder, host_root = tmp_path / "origin", tmp_path / "host"
+    stalled: dict[str, str] = {}
+    released = asyncio.Event()
+
+    async def serve(request: web.Request) -> web.StreamResponse:
+        path = folder / request.match_info["name"]
+        if not path.is_file():
+            return web.Response(status=404)
+        body = path.read_bytes()
+        if request.match_info["name"] not in stalled:
+            return web.Response(body=body)
+        answer = web.StreamResponse(headers={"Content-Length": str(len(body))})
+        await answer.prepare(request)  # the headers go out; then nothing, or a byte now and then
+        for i in range(len(body) if stalled[request.match_info["name"]] == "drip" else 0):
+            if released.is_set():
+                break
+            await answer.write(body[i:i + 1])
+            await asyncio.sleep(0.05)
+        await released.wait()
+        return answer
+
+    app = web.Application()
+    app.router.add_get("/{name:.+}", serve)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    await publish_seq(folder, builds, 1)
+    puller = Puller(open_origin(f"http://puller:s3cret@127.0.0.1:{server.port}", timeout_s=0.3), host_root, 0.05)
+    try:
+        async with pulling(puller):
+            await at(host_root, 1, puller)
+            stalled[name] = how
+            await publish_seq(folder, builds, 2)
+
+            async def failed() -> bool:
+                return puller.health.failures >= 1 and f"/{name}: " in (puller.health.last_error or "")
+
+            await until(failed)
+            assert puller_running() and puller.health.refused == 0 and current_seq(host_root) == 1
+            assert "s3cret" not in str(puller.health.last_error)
+            if how == "drip":  # bytes keep coming, so only the deadline on the whole answer ends it
+                assert "no complete answer within" in str(puller.health.last_error)
+            stalled.clear()
+            await publish_seq(folder, builds, 3)
+            await at(host_root, 3, puller)
+            assert puller_running()
+    finally:
+        released.set()
+        await server.close()
+
+
+async def test_an_unexpected_error_is_reported_and_pulling_goes_on(
+        builds: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder, host_root = tmp_path / "origin", tmp_path / "host"
+    await publish_seq(folder, builds, 1)
+    puller = Puller(FolderOrigin(folder), host_root, 0.05)
+    read = puller.origin.read
+
+    async def broken(name: str, limit: int) -> bytes | None:
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(puller.origin, "read", broken)
+    async with pulling(puller):
+        task = next(t for t in asyncio.all_tasks() if t.get_name() == "snapshot-puller")
+
+        async def failed() -> bool:
+            return puller.health.failures >= 2 and puller.health.last_error == "KeyError: 'a bug'"
+
+        await until(failed)
+        assert puller_running()
+        monkeypatch.setattr(puller.origin, "read", read)
+        await at(host_root, 1, puller)
+    assert task.cancelled()  # a cancel still stops it
+
+
+@pytest.mark.parametrize("world", ["http"], indirect=True)
+async def test_a_refusal_shows_in_healthz_and_metrics_and_the_service_pulls_on(
+        make_client: MakeClient, world: World, builds: Path, tmp_path: Path) -> None:
+    client = await host(make_client, world, tmp_path)
+    await asyncio.to_thread(publish_cli, world, builds, 1)
+    await until(lambda: _serves(client, 1))
+    (Path(world.publish_to) / "CURRENT").write_text("²\n")
+
+    async def refused() -> bool:
+        health = (await (await client.get("/healthz")).json())["origin"]
+        return bool(health["refused"] >= 1 and "CURRENT is not a seq" in (health["last_error"] or ""))
+
+    await until(refused)
+    metrics = await (await client.get("/metrics")).text()
+    assert any(line.startswith("geodrop_pull_refused_total{") and float(line.split()[-1]) >= 1
+               for line in metrics.splitlines())
+    assert puller_running() and await served_seq(client) == 1
+    await asyncio.to_thread(publish_cli, world, builds, 3)
+    await until(lambda: _serves(client, 3))
+
+
+async def test_an_origin_answer_longer_than_asked_is_refused(world: World, builds: Path, tmp_path: Path) -> None:
+    writer = world.origin(world.publish_to)
+    await writer.put("CURRENT", b"1" * 100)
+    await writer.put("1/tasks.json", builds / "1" / "tasks.json")
+    await writer.close()
+    size = (builds / "1" / "tasks.json").stat().st_size
+    readers = [world.origin(world.pull_from)] + ([FolderOrigin(Path(world.publish_to))] if world.kind == "http" else [])
+    for reader in readers:
+        with pytest.raises(SnapshotError, match="CURRENT: longer than 64 bytes"):
+            await current_of(reader)
+        dest = tmp_path / "tasks.json"
+        dest.unlink(missing_ok=True)
+        with pytest.raises(SnapshotError, match=f"tasks.json: longer than the {size - 1} bytes its manifest says"):
+            await reader.fetch("1/tasks.json", dest, size - 1)
+        assert dest.stat().st_size < size
+        await reader.close()
+
+
+def test_a_malformed_manifest_is_a_snapshot_error_naming_the_field(builds: Path) -> None:
+    good = read_manifest(builds / "1")
+    assert parse_manifest(orjson.dumps(good), "m", 1) == good
+    fields = [("seq",), ("built_at",), ("deliveries",), ("files",), ("files", "cells.npy"), ("files", "cells.npy", "bytes"),
+              ("files", "cells.npy", "sha256"), ("files", "cells.npy", "rows"), ("files", "tasks.json", "bytes")]
+    junks: tuple[Any, ...] = (None, True, -1, 2.5, "x", [], {}, {"a": 1})
+    refused = 0
+    for path in fields:
+        for junk in junks:
+            manifest = copy.deepcopy(good)
+            *parents, last = path
+            node = manifest
+            for key in parents:
+                node = node[key]
+            node[last] = junk
+            try:  # a SnapshotError naming the field, or a manifest that is fine: nothing else
+                parse_manifest(orjson.dumps(manifest), "m", 1)
+            except SnapshotError as exc:
+                assert path[-1] in str(exc), (path, junk, exc)
+                refused += 1
+    assert refused >= len(fields) * 6
