@@ -9,8 +9,13 @@ DEMO_SECRET ?= geodrop-demo-only
 DEMO_ADMIN ?= geodrop-demo-admin
 DEMO_PARTNER ?= geodrop-demo-partner-secret
 LEDGER ?= var/ledger.sqlite3
+CHANNELS ?= data/sample/channels.json
+SERVICE_PORT ?= 8080
+COLLECTOR_PORT ?= 8081
+PARTNER_PORT ?= 8082
+DELIVER_PORT ?= 8083
 
-.PHONY: run test slow bench capacity lint clean
+.PHONY: run demo-token test slow bench capacity lint clean
 
 $(BIN)/geo-snapshot: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -19,22 +24,31 @@ $(BIN)/geo-snapshot: pyproject.toml constraints.txt
 
 # The embedded default: build the sample snapshot (Shenzhen), run the collector on :8081, the demo partner on
 # :8082 and a dispatcher delivering wins to it, and the service on :8080 (2 workers), all over one SQLite ledger;
-# Ctrl-C stops them all.
+# Ctrl-C stops them all. (The ports and the channels file are variables: the channels file names the partner's port.)
+# Secrets reach the processes through the environment make gives the recipe's shell: written into the recipe
+# they would be in that shell's command line, which a process list shows to every user of the host.
+run: export GEODROP_SERVICE_TOKEN_SECRET = $(DEMO_SECRET)
+run: export GEODROP_COLLECTOR_ADMIN_TOKEN = $(DEMO_ADMIN)
+run: export GEODROP_CHANNEL_WALLET_SECRET = $(DEMO_PARTNER)
+run: export GEODROP_CHANNEL_COUPONS_SECRET = $(DEMO_PARTNER)
 run: $(BIN)/geo-snapshot
-	$(BIN)/geo-snapshot build --source data/sample --out $(SNAPSHOTS)
-	@echo "nearby:    curl 'http://127.0.0.1:8080/v1/nearby?lat=22.5329&lng=113.9305'"
-	@echo "claims:    TOKEN=\$$(GEODROP_SERVICE_TOKEN_SECRET=$(DEMO_SECRET) $(BIN)/geo-service token --user demo)"
-	@echo "prizes:    curl -H \"Authorization: Bearer \$$TOKEN\" http://127.0.0.1:8080/v1/me/prizes"
-	@echo "dashboard: http://127.0.0.1:8081/   (admin token for its kill switch: $(DEMO_ADMIN); Ctrl-C stops)"
-	@# Secrets go by environment, not flags: a process list shows every flag to every user of the host.
-	@export GEODROP_CHANNEL_WALLET_SECRET=$(DEMO_PARTNER) GEODROP_CHANNEL_COUPONS_SECRET=$(DEMO_PARTNER); \
-	GEODROP_COLLECTOR_ADMIN_TOKEN=$(DEMO_ADMIN) $(BIN)/geo-collector run --snapshots $(SNAPSHOTS) \
-	  --ledger sqlite:///$(LEDGER) --service http://127.0.0.1:8080 --channels data/sample/channels.json & collector=$$!; \
-	$(BIN)/geo-deliver partner --port 8082 --channels data/sample/channels.json & partner=$$!; \
-	$(BIN)/geo-deliver run --ledger sqlite:///$(LEDGER) --channels data/sample/channels.json --port 8083 & deliver=$$!; \
+	$(BIN)/geo-snapshot build --source data/sample --out $(SNAPSHOTS) --channels $(CHANNELS)
+	@echo "nearby:    curl 'http://127.0.0.1:$(SERVICE_PORT)/v1/nearby?lat=22.5329&lng=113.9305'"
+	@echo "claims:    TOKEN=\$$(make -s demo-token)"
+	@echo "prizes:    curl -H \"Authorization: Bearer \$$TOKEN\" http://127.0.0.1:$(SERVICE_PORT)/v1/me/prizes"
+	@echo "dashboard: http://127.0.0.1:$(COLLECTOR_PORT)/   (admin token: DEMO_ADMIN in the Makefile; Ctrl-C stops)"
+	@$(BIN)/geo-collector run --snapshots $(SNAPSHOTS) --port $(COLLECTOR_PORT) \
+	  --ledger sqlite:///$(LEDGER) --service http://127.0.0.1:$(SERVICE_PORT) --channels $(CHANNELS) & collector=$$!; \
+	$(BIN)/geo-deliver partner --port $(PARTNER_PORT) --channels $(CHANNELS) & partner=$$!; \
+	$(BIN)/geo-deliver run --ledger sqlite:///$(LEDGER) --channels $(CHANNELS) --port $(DELIVER_PORT) & deliver=$$!; \
 	trap 'kill $$collector $$partner $$deliver 2>/dev/null' EXIT INT TERM; \
-	GEODROP_SERVICE_TOKEN_SECRET=$(DEMO_SECRET) $(BIN)/geo-service serve --snapshots $(SNAPSHOTS) --workers 2 \
-	  --ledger sqlite:///$(LEDGER) --collector http://127.0.0.1:8081
+	$(BIN)/geo-service serve --snapshots $(SNAPSHOTS) --workers 2 \
+	  --port $(SERVICE_PORT) --ledger sqlite:///$(LEDGER) --collector http://127.0.0.1:$(COLLECTOR_PORT)
+
+# A player's token minted with the demo secret (the secret goes by environment, never on a command line).
+demo-token: export GEODROP_SERVICE_TOKEN_SECRET = $(DEMO_SECRET)
+demo-token: $(BIN)/geo-snapshot
+	@$(BIN)/geo-service token --user $${DEMO_USER:-demo}
 
 test: $(BIN)/geo-snapshot
 	$(BIN)/python -m pytest -q
