@@ -11,7 +11,9 @@ and two clients drip a request line a byte every 100 ms. Overload: the closed lo
 capacity C; then wrk plays phones that obey the contract (next_poll_ms, Retry-After) polling at 2C,
 with the service's next_poll_ms set to 100 ms so that 2C takes a few thousand phones rather than
 a hundred thousand; printed: answers a second, the share shed (503), p50 and p99 of every answer,
-socket errors. Rounds alternate; medians over the rounds.
+socket errors. The same again through deploy/nginx.conf (Debian's nginx), its polls zone sized at 0.35 of
+the capacity through it, with the accepted polls' p99 (an upper bound: bench/lua/phones.lua). Rounds
+alternate; medians over the rounds.
 """
 
 from __future__ import annotations
@@ -35,11 +37,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harness import free_port, wait_ready  # noqa: E402
 
+from tests.support.nginx import load_balancer  # noqa: E402  (deploy/nginx.conf on loopback, as the drill runs it)
+
 PY = sys.executable
 REPO = Path(__file__).resolve().parents[1]
 PHONES = REPO / "bench" / "lua" / "phones.lua"
 POLL = "/v1/nearby?lat=22.5329&lng=113.9305"
 NEXT_POLL_MS = 100
+NGINX_SHARE = 0.35  # the polls zone's share of the capacity: nginx, wrk and the service share two cores here
 
 
 def pinned(cpu: int) -> list[str]:
@@ -64,9 +69,9 @@ def wrk(port: int, connections: int, seconds: int, *args: str) -> dict[str, floa
     out = subprocess.run([*pinned(1), "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s", str(PHONES),
                           f"http://127.0.0.1:{port}", "--", *args], capture_output=True, text=True, check=True).stdout
     fields = [int(x) for x in next(line for line in out.splitlines() if line.startswith("RESULT")).split()[1:]]
-    requests, duration_us, p50, p99, ok, shed, _, other, errors, _ = fields
+    requests, duration_us, p50, p99, ok, shed, _, other, errors, _, accepted_p99 = fields
     return {"rps": requests / (duration_us / 1e6), "p50_ms": p50 / 1000, "p99_ms": p99 / 1000, "ok": ok, "shed": shed,
-            "other": other, "socket_errors": errors}
+            "other": other, "socket_errors": errors, "accepted_p99_ms": accepted_p99 / 1000}
 
 
 def closed_loop(port: int, connections: int, seconds: int) -> dict[str, float]:
@@ -138,7 +143,26 @@ def round_once(snaps: Path, tmp: Path, seconds: int, idle: int) -> dict[str, Any
         capacity = closed_loop(port, 32, seconds)["rps"]
         phones = int(2 * capacity * NEXT_POLL_MS / 1000)
         overload = wrk(port, phones, seconds, str(NEXT_POLL_MS))
-    return {"alone": alone, "beside_idle": beside, "capacity_rps": capacity, "phones": phones, "overload": overload}
+    with serving(snaps, tmp, "--next-poll-ms", str(NEXT_POLL_MS)) as port:
+        through = through_nginx(port, seconds)
+    return {"alone": alone, "beside_idle": beside, "capacity_rps": capacity, "phones": phones, "overload": overload,
+            "nginx": through}
+
+
+def through_nginx(port: int, seconds: int) -> dict[str, Any]:
+    """The overload through deploy/nginx.conf: the deployment's capacity in a closed loop through nginx (limits
+    lifted), then twice it offered by phones with the polls zone sized at NGINX_SHARE of it."""
+    lb = load_balancer([port], {"polls": 10**6}).start()
+    try:
+        capacity = wrk(lb.port, 32, seconds, "0", "22.5329", "113.9305", "closed")["rps"]
+    finally:
+        lb.close()
+    lb = load_balancer([port], {"polls": int(NGINX_SHARE * capacity)}).start()
+    try:
+        overload = wrk(lb.port, int(2 * capacity * NEXT_POLL_MS / 1000), seconds, "500")
+    finally:
+        lb.close()
+    return {"capacity_rps": capacity, "overload": overload}
 
 
 def main() -> None:
@@ -180,6 +204,15 @@ def main() -> None:
     print(f"  answered {med('overload', 'rps'):,.0f}/s, shed {shed_share:.0%} (503 + Retry-After), "
           f"p50 {med('overload', 'p50_ms'):.1f} ms, p99 {med('overload', 'p99_ms'):.1f} ms (target < 50), "
           f"other statuses {med('overload', 'other'):.0f}, socket errors {med('overload', 'socket_errors'):.0f}")
+    ng_share = statistics.median(r["nginx"]["overload"]["shed"] / max(1, r["nginx"]["overload"]["ok"]
+                                                                      + r["nginx"]["overload"]["shed"]) for r in rounds)
+    print(f"overload through nginx: capacity {med('nginx', 'capacity_rps'):,.0f}/s through it; 2x offered, polls zone at "
+          f"{NGINX_SHARE:.0%} of it:")
+    print(f"  answered {med('nginx', 'overload', 'rps'):,.0f}/s, shed {ng_share:.0%}, accepted p99 "
+          f"{med('nginx', 'overload', 'accepted_p99_ms'):.1f} ms at most (target < 50), p99 of all "
+          f"{med('nginx', 'overload', 'p99_ms'):.1f} ms, other statuses {med('nginx', 'overload', 'other'):.0f}, "
+          f"socket errors {med('nginx', 'overload', 'socket_errors'):.0f}")
+    print(f"  direct, for comparison: accepted p99 {med('overload', 'accepted_p99_ms'):.1f} ms at most")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"rounds": rounds}, indent=2))

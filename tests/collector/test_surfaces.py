@@ -4,14 +4,19 @@ keeps the token out of the page, the cap on streams."""
 from __future__ import annotations
 
 import asyncio
+import resource
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from collector.security import COOKIE, CSP, SESSION_HEADER, session_valid, session_value
+from tests.conftest import SAMPLE, build_into
 from tests.support.ledgers import sql_rows
+from tests.support.processes import Process, collector, running_pair, service
 from tests.test_error_shape import assert_error_shape
 
 ADMIN = "surface-admin-token"
@@ -90,3 +95,55 @@ async def test_streams_past_the_cap_get_a_503_with_retry_after_and_the_rest_of_t
         await asyncio.sleep(0.05)
     for r in [*held[1:], again]:
         r.close()
+
+
+async def _open_streams(port: int, n: int) -> tuple[list[asyncio.StreamWriter], list[int]]:
+    """Open n idle /v1/stream connections; return the writers of those held open and every answer's status."""
+    held, statuses = [], []
+    for _ in range(n):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /v1/stream HTTP/1.1\r\nHost: x\r\n\r\n")
+        status = int((await asyncio.wait_for(reader.readline(), 10)).split()[1])
+        statuses.append(status)
+        if status == 200:
+            held.append(writer)
+        else:
+            writer.close()
+    return held, statuses
+
+
+def test_a_thousand_idle_streams_leave_status_polls_and_the_dashboard_working(tmp_path: Path) -> None:
+    snaps, ledger = tmp_path / "snaps", f"sqlite:///{tmp_path / 'l.sqlite3'}"
+    build_into(SAMPLE, snaps)
+    col = collector(snaps, ledger, "--stream-heartbeat-s", "60")
+    svc = service(snaps, tmp_path / "var", "--status-poll-s", "0.2", workers=1)
+    # The collector starts with a soft limit of 256 open files, as some hosts give: it must lift it itself.
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    col.preexec = lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+    with running_pair(svc, col):
+        held, statuses = asyncio.run(_hold_and_probe(col.port, svc, col))
+        assert statuses.count(200) == 500 and statuses.count(503) == 500  # stream_max_subscribers, then refused
+        assert held["status"] == 200 and held["page"] == 200 and held["districts"] == 200
+        assert held["service_status_age_s"] is not None and held["service_status_age_s"] < 2.0
+
+
+async def _hold_and_probe(port: int, svc: Process, col: Process) -> tuple[dict[str, Any], list[int]]:
+    writers, statuses = await _open_streams(port, 1000)
+    try:
+        await asyncio.sleep(1.0)  # several status polls of the service happen while the streams are held
+        probe = {name: await asyncio.to_thread(_status_of, f"{col.url}{path}")
+                 for name, path in (("status", "/v1/tasks/status"), ("page", "/"), ("districts", "/v1/districts"))}
+        probe["service_status_age_s"] = (await asyncio.to_thread(svc.health))["status"]["age_s"]
+        return probe, statuses
+    finally:
+        for w in writers:
+            w.close()
+
+
+def _status_of(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            resp.read()
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code

@@ -68,10 +68,17 @@ class Nginx:
         shutil.rmtree(self.prefix, ignore_errors=True)
 
 
-def load_balancer(host_ports: list[int]) -> Nginx:
-    """deploy/nginx.conf in front of the service hosts on these loopback ports."""
+def load_balancer(host_ports: list[int], rates: dict[str, int] | None = None) -> Nginx:
+    """deploy/nginx.conf in front of the service hosts on these loopback ports; `rates` sizes its limit_req
+    zones (zone name -> requests a second; a limit's burst follows, at 10 ms of its rate), as an
+    operator does for a site (the lines marked SIZE). Every address is 127.0.0.1 here, so the per-address
+    limits are lifted unless given."""
     port = free_port()
     conf = (DEPLOY / "nginx.conf").read_text()
+    for zone, rate in {"polls_per_address": 10**6, **(rates or {})}.items():
+        conf, zones = re.subn(rf"(zone={zone}:\S+) rate=\d+r/s;", rf"\1 rate={rate}r/s;", conf)
+        conf, limits = re.subn(rf"(limit_req zone={zone}) burst=\d+", rf"\1 burst={max(1, rate // 100)}", conf)
+        assert zones == 1 and limits >= 1, f"deploy/nginx.conf has no limit_req zone {zone}"
     upstream = re.search(r"^( +)server 10\.0\.0\.\d+:8080 (.*);\n", conf, re.M)
     assert upstream is not None, "deploy/nginx.conf has no upstream server line"
     indent, options = upstream.groups()

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +36,7 @@ class Process:
     args: list[str]
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    preexec: Callable[[], None] | None = None  # run in the child before it starts (a lowered limit, say)
 
     @property
     def url(self) -> str:
@@ -43,7 +44,7 @@ class Process:
 
     def start(self) -> Process:
         cmd = [sys.executable, "-m", self.module, *self.args, "--port", str(self.port), "--log-level", "warning"]
-        self.proc = subprocess.Popen(cmd)
+        self.proc = subprocess.Popen(cmd, preexec_fn=self.preexec)
         return self
 
     def health(self) -> dict[str, Any]:
