@@ -50,7 +50,7 @@ def session_valid(token: str, value: str, now: float) -> bool:
     expires, _, mac = value.partition(".")
     if not (token and expires.isascii() and expires.isdigit() and len(expires) <= 12 and int(expires) > now):
         return False
-    return hmac.compare_digest(mac.encode(), _mac(token, int(expires)).encode())
+    return hmac.compare_digest(mac.encode(errors="surrogateescape"), _mac(token, int(expires)).encode())
 
 
 def admin_check(request: web.Request, what: str) -> None:

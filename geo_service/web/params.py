@@ -99,7 +99,8 @@ def require_admin(authorization: str, token: str, what: str) -> None:
     route is off: no token can pass, and the answer says so (401 all the same, as the contract promises)."""
     if not token:
         raise Unauthorized(f"{what} is off: no admin_token is configured")
-    if not hmac.compare_digest(authorization.encode(), f"Bearer {token}".encode()):
+    # surrogateescape: a header's stray byte (aiohttp decodes it so) compares unequal instead of raising.
+    if not hmac.compare_digest(authorization.encode(errors="surrogateescape"), f"Bearer {token}".encode()):
         raise Unauthorized(f"{what} needs Authorization: Bearer <admin_token>")
 
 

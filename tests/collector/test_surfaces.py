@@ -75,6 +75,19 @@ async def test_a_forged_expired_or_garbled_session_opens_nothing(
     assert_error_shape(401, resp.headers, await resp.json(), "invalid_token")
 
 
+async def test_a_stray_byte_in_the_token_or_the_cookie_is_a_401_not_a_500(
+        make_collector: Any, sample_snapshots: Path, tmp_path: Path) -> None:
+    client = await make_collector(sample_snapshots, f"sqlite:///{tmp_path / 'l.sqlite3'}", admin_token=ADMIN)
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    for header in (b"Authorization: Bearer \xff\xfe", b"Cookie: geodrop_admin=1.\xff\r\nX-Geodrop-Session: 1"):
+        writer.write(b"POST " + KILL.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n" + header + b"\r\n\r\n{}")
+        head = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)).decode().split("\r\n")
+        assert int(head[0].split()[1]) == 401
+        length = next(int(h.split(":")[1]) for h in head if h.lower().startswith("content-length"))
+        await reader.readexactly(length)
+    writer.close()
+
+
 async def test_streams_past_the_cap_get_a_503_with_retry_after_and_the_rest_of_the_collector_answers(
         make_collector: Any, sample_snapshots: Path, tmp_path: Path) -> None:
     client = await make_collector(sample_snapshots, f"sqlite:///{tmp_path / 'l.sqlite3'}", stream_max_subscribers=3)
