@@ -128,7 +128,7 @@ class Ticker:
     def _adopt(self, seq: int, future: asyncio.Future[Aggregator], now: float) -> None:
         try:
             index = future.result()
-        except (SnapshotError, BrokenProcessPool, OSError) as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever the tables make loading raise, they are refused
             # The live view goes on; this snapshot is not tried again until another is published.
             self.health.refused_seq = seq
             if isinstance(exc, BrokenProcessPool):
@@ -233,5 +233,10 @@ class Ticker:
     async def run(self) -> None:
         """Tick until cancelled."""
         while True:
-            await self.tick()
+            try:
+                await self.tick()
+            except Exception as exc:  # noqa: BLE001 - the ticker outlives any one tick; the view stays
+                self.health.failures += 1
+                self._slower(f"{type(exc).__name__}: {exc}")
+                log.exception("tick failed unexpectedly; keeping the last view")
             await asyncio.sleep(self.health.interval_s)

@@ -150,8 +150,8 @@ class Watcher:
                 return {"seq": live_seq, "swapped": False, "error": holder.last_error if wanted != live_id else None}
             try:
                 lookup = await asyncio.to_thread(load_lookup, folder, self.stage_dir, self.levels)
-            except (SnapshotError, OSError, ValueError) as exc:
-                return self._refuse(wanted, str(exc))
+            except Exception as exc:  # noqa: BLE001 - whatever a snapshot makes loading raise, it is refused, not fatal
+                return self._refuse(wanted, f"{type(exc).__name__}: {exc}")
             if self.on_load is not None:
                 await self.on_load(lookup)
             holder.install(lookup, int(time.time()))
@@ -181,8 +181,11 @@ class Watcher:
             except TimeoutError:
                 pass
             self._wake.clear()
-            await self.refresh()
-            self.check_source()
+            try:
+                await self.refresh()
+                self.check_source()
+            except Exception:  # noqa: BLE001 - the watcher outlives any one bad look at the folder
+                log.exception("snapshot watch failed; the live snapshot stays")
 
     def check_source(self) -> None:
         """Note (and log once) whether the live snapshot's folder was deleted or its files cut or grown."""

@@ -273,11 +273,42 @@ def _open_rows(folder: Path, manifest: Manifest) -> dict[str, np.ndarray]:
 
 
 def read_tables(folder: Path) -> tuple[list[TaskRow], list[DistrictRow]]:
-    """Return a snapshot folder's task and district tables (no arrays mapped)."""
+    """Return a snapshot folder's task and district tables (no arrays mapped), every row checked: a table whose
+    checksums hold can still be malformed (a broken build, a hostile origin), and what reads it must not crash."""
     try:
-        return orjson.loads((folder / "tasks.json").read_bytes()), orjson.loads((folder / "districts.json").read_bytes())
+        tasks = orjson.loads((folder / "tasks.json").read_bytes())
+        districts = orjson.loads((folder / "districts.json").read_bytes())
     except (OSError, orjson.JSONDecodeError) as exc:
         raise SnapshotError(f"{folder}: unreadable tables: {exc}") from None
+    _check_rows(f"{folder}/tasks.json", tasks, _TASK_FIELDS)
+    for task in tasks:
+        _check_rows(f"{folder}/tasks.json task {task['task_id']} prizes", task["prizes"], _PRIZE_FIELDS)
+    _check_rows(f"{folder}/districts.json", districts, _DISTRICT_FIELDS)
+    return tasks, districts
+
+
+_NONE = type(None)
+_TASK_FIELDS: dict[str, tuple[type, ...]] = {
+    "task_id": (int,), "name": (str,), "district_code": (int,), "poi_set_id": (int,), "starts_at": (int,),
+    "ends_at": (int,), "enabled": (bool,), "prizes": (list,), "pois": (int,), "outside_district": (int,)}
+_PRIZE_FIELDS: dict[str, tuple[type, ...]] = {
+    "prize_type": (str,), "quota": (int,), "weight": (int, float), "rate_per_s": (int, float, _NONE)}
+_DISTRICT_FIELDS: dict[str, tuple[type, ...]] = {"code": (int,), "name": (str,), "parent_code": (int, _NONE)}
+
+
+def _check_rows(where: str, rows: Any, fields: Mapping[str, tuple[type, ...]]) -> None:
+    """Refuse a table that is not a list of objects holding each field with its type (whole numbers in int64)."""
+    if not isinstance(rows, list):
+        raise SnapshotError(f"{where}: not a list of rows")
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise SnapshotError(f"{where}: row {i} is not an object")
+        for name, kinds in fields.items():
+            value = row.get(name)
+            wrong = not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds)
+            if wrong or (type(value) is int and not -(2**63) <= value < 2**63):
+                kind = " or ".join("a whole number in int64" if k is int else k.__name__ for k in kinds)
+                raise SnapshotError(f"{where}: row {i}, field {name}: must be {kind}; got {str(value)[:40]!r}")
 
 
 def open_snapshot(folder: Path, verify: bool = True, checksums: bool = True) -> Snapshot:

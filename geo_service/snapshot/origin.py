@@ -14,10 +14,12 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import stat
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, BinaryIO, Protocol, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import aiohttp
@@ -101,20 +103,31 @@ class FolderOrigin:
         self.root = root
         self.url = str(root)
         self.timeout_s = timeout_s  # a stalled network filesystem
+        # Its own thread: a read stuck in a stalled NFS mount can be given up on (the puller's deadline) but not
+        # stopped, and in the default pool a few of them would leave no thread to anything else of the process.
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="folder-origin")
 
     async def _io(self, work: Callable[[], T]) -> T:
         try:
-            return await asyncio.to_thread(work)
+            return await asyncio.get_running_loop().run_in_executor(self._pool, work)
         except OSError as exc:
             raise OriginError(f"origin {self.url}: {exc}") from exc
 
-    async def read(self, name: str, limit: int = MANIFEST_MAX_BYTES) -> bytes | None:
-        path = self.root / name
+    def _open(self, name: str) -> BinaryIO:
+        """Open an object that must be a regular file: a FIFO or a device would block the read or never end."""
+        fd = os.open(self.root / name, os.O_RDONLY | os.O_NONBLOCK)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise OriginError(f"origin {self.url}/{name}: not a regular file")
+        return os.fdopen(fd, "rb")
 
+    async def read(self, name: str, limit: int = MANIFEST_MAX_BYTES) -> bytes | None:
         def load() -> bytes | None:
-            if not path.is_file():
+            try:
+                f = self._open(name)
+            except (FileNotFoundError, NotADirectoryError):
                 return None
-            with path.open("rb") as f:
+            with f:
                 data = f.read(limit + 1)
             if len(data) > limit:
                 raise _too_long(f"origin {self.url}/{name}", limit)
@@ -125,7 +138,7 @@ class FolderOrigin:
     async def fetch(self, name: str, dest: Path, size: int) -> None:
         def copy() -> None:
             offset = dest.stat().st_size if dest.exists() else 0
-            with (self.root / name).open("rb") as src, _capped(dest, True, size, f"origin {self.url}/{name}") as write:
+            with self._open(name) as src, _capped(dest, True, size, f"origin {self.url}/{name}") as write:
                 src.seek(offset)
                 while chunk := src.read(CHUNK):
                     write(chunk)
@@ -151,7 +164,7 @@ class FolderOrigin:
         return await self._io(lambda: _seq_names([f"{p.parent.name}/{p.name}" for p in self.root.glob("*/manifest.json")]))
 
     async def close(self) -> None:
-        return None
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 class HttpOrigin:

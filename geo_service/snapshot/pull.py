@@ -16,6 +16,7 @@ module may touch the origin and the local snapshots folder.
 from __future__ import annotations
 
 import asyncio
+import errno
 import fcntl
 import logging
 import os
@@ -30,7 +31,7 @@ from typing import Any, TypeVar
 import orjson
 
 from geo_service.snapshot.folder import current_seq, install_pulled, rollback
-from geo_service.snapshot.format import SnapshotError, parse_manifest, verify_file
+from geo_service.snapshot.format import SnapshotError, open_snapshot, parse_manifest, verify_file
 from geo_service.snapshot.origin import MANIFEST_MAX_BYTES, Origin, OriginError, current_of
 
 T = TypeVar("T")
@@ -130,6 +131,9 @@ class Puller:
         if total > self.max_bytes:  # checked before a byte of it is written
             raise SnapshotError(f"origin {self.origin.url}/{name}: {total} bytes of files, above origin_max_bytes "
                                 f"({self.max_bytes}); refused")
+        free = (await asyncio.to_thread(shutil.disk_usage, self.root)).free
+        if total > free:  # refused before a byte is written, not half-written into a full disk
+            raise OSError(errno.ENOSPC, f"snapshot {seq} needs {total} bytes; {free} are free under {self.root}")
         started = time.monotonic()
         tmp = self.root / f"{_PREFIX}{seq}"
         await asyncio.to_thread(_clear_other_pulls, self.root, tmp)
@@ -137,10 +141,12 @@ class Puller:
         try:
             for name, info in manifest["files"].items():
                 await self._fetch_file(f"{seq}/{name}", tmp / name, info)
+            (tmp / "manifest.json").write_bytes(raw)
+            # Checksums hold; the tables and arrays must also make a snapshot before CURRENT names it.
+            await asyncio.to_thread(open_snapshot, tmp, True, False)
         except SnapshotError:
             self._refused = (seq, raw, time.time())
             raise
-        (tmp / "manifest.json").write_bytes(raw)
         await asyncio.to_thread(install_pulled, self.root, tmp, seq, self.keep)
         self._refused = None
         h = self.health

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import hashlib
+import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -324,6 +326,20 @@ def seq2(edit: Callable[[dict[str, Any]], Any] = lambda m: None, raw: bytes | No
     return breakage
 
 
+def seq2_tasks(rows: Any) -> Breakage:
+    """Seq 2 with a tasks.json of `rows` that its manifest vouches for: checksums hold, the table is malformed."""
+    def tasks(manifest: dict[str, Any]) -> None:
+        manifest["files"]["tasks.json"].update(bytes=len(raw), sha256=hashlib.sha256(raw).hexdigest())
+
+    raw = orjson.dumps(rows)
+
+    def breakage(folder: Path, builds: Path) -> None:
+        seq2(tasks)(folder, builds)
+        (folder / "2" / "tasks.json").write_bytes(raw)
+
+    return breakage
+
+
 BREAKAGES: dict[str, tuple[Breakage, str]] = {  # id: (breakage, what last_error says)
     "current-superscript": (current("²\n".encode()), "CURRENT is not a seq"),
     "current-letters": (current(b"abc\n"), "CURRENT is not a seq"),
@@ -341,6 +357,10 @@ BREAKAGES: dict[str, tuple[Breakage, str]] = {  # id: (breakage, what last_error
     "seq-not-currents": (seq2(lambda m: m.update(seq=3)), "field seq must be 2, the seq CURRENT names"),
     "body-longer-than-manifest": (seq2(longer="tasks.json"), "2/tasks.json: longer than the"),
     "above-max-bytes": (seq2(lambda m: m["files"]["cells.npy"].update(bytes=1 << 40)), "above origin_max_bytes"),
+    # Checksums that hold over tables that do not: refused before CURRENT names them, not left to crash a loader.
+    "tasks-empty-rows": (seq2_tasks([{}] * 3), "row 0, field task_id"),
+    "tasks-not-rows": (seq2_tasks([1, 2, 3]), "row 0 is not an object"),
+    "task-id-past-int64": (seq2_tasks([{"task_id": 2**63 + 5}]), "field task_id: must be a whole number in int64"),
 }
 
 
@@ -421,6 +441,28 @@ async def test_a_stalled_or_dripping_origin_times_out_and_the_next_good_publish_
     finally:
         released.set()
         await server.close()
+
+
+async def test_a_fifo_at_a_folder_origin_is_refused_and_blocks_no_thread_of_the_process(
+        builds: Path, tmp_path: Path) -> None:
+    folder, host_root = tmp_path / "origin", tmp_path / "host"
+    await publish_seq(folder, builds, 1)
+    puller = Puller(FolderOrigin(folder, timeout_s=0.3), host_root, 0.05)
+    async with pulling(puller):
+        await at(host_root, 1, puller)
+        seq2()(folder, builds)
+        (folder / "2" / "tasks.json").unlink()
+        os.mkfifo(folder / "2" / "tasks.json")  # opened for reading, a FIFO blocks until a writer comes: never
+
+        async def said() -> bool:
+            return "not a regular file" in (puller.health.last_error or "")
+
+        await until(said)
+        for _ in range(8):  # more than the default pool's threads: none of them is stuck in the origin
+            assert await asyncio.wait_for(asyncio.to_thread(lambda: 1), 2) == 1
+        assert puller_running() and current_seq(host_root) == 1
+        await publish_seq(folder, builds, 3)
+        await at(host_root, 3, puller)
 
 
 async def test_an_unexpected_error_is_reported_and_pulling_goes_on(

@@ -29,7 +29,10 @@ def _arrays(n: int, seed: int = 0) -> dict[str, np.ndarray]:
             "lats": lats[perm], "lngs": lngs[perm], "poi_order": np.argsort(poi_ids)}
 
 
-TABLES: dict[str, Any] = {"tasks": [{"task_id": i + 1} for i in range(3)], "districts": [{"code": 440305}]}
+TABLES: dict[str, Any] = {
+    "tasks": [{"task_id": i + 1, "name": f"t{i}", "district_code": 440305, "poi_set_id": 1, "starts_at": 0,
+               "ends_at": 2**31, "enabled": True, "prizes": [], "pois": 0, "outside_district": 0} for i in range(3)],
+    "districts": [{"code": 440305, "name": "Nanshan", "parent_code": None}]}
 
 
 def _publish(root: Path, n: int = 1000, keep: int = 5) -> dict[str, Any]:
