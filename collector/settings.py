@@ -16,7 +16,9 @@ from geo_service.config import (
     origin_timeout_field,
     secret_problems,
 )
-from geo_service.dsn import ledger_problems, ship_part
+from geo_service.dsn import ledger_problems, ship_part, url_problems
+
+MAX_ADMIN_SESSION_S = 12 * 3600
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +47,7 @@ class CollectorSettings:
         "Bearer token of the admin routes (live prize changes, the dashboard's kill switch); empty disables them."))
     admin_session_s: int = field(default=900, metadata=help_text(
         "Lifetime of the dashboard's admin session: the page trades the token for an HttpOnly cookie that lasts this "
-        "long, and asks for the token again after."))
+        "long (at most 12 h), and asks for the token again after."))
     channels: str = field(default="", metadata=help_text(
         "Delivery channels file (JSON, as geo-deliver's): the dashboard then shows each channel's backlog, pace and dead "
         "letters, read from the record database (empty: no deliveries panel)."))
@@ -79,7 +81,10 @@ class CollectorSettings:
                self.stream_heartbeat_s, self.stream_max_s, self.stream_max_subscribers, self.admin_session_s) <= 0:
             problems.append("slow_read_s, origin_poll_s, sweep_page_rows, sweep_every_s, preview_horizon_s, "
                             "stream_heartbeat_s, stream_max_s, stream_max_subscribers and admin_session_s: must be positive")
-        problems += origin_problems(self.origin_timeout_s, self.origin_max_bytes)
+        problems += origin_problems(self.origin_timeout_s, self.origin_max_bytes) + url_problems("origin", self.origin)
+        problems += url_problems("source", self.source)
+        if self.admin_session_s > MAX_ADMIN_SESSION_S:
+            problems.append(f"admin_session_s: at most {MAX_ADMIN_SESSION_S} (a stolen session must not last)")
         if self.source and not self.source.startswith("mysql://"):
             problems.append("source: must be mysql://user:pass@host:port/db (or empty)")
         problems += ledger_problems(self.ledger, self.record_db)

@@ -15,6 +15,24 @@ LEDGER_SCHEMES = ("sqlite:///", "mysql://", "redis://", "redis+cluster://")
 REDIS_BUCKETS = 128
 
 
+def check_authority(url: str, what: str) -> None:
+    """Raise ValueError when a '/', '?', '#' or '@' left raw in a URL's user or password ends its authority early:
+    the rest of the password would pass for the path or the query, and be shown. The message never echoes the URL."""
+    parts = urlsplit(url)
+    if "@" in parts.path + parts.query + parts.fragment:
+        raise ValueError(f"{what}: a '/', '?', '#' or '@' in its user or password must be percent-encoded "
+                         "(%2F, %3F, %23, %40)")
+
+
+def url_problems(name: str, url: str) -> list[str]:
+    """Return what is wrong with a URL setting that may carry credentials (an origin, a DSN)."""
+    try:
+        check_authority(url, name)
+    except ValueError as exc:
+        return [str(exc)]
+    return []
+
+
 @dataclass(frozen=True, slots=True)
 class MySQLSettings:
     """Where a MySQL/MariaDB database is; the password never appears in repr or logs."""
@@ -28,6 +46,7 @@ class MySQLSettings:
     @classmethod
     def from_dsn(cls, dsn: str) -> MySQLSettings:
         """Parse mysql://user:pass@host:port/db; raise ValueError naming what is wrong."""
+        check_authority(dsn, "DSN")
         parts = urlsplit(dsn)
         if parts.scheme != "mysql":
             raise ValueError(f"DSN scheme must be mysql://, got {parts.scheme or 'none'!r}")
@@ -79,6 +98,7 @@ class RedisSettings:
         scheme, _, rest = dsn.partition("://")
         if scheme not in ("redis", "redis+cluster"):
             raise ValueError(f"DSN scheme must be redis:// or redis+cluster://, got {scheme!r}")
+        check_authority(dsn, "DSN")
         rest, _, query = rest.partition("?")
         options = _options(query)
         userinfo, _, hosts = rest.rpartition("@")
@@ -132,9 +152,21 @@ def ledger_problems(ledger: str, record_db: str) -> list[str]:
             RedisSettings.from_dsn(ledger)
         except ValueError as exc:
             problems.append(f"ledger: {exc}")
+    elif ledger.startswith("mysql://"):
+        problems += [f"ledger: {p}" for p in _mysql_problems(ledger)]
     if record_db and not record_db.startswith("mysql://"):
         problems.append("record_db: must be mysql://user:pass@host:port/db (or empty)")
+    elif record_db:
+        problems += [f"record_db: {p}" for p in _mysql_problems(record_db)]
     return problems
+
+
+def _mysql_problems(dsn: str) -> list[str]:
+    try:
+        MySQLSettings.from_dsn(dsn)
+    except ValueError as exc:
+        return [str(exc)]
+    return []
 
 
 def ship_part(text: str) -> tuple[int, int]:

@@ -16,7 +16,7 @@ from geo_service.config import (
     origin_timeout_field,
     secret_problems,
 )
-from geo_service.dsn import ledger_problems
+from geo_service.dsn import ledger_problems, url_problems
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +110,7 @@ class ServiceSettings:
         problems += secret_problems(self.host, {"token_secret": self.token_secret, "admin_token": self.admin_token})
         if self.poll_interval_s <= 0 or self.origin_poll_s <= 0:
             problems.append("poll_interval_s and origin_poll_s: must be positive")
-        problems += origin_problems(self.origin_timeout_s, self.origin_max_bytes)
+        problems += origin_problems(self.origin_timeout_s, self.origin_max_bytes) + url_problems("origin", self.origin)
         if min(self.claim_timeout_s, self.keepalive_timeout_s) <= 0 or self.ask_again_every_s < 0:
             problems.append("claim_timeout_s and keepalive_timeout_s: must be positive; ask_again_every_s: 0 or more")
         if problems:

@@ -84,3 +84,20 @@ def test_the_makefiles_demo_secrets_are_the_ones_refused_off_loopback() -> None:
             if line.startswith(("DEMO_SECRET", "DEMO_ADMIN", "DEMO_PARTNER"))}
     assert demo == DEMO_SECRETS
     assert "--token-secret" not in makefile and "--admin-token" not in makefile  # a process list shows flags
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("origin", "http://puller:pa/ss-WORD@127.0.0.1:8090/origin"),
+    ("origin", "https://puller:pa?ss-WORD@origin.example/x"),
+    ("origin", "http://puller:pa#ss-WORD@127.0.0.1/o"),
+    ("ledger", "mysql://root:pa?ss-WORD@127.0.0.1:3306/test"),
+    ("ledger", "redis://:pa?ss-WORD@127.0.0.1:6379/0"),
+    ("record_db", "mysql://root:pa/ss-WORD@127.0.0.1:3306/test"),
+])
+def test_a_password_holding_a_raw_delimiter_is_refused_without_being_shown(name: str, value: str) -> None:
+    # Left raw, '/', '?' or '#' ends the authority early: the rest of the password would pass for the path or the
+    # query, and be shown wherever the URL is. The refusal says how to write it, and never echoes it.
+    settings = {name: value, **({"ledger": "redis://127.0.0.1:6379"} if name == "record_db" else {})}
+    with pytest.raises(SettingsError) as refused:
+        load_settings(ServiceSettings, P, None, {}, settings)
+    assert "percent-encoded" in str(refused.value) and "WORD" not in str(refused.value)
