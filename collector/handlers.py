@@ -105,24 +105,29 @@ async def stream(request: web.Request) -> web.StreamResponse:
                          headers={"Retry-After": str(STREAM_RETRY_AFTER_S)})
     queue = feed.subscribe()
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-    await response.prepare(request)
+
+    async def send(data: bytes) -> None:
+        # A subscriber that does not read fills its socket and would hold this write, and its place, for ever.
+        await asyncio.wait_for(response.write(data), settings.stream_heartbeat_s)
+
     try:
-        for d in view.districts:
-            if code is None or d["code"] == code:
-                await response.write(b"event: district\ndata: " + orjson.dumps(d) + b"\n\n")
-        ends = time.monotonic() + settings.stream_max_s
-        while (left := ends - time.monotonic()) > 0:  # bounded by stream_max_s
-            try:
-                item = await asyncio.wait_for(queue.get(), timeout=min(settings.stream_heartbeat_s, left))
-            except TimeoutError:
-                await response.write(b": keep-alive\n\n")
-                continue
-            if item is None:
-                break
-            if code is None or item["code"] == code:
-                await response.write(b"event: district\ndata: " + orjson.dumps(item) + b"\n\n")
-    except ConnectionResetError:
-        pass  # the subscriber went away (a closed tab): nothing to answer
+        async with asyncio.timeout(settings.stream_max_s):  # the whole stream, a stuck first write included
+            await response.prepare(request)
+            for d in view.districts:
+                if code is None or d["code"] == code:
+                    await send(b"event: district\ndata: " + orjson.dumps(d) + b"\n\n")
+            while True:  # bounded by the timeout above
+                try:
+                    item = await asyncio.wait_for(queue.get(), timeout=settings.stream_heartbeat_s)
+                except TimeoutError:
+                    await send(b": keep-alive\n\n")
+                    continue
+                if item is None:
+                    break
+                if code is None or item["code"] == code:
+                    await send(b"event: district\ndata: " + orjson.dumps(item) + b"\n\n")
+    except (ConnectionResetError, TimeoutError):
+        pass  # the subscriber went away or stopped reading, or the stream reached stream_max_s: it reconnects
     finally:
         feed.unsubscribe(queue)
     return response

@@ -66,7 +66,7 @@ async def open_session(request: web.Request) -> web.Response:
     settings = request.app[settings_key]
     require_admin(request.headers.get("Authorization", ""), settings.admin_token, "an admin session")
     expires = int(time.time()) + settings.admin_session_s
-    response = json_response({"expires_at": expires})
+    response = json_response({"expires_at": expires}, headers={"Cache-Control": "no-store"})
     response.set_cookie(COOKIE, session_value(settings.admin_token, expires), max_age=settings.admin_session_s,
                         path="/v1/admin", httponly=True, samesite="Strict", secure=_https(request))
     return response
@@ -77,7 +77,7 @@ async def session_state(request: web.Request) -> web.Response:
     prompts for the token only when it must (and the console shows no 401)."""
     value, token = request.cookies.get(COOKIE, ""), request.app[settings_key].admin_token
     live = session_valid(token, value, time.time())
-    return json_response({"expires_at": int(value.partition(".")[0]) if live else None})
+    return json_response({"expires_at": int(value.partition(".")[0]) if live else None}, headers={"Cache-Control": "no-store"})
 
 
 async def close_session(request: web.Request) -> web.Response:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 _PROBE_S = 0.05
+_NR_OPEN = 1 << 20
 _EWMA = 0.3  # weight of the newest lag sample: reacts within a few probes, ignores one hiccup
 
 
@@ -67,6 +68,11 @@ def raise_open_files_limit() -> int:
     """Lift this process's soft limit on open files to its hard limit and return it: every connection is a
     file, and the usual soft limit of 1024 would refuse connections long before memory or CPU run out."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    # An unlimited hard limit cannot be a soft one: the kernel caps open files at fs.nr_open (2^20 by default).
+    target = _NR_OPEN if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            pass  # fs.nr_open is set lower: the soft limit stays where it was
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]

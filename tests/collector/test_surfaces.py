@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import resource
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -13,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from collector.keys import feed_key
 from collector.security import COOKIE, CSP, SESSION_HEADER, session_valid, session_value
 from tests.conftest import SAMPLE, build_into
 from tests.support.ledgers import sql_rows
@@ -160,3 +162,37 @@ def _status_of(url: str) -> int:
             return int(resp.status)
     except urllib.error.HTTPError as exc:
         return exc.code
+
+
+async def test_a_stream_that_is_never_read_stays_counted_and_ends_by_its_deadline(
+        make_collector: Any, sample_snapshots: Path, tmp_path: Path) -> None:
+    client = await make_collector(sample_snapshots, f"sqlite:///{tmp_path / 'l.sqlite3'}", stream_max_subscribers=1,
+                                  stream_max_s=30.0, stream_heartbeat_s=1.5)
+    feed = client.server.app[feed_key]
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", client.port))
+    await asyncio.get_running_loop().sock_sendall(sock, b"GET /v1/stream HTTP/1.1\r\nHost: x\r\n\r\n")
+    try:
+        deadline = time.monotonic() + 5
+        while feed.subscribers < 1:  # bounded by the deadline
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+        big = {"code": 1, "name": "x" * 100_000}
+        feed.publish([big] * 100)  # 10 MB: the socket fills and the handler waits in a write
+        await asyncio.sleep(0.3)
+        started = time.monotonic()
+        feed.publish([big] * 300)  # the queue overflows: the feed lets the subscriber go
+        assert feed.dropped == 1
+        assert feed.subscribers == 1  # its handler still holds the socket: it still counts
+        refused = await client.get("/v1/stream")
+        assert refused.status == 503
+        while feed.subscribers:  # bounded: a write may wait a heartbeat, then the stream ends
+            await asyncio.sleep(0.05)
+            assert time.monotonic() - started < 5.0, "the unread stream held its place"
+    finally:
+        sock.close()
+    again = await client.get("/v1/stream")
+    assert again.status == 200
+    again.close()
