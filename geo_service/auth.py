@@ -20,6 +20,6 @@ def player(request: web.Request) -> str:
     if not header.startswith("Bearer "):
         raise Unauthorized("this needs Authorization: Bearer <player token>")
     try:
-        return verify(header.removeprefix("Bearer ").strip(), secret, time.time())
+        return verify(header.removeprefix("Bearer "), secret, time.time())  # exactly one space: one spelling
     except TokenError as exc:
         raise Unauthorized(str(exc)) from None

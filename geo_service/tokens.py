@@ -8,6 +8,10 @@ import hmac
 import re
 
 _USER_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# The one spelling of a token: unpadded base64url payload, a dot, the 43 characters of an HMAC-SHA256. Loose
+# decoding would take many strings for one token (junk characters dropped, other trailing bits), and a limit keyed
+# on the token (deploy/nginx.conf's claims_per_player, which matches this too) would count each apart.
+TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{1,200}\.[A-Za-z0-9_-]{43}")
 
 
 class TokenError(ValueError):
@@ -38,6 +42,8 @@ def mint(user_id: str, secret: str, expires_at: int) -> str:
 
 def verify(token: str, secret: str, now_s: float) -> str:
     """Return the token's user id; raise TokenError if it is malformed, forged or expired."""
+    if not TOKEN_RE.fullmatch(token):
+        raise TokenError("malformed token")
     try:
         payload_b64, sig_b64 = token.split(".")
         payload, sig = _unb64(payload_b64), _unb64(sig_b64)
@@ -45,6 +51,8 @@ def verify(token: str, secret: str, now_s: float) -> str:
         expires_at = int(expires)
     except (ValueError, UnicodeDecodeError):
         raise TokenError("malformed token") from None
+    if _b64(payload) != payload_b64 or _b64(sig) != sig_b64 or str(expires_at) != expires:
+        raise TokenError("malformed token")  # decodes, but is not the one spelling mint() writes
     if not secret or not hmac.compare_digest(sig, _sign(payload, secret)):
         raise TokenError("bad token signature")
     if version != "v1" or not _USER_RE.fullmatch(user_id):

@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 import pytest
 
+from geo_service.tokens import mint
 from tests.conftest import REPO, SAMPLE, build_into
 from tests.support.nginx import load_balancer, nginx_available
 from tests.support.parts import missing
@@ -29,6 +30,7 @@ from tests.test_error_shape import assert_error_shape
 PHONES = REPO / "bench" / "lua" / "phones.lua"
 NEXT_POLL_MS = 100
 SHARE_BEHIND_NGINX = 0.35
+TOKEN_SECRET = "t" * 32
 
 
 @pytest.fixture
@@ -85,7 +87,7 @@ def behind_nginx(tmp_path: Path) -> Iterator[Process]:
     if not nginx_available():
         missing("nginx", "install Debian's nginx-light to run the drill through the load balancer")
     build_into(SAMPLE, tmp_path / "snaps")
-    proc = service(tmp_path / "snaps", tmp_path / "var", "--next-poll-ms", str(NEXT_POLL_MS), "--token-secret", "t" * 32,
+    proc = service(tmp_path / "snaps", tmp_path / "var", "--next-poll-ms", str(NEXT_POLL_MS), "--token-secret", TOKEN_SECRET,
                    workers=1).start()
     try:
         proc.wait_ready()
@@ -123,18 +125,22 @@ def test_through_nginx_twice_the_capacity_is_shed_in_front_and_accepted_polls_st
 
 def test_nginxs_refusals_have_the_services_error_shape_and_claims_are_limited_per_player(behind_nginx: Process) -> None:
     lb = load_balancer([behind_nginx.port], {"polls": 1, "claims_per_player": 1}).start()
+    a, b = (f"Bearer {mint(user, TOKEN_SECRET, int(time.time()) + 600)}" for user in ("player-a", "player-b"))
     try:
-        answers = [_request(f"{lb.url}/v1/nearby?lat=22.5329&lng=113.9305") for _ in range(4)]
-        claims = [_request(f"{lb.url}/v1/claims", b"{}", "Bearer player-a") for _ in range(4)]
-        other_player = _request(f"{lb.url}/v1/claims", b"{}", "Bearer player-b")
+        polls = [_request(f"{lb.url}/v1/nearby?lat=22.5329&lng=113.9305") for _ in range(4)]
+        cells = [_request(f"{lb.url}/v1/cells/1") for _ in range(2)]  # the polls zone is spent: cells share it
+        claims = [_request(f"{lb.url}/v1/claims", b"{}", a) for _ in range(4)]
+        other_player = _request(f"{lb.url}/v1/claims", b"{}", b)
+        health = _request(f"{lb.url}/healthz")
     finally:
         lb.close()
-    assert answers[0][0] == 200 and 503 in [status for status, _, _ in answers]
-    assert claims[0][0] == 401 and 503 in [status for status, _, _ in claims]  # the service saw the first: a bad token
-    assert other_player[0] == 401  # another player's claims are not held back by player a's
-    for status, headers, body in answers + claims:
-        if status == 503:
-            assert_error_shape(503, headers, orjson.loads(body), "overloaded")
+    assert polls[0][0] == 200 and 503 in [status for status, _, _ in polls] and cells[0][0] == 503
+    assert claims[0][0] == 400 and 429 in [status for status, _, _ in claims]  # the service saw the first: no body
+    assert other_player[0] == 400  # another player's claims are not held back by player a's
+    assert health[0] == 200  # the operators' networks (loopback among them) reach /healthz
+    for status, headers, body in polls + cells + claims:
+        if status in (429, 503):
+            assert_error_shape(status, headers, orjson.loads(body), "overloaded" if status == 503 else "too_many_requests")
             assert int(headers["Retry-After"]) >= 1 and headers["X-Request-Id"]
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import re
 
 import pytest
@@ -55,3 +57,27 @@ def test_minting_refuses_odd_user_ids_and_no_secret() -> None:
         mint("alice:admin", "s3cret", 2000)
     with pytest.raises(ValueError):
         mint("alice", "", 2000)
+
+
+def _signed(payload: str, secret: str = "s3cret") -> str:
+    sig = hmac.new(secret.encode(), payload.encode(), hashlib.sha256).digest()
+    return f"{_b64(payload.encode())}.{_b64(sig)}"
+
+
+def _other_trailing_bits(token: str) -> str:
+    """The same bytes spelled with other unused low bits in the payload's last character (loose decoders take it)."""
+    payload, sig = token.split(".")
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    last = alphabet.index(payload[-1])
+    return f"{payload[:-1]}{alphabet[last ^ 1]}.{sig}"
+
+
+@pytest.mark.parametrize("spelling", [
+    "!!!!" + ALICE, ALICE[:5] + "\t" + ALICE[5:], ALICE + "=", " " + ALICE, _other_trailing_bits(ALICE),
+    _signed("v1:alice:+2000"), _signed("v1:alice: 2000"), _signed("v1:alice:\u0662000"),
+], ids=["junk-prefix", "tab", "padding", "space", "trailing-bits", "plus-sign", "space-sign", "arabic-digit"])
+def test_a_token_has_one_spelling_and_every_other_is_refused(spelling: str) -> None:
+    # A limit keyed on the token (nginx's claims_per_player) counts one player once only if no other spelling passes.
+    assert _signed("v1:alice:2000") == ALICE  # the helper signs as mint() does
+    with pytest.raises(TokenError, match=r"^malformed token$"):
+        verify(spelling, "s3cret", 1000.0)

@@ -75,7 +75,9 @@ def load_balancer(host_ports: list[int], rates: dict[str, int] | None = None) ->
     limits are lifted unless given."""
     port = free_port()
     conf = (DEPLOY / "nginx.conf").read_text()
-    for zone, rate in {"polls_per_address": 10**6, **(rates or {})}.items():
+    conf, lifted = re.subn(r"limit_conn conns_per_address \d+;", "limit_conn conns_per_address 60000;", conf)
+    assert lifted == 1, "deploy/nginx.conf has no limit_conn conns_per_address"
+    for zone, rate in {"per_address": 10**6, **(rates or {})}.items():
         conf, zones = re.subn(rf"(zone={zone}:\S+) rate=\d+r/s;", rf"\1 rate={rate}r/s;", conf)
         conf, limits = re.subn(rf"(limit_req zone={zone}) burst=\d+", rf"\1 burst={max(1, rate // 100)}", conf)
         assert zones == 1 and limits >= 1, f"deploy/nginx.conf has no limit_req zone {zone}"
