@@ -1,5 +1,6 @@
 """Schemathesis against both services on the sample, every check and phase on (schemathesis.toml):
-the published contracts say what the services do, and no generated request gets a 5xx."""
+the published contracts say what the services do, and no generated request gets a 5xx. Its examples also hold
+ids of Unicode digits and past int64 (tests/support/fuzz_hooks.py)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from tests.conftest import REPO, SAMPLE
 from tests.support.processes import Process, collector, running_pair, service
 
 SECRET, ADMIN = "fuzz-secret", "fuzz-admin"
+HOOKS = REPO / "tests" / "support" / "fuzz_hooks.py"  # ids of Unicode digits and past int64 in every operation's examples
 
 
 @dataclass
@@ -40,7 +42,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
 
 def fuzz(url: str, examples: int) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "GEODROP_FUZZ_PLAYER_TOKEN": mint("fuzzer", SECRET, int(time.time()) + 3600),
-           "GEODROP_FUZZ_ADMIN_TOKEN": ADMIN}
+           "GEODROP_FUZZ_ADMIN_TOKEN": ADMIN, "SCHEMATHESIS_HOOKS": str(HOOKS)}
     command = [str(Path(sys.executable).with_name("st")), "--config-file", str(REPO / "schemathesis.toml"), "run",
                f"{url}/openapi.json", "--max-examples", str(examples), "--seed", "1", "--no-color"]
     return subprocess.run(command, capture_output=True, text=True, timeout=1800, env=env, cwd=REPO)
