@@ -106,9 +106,16 @@ async def stream(request: web.Request) -> web.StreamResponse:
     queue = feed.subscribe()
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
 
+    stalled = False
+
     async def send(data: bytes) -> None:
-        # A subscriber that does not read fills its socket and would hold this write, and its place, for ever.
-        await asyncio.wait_for(response.write(data), settings.stream_heartbeat_s)
+        nonlocal stalled
+        try:  # a subscriber that does not read fills its socket and would hold this write, and its place, for ever
+            async with asyncio.timeout(settings.stream_heartbeat_s):
+                await response.write(data)
+        except TimeoutError:
+            stalled = True
+            raise
 
     try:
         async with asyncio.timeout(settings.stream_max_s):  # the whole stream, a stuck first write included
@@ -118,7 +125,8 @@ async def stream(request: web.Request) -> web.StreamResponse:
                     await send(b"event: district\ndata: " + orjson.dumps(d) + b"\n\n")
             while True:  # bounded by the timeout above
                 try:
-                    item = await asyncio.wait_for(queue.get(), timeout=settings.stream_heartbeat_s)
+                    async with asyncio.timeout(settings.stream_heartbeat_s):
+                        item = await queue.get()
                 except TimeoutError:
                     await send(b": keep-alive\n\n")
                     continue
@@ -130,6 +138,9 @@ async def stream(request: web.Request) -> web.StreamResponse:
         pass  # the subscriber went away or stopped reading, or the stream reached stream_max_s: it reconnects
     finally:
         feed.unsubscribe(queue)
+        if stalled and request.transport is not None:
+            # Closed gently, the socket would live on until its unsent bytes were read: never, for this client.
+            request.transport.abort()
     return response
 
 

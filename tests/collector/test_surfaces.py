@@ -188,11 +188,21 @@ async def test_a_stream_that_is_never_read_stays_counted_and_ends_by_its_deadlin
         assert feed.subscribers == 1  # its handler still holds the socket: it still counts
         refused = await client.get("/v1/stream")
         assert refused.status == 503
-        while feed.subscribers:  # bounded: a write may wait a heartbeat, then the stream ends
+        mine = sock.getsockname()[1]
+        assert _established(client.port, mine) == 1
+        while feed.subscribers or _established(client.port, mine):  # bounded: a write may wait a heartbeat, then it ends
             await asyncio.sleep(0.05)
-            assert time.monotonic() - started < 5.0, "the unread stream held its place"
+            assert time.monotonic() - started < 5.0, "the unread stream held its place or its socket"
     finally:
         sock.close()
     again = await client.get("/v1/stream")
     assert again.status == 200
     again.close()
+
+
+def _established(server_port: int, client_port: int) -> int:
+    """Whether the server still holds its end of the connection from client_port (the kernel's table: what the
+    process holds, whatever it counts)."""
+    rows = [r.split() for r in Path("/proc/net/tcp").read_text().splitlines()[1:]]
+    return sum(1 for r in rows if r[1].endswith(f":{server_port:04X}") and r[2].endswith(f":{client_port:04X}")
+               and r[3] == "01")
