@@ -19,7 +19,15 @@ def check_authority(url: str, what: str) -> None:
     """Raise ValueError when a '/', '?', '#' or '@' left raw in a URL's user or password ends its authority early:
     the rest of the password would pass for the path or the query, and be shown. The message never echoes the URL."""
     parts = urlsplit(url)
-    if "@" in parts.path + parts.query + parts.fragment:
+    if parts.scheme not in ("http", "https", "mysql", "redis", "redis+cluster") or not parts.netloc:
+        return  # a folder path or an s3:// bucket: no credentials in it, '@' is a plain character there
+    try:
+        if parts.scheme != "redis+cluster":  # a cluster lists host:port pairs, each parsed by RedisSettings
+            parts.port  # noqa: B018 - parsing it is the check
+    except ValueError:
+        raise ValueError(f"{what}: its port is not a number, or a ':' in its user or password is not "
+                         "percent-encoded (%3A)") from None
+    if "@" not in parts.netloc and "@" in parts.path + parts.query + parts.fragment:
         raise ValueError(f"{what}: a '/', '?', '#' or '@' in its user or password must be percent-encoded "
                          "(%2F, %3F, %23, %40)")
 
@@ -113,7 +121,7 @@ class RedisSettings:
                 raise ValueError(f"DSN port of {item!r} is not a number") from None
         if scheme == "redis+cluster" and db:
             raise ValueError("a Redis Cluster has only database 0: give no /db")
-        if not db.isdigit() and db:
+        if db and not (db.isascii() and db.isdigit()):
             raise ValueError(f"DSN database must be a number, got {db!r}")
         return cls(tuple(nodes), scheme == "redis+cluster", int(db or 0), password, **options)
 
@@ -172,6 +180,6 @@ def _mysql_problems(dsn: str) -> list[str]:
 def ship_part(text: str) -> tuple[int, int]:
     """Parse "K/N" (this shipper's part K of N); raise ValueError."""
     k, _, n = text.partition("/")
-    if not (k.isdigit() and n.isdigit() and 1 <= int(k) <= int(n) <= REDIS_BUCKETS):
+    if not (f"{k}{n}".isascii() and k.isdigit() and n.isdigit() and 1 <= int(k) <= int(n) <= REDIS_BUCKETS):
         raise ValueError(f"a shipping part is K/N with 1 <= K <= N <= {REDIS_BUCKETS}; got {text!r}")
     return int(k), int(n)

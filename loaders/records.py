@@ -18,6 +18,8 @@ import orjson
 import shapely
 from shapely.geometry.base import BaseGeometry
 
+from geo_service.snapshot.format import MAX_RATE_PER_S
+
 Row = Mapping[str, Any]
 _INT_RE = re.compile(r"\s*[-+]?\d{1,18}\s*")
 
@@ -181,7 +183,7 @@ def parse_task(row: Row) -> Task:
 
 
 def parse_prize(row: Row) -> Prize:
-    rate = None if _missing(row.get("rate_per_s")) else parse_number(row, "rate_per_s", 0.0)
+    rate = None if _missing(row.get("rate_per_s")) else parse_number(row, "rate_per_s", 0.0, MAX_RATE_PER_S)
     return Prize(
         task_id=parse_int(row, "task_id", 1),
         prize_type=parse_text(row, "prize_type"),

@@ -105,7 +105,7 @@ ARROWS: dict[str, tuple[str, ...]] = {
     "geo_service.dsn": (),
     "geo_service.config": (),
     "geo_service.web": ("geo_service.web", "geo_service.snapshot.grid"),
-    "geo_service.snapshot": ("geo_service.snapshot",),
+    "geo_service.snapshot": ("geo_service.snapshot", "geo_service.dsn"),  # dsn: a leaf, URLs with credentials
     "geo_service.nearby": ("geo_service.nearby", "geo_service.snapshot"),
     "geo_service.ledger": ("geo_service.ledger", "geo_service.dsn", "geo_service.snapshot.grid"),
     "loaders": ("loaders", "geo_service.snapshot", "geo_service.nearby", "geo_service.dsn", "delivery.channels"),

@@ -125,7 +125,11 @@ class SQLiteLedger:
         def insert(conn: sqlite3.Connection) -> None:
             rows = run_plan(conn, lambda: seed_rows_plan(counters))
             conn.execute("BEGIN IMMEDIATE")
-            conn.executemany(SQLITE.insert_ignore("prize_counters", SEED_COLUMNS), rows)
+            try:
+                conn.executemany(SQLITE.insert_ignore("prize_counters", SEED_COLUMNS), rows)
+            except BaseException:
+                conn.execute("ROLLBACK")  # left open, the transaction would hold the write lock from every claim
+                raise
             conn.execute("COMMIT")
             run_plan(conn, lambda: fill_rates_plan(counters))
 

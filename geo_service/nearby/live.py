@@ -150,10 +150,10 @@ class Watcher:
                 return {"seq": live_seq, "swapped": False, "error": holder.last_error if wanted != live_id else None}
             try:
                 lookup = await asyncio.to_thread(load_lookup, folder, self.stage_dir, self.levels)
+                if self.on_load is not None:
+                    await self.on_load(lookup)  # seeds the ledger's counters: a value it cannot take refuses it too
             except Exception as exc:  # noqa: BLE001 - whatever a snapshot makes loading raise, it is refused, not fatal
                 return self._refuse(wanted, f"{type(exc).__name__}: {exc}")
-            if self.on_load is not None:
-                await self.on_load(lookup)
             holder.install(lookup, int(time.time()))
             holder.last_error = None
             # What is alive now (the snapshot's tables, the modules, the app) lives until the next swap or the

@@ -11,6 +11,7 @@ folder.py publishes such folders in a snapshots folder; this module knows one fo
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 import shutil
@@ -284,10 +285,29 @@ def read_tables(folder: Path) -> tuple[list[TaskRow], list[DistrictRow]]:
     for task in tasks:
         _check_rows(f"{folder}/tasks.json task {task['task_id']} prizes", task["prizes"], _PRIZE_FIELDS)
     _check_rows(f"{folder}/districts.json", districts, _DISTRICT_FIELDS)
+    _check_values(f"{folder}/tasks.json", tasks)
     return tasks, districts
 
 
+def _check_values(where: str, tasks: list[TaskRow]) -> None:
+    """Refuse values the build never writes and the ledger cannot take: a task id below 1 or twice, a prize type
+    twice in a task, a negative quota, a weight or rate that is negative or not finite, a rate above 10^9 a second."""
+    seen: set[int] = set()
+    for i, task in enumerate(tasks):
+        if task["task_id"] < 1 or task["task_id"] in seen:
+            raise SnapshotError(f"{where}: row {i}, field task_id: {task['task_id']} is below 1 or given twice")
+        seen.add(task["task_id"])
+        types = [p["prize_type"] for p in task["prizes"]]
+        for p in task["prizes"]:
+            rate = p["rate_per_s"]
+            if (p["quota"] < 0 or not (math.isfinite(p["weight"]) and p["weight"] >= 0) or types.count(p["prize_type"]) > 1
+                    or (rate is not None and not (math.isfinite(rate) and 0 <= rate <= MAX_RATE_PER_S))):
+                raise SnapshotError(f"{where}: task {task['task_id']}, prize {p['prize_type'][:40]!r}: quota below 0, "
+                                    f"weight or rate_per_s out of range (rate at most {MAX_RATE_PER_S:g}/s), or given twice")
+
+
 _NONE = type(None)
+MAX_RATE_PER_S = 1e9  # the most a prize may be issued a second: what the ledgers and live changes take
 _TASK_FIELDS: dict[str, tuple[type, ...]] = {
     "task_id": (int,), "name": (str,), "district_code": (int,), "poi_set_id": (int,), "starts_at": (int,),
     "ends_at": (int,), "enabled": (bool,), "prizes": (list,), "pois": (int,), "outside_district": (int,)}

@@ -15,15 +15,17 @@ import asyncio
 import os
 import shutil
 import stat
+import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import aiohttp
 
+from geo_service.dsn import check_authority
 from geo_service.snapshot.format import MAX_SEQ_DIGITS, SnapshotError, parse_seq
 
 T = TypeVar("T")
@@ -103,19 +105,46 @@ class FolderOrigin:
         self.root = root
         self.url = str(root)
         self.timeout_s = timeout_s  # a stalled network filesystem
-        # Its own thread: a read stuck in a stalled NFS mount can be given up on (the puller's deadline) but not
-        # stopped, and in the default pool a few of them would leave no thread to anything else of the process.
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="folder-origin")
+        self._busy_since: float | None = None  # when the file operation still running began
 
     async def _io(self, work: Callable[[], T]) -> T:
+        """Run work in a daemon thread of its own. A read stuck in a stalled mount can be given up on (the puller's
+        deadline) but not stopped: in the default pool a few such would leave no thread to the rest of the process,
+        and a pool's thread would keep the process from exiting. While one is stuck, the next call fails at once
+        and says since when, instead of queueing behind it."""
+        if self._busy_since is not None:
+            raise OriginError(f"origin {self.url}: a file operation has not returned for "
+                              f"{time.monotonic() - self._busy_since:.0f} s (a stalled mount?)")
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[T] = loop.create_future()
+
+        def settle(ok: bool, value: Any) -> None:
+            self._busy_since = None
+            if done.done():
+                return  # given up on by a deadline
+            if ok:
+                done.set_result(value)
+            else:
+                done.set_exception(value)
+
+        def run() -> None:
+            try:
+                outcome: tuple[bool, Any] = (True, work())
+            except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
+                outcome = (False, exc)
+            with suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
+                loop.call_soon_threadsafe(settle, *outcome)
+
+        self._busy_since = time.monotonic()
+        threading.Thread(target=run, name="folder-origin", daemon=True).start()
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._pool, work)
+            return await done
         except OSError as exc:
             raise OriginError(f"origin {self.url}: {exc}") from exc
 
     def _open(self, name: str) -> BinaryIO:
         """Open an object that must be a regular file: a FIFO or a device would block the read or never end."""
-        fd = os.open(self.root / name, os.O_RDONLY | os.O_NONBLOCK)
+        fd = os.open(self.root / name, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
             raise OriginError(f"origin {self.url}/{name}: not a regular file")
@@ -164,7 +193,7 @@ class FolderOrigin:
         return await self._io(lambda: _seq_names([f"{p.parent.name}/{p.name}" for p in self.root.glob("*/manifest.json")]))
 
     async def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        return None
 
 
 class HttpOrigin:
@@ -324,6 +353,7 @@ def open_origin(url: str, endpoint: str = "", timeout_s: float = TIMEOUT_S) -> O
             raise ValueError(f"an s3 origin names its bucket: s3://bucket/prefix; got {url!r}")
         return S3Origin(parts.netloc, parts.path, endpoint, timeout_s)
     if parts.scheme in ("http", "https"):
+        check_authority(url, "origin")  # publish and rollback take origins from flags, not settings
         return HttpOrigin(url, timeout_s)
     if parts.scheme in ("", "file"):
         return FolderOrigin(Path(parts.path if parts.scheme else url), timeout_s)

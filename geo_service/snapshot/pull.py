@@ -81,6 +81,8 @@ class Puller:
             shared = orjson.loads((self.root / ".pull.json").read_bytes())
         except (OSError, orjson.JSONDecodeError):
             shared = {}
+        if not (isinstance(shared, dict) and all(isinstance(shared.get(k), int | float) for k in ("at", "seconds", "bytes"))):
+            shared = {}  # not what _fetch_checked writes: the host's record of its last pull is not there
         h = self.health
         if shared.get("at", 0) > h.last_pull_at:
             h.last_pull_at, h.last_pull_s, h.last_pull_bytes = shared["at"], shared["seconds"], shared["bytes"]
@@ -131,13 +133,14 @@ class Puller:
         if total > self.max_bytes:  # checked before a byte of it is written
             raise SnapshotError(f"origin {self.origin.url}/{name}: {total} bytes of files, above origin_max_bytes "
                                 f"({self.max_bytes}); refused")
-        free = (await asyncio.to_thread(shutil.disk_usage, self.root)).free
-        if total > free:  # refused before a byte is written, not half-written into a full disk
-            raise OSError(errno.ENOSPC, f"snapshot {seq} needs {total} bytes; {free} are free under {self.root}")
         started = time.monotonic()
         tmp = self.root / f"{_PREFIX}{seq}"
-        await asyncio.to_thread(_clear_other_pulls, self.root, tmp)
+        await asyncio.to_thread(_clear_other_pulls, self.root, tmp)  # first: their space counts as free below
         tmp.mkdir(exist_ok=True)
+        missing = total - await asyncio.to_thread(_partial_bytes, tmp, manifest["files"])
+        free = (await asyncio.to_thread(shutil.disk_usage, self.root)).free
+        if missing > free:  # refused before a byte is written, not half-written into a full disk
+            raise OSError(errno.ENOSPC, f"snapshot {seq} needs {missing} more bytes; {free} are free under {self.root}")
         try:
             for name, info in manifest["files"].items():
                 await self._fetch_file(f"{seq}/{name}", tmp / name, info)
@@ -153,8 +156,10 @@ class Puller:
         h.pulls += 1
         h.last_pull_at, h.last_pull_s = time.time(), round(time.monotonic() - started, 3)
         h.last_pull_bytes = total
-        (self.root / ".pull.json").write_bytes(orjson.dumps({"seq": seq, "at": h.last_pull_at, "seconds": h.last_pull_s,
-                                                             "bytes": h.last_pull_bytes}))
+        # Replaced whole: another worker's view() never reads half of it.
+        (self.root / ".pull.json.part").write_bytes(orjson.dumps({"seq": seq, "at": h.last_pull_at, "seconds": h.last_pull_s,
+                                                                  "bytes": h.last_pull_bytes}))
+        os.replace(self.root / ".pull.json.part", self.root / ".pull.json")
         log.info("snapshot pulled", extra={"seq": seq, "seconds": h.last_pull_s, "bytes": h.last_pull_bytes})
         return True
 
@@ -257,3 +262,9 @@ def _clear_other_pulls(root: Path, keep: Path) -> None:
     for p in root.glob(f"{_PREFIX}*"):
         if p != keep:
             shutil.rmtree(p, ignore_errors=True)
+
+
+def _partial_bytes(tmp: Path, files: dict[str, Any]) -> int:
+    """Bytes of a resumed pull already on disk, counted up to each file's size (a longer one is fetched again)."""
+    sizes = {name: (tmp / name).stat().st_size if (tmp / name).is_file() else 0 for name in files}
+    return sum(size for name, size in sizes.items() if size <= files[name]["bytes"])

@@ -8,6 +8,7 @@ import copy
 import hashlib
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from aiohttp.test_utils import TestServer
 from geo_service.keys import puller_key
 from geo_service.snapshot.folder import current_seq
 from geo_service.snapshot.format import SnapshotError, open_snapshot, parse_manifest, read_manifest
-from geo_service.snapshot.origin import FolderOrigin, Origin, current_of, open_origin, publish
+from geo_service.snapshot.origin import FolderOrigin, Origin, OriginError, current_of, open_origin, publish
 from geo_service.snapshot.pull import Puller, pulling
 from loaders.cli import main as snapshot_cli
 from tests.conftest import MakeClient, build_into
@@ -463,6 +464,26 @@ async def test_a_fifo_at_a_folder_origin_is_refused_and_blocks_no_thread_of_the_
         assert puller_running() and current_seq(host_root) == 1
         await publish_seq(folder, builds, 3)
         await at(host_root, 3, puller)
+
+
+async def test_a_folder_origins_stuck_operation_is_given_up_on_and_the_next_fails_fast_until_it_returns(
+        tmp_path: Path) -> None:
+    # What a stalled NFS mount does to a read: it does not return. The puller's deadline gives up on it; the thread
+    # cannot be stopped, so the next operation says so at once instead of queueing behind it.
+    origin, released = FolderOrigin(tmp_path), threading.Event()
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(origin._io(lambda: released.wait(10)), 0.1)
+    with pytest.raises(OriginError, match="has not returned for"):
+        await origin._io(lambda: 1)
+    released.set()
+    deadline = time.monotonic() + 5
+    while True:  # bounded by the deadline
+        try:
+            assert await origin._io(lambda: 2) == 2
+            break
+        except OriginError:
+            assert time.monotonic() < deadline, "the origin never recovered after its stuck operation returned"
+            await asyncio.sleep(0.02)
 
 
 async def test_an_unexpected_error_is_reported_and_pulling_goes_on(
