@@ -56,7 +56,9 @@ def verify(secret: str, header: str, body: bytes, now: float, tolerance_s: float
         raise SignatureError("malformed Geodrop-Signature") from None
     if abs(now - timestamp) > tolerance_s:
         raise SignatureError("Geodrop-Signature timestamp outside the tolerance")
-    if not hmac.compare_digest(sign(secret, timestamp, body).encode(), f"t={timestamp},v1={given}".encode()):
+    # surrogateescape: a stray byte in the header (aiohttp decodes it so) is a mismatch, not an exception.
+    if not hmac.compare_digest(sign(secret, timestamp, body).encode(),
+                               f"t={timestamp},v1={given}".encode(errors="surrogateescape")):
         raise SignatureError("Geodrop-Signature does not match")
 
 

@@ -33,6 +33,9 @@ def test_a_signature_holds_for_its_body_and_time_only() -> None:
     mac = header.split("v1=")[1]
     with pytest.raises(SignatureError, match="does not match"):
         verify(SECRET, f"t=1000005,v1={mac}", body, 1_000_005)
+    # A stray byte, as aiohttp decodes one (a lone surrogate): a mismatch, not a UnicodeEncodeError (a 500).
+    with pytest.raises(SignatureError, match="does not match"):
+        verify(SECRET, "t=1000000,v1=\udcff", body, 1_000_000)
 
 
 def test_the_payload_names_the_delivery_and_its_win() -> None:

@@ -24,7 +24,7 @@ from geo_service.tokens import mint
 from tests.conftest import REPO, SAMPLE, build_into
 from tests.support.nginx import load_balancer, nginx_available
 from tests.support.parts import missing
-from tests.support.processes import Process, get_json, service
+from tests.support.processes import Process, free_port, get_json, service
 from tests.test_error_shape import assert_error_shape
 
 PHONES = REPO / "bench" / "lua" / "phones.lua"
@@ -138,6 +138,22 @@ def test_nginxs_refusals_have_the_services_error_shape_and_claims_are_limited_pe
     assert claims[0][0] == 400 and 429 in [status for status, _, _ in claims]  # the service saw the first: no body
     assert other_player[0] == 400  # another player's claims are not held back by player a's
     assert health[0] == 200  # the operators' networks (loopback among them) reach /healthz
+    outsider = load_balancer([behind_nginx.port], operators=["127.0.0.2"]).start()  # 127.0.0.1 is not an operator
+    dead = load_balancer([free_port()]).start()  # no host answers
+    try:
+        refused = [_request(f"{outsider.url}{path}") for path in ("/healthz", "/metrics")]
+        refused.append(_request(f"{outsider.url}/v1/admin/reload", b"{}"))
+        unreachable = _request(f"{dead.url}/v1/nearby?lat=22.5329&lng=113.9305")
+    finally:
+        outsider.close()
+        dead.close()
+    for status, headers, body in refused:
+        assert status == 403
+        assert_error_shape(403, headers, orjson.loads(body), "forbidden")
+    status, headers, body = unreachable
+    assert status == 503
+    assert_error_shape(503, headers, orjson.loads(body), "service_unavailable")  # not nginx's HTML 502
+    assert int(headers["Retry-After"]) >= 1
     for status, headers, body in polls + cells + claims:
         if status in (429, 503):
             assert_error_shape(status, headers, orjson.loads(body), "overloaded" if status == 503 else "too_many_requests")

@@ -148,3 +148,13 @@ def test_the_summary_names_the_largest_exclusion_zones_and_counts_the_rest(
     line = next(x for x in summary({**manifest, "screening": {**manifest["screening"], "excluded_by_zone": many}},
                                    tmp_path, 1.0).splitlines() if x.startswith("pois"))
     assert "(zone-299: 299, zone-298: 298, zone-297: 297 and 296 more zones)" in line
+
+
+@pytest.mark.parametrize("argv", [
+    ["loaders", "build", "--source", "data/sample", "--out", "unused", "--memory-mb", "\u00b2"],
+    ["delivery", "partner", "--port", "\u00b2"],
+])
+def test_a_unicode_digit_in_a_number_flag_is_exit_2_with_a_message(argv: list[str]) -> None:
+    # str.isdigit() takes '²' and int() refuses it: these were tracebacks.
+    done = subprocess.run([sys.executable, "-m", *argv], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "Traceback" not in done.stderr and "'²'" in done.stderr

@@ -68,13 +68,17 @@ class Nginx:
         shutil.rmtree(self.prefix, ignore_errors=True)
 
 
-def load_balancer(host_ports: list[int], rates: dict[str, int] | None = None) -> Nginx:
+def load_balancer(host_ports: list[int], rates: dict[str, int] | None = None, operators: list[str] | None = None) -> Nginx:
     """deploy/nginx.conf in front of the service hosts on these loopback ports; `rates` sizes its limit_req
     zones (zone name -> requests a second; a limit's burst follows, at 10 ms of its rate), as an
     operator does for a site (the lines marked SIZE). Every address is 127.0.0.1 here, so the per-address
-    limits are lifted unless given."""
+    limits are lifted unless given. `operators` replaces the networks /healthz, /metrics and /v1/admin/ answer."""
     port = free_port()
     conf = (DEPLOY / "nginx.conf").read_text()
+    if operators is not None:
+        conf, n = re.subn(r"(?:^ +allow \S+;.*\n)+", lambda _: "".join(f"            allow {o};\n" for o in operators),
+                          conf, count=1, flags=re.M)
+        assert n == 1, "deploy/nginx.conf has no allow list"
     conf, lifted = re.subn(r"limit_conn conns_per_address \d+;", "limit_conn conns_per_address 60000;", conf)
     assert lifted == 1, "deploy/nginx.conf has no limit_conn conns_per_address"
     for zone, rate in {"per_address": 10**6, **(rates or {})}.items():
