@@ -328,17 +328,27 @@ def seq2(edit: Callable[[dict[str, Any]], Any] = lambda m: None, raw: bytes | No
 
 
 def seq2_tasks(rows: Any) -> Breakage:
-    """Seq 2 with a tasks.json of `rows` that its manifest vouches for: checksums hold, the table is malformed."""
-    def tasks(manifest: dict[str, Any]) -> None:
-        manifest["files"]["tasks.json"].update(bytes=len(raw), sha256=hashlib.sha256(raw).hexdigest())
-
-    raw = orjson.dumps(rows)
-
+    """Seq 2 with a tasks.json of `rows` (or of what `rows` makes of the build's) that its manifest vouches for:
+    checksums hold, the table does not."""
     def breakage(folder: Path, builds: Path) -> None:
-        seq2(tasks)(folder, builds)
+        built = orjson.loads((builds / "2" / "tasks.json").read_bytes())
+        raw = orjson.dumps(rows(built) if callable(rows) else rows)
+
+        def vouch(manifest: dict[str, Any]) -> None:
+            manifest["files"]["tasks.json"].update(bytes=len(raw), sha256=hashlib.sha256(raw).hexdigest())
+
+        seq2(vouch)(folder, builds)
         (folder / "2" / "tasks.json").write_bytes(raw)
 
     return breakage
+
+
+def _first_prize(**changes: Any) -> Callable[[list[dict[str, Any]]], list[dict[str, Any]]]:
+    def edit(tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        tasks[0]["prizes"][0].update(changes)
+        return tasks
+
+    return edit
 
 
 BREAKAGES: dict[str, tuple[Breakage, str]] = {  # id: (breakage, what last_error says)
@@ -362,6 +372,10 @@ BREAKAGES: dict[str, tuple[Breakage, str]] = {  # id: (breakage, what last_error
     "tasks-empty-rows": (seq2_tasks([{}] * 3), "row 0, field task_id"),
     "tasks-not-rows": (seq2_tasks([1, 2, 3]), "row 0 is not an object"),
     "task-id-past-int64": (seq2_tasks([{"task_id": 2**63 + 5}]), "field task_id: must be a whole number in int64"),
+    # Well typed, but what the ledger cannot take (1e300 a second overflowed SQLite and left its write lock held).
+    "rate-1e300": (seq2_tasks(_first_prize(rate_per_s=1e300)), "rate at most 1e+09/s"),
+    "quota-negative": (seq2_tasks(_first_prize(quota=-1)), "quota below 0"),
+    "task-id-twice": (seq2_tasks(lambda t: [t[0], t[0]]), "is below 1 or given twice"),
 }
 
 
