@@ -40,7 +40,7 @@ from geo_service.ledger.ship import Shipper
 from geo_service.snapshot.origin import open_origin
 from geo_service.snapshot.pull import Puller, pulling
 from geo_service.web.metrics import Metrics
-from geo_service.web.routing import Guard, add_guarded_routes
+from geo_service.web.routing import QUERY_LIMIT_BYTES, Guard, add_guarded_routes
 from loaders.sources.mysql import MySQLSource
 
 
@@ -110,5 +110,6 @@ def create_app(settings: CollectorSettings) -> web.Application:
     app.cleanup_ctx.extend([ticker_ctx, ledger_ctx, service_ctx, deliveries_ctx])
     app.on_shutdown.append(close_streams)
     app.on_response_prepare.append(secure_headers)
-    add_guarded_routes(app.router, ROUTES + DASHBOARD_ROUTES + DELIVERY_ROUTES + SESSION_ROUTES, Guard(metrics))
+    routes = ROUTES + DASHBOARD_ROUTES + DELIVERY_ROUTES + SESSION_ROUTES
+    add_guarded_routes(app.router, routes, Guard(metrics, None, QUERY_LIMIT_BYTES))
     return app

@@ -21,6 +21,7 @@ from geo_service.ledger.rates import UNLIMITED, rate_milli
 from geo_service.nearby.task_status import iso_utc
 from geo_service.web.load import raise_open_files_limit
 from geo_service.web.logs import configure_logging
+from geo_service.web.routing import MAX_LINE_BYTES
 
 ENV_PREFIX = "GEODROP_COLLECTOR_"
 
@@ -131,5 +132,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Every stream and status poll is a socket: the soft limit of 1024 would refuse them long before memory does.
     files = raise_open_files_limit()
     logging.getLogger("geodrop.collector").info("collector serving", extra={"port": settings.port, "max_open_files": files})
-    web.run_app(create_app(settings), host=settings.host, port=settings.port, access_log=None, print=None)
+    web.run_app(create_app(settings), host=settings.host, port=settings.port, access_log=None, print=None,
+                max_line_size=MAX_LINE_BYTES, max_field_size=MAX_LINE_BYTES)
     return 0

@@ -6,6 +6,7 @@ from typing import Any
 
 from geo_service import __version__
 from geo_service.web.openapi import COORDINATE_LAT, COORDINATE_LNG, ERROR, EXAMPLE, error_spec, json_ok, text_ok
+from geo_service.web.routing import QUERY_LIMIT_BYTES
 
 DISTRICT = {"type": "string", "pattern": "^[0-9]{6}$", "example": "440303"}
 _NO_VIEW = {"503": "No view yet: the first tick has not completed (snapshot_unavailable)."}
@@ -60,7 +61,16 @@ def _session() -> dict[str, Any]:
 
 
 def openapi_spec() -> dict[str, Any]:
-    """Return the collector's OpenAPI document."""
+    """Return the collector's OpenAPI document; every operation may answer 414 (the guard's query limit)."""
+    spec = _spec()
+    for operations in spec["paths"].values():
+        for operation in operations.values():
+            operation["responses"].setdefault("414", error_spec(f"Query string longer than {QUERY_LIMIT_BYTES} bytes "
+                                                                "(query_too_long)."))
+    return spec
+
+
+def _spec() -> dict[str, Any]:
     latlng = [{"name": "lat", "in": "query", "required": True, "schema": COORDINATE_LAT, "example": EXAMPLE["lat"]},
               {"name": "lng", "in": "query", "required": True, "schema": COORDINATE_LNG, "example": EXAMPLE["lng"]}]
     limit = {"name": "limit", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1, "maximum": 20000}}

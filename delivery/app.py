@@ -18,7 +18,7 @@ from geo_service.ledger import PlanRunner, open_records
 from geo_service.ledger.deliveries import DeliveryStore
 from geo_service.web.metrics import Metrics
 from geo_service.web.responses import json_response
-from geo_service.web.routing import Guard, Route, add_guarded_routes
+from geo_service.web.routing import QUERY_LIMIT_BYTES, Guard, Route, add_guarded_routes
 
 log = logging.getLogger("geodrop.delivery")
 HEALTHY_LEASE_AGE_S = 5.0  # a channel that has not leased for this long is stuck (its database calls fail)
@@ -127,5 +127,5 @@ def create_app(dispatcher: Dispatcher) -> web.Application:
             yield
 
     app.cleanup_ctx.append(run)
-    add_guarded_routes(app.router, ROUTES, Guard(app[metrics_key], None, 4096, frozenset({"/healthz", "/metrics"})))
+    add_guarded_routes(app.router, ROUTES, Guard(app[metrics_key], None, QUERY_LIMIT_BYTES, frozenset({"/healthz", "/metrics"})))
     return app

@@ -23,6 +23,7 @@ from geo_service.config import add_settings_flags, cli_settings
 from geo_service.ledger import LedgerError, open_records
 from geo_service.ledger.deliveries import CONFIGURED, DeliveryStore
 from geo_service.web.logs import configure_logging
+from geo_service.web.routing import MAX_LINE_BYTES
 
 ENV_PREFIX = "GEODROP_DELIVER_"
 PROGRAM = "geo-deliver"
@@ -117,7 +118,8 @@ async def _serve_dispatcher(settings: DeliverySettings, channels: Channels) -> N
         loop.add_signal_handler(sig, stopped.set)
     log.info("dispatching", extra={"channels": [r.channel.name for r in dispatcher.runners]})
     if settings.port:
-        runner = web.AppRunner(create_app(dispatcher), access_log=None)
+        runner = web.AppRunner(create_app(dispatcher), access_log=None, max_line_size=MAX_LINE_BYTES,
+                               max_field_size=MAX_LINE_BYTES)
         await runner.setup()
         await web.TCPSite(runner, settings.host, settings.port).start()
         await stopped.wait()

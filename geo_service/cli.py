@@ -28,12 +28,12 @@ from geo_service.snapshot.format import SnapshotError, read_tables
 from geo_service.tokens import mint
 from geo_service.web.load import raise_open_files_limit
 from geo_service.web.logs import configure_logging
+from geo_service.web.routing import MAX_LINE_BYTES
 
 ENV_PREFIX = "GEODROP_SERVICE_"
 log = logging.getLogger("geodrop.service")
 # aiohttp refuses request lines over 8 KiB with a plain-text 400 before any handler runs; a larger
 # limit lets the route guard answer over-long queries with the JSON error shape (414) instead.
-_MAX_LINE_BYTES = 64 * 1024
 _LINGER_S = 1.0
 _BACKLOG = 4096
 
@@ -57,8 +57,8 @@ def run_worker(settings: ServiceSettings, log_level: str) -> None:
         # then come a second or more later; the kernel caps this at net.core.somaxconn.
         backlog=_BACKLOG,
         access_log=logging.getLogger("aiohttp.access") if settings.access_log else None,
-        max_line_size=_MAX_LINE_BYTES,
-        max_field_size=_MAX_LINE_BYTES,
+        max_line_size=MAX_LINE_BYTES,
+        max_field_size=MAX_LINE_BYTES,
         print=None,
         loop=uvloop.new_event_loop() if settings.uvloop else None,
     )

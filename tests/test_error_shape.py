@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 import geo_service.handlers
 from geo_service.app import create_app
 from geo_service.nearby import encode_answer
-from tests.conftest import MakeClient, make_settings
+from tests.conftest import SAMPLE, MakeClient, build_into, make_settings
+from tests.support.processes import collector
 
 N = "/v1/nearby"
 CASES: list[tuple[str, str, str, int, str, str | None]] = [
@@ -154,3 +158,19 @@ async def test_admin_routes_refuse_ids_that_are_no_ascii_number_in_the_one_shape
     body = await resp.json()
     assert_error_shape(400, resp.headers, body, "invalid_param")
     assert body["error"]["field"] == "task_id"
+
+
+def test_a_request_line_past_aiohttps_default_gets_414_in_the_shape_from_the_running_collector(tmp_path: Path) -> None:
+    # aiohttp answers a line over 8,190 bytes with a plain-text 400 before any handler: the collector reads lines up
+    # to MAX_LINE_BYTES, so its guard answers a long query 414 in the one shape (Schemathesis found the plain 400).
+    build_into(SAMPLE, tmp_path / "snaps")
+    col = collector(tmp_path / "snaps", f"sqlite:///{tmp_path / 'l.sqlite3'}").start()
+    try:
+        col.wait_ready()
+        request = urllib.request.Request(f"{col.url}/v1/probe?lat=1&lng=1&pad=" + "x" * 20_000)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        assert refused.value.code == 414
+        assert_error_shape(414, refused.value.headers, orjson.loads(refused.value.read()), "query_too_long")
+    finally:
+        col.stop()

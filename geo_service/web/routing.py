@@ -20,6 +20,10 @@ from geo_service.web.load import LoadMonitor
 from geo_service.web.metrics import Metrics
 
 UNMATCHED = "unmatched"  # the route label of 404s and 405s
+# Request lines and header fields aiohttp reads (its default, 8190, answers a longer one with a plain-text 400 before
+# any handler): longer ones reach the guard, whose query limit answers 414 in the error shape.
+MAX_LINE_BYTES = 64 * 1024
+QUERY_LIMIT_BYTES = 4096  # the collector's and the dispatcher's query limit: their longest query is a few dozen bytes
 Route = tuple[str, str, Handler]  # method, path, handler
 
 
