@@ -46,17 +46,19 @@ def session_value(token: str, expires: int) -> str:
     return f"{expires}.{_mac(token, expires)}"
 
 
-def session_valid(token: str, value: str, now: float) -> bool:
+def session_expiry(token: str, value: str, now: float) -> int | None:
+    """Return when a session cookie's value ends, or None if it is not a live session made under `token`."""
     expires, _, mac = value.partition(".")
     if not (token and expires.isascii() and expires.isdigit() and len(expires) <= 12 and int(expires) > now):
-        return False
-    return hmac.compare_digest(mac.encode(errors="surrogateescape"), _mac(token, int(expires)).encode())
+        return None
+    valid = hmac.compare_digest(mac.encode(errors="surrogateescape"), _mac(token, int(expires)).encode())
+    return int(expires) if valid else None
 
 
 def admin_check(request: web.Request, what: str) -> None:
     """Let an admin route pass with the bearer token (scripts, curl) or the page's session; 401 otherwise."""
     token = request.app[settings_key].admin_token
-    if token and request.headers.get(SESSION_HEADER) and session_valid(token, request.cookies.get(COOKIE, ""), time.time()):
+    if request.headers.get(SESSION_HEADER) and session_expiry(token, request.cookies.get(COOKIE, ""), time.time()):
         return
     require_admin(request.headers.get("Authorization", ""), token, what)
 
@@ -75,9 +77,8 @@ async def open_session(request: web.Request) -> web.Response:
 async def session_state(request: web.Request) -> web.Response:
     """Whether this browser holds a live session, and until when: the page asks before an admin action, so it
     prompts for the token only when it must (and the console shows no 401)."""
-    value, token = request.cookies.get(COOKIE, ""), request.app[settings_key].admin_token
-    live = session_valid(token, value, time.time())
-    return json_response({"expires_at": int(value.partition(".")[0]) if live else None}, headers={"Cache-Control": "no-store"})
+    expires = session_expiry(request.app[settings_key].admin_token, request.cookies.get(COOKIE, ""), time.time())
+    return json_response({"expires_at": expires}, headers={"Cache-Control": "no-store"})
 
 
 async def close_session(request: web.Request) -> web.Response:

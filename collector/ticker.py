@@ -137,6 +137,13 @@ class Ticker:
             return
         self._sweep = Sweep(index, now)
 
+    def _failed(self, error: str, unexpected: bool = False) -> None:
+        """Count a failed tick, keep the last view and back off."""
+        self.health.failures += 1
+        self._slower(error)
+        (log.exception if unexpected else log.warning)("tick failed; keeping the last view",
+                                                       extra={"error": error, "interval_s": self.health.interval_s})
+
     def _slower(self, error: str | None) -> None:
         h = self.health
         h.interval_s = min(self.ceiling_s, h.interval_s * 2)
@@ -172,9 +179,7 @@ class Ticker:
                 self._sweep = Sweep(self._live, read_at)
             reads = await self._read(read_at)
         except (LedgerError, SnapshotError, LoaderError) as exc:
-            h.failures += 1
-            self._slower(str(exc))
-            log.warning("tick failed; keeping the last view", extra={"error": str(exc), "interval_s": h.interval_s})
+            self._failed(str(exc))
             return None
         h.last_read_s = time.monotonic() - started
         self._read_at = read_at
@@ -236,7 +241,5 @@ class Ticker:
             try:
                 await self.tick()
             except Exception as exc:  # noqa: BLE001 - the ticker outlives any one tick; the view stays
-                self.health.failures += 1
-                self._slower(f"{type(exc).__name__}: {exc}")
-                log.exception("tick failed unexpectedly; keeping the last view")
+                self._failed(f"{type(exc).__name__}: {exc}", unexpected=True)
             await asyncio.sleep(self.health.interval_s)

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from collector.keys import feed_key
-from collector.security import COOKIE, CSP, SESSION_HEADER, session_valid, session_value
+from collector.security import COOKIE, CSP, SESSION_HEADER, session_expiry, session_value
 from tests.conftest import SAMPLE, build_into
 from tests.support.ledgers import sql_rows
 from tests.support.processes import Process, collector, running_pair, service
@@ -70,7 +70,7 @@ async def test_the_admin_token_buys_an_httponly_session_that_only_same_origin_re
 ])
 async def test_a_forged_expired_or_garbled_session_opens_nothing(
         make_collector: Any, sample_snapshots: Path, tmp_path: Path, value: str) -> None:
-    assert not session_valid(ADMIN, value, time.time())
+    assert session_expiry(ADMIN, value, time.time()) is None
     client = await make_collector(sample_snapshots, f"sqlite:///{tmp_path / 'l.sqlite3'}", admin_token=ADMIN)
     client.session.cookie_jar.update_cookies({COOKIE: value})
     resp = await client.post(KILL, json={"enabled": False}, headers={SESSION_HEADER: "1"})
