@@ -4,7 +4,6 @@ audited): retry a dead letter, change a channel's rate, pause or resume it (ever
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import AsyncIterator
 
@@ -13,7 +12,7 @@ from aiohttp import web
 from collector.delivery_panel import DeliveryPanel
 from collector.keys import deliveries_key, settings_key
 from collector.security import admin_check
-from delivery.channels import MIN_RATE_PER_S, load_channels
+from delivery.channels import load_channels, rate_problem
 from geo_service.ledger import LedgerError, open_records
 from geo_service.ledger.deliveries import CONFIGURED
 from geo_service.web.errors import InvalidParam, LedgerUnavailable, NotFound
@@ -74,9 +73,8 @@ def _channel_change(raw: bytes) -> tuple[int | None, bool | None]:
         rate = CONFIGURED  # null: the channels file's rate again
     elif "rate_per_s" in body:
         value = float(field_of(body, "rate_per_s", (int, float), "a number"))
-        if not (math.isfinite(value) and MIN_RATE_PER_S <= value <= 1e6):
-            raise InvalidParam(f"rate_per_s must be in [{MIN_RATE_PER_S:g}, 1e6], or null for the configured rate",
-                               field="rate_per_s")
+        if problem := rate_problem(value):
+            raise InvalidParam(f"rate_per_s {problem}, or null for the configured rate", field="rate_per_s")
         rate = round(value * 1000)
     if "paused" in body:
         if not isinstance(body["paused"], bool):

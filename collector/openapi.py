@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from delivery.channels import MAX_RATE_PER_S, MIN_RATE_PER_S
 from geo_service import __version__
 from geo_service.web.openapi import COORDINATE_LAT, COORDINATE_LNG, ERROR, EXAMPLE, error_spec, json_ok, text_ok
 from geo_service.web.routing import QUERY_LIMIT_BYTES
@@ -148,7 +149,9 @@ def _spec() -> dict[str, Any]:
             "/v1/admin/channels/{name}": _post(
                 "A channel's live rate and pause switch (audited): every dispatcher obeys within 100 ms.",
                 [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}, "example": "wallet"}],
-                {"type": "object", "properties": {"rate_per_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 1e6},
+                {"type": "object", "properties": {"rate_per_s": {"type": ["number", "null"], "minimum": MIN_RATE_PER_S,
+                                                                 "maximum": MAX_RATE_PER_S,
+                                                                 "description": "null: the channels file's rate"},
                                                   "paused": {"type": "boolean"}}, "example": {"paused": True}},
                 {"400": "Body not a JSON object (invalid_json), or a field missing, unknown or out of range "
                         "(invalid_param).",

@@ -65,12 +65,12 @@ def health(dispatcher: Dispatcher) -> dict[str, object]:
     now = time.time()
     channels = {r.channel.name: {
         "class": r.channel.kind, "rate_per_s": r.health.rate_milli / 1000, "pace_per_s": r.health.pace_milli / 1000,
-        "paused": r.health.paused, "in_flight": r.health.in_flight, "unrecorded": r.health.unrecorded,
+        "paused": r.health.paused, "in_flight": r.in_flight, "unrecorded": r.unrecorded,
         "lease_age_s": round(now - r.health.last_lease_at, 3) if r.health.last_lease_at else None,
         "failures": r.health.failures, "last_error": r.health.last_error, **dict(r.health.counts)}
         for r in dispatcher.runners}
     stuck = [r.channel.name for r in dispatcher.runners if not r.health.last_lease_at
-             or now - r.health.last_lease_at > HEALTHY_LEASE_AGE_S or r.health.unrecorded >= MAX_UNRECORDED]
+             or now - r.health.last_lease_at > HEALTHY_LEASE_AGE_S or r.unrecorded >= MAX_UNRECORDED]
     return {"ok": not stuck, "stuck": stuck, "channels": channels}
 
 
@@ -95,8 +95,8 @@ def render_metrics(dispatcher: Dispatcher) -> str:
                   for r in dispatcher.runners]
     gauges = (("pace_per_s", "The channel's pace now (drops when the partner chokes).", lambda r: r.health.pace_milli / 1000),
               ("rate_per_s", "The channel's configured (or live-set) rate.", lambda r: r.health.rate_milli / 1000),
-              ("in_flight", "Calls open now.", lambda r: r.health.in_flight),
-              ("unrecorded", "Answers not yet written to the record database.", lambda r: r.health.unrecorded),
+              ("in_flight", "Calls open now.", lambda r: r.in_flight),
+              ("unrecorded", "Answers not yet written to the record database.", lambda r: r.unrecorded),
               ("paused", "1 while the channel is paused.", lambda r: int(r.health.paused)),
               ("db_failures", "Record-database calls that failed.", lambda r: r.health.failures))
     for name, help_text, value in gauges:

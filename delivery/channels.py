@@ -11,6 +11,7 @@ settings leaf.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,6 +25,14 @@ from geo_service.config import is_loopback, secret_problems
 
 CLASSES = ("fast", "slow")
 MIN_RATE_PER_S = 0.001  # the ledger keeps rates in thousandths a second: less would be a silent zero
+MAX_RATE_PER_S = 1e6
+
+
+def rate_problem(rate: float) -> str | None:
+    """Say what is wrong with a channel's rate (calls a second), from the file, the CLI or the dashboard."""
+    if math.isfinite(rate) and MIN_RATE_PER_S <= rate <= MAX_RATE_PER_S:
+        return None
+    return f"must be in [{MIN_RATE_PER_S:g}, {MAX_RATE_PER_S:g}], got {rate:g}"
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-")
 _FIELDS = {"name", "url", "class", "rate_per_s", "max_in_flight", "timeout_s", "secret_env", "eta", "prizes"}
 
@@ -111,8 +120,8 @@ def _channel(raw: Any, where: str) -> Channel:
     rate = float(_field(raw, "rate_per_s", (int, float), where, "a number of calls a second"))
     in_flight = _field(raw, "max_in_flight", (int,), where, "a whole number")
     timeout = float(_field(raw, "timeout_s", (int, float), where, "seconds"))
-    if not MIN_RATE_PER_S <= rate <= 1e6:
-        raise ChannelsError(f"{where}, field rate_per_s: must be in [{MIN_RATE_PER_S:g}, 1e6], got {rate:g}")
+    if problem := rate_problem(rate):
+        raise ChannelsError(f"{where}, field rate_per_s: {problem}")
     if not 1 <= in_flight <= 10_000:
         raise ChannelsError(f"{where}, field max_in_flight: must be 1 to 10000, got {in_flight}")
     if not 0 < timeout <= 300:

@@ -16,7 +16,7 @@ import orjson
 from aiohttp import web
 
 from delivery.app import create_app, dispatching, make_dispatcher, selected
-from delivery.channels import MIN_RATE_PER_S, Channels, ChannelsError, load_channels
+from delivery.channels import Channels, ChannelsError, load_channels, rate_problem
 from delivery.partner import Partner
 from delivery.settings import DeliverySettings
 from geo_service.config import add_settings_flags, cli_settings
@@ -146,8 +146,8 @@ def _print(value: Any) -> None:
 
 def _command(args: argparse.Namespace, settings: DeliverySettings) -> int:
     if args.command == "channel":
-        if args.rate is not None and not MIN_RATE_PER_S <= args.rate <= 1e6:
-            raise ChannelsError(f"--rate must be in [{MIN_RATE_PER_S:g}, 1e6], got {args.rate:g}")
+        if args.rate is not None and (problem := rate_problem(args.rate)):
+            raise ChannelsError(f"--rate {problem}")
         load_channels(settings.channels).named(args.name)
         paused = True if args.pause else (False if args.resume else None)
         rate = CONFIGURED if args.configured_rate else None if args.rate is None else round(args.rate * 1000)

@@ -62,8 +62,6 @@ class ChannelHealth:
     pace_milli: int = 0
     rate_milli: int = 0
     paused: bool = False
-    in_flight: int = 0
-    unrecorded: int = 0  # answers not yet written to the record database
     failures: int = 0  # record-database calls that failed
     last_error: str | None = None
     last_lease_at: float = 0.0
@@ -96,6 +94,16 @@ class ChannelRunner:
         self._recording = 0  # answers being written now
         self._last_failure_log = 0.0
 
+    @property
+    def in_flight(self) -> int:
+        """Calls open now."""
+        return len(self._calls)
+
+    @property
+    def unrecorded(self) -> int:
+        """Answers not yet written to the record database, the batch being written included."""
+        return len(self._answers) + self._recording
+
     async def run(self, stop: asyncio.Event) -> None:
         """Lease and send once a slice until `stop` is set; then let the calls in flight end and record them."""
         c = self.channel
@@ -121,7 +129,7 @@ class ChannelRunner:
         """Lease for the slice `target` ahead of it, then send at its start: the database's time is off the clock."""
         c, h = self.channel, self.health
         # While answers cannot be written, take no more: the leases of those waiting end, and they are sent again.
-        want = c.max_in_flight - len(self._calls) if len(self._answers) + self._recording < MAX_UNRECORDED else 0
+        want = c.max_in_flight - self.in_flight if self.unrecorded < MAX_UNRECORDED else 0
         try:
             lease = await self.store.lease(c.name, c.prizes, c.rate_milli, want, self.owner, c.timeout_s + LEASE_MARGIN_S,
                                            target)
@@ -141,7 +149,6 @@ class ChannelRunner:
             self._calls.add(task)
             task.add_done_callback(self._calls.discard)
         h.counts["sent"] += len(lease.deliveries)
-        h.in_flight = len(self._calls)
 
     async def _send(self, session: aiohttp.ClientSession, d: Delivery, deadline: float) -> None:
         c = self.channel
@@ -177,7 +184,7 @@ class ChannelRunner:
             return
         wait = answer.retry_after_s if answer.retry_after_s is not None else backoff_s(d.attempt, self.rng)
         h.counts["retried"] += 1
-        self._answers.append(Result(d.claim_id, "retry", self.owner, d.attempt, answer.detail, now + min(wait, 3600.0)))
+        self._answers.append(Result(d.claim_id, "retry", self.owner, d.attempt, answer.detail, now + wait))
         if answer.kind == "slow" and slice_of(now) != self._slowed_slice:
             self._slowed_slice = slice_of(now)
             h.counts["slowed"] += 1
@@ -211,8 +218,6 @@ class ChannelRunner:
                     if stop.is_set() and not self._calls:
                         return  # shutting down with the database gone: the leases end and others resend
                     await asyncio.sleep(0.5)
-            self.health.unrecorded = len(self._answers)
-            self.health.in_flight = len(self._calls)
 
     async def _record(self, batch: list[Result]) -> bool:
         """Write a batch of answers; False (keep them all) if the database answers none. If it refuses the batch but

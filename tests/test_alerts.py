@@ -89,8 +89,9 @@ def test_every_alert_has_a_severity_a_summary_and_a_runbook_row_that_exists() ->
 
 
 def _delivery_exposition() -> str:
-    """Render a dispatcher's /metrics for one channel: render_metrics reads only its name and its health."""
-    runner = SimpleNamespace(channel=SimpleNamespace(name="cash"), health=ChannelHealth())
+    """Render a dispatcher's /metrics for one channel: render_metrics reads its name, its health and its counts of
+    calls open and answers unrecorded."""
+    runner = SimpleNamespace(channel=SimpleNamespace(name="cash"), health=ChannelHealth(), in_flight=0, unrecorded=0)
     return render_metrics(Dispatcher((cast(ChannelRunner, runner),), ()))
 
 

@@ -109,5 +109,7 @@ def test_a_statement_reconciles_its_own_channel_only_and_an_empty_one_is_refused
     assert main(["reconcile", "--ledger", dsn, "--channels", str(channels), "--channel", "wallet",
                  "--statement", str(statement), "--repair"]) == 2
     assert "names no delivery id" in capsys.readouterr().err
+    statement.write_text("cash-1\n")  # a good statement: only the missing --channel can refuse it
     assert main(["reconcile", "--ledger", dsn, "--channels", str(channels), "--statement", str(statement)]) == 2
+    assert "needs --channel" in capsys.readouterr().err
     assert states(dsn)["cash-1"] == "delivered"
