@@ -19,6 +19,7 @@ from geo_service.config import add_settings_flags, cli_settings
 from geo_service.ledger import LedgerError, PrizeChange, PrizeChangeRefused, open_ledger
 from geo_service.ledger.rates import UNLIMITED, rate_milli
 from geo_service.nearby.task_status import iso_utc
+from geo_service.snapshot.format import MAX_RATE_PER_S
 from geo_service.web.load import raise_open_files_limit
 from geo_service.web.logs import configure_logging
 from geo_service.web.routing import MAX_LINE_BYTES
@@ -72,7 +73,7 @@ def _rate_arg(text: str | None) -> int | None:
     if text.lower() == "none":
         return UNLIMITED
     rate = float(text)  # ValueError: reported by the caller
-    if not 0 <= rate <= 1e9:
+    if not 0 <= rate <= MAX_RATE_PER_S:
         raise ValueError(text)
     return rate_milli(rate)
 

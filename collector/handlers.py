@@ -25,6 +25,7 @@ from collector.security import admin_check
 from collector.views import View, change_json
 from geo_service.ledger import LedgerError, PrizeChangeRefused
 from geo_service.ledger.rates import UNLIMITED, rate_milli
+from geo_service.snapshot.format import MAX_RATE_PER_S
 from geo_service.snapshot.pull import pull_metrics
 from geo_service.web.errors import (
     InvalidParam,
@@ -230,7 +231,7 @@ def prize_change(raw: bytes) -> tuple[int | None, int | None]:
     if body["rate_per_s"] is None:
         return quota, UNLIMITED
     rate = field_of(body, "rate_per_s", (int, float), "a number or null")
-    if not 0 <= rate <= 1e9:
+    if not 0 <= rate <= MAX_RATE_PER_S:
         raise InvalidParam("rate_per_s must be in [0, 1e9], or null for no limit", field="rate_per_s")
     return quota, rate_milli(float(rate))
 

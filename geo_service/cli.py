@@ -32,8 +32,6 @@ from geo_service.web.routing import MAX_LINE_BYTES
 
 ENV_PREFIX = "GEODROP_SERVICE_"
 log = logging.getLogger("geodrop.service")
-# aiohttp refuses request lines over 8 KiB with a plain-text 400 before any handler runs; a larger
-# limit lets the route guard answer over-long queries with the JSON error shape (414) instead.
 _LINGER_S = 1.0
 _BACKLOG = 4096
 

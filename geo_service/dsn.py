@@ -21,15 +21,15 @@ def check_authority(url: str, what: str) -> None:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https", "mysql", "redis", "redis+cluster") or not parts.netloc:
         return  # a folder path or an s3:// bucket: no credentials in it, '@' is a plain character there
+    if "@" not in parts.netloc and "@" in parts.path + parts.query + parts.fragment:
+        raise ValueError(f"{what}: a '/', '?', '#' or '@' in its user or password must be percent-encoded "
+                         "(%2F, %3F, %23, %40)")
     try:
         if parts.scheme != "redis+cluster":  # a cluster lists host:port pairs, each parsed by RedisSettings
             parts.port  # noqa: B018 - parsing it is the check
     except ValueError:
         raise ValueError(f"{what}: its port is not a number, or a ':' in its user or password is not "
                          "percent-encoded (%3A)") from None
-    if "@" not in parts.netloc and "@" in parts.path + parts.query + parts.fragment:
-        raise ValueError(f"{what}: a '/', '?', '#' or '@' in its user or password must be percent-encoded "
-                         "(%2F, %3F, %23, %40)")
 
 
 def url_problems(name: str, url: str) -> list[str]:

@@ -202,7 +202,7 @@ async def metrics(request: web.Request) -> web.Response:
         "ledger_claims_refused_total": ("counter", "Claims answered 503 because the ledger refused them for now (a "
                                                     "bucket's state lost, the flow log full).", app[ledger_check_key].refusals),
         "ledger_flow_backlog": ("gauge", "Flow-log records not yet shipped into the record database (Redis; -1: none).",
-                                -1 if check.flow_backlog is None else check.flow_backlog),
+                                _or_minus_one(check.flow_backlog)),
         "ledger_flow_fill_ratio": ("gauge", "The fullest flow stream's share of its ceiling, at which its claims are "
                                             "refused (Redis; -1: none).",
                                    -1 if check.flow_fill_milli is None else check.flow_fill_milli / 1000),

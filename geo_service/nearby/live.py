@@ -151,8 +151,11 @@ class Watcher:
             try:
                 lookup = await asyncio.to_thread(load_lookup, folder, self.stage_dir, self.levels)
                 if self.on_load is not None:
-                    await self.on_load(lookup)  # seeds the ledger's counters: a value it cannot take refuses it too
-            except Exception as exc:  # noqa: BLE001 - whatever a snapshot makes loading raise, it is refused, not fatal
+                    await self.on_load(lookup)  # seeds the ledger's counters: an error there (the ledger down aside) too
+            except (SnapshotError, OSError, ValueError) as exc:
+                return self._refuse(wanted, str(exc))
+            except Exception as exc:  # noqa: BLE001 - unforeseen, so logged whole; still refused, not fatal
+                log.exception("loading a snapshot failed unexpectedly", extra={"snapshot": wanted})
                 return self._refuse(wanted, f"{type(exc).__name__}: {exc}")
             holder.install(lookup, int(time.time()))
             holder.last_error = None

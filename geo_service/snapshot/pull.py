@@ -32,7 +32,7 @@ import orjson
 
 from geo_service.snapshot.folder import current_seq, install_pulled, rollback
 from geo_service.snapshot.format import SnapshotError, open_snapshot, parse_manifest, verify_file
-from geo_service.snapshot.origin import MANIFEST_MAX_BYTES, Origin, OriginError, current_of
+from geo_service.snapshot.origin import Origin, OriginError, current_of
 
 T = TypeVar("T")
 log = logging.getLogger("geodrop.pull")
@@ -122,31 +122,16 @@ class Puller:
 
     async def _fetch_checked(self, seq: int) -> bool:
         name = f"{seq}/manifest.json"
-        raw = await self._within(self.origin.timeout_s, name, self.origin.read(name, MANIFEST_MAX_BYTES))
+        raw = await self._within(self.origin.timeout_s, name, self.origin.read(name))
         if raw is None:
             raise OriginError(f"origin {self.origin.url}: CURRENT names {seq}, which has no manifest.json")
         refused = self._refused
         if refused is not None and refused[:2] == (seq, raw) and time.time() - refused[2] < self.refused_retry_s:
             return False
-        manifest = parse_manifest(raw, f"origin {self.origin.url}/{name}", seq)
-        total = sum(info["bytes"] for info in manifest["files"].values())
-        if total > self.max_bytes:  # checked before a byte of it is written
-            raise SnapshotError(f"origin {self.origin.url}/{name}: {total} bytes of files, above origin_max_bytes "
-                                f"({self.max_bytes}); refused")
         started = time.monotonic()
         tmp = self.root / f"{_PREFIX}{seq}"
-        await asyncio.to_thread(_clear_other_pulls, self.root, tmp)  # first: their space counts as free below
-        tmp.mkdir(exist_ok=True)
-        missing = total - await asyncio.to_thread(_partial_bytes, tmp, manifest["files"])
-        free = (await asyncio.to_thread(shutil.disk_usage, self.root)).free
-        if missing > free:  # refused before a byte is written, not half-written into a full disk
-            raise OSError(errno.ENOSPC, f"snapshot {seq} needs {missing} more bytes; {free} are free under {self.root}")
-        try:
-            for name, info in manifest["files"].items():
-                await self._fetch_file(f"{seq}/{name}", tmp / name, info)
-            (tmp / "manifest.json").write_bytes(raw)
-            # Checksums hold; the tables and arrays must also make a snapshot before CURRENT names it.
-            await asyncio.to_thread(open_snapshot, tmp, True, False)
+        try:  # whatever makes this copy refused, it is not fetched again for refused_retry_s
+            total = await self._fetch_into(tmp, seq, raw)
         except SnapshotError:
             self._refused = (seq, raw, time.time())
             raise
@@ -162,6 +147,26 @@ class Puller:
         os.replace(self.root / ".pull.json.part", self.root / ".pull.json")
         log.info("snapshot pulled", extra={"seq": seq, "seconds": h.last_pull_s, "bytes": h.last_pull_bytes})
         return True
+
+    async def _fetch_into(self, tmp: Path, seq: int, raw: bytes) -> int:
+        """Download seq's files under the manifest `raw` into tmp and check them as a snapshot; return their bytes."""
+        where = f"origin {self.origin.url}/{seq}/manifest.json"
+        manifest = parse_manifest(raw, where, seq)
+        total: int = sum(info["bytes"] for info in manifest["files"].values())
+        if total > self.max_bytes:  # checked before a byte of it is written
+            raise SnapshotError(f"{where}: {total} bytes of files, above origin_max_bytes ({self.max_bytes}); refused")
+        await asyncio.to_thread(_clear_other_pulls, self.root, tmp)  # first: their space counts as free below
+        tmp.mkdir(exist_ok=True)
+        missing = total - await asyncio.to_thread(_partial_bytes, tmp, manifest["files"])
+        free = (await asyncio.to_thread(shutil.disk_usage, self.root)).free
+        if missing > free:  # refused before a byte is written, not half-written into a full disk
+            raise OSError(errno.ENOSPC, f"snapshot {seq} needs {missing} more bytes; {free} are free under {self.root}")
+        for name, info in manifest["files"].items():
+            await self._fetch_file(f"{seq}/{name}", tmp / name, info)
+        (tmp / "manifest.json").write_bytes(raw)
+        # Checksums hold; the tables and arrays must also make a snapshot before CURRENT names it.
+        await asyncio.to_thread(open_snapshot, tmp, True, False)
+        return total
 
     async def _fetch_file(self, name: str, dest: Path, info: dict[str, Any]) -> None:
         """Download one file (resuming a partial one), then check it against the manifest and fsync it."""
@@ -203,9 +208,9 @@ class Puller:
                 delay = self._failed("snapshot pull failed unexpectedly; the live snapshot stays",
                                      f"{type(exc).__name__}: {exc}", delay, trace=True)
             else:
-                delay = self.interval_s
                 if self._refused is None or self._refused[0] != self.health.origin_seq:
-                    self.health.last_error = None  # a refused copy still current at the origin stays reported
+                    delay = self.interval_s  # a refused copy still current at the origin stays reported, backed off
+                    self.health.last_error = None
             await asyncio.sleep(delay)
 
     def _failed(self, message: str, error: str, delay: float, trace: bool = False) -> float:

@@ -82,10 +82,10 @@ def id_param(text: str, field: str, max_digits: int = 18) -> int:
 CLAIM_ID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 
-def claim_id_param(text: str, field: str = "claim_id") -> str:
+def claim_id_param(text: str) -> str:
     """Return a claim id (the client's idempotency key, also a delivery's id) or raise InvalidParam."""
     if not CLAIM_ID_RE.fullmatch(text):
-        raise InvalidParam(f"{field} must be 1-64 characters of A-Z a-z 0-9 _ . : -", field=field)
+        raise InvalidParam("claim_id must be 1-64 characters of A-Z a-z 0-9 _ . : -", field="claim_id")
     return text
 
 

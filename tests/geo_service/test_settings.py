@@ -101,3 +101,4 @@ def test_a_password_holding_a_raw_delimiter_is_refused_without_being_shown(name:
     with pytest.raises(SettingsError) as refused:
         load_settings(ServiceSettings, P, None, {}, settings)
     assert "percent-encoded" in str(refused.value) and "WORD" not in str(refused.value)
+    assert "%2F, %3F, %23, %40" in str(refused.value)  # the delimiter's branch, not the port's
