@@ -24,6 +24,8 @@ BACKLOG_WARN_MILLI = 500  # a flow stream at half its ceiling is told in the log
 REASONS = {
     "no_prize_left": "every prize of this task is taken or paused",
     "cap_reached": "the player has reached the win cap of this task",
+    "player_cap_reached": "the player has won as many prizes as the event allows one player",
+    "not_yet": "the task has not opened for the player's group yet",
     "implausible_movement": "moved faster than a person can",
     "too_far": "the player is farther from the POI than the catch radius",
     "task_inactive": "the task is disabled, not started, ended or exhausted",
@@ -71,17 +73,22 @@ class ClaimRequest:
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """What a claim came to. outcome: won, or one of REASONS (the ledger's own: no_prize_left, cap_reached,
-    implausible_movement, task_inactive; the snapshot's: too_far, task_inactive)."""
+    player_cap_reached, implausible_movement, task_inactive; the snapshot's: too_far, task_inactive, not_yet).
+    wins_left: the wins the event still allows the player after this claim, where the ledger counted them (an
+    event-wide cap is set and the claim was settled now, not replayed)."""
 
     claim_id: str
     outcome: str
     prize_type: str | None = None
     reason: str | None = None
+    wins_left: int | None = None
+    opens_at: int | None = None  # not_yet: when the task opens for the player (epoch seconds)
 
     @classmethod
-    def of(cls, claim_id: str, outcome: str, prize_type: str | None = None) -> Outcome:
+    def of(cls, claim_id: str, outcome: str, prize_type: str | None = None, wins_left: int | None = None,
+           opens_at: int | None = None) -> Outcome:
         """Return an outcome with its standard reason (none for a win)."""
-        return cls(claim_id, outcome, prize_type, REASONS.get(outcome))
+        return cls(claim_id, outcome, prize_type, REASONS.get(outcome), wins_left, opens_at)
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,9 +166,11 @@ class Ledger(Protocol):
         """Create missing prize counters; existing ones keep their counts, quota and rate."""
         ...
 
-    async def claim(self, request: ClaimRequest, draw: Sequence[str], win_cap: int, max_speed_mps: float) -> Outcome:
-        """Settle a claim: the first prize of `draw` below its quota with room in its rate slice wins.
-        A retried claim returns its first outcome; a claim_id bound to another claim raises ClaimIdTaken."""
+    async def claim(self, request: ClaimRequest, draw: Sequence[str], win_cap: int, max_speed_mps: float,
+                    player_cap: int = 0) -> Outcome:
+        """Settle a claim: the first prize of `draw` below its quota with room in its rate slice wins, within the
+        player's `win_cap` wins of the task and `player_cap` wins of the event (0: none). A retried claim returns its
+        first outcome; a claim_id bound to another claim raises ClaimIdTaken."""
         ...
 
     async def outcome_of(self, request: ClaimRequest) -> Outcome | None:

@@ -173,8 +173,9 @@ class MySQLLedger:
         outcome: Outcome | None = await self._run(lambda: outcome_plan(request))
         return outcome
 
-    async def claim(self, request: ClaimRequest, draw: Sequence[str], win_cap: int, max_speed_mps: float) -> Outcome:
-        outcome: Outcome = await self._run(lambda: claim_plan(request, draw, win_cap, max_speed_mps, MYSQL))
+    async def claim(self, request: ClaimRequest, draw: Sequence[str], win_cap: int, max_speed_mps: float,
+                    player_cap: int = 0) -> Outcome:
+        outcome: Outcome = await self._run(lambda: claim_plan(request, draw, win_cap, max_speed_mps, MYSQL, player_cap))
         return outcome
 
     async def set_prize(self, task_id: int, prize_type: str, quota: int | None, rate_milli: int | None) -> PrizeChange:

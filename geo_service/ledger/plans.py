@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from geo_service.ledger.interface import (
@@ -90,7 +90,7 @@ SCHEMA = [
     "wins INT NOT NULL, PRIMARY KEY (user_id, task_id))",
     "CREATE TABLE IF NOT EXISTS task_flags (task_id BIGINT NOT NULL PRIMARY KEY, enabled INT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS user_positions (user_id VARCHAR(64) NOT NULL PRIMARY KEY, lat DOUBLE NOT NULL, "
-    "lng DOUBLE NOT NULL, at_s DOUBLE NOT NULL)",
+    "lng DOUBLE NOT NULL, at_s DOUBLE NOT NULL, event_wins INT NOT NULL DEFAULT 0)",
     "CREATE TABLE IF NOT EXISTS prize_changes (seq BIGINT NOT NULL PRIMARY KEY, task_id BIGINT NOT NULL, "
     "prize_type VARCHAR(40) NOT NULL, quota BIGINT NOT NULL, rate_milli BIGINT NOT NULL, at DOUBLE NOT NULL)",
     "CREATE INDEX IF NOT EXISTS prize_changes_at ON prize_changes (at)",
@@ -99,9 +99,14 @@ SCHEMA = [
 LEDGER_TABLES = tuple(statement.split()[5] for statement in SCHEMA if statement.startswith("CREATE TABLE"))
 # Columns added since the first release: a ledger made before them gets them on open. rate_milli is
 # NULL there until the next seed fills it from the snapshot (a rate the counter always had).
-ADDED_COLUMNS = (("prize_counters", "rate_milli", "BIGINT NULL"),
-                 ("prize_counters", "slice", "BIGINT NOT NULL DEFAULT 0"),
-                 ("prize_counters", "slice_issued", "BIGINT NOT NULL DEFAULT 0"))
+ADDED_COLUMNS = (("prize_counters", "rate_milli", "BIGINT NULL", ""),
+                 ("prize_counters", "slice", "BIGINT NOT NULL DEFAULT 0", ""),
+                 ("prize_counters", "slice_issued", "BIGINT NOT NULL DEFAULT 0", ""),
+                 # A player's wins in the event (player_win_cap), kept on their row with their position: a ledger
+                 # made before it counts each player's wins so far from their deliveries (one per win).
+                 ("user_positions", "event_wins", "INT NOT NULL DEFAULT 0",
+                  "UPDATE user_positions SET event_wins = (SELECT COUNT(*) FROM deliveries d "
+                  "WHERE d.user_id = user_positions.user_id)"))
 SEED_COLUMNS = ("task_id", "prize_type", "quota", "rate_milli", "issued", "changed_at")
 
 
@@ -111,10 +116,12 @@ _INSERT_CLAIM, _INSERT_DELIVERY = insert_claim("?"), insert_delivery("?")
 def migrate_plan(dialect: Dialect) -> Plan:
     """Add the columns a ledger made by an earlier release lacks; on MySQL, compare claims' ids byte for byte where
     the table is empty. Return what an operator must do (CLAIMS_EXACT_NOTE), or None."""
-    for table, column, kind in ADDED_COLUMNS:
+    for table, column, kind, backfill in ADDED_COLUMNS:
         present = yield Statement(dialect.has_column, (table, column), fetch="one")
         if not present[0]:
             yield Statement(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+            if backfill:
+                yield Statement(backfill)
     if dialect is MYSQL:
         collation = yield Statement(CLAIMS_COLLATION, fetch="one")
         if collation != (CLAIMS_EXACT_COLLATION,):
@@ -152,16 +159,16 @@ def fill_rates_plan(counters: Sequence[tuple[int, str, int, int]]) -> Plan:
 
 
 def claim_plan(request: ClaimRequest, draw: Sequence[str], win_cap: int, max_speed_mps: float, dialect: Dialect,
-               clock: Clock = time.time) -> Plan:
+               player_cap: int = 0, clock: Clock = time.time) -> Plan:
     """The claim transaction, step by step; returns an Outcome."""
     r = request
     done = yield from outcome_plan(r)
     if done is not None:
         return done
-    outcome = yield from _movement(r, max_speed_mps, dialect)
+    outcome, event_wins = yield from _movement(r, max_speed_mps, dialect)
     at = r.at_s
     if outcome is None:
-        outcome, at = yield from _draw(r, draw, win_cap, dialect, clock)
+        outcome, at = yield from _draw(r, draw, win_cap, player_cap, event_wins, dialect, clock)
     record = ClaimRecord.of(r, outcome, at)
     yield Statement(_INSERT_CLAIM, claim_row(record))
     if outcome.outcome == "won":  # its delivery row in the same transaction (the outbox)
@@ -170,21 +177,39 @@ def claim_plan(request: ClaimRequest, draw: Sequence[str], win_cap: int, max_spe
 
 
 def _movement(r: ClaimRequest, max_speed_mps: float, dialect: Dialect) -> Plan:
-    """Return implausible_movement if the player could not have come from their last claim's position, else
-    keep this one. The player's row is made first (here, long ago: any move from it is plausible) and read
-    under its row lock, so one player's concurrent claims take turns: each sees the one before it."""
+    """Return (implausible_movement if the player could not have come from their last claim's position, else
+    None; the player's wins in the event so far), keeping this position when plausible. The player's row is made
+    first (here, long ago: any move from it is plausible) and read under its row lock, so one player's
+    concurrent claims take turns: each sees the one before it, its position and its win."""
     yield Statement(dialect.insert_ignore("user_positions", ("user_id", "lat", "lng", "at_s")), (r.user_id, r.lat, r.lng, 0.0))
-    last = yield Statement(f"SELECT lat, lng, at_s FROM user_positions WHERE user_id = ?{dialect.for_update}",
+    last = yield Statement(f"SELECT lat, lng, at_s, event_wins FROM user_positions WHERE user_id = ?{dialect.for_update}",
                            (r.user_id,), fetch="one")
     seconds = max(r.at_s - float(last[2]), 1.0)  # clocks and retries jitter: never divide by ~0
     if distance_m(float(last[0]), float(last[1]), r.lat, r.lng) / seconds > max_speed_mps:
-        return Outcome.of(r.claim_id, "implausible_movement")
+        return Outcome.of(r.claim_id, "implausible_movement"), int(last[3])
     yield Statement("UPDATE user_positions SET lat = ?, lng = ?, at_s = ? WHERE user_id = ?", (r.lat, r.lng, r.at_s, r.user_id))
-    return None
+    return None, int(last[3])
 
 
-def _draw(r: ClaimRequest, draw: Sequence[str], win_cap: int, dialect: Dialect, clock: Clock) -> Plan:
-    """Return (outcome, the time it was decided at)."""
+def _draw(r: ClaimRequest, draw: Sequence[str], win_cap: int, player_cap: int, event_wins: int, dialect: Dialect,
+          clock: Clock) -> Plan:
+    """Return (outcome, the time it was decided at), within the player's wins of the event (`event_wins` so far,
+    read under their row's lock) and of the task."""
+    left: int | None = None
+    if player_cap:
+        left = max(player_cap - event_wins, 0)
+        if not left:
+            return Outcome.of(r.claim_id, "player_cap_reached", wins_left=0), r.at_s
+    outcome, at = yield from _draw_prize(r, draw, win_cap, dialect, clock)
+    if outcome.outcome == "won":  # counted whether or not a cap is set: one can be set mid-event
+        yield Statement("UPDATE user_positions SET event_wins = event_wins + 1 WHERE user_id = ?", (r.user_id,))
+    if left is not None:
+        outcome = replace(outcome, wins_left=left - (outcome.outcome == "won"))
+    return outcome, at
+
+
+def _draw_prize(r: ClaimRequest, draw: Sequence[str], win_cap: int, dialect: Dialect, clock: Clock) -> Plan:
+    """Return (outcome, the time it was decided at) within the task's win cap."""
     yield Statement(dialect.insert_ignore("user_wins", ("user_id", "task_id", "wins")), (r.user_id, r.task_id, 0))
     capped = yield Statement("UPDATE user_wins SET wins = wins + 1 WHERE user_id = ? AND task_id = ? AND wins < ?",
                              (r.user_id, r.task_id, win_cap))

@@ -14,6 +14,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
@@ -23,6 +24,7 @@ from redis.crc import key_slot
 from redis.exceptions import RedisClusterException, RedisError
 
 from geo_service.dsn import REDIS_BUCKETS, MySQLSettings, RedisSettings
+from geo_service.ledger import redis_reads
 from geo_service.ledger.interface import (
     ClaimIdTaken,
     ClaimRequest,
@@ -46,6 +48,7 @@ from geo_service.ledger.redis_layout import (
     CLAIM_ARGS,
     CLAIM_ID_TAKEN,
     FLOW_FULL,
+    HOLD_EXPIRED,
     MOVE_ARGS,
     STATE_LOST,
     bind_key,
@@ -56,18 +59,19 @@ from geo_service.ledger.redis_layout import (
     id_bucket,
     outcome_key,
     owner_of,
+    player_key,
     script,
     task_key,
     wins_key,
 )
+from geo_service.ledger.redis_players import Caps, confirm, hold_place
 from geo_service.ledger.redis_state import Client, check_epoch, check_layout, config_problems, flow_lengths
 
 log = logging.getLogger("geodrop.ledger")
 SCRIPTS = ("claim", "movement", "bind", "seen", "remember", "set_prize", "set_flag", "read_tasks", "counters_at",
-           "fence", "expire")
+           "fence", "expire", "reserve", "confirm")
 POSITION_TTL_S = 86_400  # a player unseen for a day starts afresh (as after a long trip)
 READ_CALLS_IN_FLIGHT = 16  # per read of many tasks: well inside the connection pool, enough to keep nodes busy
-CHANGED_KEEP_S = 3_600  # how long a task stays in a bucket's changed set: far longer than any delta read's reach
 T = TypeVar("T")
 
 
@@ -84,7 +88,8 @@ class RedisLedger:
         self._connecting = asyncio.Lock()
         self._flow_max = math.ceil(settings.flow_backlog_max / REDIS_BUCKETS)  # records a bucket's stream may hold
         self._scripts: dict[str, AsyncScript] = {}
-        self._limit = asyncio.Semaphore(settings.max_connections)
+        # A cluster claim's call holds two connections at once (its bind and movement calls, made together).
+        self._limit = asyncio.Semaphore(max(1, settings.max_connections // 2))
 
     async def client(self) -> Client:
         """Return the connected client, checking once that the server holds this key layout (or none) and the
@@ -164,16 +169,31 @@ class RedisLedger:
 
         await self.call(write)
 
-    async def claim(self, request: ClaimRequest, draw: Sequence[str], win_cap: int, max_speed_mps: float) -> Outcome:
-        r = request
-        answer = await self.call(lambda c: self._settle(c, r, draw, win_cap, max_speed_mps, checked=False))
+    async def claim(self, request: ClaimRequest, draw: Sequence[str], win_cap: int, max_speed_mps: float,
+                    player_cap: int = 0) -> Outcome:
+        r, cluster = request, self.kind == "redis+cluster"
+        for _ in range(2):  # a hold that ran out before its claim reached the task's node is taken afresh, once
+            player = (await hold_place(self, r, player_cap) if cluster else "here") if player_cap else "none"
+            outcome = await self._claim(r, draw, Caps(win_cap, player_cap, player), max_speed_mps)
+            if outcome is not None:
+                break
+        else:
+            raise LedgerError("the claim's hold on the player's win cap ran out before its task's node settled it")
+        if player.isdigit():  # held: the hold becomes the win, or the place is given back
+            held = await confirm(self, r.user_id, r.claim_id, outcome.outcome == "won")
+            return replace(outcome, wins_left=max(player_cap - held, 0))
+        return replace(outcome, wins_left=0) if player == "capped" else outcome
+
+    async def _claim(self, r: ClaimRequest, draw: Sequence[str], caps: Caps, max_speed_mps: float) -> Outcome | None:
+        """Settle a claim (None: its hold on the player's cap ran out first; nothing was written)."""
+        answer = await self.call(lambda c: self._settle(c, r, draw, caps, max_speed_mps, checked=False))
         if answer == ASK_RECORD:
             # The id may have been used before and its binding is gone: its record, if any, is the answer. A ledger
             # without a record database remembers ids only as long as Redis keeps them: it settles.
             recorded = await self._recorded(r) if self.record_db else None
             if recorded is not None:
                 return recorded
-            answer = await self.call(lambda c: self._settle(c, r, draw, win_cap, max_speed_mps, checked=True))
+            answer = await self.call(lambda c: self._settle(c, r, draw, caps, max_speed_mps, checked=True))
         if answer == CLAIM_ID_TAKEN:
             raise ClaimIdTaken(r.claim_id)
         if answer == STATE_LOST:
@@ -182,17 +202,17 @@ class RedisLedger:
         if answer == FLOW_FULL:
             raise LedgerRefusal("the flow log of this task's bucket is full: nothing is shipping it into the record "
                                 "database (is the collector running with record_db?)")
-        return _outcome(r.claim_id, answer)
+        return None if answer == HOLD_EXPIRED else _outcome(r.claim_id, answer)
 
-    async def _settle(self, client: Client, r: ClaimRequest, draw: Sequence[str], win_cap: int, max_speed_mps: float,
+    async def _settle(self, client: Client, r: ClaimRequest, draw: Sequence[str], caps: Caps, max_speed_mps: float,
                       checked: bool) -> str:
         """Run the claim script (and on a cluster the bind and movement calls before it); return its answer."""
         tag, s = bucket_tag(r.task_id), self.settings
         keys = [task_key(r.task_id), wins_key(r.task_id), outcome_key(r.task_id, r.claim_id), f"gd:{tag}:flow",
                 f"gd:{tag}:changed", epoch_key(r.task_id % REDIS_BUCKETS)]
         values = {"claim_id": r.claim_id, "claim_of": claim_of(r), "user_id": r.user_id, "task_id": r.task_id, "poi_id": r.poi_id,
-                  "win_cap": win_cap, "checked": "1" if checked else "0", "filter_bits": s.claim_filter_bits,
-                  "flow_max": self._flow_max, "lat": r.lat, "lng": r.lng,
+                  "win_cap": caps.task, "checked": "1" if checked else "0", "filter_bits": s.claim_filter_bits,
+                  "flow_max": self._flow_max, "player_cap": caps.player, "player": caps.place, "lat": r.lat, "lng": r.lng,
                   "at_s": r.at_s, "max_speed_mps": max_speed_mps, "position_ttl_s": POSITION_TTL_S}
         player, ids = f"gd:{{u:{r.user_id}}}:pos", id_bucket(r.claim_id)
         if isinstance(client, RedisCluster):
@@ -207,7 +227,7 @@ class RedisLedger:
             values["bound"] = "ask" if state == ASK_RECORD else str(state)  # the outcome, if still here, answers first
         else:
             values["plausible"] = values["bound"] = state = "?"  # one node holds every key: the claim's call checks both
-            keys += [player, bind_key(r.claim_id), bucket_key(ids, "seen")]
+            keys += [player, bind_key(r.claim_id), bucket_key(ids, "seen"), player_key(r.user_id)]
         answer = str(await self.run_script(client, "claim", keys, [*(values[arg] for arg in CLAIM_ARGS), *draw]))
         if state == "new" and answer in (STATE_LOST, FLOW_FULL):
             # Bound a moment ago for a claim the task's bucket refused: the binding stays (the id is this player's,
@@ -305,46 +325,13 @@ class RedisLedger:
         return sorted(rows)
 
     async def read_state(self, since: float) -> LedgerState:
-        since_ms = int(since * 1000)
-
-        async def read(r: Client) -> list[Any]:
-            pipe = r.pipeline(transaction=False)
-            for b in range(REDIS_BUCKETS):
-                pipe.zrangebyscore(bucket_key(b, "changed"), since_ms, "+inf")
-                pipe.zremrangebyscore(bucket_key(b, "changed"), "-inf", f"({since_ms - CHANGED_KEEP_S * 1000}")
-            pipe.hgetall("gd:flags")
-            return list(await pipe.execute())
-
-        answers = await self.call(read)
-        tasks = {int(t) for i in range(0, 2 * REDIS_BUCKETS, 2) for t in answers[i]}
-        disabled = frozenset(int(t) for t, flag in answers[-1].items() if flag == "0")
-        return LedgerState(Counters.from_rows(await self.task_counters(tasks)), disabled)
+        return await redis_reads.read_state(self, since)
 
     async def read_changes(self, since: float) -> list[PrizeChange]:
-        since_ms = int(since * 1000)
-
-        async def read(r: Client) -> list[Any]:
-            pipe = r.pipeline(transaction=False)
-            for b in range(REDIS_BUCKETS):
-                pipe.xrange(bucket_key(b, "changes"), min=f"{since_ms}-0")
-            return list(await pipe.execute())
-
-        changes = [PrizeChange.from_fields(fields) for entries in await self.call(read) for _, fields in entries]
-        return sorted(changes, key=lambda c: c.seq)
+        return await redis_reads.read_changes(self, since)
 
     async def read_page(self, after: tuple[int, str] | None, limit: int) -> Counters:
-        # Whole tasks from the task index, from after's task on, a slice at a time until `limit` counters: a
-        # task has one counter or more, so limit tasks past after's are always enough.
-        low: int | str = after[0] if after is not None else "-inf"
-        ids: Any = await self.call(lambda r: r.zrangebyscore("gd:tasks", low, "+inf", start=0, num=limit + 1))
-        rows: list[CounterRow] = []
-        step = max(1, limit // 3)  # most tasks have a few prizes: one slice is usually the whole page
-        for start in range(0, len(ids), step):
-            rows += [row for row in await self.task_counters(int(t) for t in ids[start : start + step])
-                     if after is None or row[:2] > after]
-            if len(rows) >= limit:
-                break
-        return Counters.from_rows(rows[:limit])
+        return await redis_reads.read_page(self, after, limit)
 
     async def set_enabled(self, task_id: int, enabled: bool) -> float | None:
         async def switch(r: Client) -> Any:
@@ -391,6 +378,7 @@ class RedisLedger:
 
 
 def _outcome(claim_id: str, raw: str) -> Outcome:
-    """Return a claim's outcome from "<outcome>\t<prize_type>\t<the claim it belongs to>"."""
-    outcome, prize = raw.split("\t", 2)[:2]
-    return Outcome.of(claim_id, outcome, prize or None)
+    """Return a claim's outcome from "<outcome>\t<prize_type>\t<the claim it belongs to>[\n<wins left>]"."""
+    stored, _, left = raw.partition("\n")
+    outcome, prize = stored.split("\t", 2)[:2]
+    return Outcome.of(claim_id, outcome, prize or None, int(left) if left else None)

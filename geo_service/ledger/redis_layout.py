@@ -18,6 +18,9 @@ bucket carries its hash tag, so one claim touches one slot and buckets spread ov
                                          until its record is shipped, then record_ttl_s
     gd:{b<j>}:seen                 string  a Bloom filter of every claim id the bucket has bound (claim_ids.lua): an id
                                          it may have seen, with no binding left, is looked up in the record database
+    gd:{b<j>}:p:<user>             hash  the player's wins in the event (player_win_cap): w:<claim_id> per win, and
+                                         on a cluster h:<claim_id> "<deadline ms>\t<task>" per claim that holds a
+                                         place while it settles on its task's node (reserve.lua); j = id_bucket(user)
     gd:{u:<user>}:pos              hash  the player's last claimed position (the movement check)
     gd:tasks (zset of task ids, the complete read), gd:flags (disabled tasks), gd:change_seq, gd:layout
 
@@ -56,6 +59,12 @@ def id_bucket(claim_id: str) -> int:
 def bind_key(claim_id: str) -> str:
     """Return the key binding a claim id to its claim (claim ids have no braces)."""
     return f"gd:{{b{id_bucket(claim_id)}}}:bind:{claim_id}"
+
+
+def player_key(user_id: str) -> str:
+    """Return the key of a player's wins in the event: in a bucket (by the id's CRC-32, as claim ids), so its
+    epoch guards it like the tasks' keys (user ids have no braces)."""
+    return f"gd:{{b{id_bucket(user_id)}}}:p:{user_id}"
 
 
 def wins_key(task_id: int) -> str:
@@ -99,7 +108,13 @@ def bucket_key(bucket: int, name: str) -> str:
 MOVE_ARGS = ("lat", "lng", "at_s", "max_speed_mps", "position_ttl_s")
 BIND_ARGS = ("claim_id", "claim_of", "checked", "filter_bits")
 CLAIM_ARGS = ("claim_id", "user_id", "task_id", "poi_id", "win_cap", "plausible", "bound", "checked", "filter_bits",
-              "flow_max", *MOVE_ARGS)
+              "flow_max", "player_cap", "player", *MOVE_ARGS)
+RESERVE_ARGS = ("claim_id", "task_id", "player_cap", "lease_ms", "stale_ms")
+# A cluster's claim holds its place under the player's event cap for HOLD_LEASE_MS: its task's node settles it only
+# before then (by that node's clock), and a hold left (its process killed) is looked up and resolved once
+# HOLD_STALE_MS more have passed (by the player's node's clock): node clocks must agree within HOLD_STALE_MS.
+HOLD_LEASE_MS = 5_000
+HOLD_STALE_MS = 10_000
 # A shipped claim's outcome is kept this much longer than its binding: while a binding lives, so does its outcome,
 # and a claim id whose binding is gone is answered from the record database (never settled afresh).
 OUTCOME_MARGIN_S = 3_600
@@ -108,7 +123,8 @@ CLAIM_ID_TAKEN = "claim_id_taken"  # the id is bound to another claim: nothing w
 ASK_RECORD = "ask_record"  # the id may have been used before and its binding is gone: the record database tells
 STATE_LOST = "state_lost"  # the bucket has no epoch: its node lost the ledger's state (or was never given it)
 FLOW_FULL = "flow_full"  # the bucket's flow log is at its ceiling: nothing is shipping it
-_SCRIPT_ARGS = {"claim": CLAIM_ARGS, "movement": MOVE_ARGS, "bind": BIND_ARGS}
+HOLD_EXPIRED = "hold_expired"  # the claim's hold on the player's cap ran out before its task's node settled it
+_SCRIPT_ARGS = {"claim": CLAIM_ARGS, "movement": MOVE_ARGS, "bind": BIND_ARGS, "reserve": RESERVE_ARGS}
 _PRELUDES = {"claim": ("position.lua", "claim_ids.lua"), "movement": ("position.lua",), "bind": ("claim_ids.lua",),
              "seen": ("claim_ids.lua",), "remember": ("claim_ids.lua",), "read_tasks": ("task_rows.lua",),
              "counters_at": ("task_rows.lua",)}

@@ -143,8 +143,9 @@ class SQLiteLedger:
         outcome: Outcome | None = await self.run_plan(lambda: outcome_plan(request), write=False)
         return outcome
 
-    async def claim(self, request: ClaimRequest, draw: Sequence[str], win_cap: int, max_speed_mps: float) -> Outcome:
-        outcome: Outcome = await self.run_plan(lambda: claim_plan(request, draw, win_cap, max_speed_mps, SQLITE))
+    async def claim(self, request: ClaimRequest, draw: Sequence[str], win_cap: int, max_speed_mps: float,
+                    player_cap: int = 0) -> Outcome:
+        outcome: Outcome = await self.run_plan(lambda: claim_plan(request, draw, win_cap, max_speed_mps, SQLITE, player_cap))
         return outcome
 
     async def set_prize(self, task_id: int, prize_type: str, quota: int | None, rate_milli: int | None) -> PrizeChange:

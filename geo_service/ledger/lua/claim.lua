@@ -6,15 +6,19 @@
 --       slice, issued in that slice; off: the kill switch; won_at: the last win's time), 2 wins hash (user -> wins),
 --       3 the claim's outcome, 4 the bucket's flow stream, 5 the bucket's changed-tasks zset, 6 the bucket's epoch,
 --       7 (one node only) the player's position hash, for the movement check made right here,
---       8, 9 (one node only) the claim id's binding and its bucket's filter, checked and set right here
+--       8, 9 (one node only) the claim id's binding and its bucket's filter, checked and set right here,
+--       10 (one node only, with an event cap) the player's wins in the event (w:<claim_id> per win)
 -- args (ARGV by name, redis_layout.py CLAIM_ARGS): claim_id, user_id, task_id, poi_id, win_cap, plausible (the movement
 --       check: "1", "0", or "?" to check it here, KEYS[7]), bound (bind.lua's answer, 'new', 'bound' or 'ask', or "?"
 --       to check and bind here, KEYS[8], KEYS[9]), checked and filter_bits (claim_ids.lua), flow_max (the most records the flow stream may
---       hold: at it, claims wait for the shipper), lat, lng, at_s, max_speed_mps, position_ttl_s;
+--       hold: at it, claims wait for the shipper), player_cap (the event's cap per player, 0: none), player (the
+--       event cap: 'none', 'here' (check KEYS[10]), or reserve.lua's answer on a cluster: 'capped', 'counted', or
+--       the hold's deadline in ms), lat, lng, at_s, max_speed_mps, position_ttl_s;
 --       then ARGV[FIRST_PRIZE..] the prize types in draw order
 -- Returns "<outcome>\t<prize_type>\t<user>\t<task>\t<poi>" (prize_type empty unless won; the claim it belongs
--- to after it), the first outcome for a retried claim, or, with nothing written: 'claim_id_taken' (the id is
--- another claim's), 'ask_record' (claim_ids.lua), 'state_lost' (the bucket has no epoch) or 'flow_full'.
+-- to after it), followed by "\n<wins left>" when settled here with player 'here'; the first outcome for a retried
+-- claim; or, with nothing written: 'claim_id_taken' (the id is another claim's), 'ask_record' (claim_ids.lua),
+-- 'state_lost' (the bucket has no epoch), 'flow_full' or 'hold_expired' (the player's hold ran out first).
 local mine = args.user_id .. '\t' .. args.task_id .. '\t' .. args.poi_id
 local state, here = args.bound, args.bound == '?'  -- bind.lua's answer, or '?': check and bind it here
 if here then
@@ -49,6 +53,14 @@ end
 local clock = redis.call('TIME')
 local sec, usec = tonumber(clock[1]), tonumber(clock[2])
 local now_slice = sec * 10 + math.floor(usec / 100000)
+local held = tonumber(args.player)  -- a cluster's hold on the player's cap: settled only before its deadline
+if held and sec * 1000 + math.floor(usec / 1000) >= held then
+  return 'hold_expired'
+end
+local player_wins = 0
+if args.player == 'here' then
+  player_wins = redis.call('HLEN', KEYS[10])
+end
 
 -- Slice n may issue floor((m+1)R/10^4) - floor(mR/10^4), m = n mod 10^4 (geo_service/ledger/rates.py).
 local function allowance(rate, n)
@@ -66,6 +78,8 @@ end
 local outcome, prize, slice, used = 'no_prize_left', '', 0, 0
 if moved ~= '1' then
   outcome = 'implausible_movement'
+elseif args.player == 'capped' or (args.player == 'here' and player_wins >= tonumber(args.player_cap)) then
+  outcome = 'player_cap_reached'
 elseif tonumber(redis.call('HGET', KEYS[2], args.user_id) or '0') >= tonumber(args.win_cap) then
   outcome = 'cap_reached'
 elseif redis.call('HGET', KEYS[1], 'off') then
@@ -106,6 +120,10 @@ if outcome == 'won' then
   redis.call('HSET', KEYS[1], 's:' .. prize, string.format('%d', slice), 'n:' .. prize, used, 'won_at', record.at)
   redis.call('HINCRBY', KEYS[2], args.user_id, 1)
   redis.call('ZADD', KEYS[5], string.format('%d', sec * 1000 + math.floor(usec / 1000)), args.task_id)
+  if args.player == 'here' then
+    redis.call('HSET', KEYS[10], 'w:' .. args.claim_id, record.at)
+    player_wins = player_wins + 1
+  end
 end
 local result = outcome .. '\t' .. prize .. '\t' .. mine
 redis.call('SET', KEYS[3], result)  -- no expiry until its record is in the record database (ship.py)
@@ -113,4 +131,7 @@ if here and state == 'new' then
   bind(KEYS[8], mine)
 end
 redis.call('XADD', KEYS[4], '*', unpack(entry))
+if args.player == 'here' then
+  return result .. '\n' .. math.max(tonumber(args.player_cap) - player_wins, 0)
+end
 return result

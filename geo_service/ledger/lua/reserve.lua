@@ -1,0 +1,34 @@
+-- A cluster's claim holds a place under the player's event cap before its task's node settles it (the player's
+-- wins live on another node than the task's keys). KEYS: 1 the player's wins (w:<claim_id> per win, h:<claim_id>
+-- "<deadline ms>\t<task>" per hold), 2 that bucket's epoch.
+-- args (ARGV by name, redis_layout.py RESERVE_ARGS): claim_id, task_id, player_cap, lease_ms, stale_ms
+-- Returns {'held', <deadline ms>} (the claim may settle before then), {'counted'} (it won already: its task's node
+-- answers its first outcome), {'capped'} (no place left), {'stale', id, hold, id, hold, ...} (no place left but
+-- holds past their deadline by stale_ms: the caller resolves them by their claims' outcomes (confirm.lua) and asks
+-- again), or {'state_lost'} (the bucket has no epoch).
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  return {'state_lost'}
+end
+if redis.call('HEXISTS', KEYS[1], 'w:' .. args.claim_id) == 1 then
+  return {'counted'}
+end
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local mine = redis.call('HEXISTS', KEYS[1], 'h:' .. args.claim_id) == 1
+if not mine and redis.call('HLEN', KEYS[1]) >= tonumber(args.player_cap) then
+  local stale, fields = {'stale'}, redis.call('HGETALL', KEYS[1])
+  for i = 1, #fields, 2 do
+    if string.sub(fields[i], 1, 2) == 'h:' and tonumber(string.match(fields[i + 1], '^(%d+)\t')) + tonumber(args.stale_ms) < now then
+      stale[#stale + 1] = string.sub(fields[i], 3)
+      stale[#stale + 1] = fields[i + 1]
+    end
+  end
+  if #stale > 1 then
+    return stale
+  end
+  return {'capped'}
+end
+-- A retry's hold moves on to a new deadline: its earlier call, if it still arrives, finds its own deadline past.
+local deadline = string.format('%d', now + tonumber(args.lease_ms))
+redis.call('HSET', KEYS[1], 'h:' .. args.claim_id, deadline .. '\t' .. args.task_id)
+return {'held', deadline}
