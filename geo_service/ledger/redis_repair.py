@@ -9,9 +9,10 @@ meanwhile is found there, and counted once. A repair moves each counter by its d
 settled after the read keep their increments.
 
 Restore: a bucket without the ledger's epoch (redis_state.py) takes no claims. `--repair` gives it its counters
-from the live snapshot (seeds), sets their issued counts and each player's wins from the won claims of the
-record, refills its filter of claim ids from the record's ids, and then gives it the epoch: claims resume. Wins
-that were in its flow stream and never shipped are gone with the node; the record is the truth.
+from the live snapshot (seeds), sets their issued counts and each player's wins (per task, and in the event for
+the players whose wins the bucket keeps) from the won claims of the record, refills its filter of claim ids from
+the record's ids, and then gives it the epoch: claims resume. Wins that were in its flow stream and never shipped
+are gone with the node; the record is the truth.
 
 This module may touch Redis and the record database; operators run it (`geo-service ledger reconcile`).
 """
@@ -31,7 +32,7 @@ from geo_service.dsn import REDIS_BUCKETS
 from geo_service.ledger.interface import Difference, LedgerError, Seed
 from geo_service.ledger.records import RecordStore, differences, to_move
 from geo_service.ledger.redis import RedisLedger
-from geo_service.ledger.redis_layout import SHIP_GROUP, bucket_key, entry_id, task_key, wins_key
+from geo_service.ledger.redis_layout import SHIP_GROUP, bucket_key, entry_id, player_key, task_key, wins_key
 from geo_service.ledger.redis_state import Client, bucket_epochs, mark_buckets
 from geo_service.ledger.ship import remember
 
@@ -136,6 +137,7 @@ async def restore(ledger: RedisLedger, store: RecordStore, lost: list[int], seed
     # a counter above its record may count prizes whose records were lost (reconcile --lower decides that).
     diffs = [Difference(t, p, i, won.get((t, p), 0)) for (t, p), i in sorted(counters.items())]
     disabled = await store.disabled()
+    players = await store.player_wins(lost, REDIS_BUCKETS)
 
     async def write(r: Client) -> None:
         pipe = r.pipeline(transaction=False)
@@ -153,6 +155,8 @@ async def restore(ledger: RedisLedger, store: RecordStore, lost: list[int], seed
             more = {user: n for user, n in player_wins.get(task_id, {}).items() if n > int(now.get(user, 0))}
             if more:  # a player's wins as the record counts them, never fewer than the bucket still holds
                 pipe.hset(wins_key(task_id), mapping=more)  # type: ignore[arg-type]
+        for user_id, claim_id in players:  # each player's wins in the event (player_win_cap), by their claims
+            pipe.hset(player_key(user_id), f"w:{claim_id}", "1")
         await pipe.execute()
 
     await ledger.call(write)

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from geo_service.ledger import ClaimRequest, Ledger, Outcome, open_ledger
-from geo_service.ledger import redis_players
+from geo_service.ledger import ClaimRequest, Ledger, LedgerRefusal, Outcome, open_ledger, redis_players
 from geo_service.ledger.redis import RedisLedger
 from geo_service.ledger.redis_layout import player_key, task_key
 from tests.conftest import LEDGER_KINDS, fresh_ledger
+from tests.geo_service.test_ledger_state import lose
 from tests.support.builders import claim_poi
 from tests.support.claiming import TASKS
 from tests.support.ledgers import claims_db, counters, redis_client, ship_all, sql_rows, won_claims
@@ -135,3 +135,27 @@ async def test_a_hold_left_by_a_process_killed_before_its_claim_gives_the_place_
     await ship_all(dsn, record_db)
     assert [c for c, _, _ in won_claims(dsn, record_db)] == ["second"]
     assert redis_client(dsn).hget(task_key(1), "i:cash") == "0"
+
+
+@pytest.mark.parametrize("kind", ["redis", "redis+cluster"])
+async def test_a_node_that_lost_a_players_wins_refuses_their_claims_until_the_repair_restores_them(
+        kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    dsn = fresh_ledger(kind, request, tmp_path)
+    record_db = fresh_ledger("mysql", request, tmp_path)
+    deployment = request.getfixturevalue("redis_cluster" if kind == "redis+cluster" else "redis_single")
+    seeds = [(t, "cash", 1000, -1) for t in TASKS]
+    ledger = open_ledger(dsn, record_db)
+    try:
+        await ledger.seed(seeds)
+        await ledger.init()
+        assert (await ledger.claim(claim("once", "carol", 1), ["cash"], TASK_CAP, 1e9, 1)).outcome == "won"
+        await ship_all(dsn, record_db)
+        lose(deployment, player_key("carol"), restart=False)
+        with pytest.raises(LedgerRefusal):  # the bucket keeping carol's wins has no epoch: it settles nothing
+            await ledger.claim(claim("lost", "carol", 2), ["cash"], TASK_CAP, 1e9, 1)
+        await ledger.reconcile(repair=True, seeds=seeds)
+        assert set(holds(dsn, "carol")) == {"w:once"}
+        after = await ledger.claim(claim("after", "carol", 4), ["cash"], TASK_CAP, 1e9, 1)
+        assert (after.outcome, after.wins_left) == ("player_cap_reached", 0)
+    finally:
+        await ledger.close()
