@@ -10,7 +10,7 @@ so the outcome found is final. No player ever holds more places than the cap, so
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 from geo_service.ledger.interface import ClaimRequest, LedgerRefusal
 from geo_service.ledger.redis_layout import (
@@ -22,9 +22,7 @@ from geo_service.ledger.redis_layout import (
     outcome_key,
     player_key,
 )
-
-if TYPE_CHECKING:
-    from geo_service.ledger.redis import RedisLedger
+from geo_service.ledger.redis_state import Calls
 
 _ROUNDS = 3  # reserve, resolve what is stale, reserve again: bounded
 
@@ -38,7 +36,7 @@ class Caps(NamedTuple):
     place: str
 
 
-async def hold_place(ledger: RedisLedger, r: ClaimRequest, cap: int) -> str:
+async def hold_place(ledger: Calls, r: ClaimRequest, cap: int) -> str:
     """Return the claim script's `player` argument on a cluster: the hold's deadline (ms), 'counted' (the claim won
     already) or 'capped'. Raise LedgerRefusal when the player's bucket lost its state."""
     key = player_key(r.user_id)
@@ -58,14 +56,14 @@ async def hold_place(ledger: RedisLedger, r: ClaimRequest, cap: int) -> str:
     return "capped"  # holds keep going stale as fast as they are resolved: refuse, nothing settled
 
 
-async def confirm(ledger: RedisLedger, user_id: str, claim_id: str, won: bool, hold: str = "") -> int:
+async def confirm(ledger: Calls, user_id: str, claim_id: str, won: bool, hold: str = "") -> int:
     """Settle a hold by whether its claim won; return the player's wins and holds after it. `hold`: the hold as it
     must still be (a stale one), '' for the claim's own process."""
     return int(await ledger.call(lambda c: ledger.run_script(
         c, "confirm", [player_key(user_id)], [claim_id, "won" if won else "", hold])))
 
 
-async def _won(ledger: RedisLedger, task_id: int, claim_id: str) -> bool:
+async def _won(ledger: Calls, task_id: int, claim_id: str) -> bool:
     """Return whether a held claim won (not: it lost, or never settled; its outcome is kept longer than a hold)."""
     raw: Any = await ledger.call(lambda c: c.get(outcome_key(task_id, claim_id)))
     if raw is not None:

@@ -3,20 +3,17 @@ pages (redis.py's RedisLedger answers the Ledger protocol with these)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from geo_service.dsn import REDIS_BUCKETS
 from geo_service.ledger.interface import CounterRow, Counters, LedgerState, PrizeChange
 from geo_service.ledger.redis_layout import bucket_key
-from geo_service.ledger.redis_state import Client
-
-if TYPE_CHECKING:
-    from geo_service.ledger.redis import RedisLedger
+from geo_service.ledger.redis_state import Calls, Client
 
 CHANGED_KEEP_S = 3_600  # how long a task stays in a bucket's changed set: far longer than any delta read's reach
 
 
-async def read_state(ledger: RedisLedger, since: float) -> LedgerState:
+async def read_state(ledger: Calls, since: float) -> LedgerState:
     since_ms = int(since * 1000)
 
     async def read(r: Client) -> list[Any]:
@@ -33,7 +30,7 @@ async def read_state(ledger: RedisLedger, since: float) -> LedgerState:
     return LedgerState(Counters.from_rows(await ledger.task_counters(tasks)), disabled)
 
 
-async def read_changes(ledger: RedisLedger, since: float) -> list[PrizeChange]:
+async def read_changes(ledger: Calls, since: float) -> list[PrizeChange]:
     since_ms = int(since * 1000)
 
     async def read(r: Client) -> list[Any]:
@@ -46,7 +43,7 @@ async def read_changes(ledger: RedisLedger, since: float) -> list[PrizeChange]:
     return sorted(changes, key=lambda c: c.seq)
 
 
-async def read_page(ledger: RedisLedger, after: tuple[int, str] | None, limit: int) -> Counters:
+async def read_page(ledger: Calls, after: tuple[int, str] | None, limit: int) -> Counters:
     # Whole tasks from the task index, from after's task on, a slice at a time until `limit` counters: a
     # task has one counter or more, so limit tasks past after's are always enough.
     low: int | str = after[0] if after is not None else "-inf"

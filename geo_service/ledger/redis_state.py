@@ -13,17 +13,35 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, Protocol, TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
 from geo_service.dsn import REDIS_BUCKETS
-from geo_service.ledger.interface import LedgerError
+from geo_service.ledger.interface import CounterRow, LedgerError
 from geo_service.ledger.records import RecordStore
 from geo_service.ledger.redis_layout import LAYOUT, bucket_key, epoch_key
 
 log = logging.getLogger("geodrop.ledger")
 Client = aioredis.Redis | RedisCluster
+T = TypeVar("T")
+
+
+class Calls(Protocol):
+    """What the Redis ledger's helper modules (redis_players.py, redis_reads.py) ask of it: RedisLedger's own
+    methods, named here so that they need not import it."""
+
+    record_db: str
+
+    async def call(self, work: Callable[[Client], Awaitable[T]]) -> T: ...
+
+    async def run_script(self, client: Client, name: str, keys: list[str], args: Sequence[Any]) -> Any: ...
+
+    async def task_counters(self, task_ids: Iterable[int]) -> list[CounterRow]: ...
+
+    def store(self) -> RecordStore: ...
 # What the ledger needs of every node for "an acknowledged win is never lost, a prize never issued twice".
 REQUIRED_CONFIG = {"appendonly": "yes", "appendfsync": "always", "maxmemory-policy": "noeviction",
                    "no-appendfsync-on-rewrite": "no"}

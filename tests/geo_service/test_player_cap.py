@@ -93,7 +93,7 @@ async def cluster(request: pytest.FixtureRequest, tmp_path: Path,
 def holds(dsn: str, player: str) -> dict[str, str]:
     client = redis_client(dsn)
     try:
-        return {k: v for k, v in client.hgetall(player_key(player)).items()}
+        return {str(k): str(v) for k, v in client.hgetall(player_key(player)).items()}
     finally:
         client.close()
 
