@@ -27,8 +27,8 @@ from loaders.tables import read_tables
 INSERTS = {
     "districts": "INSERT INTO districts (code, name, parent_code, geojson) VALUES (%s, %s, %s, %s)",
     "exclusion_zones": "INSERT INTO exclusion_zones (id, reason, geojson) VALUES (%s, %s, %s)",
-    "tasks": "INSERT INTO tasks (task_id, name, district_code, poi_set_id, starts_at, ends_at, enabled) "
-    "VALUES (%s, %s, %s, %s, %s, %s, %s)",
+    "tasks": "INSERT INTO tasks (task_id, name, district_code, poi_set_id, starts_at, ends_at, enabled, stagger_s, "
+    "stagger_groups) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
     "task_prizes": "INSERT INTO task_prizes (task_id, prize_type, quota, weight, rate_per_s) VALUES (%s, %s, %s, %s, %s)",
     "pois": "INSERT INTO pois (poi_id, poi_set_id, lat, lng) VALUES (%s, %s, %s, %s)",
 }
@@ -68,8 +68,8 @@ async def _small_tables(source: FolderSource, errors: ErrorLog) -> dict[str, lis
     small = {
         "districts": [[d.code, d.name, d.parent_code, shapely.to_geojson(d.geometry)] for d in tables.districts.values()],
         "exclusion_zones": [[z.zone_id, z.reason, shapely.to_geojson(z.geometry)] for z in tables.zones],
-        "tasks": [[t.task_id, t.name, t.district_code, t.poi_set_id, t.starts_at, t.ends_at, int(t.enabled)]
-                  for _, t in tables.tasks],
+        "tasks": [[t.task_id, t.name, t.district_code, t.poi_set_id, t.starts_at, t.ends_at, int(t.enabled), t.stagger_s,
+                   t.stagger_groups] for _, t in tables.tasks],
         "task_prizes": [[p.task_id, p.prize_type, p.quota, p.weight, p.rate_per_s]
                         for prizes in tables.prizes.values() for p in prizes],
     }

@@ -18,7 +18,7 @@ import orjson
 import shapely
 from shapely.geometry.base import BaseGeometry
 
-from geo_service.snapshot.format import MAX_RATE_PER_S
+from geo_service.snapshot.format import MAX_RATE_PER_S, MAX_STAGGER_GROUPS, MAX_STAGGER_S
 
 Row = Mapping[str, Any]
 _INT_RE = re.compile(r"\s*[-+]?\d{1,18}\s*")
@@ -48,6 +48,9 @@ class Zone:
     geometry: BaseGeometry
 
 
+DEFAULT_STAGGER_GROUPS = 5  # the published design's groups, their rounds opening minutes apart
+
+
 @dataclass(frozen=True, slots=True)
 class Task:
     task_id: int
@@ -57,6 +60,8 @@ class Task:
     starts_at: int
     ends_at: int
     enabled: bool
+    stagger_s: int = 0
+    stagger_groups: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,10 +181,24 @@ def parse_task(row: Row) -> Task:
         starts_at=parse_time(row, "starts_at"),
         ends_at=parse_time(row, "ends_at"),
         enabled=parse_enabled(row),
+        **parse_stagger(row),
     )
     if task.ends_at <= task.starts_at:
         raise FieldError("ends_at", f"ends at {task.ends_at}, not after it starts at {task.starts_at}")
+    last_opens = task.starts_at + (task.stagger_groups - 1) * task.stagger_s
+    if last_opens >= task.ends_at:
+        raise FieldError("stagger_s", f"the last of {task.stagger_groups} groups would open at {last_opens}, not before "
+                                      f"the task ends at {task.ends_at}")
     return task
+
+
+def parse_stagger(row: Row) -> dict[str, int]:
+    """Return a task's staggered openings: stagger_s between successive player groups (empty or 0: none), in
+    stagger_groups groups (empty: DEFAULT_STAGGER_GROUPS when staggered)."""
+    step = 0 if _missing(row.get("stagger_s")) else parse_int(row, "stagger_s", 0, MAX_STAGGER_S)
+    if _missing(row.get("stagger_groups")):
+        return {"stagger_s": step, "stagger_groups": DEFAULT_STAGGER_GROUPS if step else 1}
+    return {"stagger_s": step, "stagger_groups": parse_int(row, "stagger_groups", 1, MAX_STAGGER_GROUPS)}
 
 
 def parse_prize(row: Row) -> Prize:

@@ -25,6 +25,8 @@ CREATE TABLE IF NOT EXISTS tasks (
   starts_at     BIGINT       NOT NULL,
   ends_at       BIGINT       NOT NULL,
   enabled       TINYINT      NOT NULL DEFAULT 1,  -- the kill switch: 0 hides the task without a rebuild
+  stagger_s      INT         NULL,  -- seconds between player groups' openings (NULL or 0: all open at starts_at)
+  stagger_groups INT         NULL,  -- player groups (NULL: 5 when staggered)
   KEY tasks_district (district_code)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
 

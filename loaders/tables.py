@@ -100,7 +100,8 @@ def task_table(tasks: list[Task], tables: Tables, pois: npt.NDArray[np.int64], o
     """Return the snapshot's task table, in task_id order (the order rows point into)."""
     return [
         TaskRow(task_id=task.task_id, name=task.name, district_code=task.district_code, poi_set_id=task.poi_set_id,
-                starts_at=task.starts_at, ends_at=task.ends_at, enabled=task.enabled,
+                starts_at=task.starts_at, ends_at=task.ends_at, enabled=task.enabled, stagger_s=task.stagger_s,
+                stagger_groups=task.stagger_groups,
                 prizes=[PrizeRow(prize_type=p.prize_type, quota=p.quota, weight=p.weight, rate_per_s=p.rate_per_s)
                         for p in sorted(tables.prizes.get(task.task_id, []), key=lambda p: p.prize_type)],
                 pois=int(pois[i]), outside_district=int(outside[i]))

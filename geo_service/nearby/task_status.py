@@ -142,7 +142,7 @@ class TaskTable:
 
 
 def _task_view(task: TaskRow, levels: tuple[str | None, ...]) -> dict[str, Any]:
-    return {
+    view = {
         "task_id": task["task_id"],
         "name": task["name"],
         "district_code": task["district_code"],
@@ -150,3 +150,7 @@ def _task_view(task: TaskRow, levels: tuple[str | None, ...]) -> dict[str, Any]:
         "ends_at": iso_utc(task["ends_at"]),
         "prizes": [{"prize_type": p["prize_type"], "level": level} for p, level in zip(task["prizes"], levels)],
     }
+    if task["stagger_groups"] > 1:  # one answer for every player: each client computes its own group's opening
+        view["stagger"] = {"groups": task["stagger_groups"], "step_s": task["stagger_s"],
+                           "starts_at": iso_utc(task["starts_at"])}
+    return view

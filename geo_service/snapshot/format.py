@@ -70,6 +70,8 @@ class TaskRow(TypedDict):
     starts_at: int  # epoch seconds
     ends_at: int
     enabled: bool
+    stagger_s: int  # seconds between the openings of successive player groups (0: all open at starts_at)
+    stagger_groups: int  # player groups (1: none); group g opens at starts_at + g * stagger_s
     prizes: list[PrizeRow]
     pois: int  # its rows in the snapshot
     outside_district: int  # of those, the POIs outside its district
@@ -282,6 +284,10 @@ def read_tables(folder: Path, check: bool = True) -> tuple[list[TaskRow], list[D
         districts = orjson.loads((folder / "districts.json").read_bytes())
     except (OSError, orjson.JSONDecodeError) as exc:
         raise SnapshotError(f"{folder}: unreadable tables: {exc}") from None
+    for task in tasks if isinstance(tasks, list) else ():
+        if isinstance(task, dict):  # a snapshot built before staggered openings: none
+            task.setdefault("stagger_s", 0)
+            task.setdefault("stagger_groups", 1)
     if not check:
         return tasks, districts
     _check_rows(f"{folder}/tasks.json", tasks, _TASK_FIELDS)
@@ -300,6 +306,8 @@ def _check_values(where: str, tasks: list[TaskRow]) -> None:
         if task["task_id"] < 1 or task["task_id"] in seen:
             raise SnapshotError(f"{where}: row {i}, field task_id: {task['task_id']} is below 1 or given twice")
         seen.add(task["task_id"])
+        if not (0 <= task["stagger_s"] <= MAX_STAGGER_S and 1 <= task["stagger_groups"] <= MAX_STAGGER_GROUPS):
+            raise SnapshotError(f"{where}: row {i}: stagger_s or stagger_groups out of range")
         types = [p["prize_type"] for p in task["prizes"]]
         for p in task["prizes"]:
             rate = p["rate_per_s"]
@@ -311,9 +319,11 @@ def _check_values(where: str, tasks: list[TaskRow]) -> None:
 
 _NONE = type(None)
 MAX_RATE_PER_S = 1e9  # the most a prize may be issued a second: what the ledgers and live changes take
+MAX_STAGGER_S, MAX_STAGGER_GROUPS = 3_600, 60  # an hour between groups' openings at most, and 60 groups
 _TASK_FIELDS: dict[str, tuple[type, ...]] = {
     "task_id": (int,), "name": (str,), "district_code": (int,), "poi_set_id": (int,), "starts_at": (int,),
-    "ends_at": (int,), "enabled": (bool,), "prizes": (list,), "pois": (int,), "outside_district": (int,)}
+    "ends_at": (int,), "enabled": (bool,), "stagger_s": (int,), "stagger_groups": (int,), "prizes": (list,), "pois": (int,),
+    "outside_district": (int,)}
 _PRIZE_FIELDS: dict[str, tuple[type, ...]] = {
     "prize_type": (str,), "quota": (int,), "weight": (int, float), "rate_per_s": (int, float, _NONE)}
 _DISTRICT_FIELDS: dict[str, tuple[type, ...]] = {"code": (int,), "name": (str,), "parent_code": (int, _NONE)}

@@ -18,7 +18,8 @@ def _tasks(n: int, rng: random.Random) -> list[TaskRow]:
         starts = NOW + rng.choice([-10_000, -10, 10, 10_000])
         prizes = [p for p in ("cash", "coupon", "voucher") if rng.random() < 0.7] or ["cash"]
         tasks.append(TaskRow(task_id=i, name=f"t{i}", district_code=440300 + i % 7, poi_set_id=i, enabled=rng.random() > 0.1,
-                             starts_at=starts, ends_at=starts + rng.choice([5, 20_000]), pois=1, outside_district=0,
+                             stagger_s=0, stagger_groups=1, starts_at=starts, ends_at=starts + rng.choice([5, 20_000]),
+                             pois=1, outside_district=0,
                              prizes=[PrizeRow(prize_type=p, quota=rng.randint(0, 50), weight=1.0, rate_per_s=None)
                                      for p in prizes]))
     return tasks

@@ -128,7 +128,8 @@ def _widest_lookup(pois: int) -> tuple[Lookup, float, float]:
     ids = np.arange(pois, dtype=np.int64) + np.iinfo(np.int64).min
     widest = np.full(pois, -(2**31 - 1), np.int32)
     tasks = [TaskRow(task_id=int(t), name="红" * 200, district_code=440305, poi_set_id=1, starts_at=0, ends_at=2**33,
-                     enabled=True, prizes=[PrizeRow(prize_type="cash", quota=1, weight=1.0, rate_per_s=None)], pois=1,
+                     enabled=True, stagger_s=0, stagger_groups=1,
+                     prizes=[PrizeRow(prize_type="cash", quota=1, weight=1.0, rate_per_s=None)], pois=1,
                      outside_district=0) for t in ids]
     snapshot = Snapshot(Path("/nonexistent"), {"seq": 2**63 - 1}, grid, cells=np.full(pois, grid.cell_of(lat, lng), np.int64),
                         task_index=np.arange(pois, dtype=np.int32), poi_ids=ids, lats=widest, lngs=widest,

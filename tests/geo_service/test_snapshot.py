@@ -31,7 +31,8 @@ def _arrays(n: int, seed: int = 0) -> dict[str, np.ndarray]:
 
 TABLES: dict[str, Any] = {
     "tasks": [{"task_id": i + 1, "name": f"t{i}", "district_code": 440305, "poi_set_id": 1, "starts_at": 0,
-               "ends_at": 2**31, "enabled": True, "prizes": [], "pois": 0, "outside_district": 0} for i in range(3)],
+               "ends_at": 2**31, "enabled": True, "stagger_s": 0, "stagger_groups": 1, "prizes": [], "pois": 0,
+               "outside_district": 0} for i in range(3)],
     "districts": [{"code": 440305, "name": "Nanshan", "parent_code": None}]}
 
 

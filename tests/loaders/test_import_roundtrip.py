@@ -57,7 +57,8 @@ def folders(draw: st.DrawFn) -> dict[str, Any]:
     n_tasks = draw(st.integers(1, 4))
     tasks = [[t, draw(NAMES), ds[t % len(ds)]["properties"]["code"], 1 + t % 2,
               draw(st.sampled_from(["2020-01-01T00:00:00Z", "1577836800"])),
-              draw(st.sampled_from(["2099-01-01T00:00:00+08:00", "4070908800"])), draw(st.sampled_from(["1", "0", ""]))]
+              draw(st.sampled_from(["2099-01-01T00:00:00+08:00", "4070908800"])), draw(st.sampled_from(["1", "0", ""])),
+              draw(st.sampled_from(["", "0", "120"])), draw(st.sampled_from(["", "3"]))]
              for t in range(1, n_tasks + 1)]
     prizes = [[t, p, draw(st.integers(0, 1000)), draw(st.sampled_from([1, 2.5])), draw(st.sampled_from(["", 5, 0.5]))]
               for t in range(1, n_tasks + 1) for p in draw(st.lists(st.sampled_from(["cash", "券 coupon"]), min_size=1,
@@ -74,7 +75,8 @@ def write(folder: Path, data: dict[str, Any]) -> None:
     if data["zones"]:
         (folder / "exclusions.geojson").write_bytes(orjson.dumps({"type": "FeatureCollection", "features": data["zones"]}))
     for name, header, rows in (
-            ("tasks.csv", ["task_id", "name", "district_code", "poi_set_id", "starts_at", "ends_at", "enabled"], data["tasks"]),
+            ("tasks.csv", ["task_id", "name", "district_code", "poi_set_id", "starts_at", "ends_at", "enabled", "stagger_s",
+                           "stagger_groups"], data["tasks"]),
             ("task_prizes.csv", ["task_id", "prize_type", "quota", "weight", "rate_per_s"], data["prizes"]),
             ("pois.csv", ["poi_id", "poi_set_id", "lat", "lng"], data["pois"])):
         with (folder / name).open("w", newline="", encoding="utf-8") as f:

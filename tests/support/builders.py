@@ -10,9 +10,12 @@ import orjson
 
 
 def set_csv_field(path: Path, line: int, field: str, value: str) -> None:
-    """Set `field` of the record on `line` (line 1 is the header) of a CSV file."""
+    """Set `field` of the record on `line` (line 1 is the header) of a CSV file; a field it lacks is added, empty
+    in the other records."""
     with path.open(newline="", encoding="utf-8") as f:
         rows = list(csv.reader(f))
+    if field not in rows[0]:
+        rows = [[*rows[0], field], *([*row, ""] for row in rows[1:])]
     rows[line - 1][rows[0].index(field)] = value
     with path.open("w", newline="", encoding="utf-8") as f:
         csv.writer(f).writerows(rows)
