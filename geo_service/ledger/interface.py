@@ -83,6 +83,10 @@ class Outcome:
     reason: str | None = None
     wins_left: int | None = None
     opens_at: int | None = None  # not_yet: when the task opens for the player (epoch seconds)
+    # player_cap_reached settled now, where the ledger knew them all (no win of the player still settling): the
+    # player's wins as (claim_id, task_id, prize_type), so a worker answering their later claims itself still
+    # gives a retried winning claim its first outcome.
+    wins: tuple[tuple[str, int, str], ...] | None = None
 
     @classmethod
     def of(cls, claim_id: str, outcome: str, prize_type: str | None = None, wins_left: int | None = None,

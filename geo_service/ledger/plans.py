@@ -199,7 +199,11 @@ def _draw(r: ClaimRequest, draw: Sequence[str], win_cap: int, player_cap: int, e
     if player_cap:
         left = max(player_cap - event_wins, 0)
         if not left:
-            return Outcome.of(r.claim_id, "player_cap_reached", wins_left=0), r.at_s
+            # Their wins as committed (a locking read: MySQL's plain one would see the transaction's first snapshot).
+            wins = yield Statement(f"SELECT claim_id, task_id, prize_type FROM deliveries WHERE user_id = ?"
+                                   f"{dialect.for_update}", (r.user_id,), fetch="all")
+            return replace(Outcome.of(r.claim_id, "player_cap_reached", wins_left=0),
+                           wins=tuple((str(c), int(t), str(p)) for c, t, p in wins)), r.at_s
     outcome, at = yield from _draw_prize(r, draw, win_cap, dialect, clock)
     if outcome.outcome == "won":  # counted whether or not a cap is set: one can be set mid-event
         yield Statement("UPDATE user_positions SET event_wins = event_wins + 1 WHERE user_id = ?", (r.user_id,))

@@ -283,13 +283,13 @@ class RecordStore:
                                f"MOD(task_id, {modulo}) IN ({marks}) GROUP BY task_id, prize_type, user_id", list(buckets))
         return [(int(t), str(p), str(u), int(n)) for t, p, u, n in rows]
 
-    async def player_wins(self, buckets: Sequence[int], modulo: int) -> list[tuple[str, str]]:
-        """Return (user_id, claim_id) of every won claim of the players in these buckets (user id's CRC32 mod
-        `modulo`: the Redis ledger's players' buckets)."""
+    async def player_wins(self, buckets: Sequence[int], modulo: int) -> list[tuple[str, str, int, str]]:
+        """Return (user_id, claim_id, task_id, prize_type) of every won claim of the players in these buckets (user
+        id's CRC32 mod `modulo`: the Redis ledger's players' buckets)."""
         marks = ", ".join(["%s"] * len(buckets))
-        rows = await self._run(f"SELECT user_id, claim_id FROM claims WHERE outcome = 'won' AND MOD(CRC32(user_id), "
-                               f"{modulo}) IN ({marks})", list(buckets))
-        return [(str(u), str(c)) for u, c in rows]
+        rows = await self._run(f"SELECT user_id, claim_id, task_id, prize_type FROM claims WHERE outcome = 'won' AND "
+                               f"MOD(CRC32(user_id), {modulo}) IN ({marks})", list(buckets))
+        return [(str(u), str(c), int(t), str(p)) for u, c, t, p in rows]
 
     async def claim_ids(self, buckets: Sequence[int], modulo: int, after: str, limit: int) -> list[str]:
         """Return up to `limit` claim ids after `after`, in order, of those whose CRC32 mod `modulo` is in buckets

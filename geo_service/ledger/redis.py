@@ -64,7 +64,7 @@ from geo_service.ledger.redis_layout import (
     task_key,
     wins_key,
 )
-from geo_service.ledger.redis_players import Caps, confirm, hold_place
+from geo_service.ledger.redis_players import Caps, Place, confirm, hold_place, wins_of
 from geo_service.ledger.redis_state import Client, check_epoch, check_layout, config_problems, flow_lengths
 
 log = logging.getLogger("geodrop.ledger")
@@ -171,18 +171,29 @@ class RedisLedger:
 
     async def claim(self, request: ClaimRequest, draw: Sequence[str], win_cap: int, max_speed_mps: float,
                     player_cap: int = 0) -> Outcome:
+        # One node counts every win in the claim's own call, cap or none (one can be set mid-event); a cluster
+        # counts them while a cap is set (README: the event's limit per player).
         r, cluster = request, self.kind == "redis+cluster"
         for _ in range(2):  # a hold that ran out before its claim reached the task's node is taken afresh, once
-            player = (await hold_place(self, r, player_cap) if cluster else "here") if player_cap else "none"
-            outcome = await self._claim(r, draw, Caps(win_cap, player_cap, player), max_speed_mps)
+            place = (await hold_place(self, r, player_cap) if player_cap else Place("none")) if cluster else Place("here")
+            try:
+                outcome = await self._claim(r, draw, Caps(win_cap, player_cap, place.arg), max_speed_mps)
+            except (ClaimIdTaken, LedgerRefusal):
+                if place.arg.isdigit():  # nothing written: the place goes back, unless a retry of this claim took it on
+                    await confirm(self, r.user_id, r.claim_id, "", f"{place.arg}\t{r.task_id}")
+                raise
             if outcome is not None:
                 break
         else:
             raise LedgerError("the claim's hold on the player's win cap ran out before its task's node settled it")
-        if player.isdigit():  # held: the hold becomes the win, or the place is given back
-            held = await confirm(self, r.user_id, r.claim_id, outcome.outcome == "won")
+        if place.arg.isdigit():  # held: the hold becomes the win, or the place is given back
+            win = f"{r.task_id}\t{outcome.prize_type}" if outcome.outcome == "won" else ""
+            held = await confirm(self, r.user_id, r.claim_id, win)
             return replace(outcome, wins_left=max(player_cap - held, 0))
-        return replace(outcome, wins_left=0) if player == "capped" else outcome
+        if place.arg == "capped":
+            refused = outcome.outcome == "player_cap_reached"
+            return replace(outcome, wins_left=0, wins=place.wins if refused else None)
+        return outcome
 
     async def _claim(self, r: ClaimRequest, draw: Sequence[str], caps: Caps, max_speed_mps: float) -> Outcome | None:
         """Settle a claim (None: its hold on the player's cap ran out first; nothing was written)."""
@@ -378,7 +389,9 @@ class RedisLedger:
 
 
 def _outcome(claim_id: str, raw: str) -> Outcome:
-    """Return a claim's outcome from "<outcome>\t<prize_type>\t<the claim it belongs to>[\n<wins left>]"."""
-    stored, _, left = raw.partition("\n")
+    """Return a claim's outcome from "<outcome>\t<prize_type>\t<the claim it belongs to>", followed on one node with
+    an event cap by "\n<wins left>" and, on player_cap_reached, "\n<claim_id>\t<task>\t<prize>" per win."""
+    stored, *extra = raw.split("\n")
     outcome, prize = stored.split("\t", 2)[:2]
-    return Outcome.of(claim_id, outcome, prize or None, int(left) if left else None)
+    wins = wins_of([part for line in extra[1:] for part in line.split("\t", 1)]) if outcome == "player_cap_reached" else None
+    return replace(Outcome.of(claim_id, outcome, prize or None, int(extra[0]) if extra else None), wins=wins)

@@ -18,7 +18,8 @@ bucket carries its hash tag, so one claim touches one slot and buckets spread ov
                                          until its record is shipped, then record_ttl_s
     gd:{b<j>}:seen                 string  a Bloom filter of every claim id the bucket has bound (claim_ids.lua): an id
                                          it may have seen, with no binding left, is looked up in the record database
-    gd:{b<j>}:p:<user>             hash  the player's wins in the event (player_win_cap): w:<claim_id> per win, and
+    gd:{b<j>}:p:<user>             hash  the player's wins in the event (player_win_cap): w:<claim_id> "<task>\t<prize>"
+                                         per win, and
                                          on a cluster h:<claim_id> "<deadline ms>\t<task>" per claim that holds a
                                          place while it settles on its task's node (reserve.lua); j = id_bucket(user)
     gd:{u:<user>}:pos              hash  the player's last claimed position (the movement check)

@@ -10,6 +10,8 @@ so the outcome found is final. No player ever holds more places than the cap, so
 
 from __future__ import annotations
 
+import asyncio
+import random
 from typing import Any, NamedTuple
 
 from geo_service.ledger.interface import ClaimRequest, LedgerRefusal
@@ -24,7 +26,7 @@ from geo_service.ledger.redis_layout import (
 )
 from geo_service.ledger.redis_state import Calls
 
-_ROUNDS = 3  # reserve, resolve what is stale, reserve again: bounded
+_ROUNDS = 12  # reserve; wait for a settling claim, or resolve what is stale, and reserve again: ~1 s at most
 
 
 class Caps(NamedTuple):
@@ -36,39 +38,61 @@ class Caps(NamedTuple):
     place: str
 
 
-async def hold_place(ledger: Calls, r: ClaimRequest, cap: int) -> str:
-    """Return the claim script's `player` argument on a cluster: the hold's deadline (ms), 'counted' (the claim won
-    already) or 'capped'. Raise LedgerRefusal when the player's bucket lost its state."""
+class Place(NamedTuple):
+    """hold_place's answer: the claim script's `player` argument (the hold's deadline in ms, 'counted': the claim won
+    already, or 'capped'), and when capped, the player's wins (Outcome.wins)."""
+
+    arg: str
+    wins: tuple[tuple[str, int, str], ...] | None = None
+
+
+async def hold_place(ledger: Calls, r: ClaimRequest, cap: int) -> Place:
+    """Hold the claim's place under the player's event cap on a cluster. Raise LedgerRefusal when the player's
+    bucket lost its state."""
     key = player_key(r.user_id)
     values = {"claim_id": r.claim_id, "task_id": r.task_id, "player_cap": cap, "lease_ms": HOLD_LEASE_MS,
               "stale_ms": HOLD_STALE_MS}
-    for _ in range(_ROUNDS):
+    for attempt in range(_ROUNDS):
         answer: Any = await ledger.call(lambda c: ledger.run_script(c, "reserve", [key, epoch_key(id_bucket(r.user_id))],
                                                                    [values[arg] for arg in RESERVE_ARGS]))
         if answer[0] == "state_lost":
             raise LedgerRefusal("the ledger's state of this player's wins was lost (its Redis node was emptied); their "
                                 "claims wait for `geo-service ledger reconcile --repair`")
+        if answer[0] == "held":
+            return Place(str(answer[1]))
+        if answer[0] == "capped":
+            return Place("capped", wins_of(answer[1:]))
+        if answer[0] == "busy":  # another claim of the player holds the last place for a few milliseconds more
+            await asyncio.sleep(random.uniform(0.005, 0.02) * (attempt + 1))
+            continue
         if answer[0] != "stale":
-            return str(answer[1]) if answer[0] == "held" else str(answer[0])
+            return Place(str(answer[0]))
         for claim_id, hold in zip(answer[1::2], answer[2::2]):
             task_id = int(hold.split("\t")[1])
-            await confirm(ledger, r.user_id, claim_id, await _won(ledger, task_id, claim_id), hold)
-    return "capped"  # holds keep going stale as fast as they are resolved: refuse, nothing settled
+            await confirm(ledger, r.user_id, claim_id, await _win(ledger, task_id, claim_id), hold)
+    raise LedgerRefusal("the player's other claims hold every place under the event's cap while they settle; retry "
+                        "this one shortly")
 
 
-async def confirm(ledger: Calls, user_id: str, claim_id: str, won: bool, hold: str = "") -> int:
-    """Settle a hold by whether its claim won; return the player's wins and holds after it. `hold`: the hold as it
-    must still be (a stale one), '' for the claim's own process."""
-    return int(await ledger.call(lambda c: ledger.run_script(
-        c, "confirm", [player_key(user_id)], [claim_id, "won" if won else "", hold])))
+def wins_of(flat: list[str]) -> tuple[tuple[str, int, str], ...]:
+    """Return (claim_id, task_id, prize_type) of each win from [claim_id, "<task>\t<prize>", ...]."""
+    return tuple((c, int(w.split("\t")[0]), w.split("\t", 1)[1]) for c, w in zip(flat[::2], flat[1::2]))
 
 
-async def _won(ledger: Calls, task_id: int, claim_id: str) -> bool:
-    """Return whether a held claim won (not: it lost, or never settled; its outcome is kept longer than a hold)."""
+async def confirm(ledger: Calls, user_id: str, claim_id: str, win: str, hold: str = "") -> int:
+    """Settle a hold by its claim's win ("<task>\t<prize>", or '': it did not win); return the player's wins after
+    it. `hold`: the hold as it must still be ('': any, the claim's own process after its claim settled)."""
+    return int(await ledger.call(lambda c: ledger.run_script(c, "confirm", [player_key(user_id)], [claim_id, win, hold])))
+
+
+async def _win(ledger: Calls, task_id: int, claim_id: str) -> str:
+    """Return a held claim's win as "<task>\t<prize>" ('': it lost, or never settled; its outcome is kept longer
+    than a hold)."""
     raw: Any = await ledger.call(lambda c: c.get(outcome_key(task_id, claim_id)))
     if raw is not None:
-        return bool(raw.startswith("won\t"))
+        outcome, prize = raw.split("\t", 2)[:2]
+        return f"{task_id}\t{prize}" if outcome == "won" else ""
     if not ledger.record_db:
-        return False
+        return ""
     record = await ledger.store().find(claim_id)
-    return record is not None and record.outcome == "won"
+    return f"{task_id}\t{record.prize_type}" if record is not None and record.outcome == "won" else ""

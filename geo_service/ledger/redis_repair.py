@@ -19,7 +19,9 @@ This module may touch Redis and the record database; operators run it (`geo-serv
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 import time
 import uuid
 from collections import defaultdict
@@ -32,7 +34,16 @@ from geo_service.dsn import REDIS_BUCKETS
 from geo_service.ledger.interface import Difference, LedgerError, Seed
 from geo_service.ledger.records import RecordStore, differences, to_move
 from geo_service.ledger.redis import RedisLedger
-from geo_service.ledger.redis_layout import SHIP_GROUP, bucket_key, entry_id, player_key, task_key, wins_key
+from geo_service.ledger.redis_layout import (
+    HOLD_LEASE_MS,
+    SHIP_GROUP,
+    bucket_key,
+    entry_id,
+    id_bucket,
+    player_key,
+    task_key,
+    wins_key,
+)
 from geo_service.ledger.redis_state import Client, bucket_epochs, mark_buckets
 from geo_service.ledger.ship import remember
 
@@ -137,7 +148,7 @@ async def restore(ledger: RedisLedger, store: RecordStore, lost: list[int], seed
     # a counter above its record may count prizes whose records were lost (reconcile --lower decides that).
     diffs = [Difference(t, p, i, won.get((t, p), 0)) for (t, p), i in sorted(counters.items())]
     disabled = await store.disabled()
-    players = await store.player_wins(lost, REDIS_BUCKETS)
+    players = await _player_wins(ledger, store, lost_set)
 
     async def write(r: Client) -> None:
         pipe = r.pipeline(transaction=False)
@@ -155,8 +166,8 @@ async def restore(ledger: RedisLedger, store: RecordStore, lost: list[int], seed
             more = {user: n for user, n in player_wins.get(task_id, {}).items() if n > int(now.get(user, 0))}
             if more:  # a player's wins as the record counts them, never fewer than the bucket still holds
                 pipe.hset(wins_key(task_id), mapping=more)  # type: ignore[arg-type]
-        for user_id, claim_id in players:  # each player's wins in the event (player_win_cap), by their claims
-            pipe.hset(player_key(user_id), f"w:{claim_id}", "1")
+        for user_id, claim_id, task_id, prize in players:  # each player's wins in the event (player_win_cap)
+            pipe.hset(player_key(user_id), f"w:{claim_id}", f"{task_id}\t{prize}")
         await pipe.execute()
 
     await ledger.call(write)
@@ -167,6 +178,19 @@ async def restore(ledger: RedisLedger, store: RecordStore, lost: list[int], seed
     log.warning("restored buckets from the record", extra={"buckets": len(lost), "counters": len(diffs),
                                                             "claim_ids": refilled})
     return [d for d in diffs if d.issued < d.won_claims]
+
+
+async def _player_wins(ledger: RedisLedger, store: RecordStore, lost: set[int]) -> list[tuple[str, str, int, str]]:
+    """Return (user_id, claim_id, task_id, prize_type) of every win of the players whose buckets are lost: the
+    record's, and those still in the live buckets' flow streams. On a cluster a claim that took its place on a lost
+    node may settle on its task's node until its hold's deadline: the streams are read after that has passed."""
+    if ledger.kind == "redis+cluster":
+        await asyncio.sleep(HOLD_LEASE_MS / 1000 + 1)
+    wins = await store.player_wins(sorted(lost), REDIS_BUCKETS)
+    recorded = {claim_id for _, claim_id, _, _ in wins}
+    streamed = await ledger.call(lambda r: _stream_wins(r, [math.inf] * REDIS_BUCKETS))
+    return wins + [(f["user_id"], f["claim_id"], int(f["task_id"]), f["prize_type"]) for f in streamed
+                   if id_bucket(f["user_id"]) in lost and f["claim_id"] not in recorded]
 
 
 async def _wins_held(r: Client, tasks: list[int]) -> list[dict[str, str]]:

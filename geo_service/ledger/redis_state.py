@@ -12,6 +12,7 @@ This module may touch Redis and the record database; it knows nothing of claims.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Protocol, TypeVar
@@ -26,6 +27,7 @@ from geo_service.ledger.redis_layout import LAYOUT, bucket_key, epoch_key
 
 log = logging.getLogger("geodrop.ledger")
 Client = aioredis.Redis | RedisCluster
+MAX_CLOCK_SKEW_S = 2.0  # well inside redis_layout.HOLD_STALE_MS: node clocks apart by more refuse claims
 T = TypeVar("T")
 
 
@@ -136,4 +138,19 @@ async def config_problems(r: Client, where: str) -> list[str]:
         if role == "replica" and config.get("cluster-replica-no-failover") != "yes":
             found.append(f"{name}: a replica that fails over on its own can lose acknowledged wins; "
                          "set cluster-replica-no-failover yes")
+    if isinstance(r, RedisCluster):
+        found += await _clock_problems(r, [node for _, role, node in nodes if role == "primary" and node is not None])
     return found
+
+
+async def _clock_problems(r: RedisCluster, primaries: list[Any]) -> list[str]:
+    """Return the primaries whose clocks are off the first one's by more than MAX_CLOCK_SKEW_S: a claim's hold on a
+    player's place is set by one node's clock and enforced by another's (redis_players.py)."""
+    readings = []
+    for node in primaries:
+        before = time.time()
+        sec, usec = await r.time(target_nodes=node)
+        readings.append((node.name, sec + usec / 1e6 - (before + time.time()) / 2))  # its offset from ours
+    return [f"{name}: its clock is {offset - readings[0][1]:+.1f} s off {readings[0][0]}'s, beyond the "
+            f"{MAX_CLOCK_SKEW_S:g} s the event's win cap allows; sync the nodes' clocks (NTP)"
+            for name, offset in readings[1:] if abs(offset - readings[0][1]) > MAX_CLOCK_SKEW_S]

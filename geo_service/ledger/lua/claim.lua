@@ -7,16 +7,18 @@
 --       3 the claim's outcome, 4 the bucket's flow stream, 5 the bucket's changed-tasks zset, 6 the bucket's epoch,
 --       7 (one node only) the player's position hash, for the movement check made right here,
 --       8, 9 (one node only) the claim id's binding and its bucket's filter, checked and set right here,
---       10 (one node only, with an event cap) the player's wins in the event (w:<claim_id> per win)
+--       10 (one node only) the player's wins in the event (w:<claim_id> "<task>\t<prize>" per win)
 -- args (ARGV by name, redis_layout.py CLAIM_ARGS): claim_id, user_id, task_id, poi_id, win_cap, plausible (the movement
 --       check: "1", "0", or "?" to check it here, KEYS[7]), bound (bind.lua's answer, 'new', 'bound' or 'ask', or "?"
 --       to check and bind here, KEYS[8], KEYS[9]), checked and filter_bits (claim_ids.lua), flow_max (the most records the flow stream may
 --       hold: at it, claims wait for the shipper), player_cap (the event's cap per player, 0: none), player (the
---       event cap: 'none', 'here' (check KEYS[10]), or reserve.lua's answer on a cluster: 'capped', 'counted', or
+--       event cap: 'none', 'here' (count the win in KEYS[10], and check it with a cap), or reserve.lua's answer on a
+--       cluster: 'capped', 'counted', or
 --       the hold's deadline in ms), lat, lng, at_s, max_speed_mps, position_ttl_s;
 --       then ARGV[FIRST_PRIZE..] the prize types in draw order
 -- Returns "<outcome>\t<prize_type>\t<user>\t<task>\t<poi>" (prize_type empty unless won; the claim it belongs
--- to after it), followed by "\n<wins left>" when settled here with player 'here'; the first outcome for a retried
+-- to after it), followed by "\n<wins left>" when settled here with player 'here' and a cap (and on player_cap_reached by
+-- the player's wins, "\n<claim_id>\t<task>\t<prize>" each); the first outcome for a retried
 -- claim; or, with nothing written: 'claim_id_taken' (the id is another claim's), 'ask_record' (claim_ids.lua),
 -- 'state_lost' (the bucket has no epoch), 'flow_full' or 'hold_expired' (the player's hold ran out first).
 local mine = args.user_id .. '\t' .. args.task_id .. '\t' .. args.poi_id
@@ -57,7 +59,7 @@ local held = tonumber(args.player)  -- a cluster's hold on the player's cap: set
 if held and sec * 1000 + math.floor(usec / 1000) >= held then
   return 'hold_expired'
 end
-local player_wins = 0
+local player_wins, capped = 0, tonumber(args.player_cap) > 0
 if args.player == 'here' then
   player_wins = redis.call('HLEN', KEYS[10])
 end
@@ -78,7 +80,7 @@ end
 local outcome, prize, slice, used = 'no_prize_left', '', 0, 0
 if moved ~= '1' then
   outcome = 'implausible_movement'
-elseif args.player == 'capped' or (args.player == 'here' and player_wins >= tonumber(args.player_cap)) then
+elseif args.player == 'capped' or (args.player == 'here' and capped and player_wins >= tonumber(args.player_cap)) then
   outcome = 'player_cap_reached'
 elseif tonumber(redis.call('HGET', KEYS[2], args.user_id) or '0') >= tonumber(args.win_cap) then
   outcome = 'cap_reached'
@@ -121,7 +123,7 @@ if outcome == 'won' then
   redis.call('HINCRBY', KEYS[2], args.user_id, 1)
   redis.call('ZADD', KEYS[5], string.format('%d', sec * 1000 + math.floor(usec / 1000)), args.task_id)
   if args.player == 'here' then
-    redis.call('HSET', KEYS[10], 'w:' .. args.claim_id, record.at)
+    redis.call('HSET', KEYS[10], 'w:' .. args.claim_id, args.task_id .. '\t' .. prize)
     player_wins = player_wins + 1
   end
 end
@@ -131,7 +133,13 @@ if here and state == 'new' then
   bind(KEYS[8], mine)
 end
 redis.call('XADD', KEYS[4], '*', unpack(entry))
-if args.player == 'here' then
-  return result .. '\n' .. math.max(tonumber(args.player_cap) - player_wins, 0)
+if args.player == 'here' and capped then
+  result = result .. '\n' .. math.max(tonumber(args.player_cap) - player_wins, 0)
+  if outcome == 'player_cap_reached' then  -- and the player's wins: "\n<claim_id>\t<task>\t<prize>" each
+    local fields = redis.call('HGETALL', KEYS[10])
+    for i = 1, #fields, 2 do
+      result = result .. '\n' .. string.sub(fields[i], 3) .. '\t' .. fields[i + 1]
+    end
+  end
 end
 return result

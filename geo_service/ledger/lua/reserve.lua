@@ -3,9 +3,10 @@
 -- "<deadline ms>\t<task>" per hold), 2 that bucket's epoch.
 -- args (ARGV by name, redis_layout.py RESERVE_ARGS): claim_id, task_id, player_cap, lease_ms, stale_ms
 -- Returns {'held', <deadline ms>} (the claim may settle before then), {'counted'} (it won already: its task's node
--- answers its first outcome), {'capped'} (no place left), {'stale', id, hold, id, hold, ...} (no place left but
--- holds past their deadline by stale_ms: the caller resolves them by their claims' outcomes (confirm.lua) and asks
--- again), or {'state_lost'} (the bucket has no epoch).
+-- answers its first outcome), {'capped', id, win, id, win, ...} (every place is a win, "<task>\t<prize>" each),
+-- {'busy'} (no place left, some held by claims still settling: ask again shortly, nothing is decided),
+-- {'stale', id, hold, id, hold, ...} (no place left but holds past their deadline by stale_ms: the caller resolves
+-- them by their claims' outcomes (confirm.lua) and asks again), or {'state_lost'} (the bucket has no epoch).
 if redis.call('EXISTS', KEYS[2]) == 0 then
   return {'state_lost'}
 end
@@ -26,7 +27,15 @@ if not mine and redis.call('HLEN', KEYS[1]) >= tonumber(args.player_cap) then
   if #stale > 1 then
     return stale
   end
-  return {'capped'}
+  local capped = {'capped'}
+  for i = 1, #fields, 2 do
+    if string.sub(fields[i], 1, 2) == 'h:' then
+      return {'busy'}  -- a claim holding a place may yet not win: refusing now could refuse a player below the cap
+    end
+    capped[#capped + 1] = string.sub(fields[i], 3)
+    capped[#capped + 1] = fields[i + 1]
+  end
+  return capped
 end
 -- A retry's hold moves on to a new deadline: its earlier call, if it still arrives, finds its own deadline past.
 local deadline = string.format('%d', now + tonumber(args.lease_ms))
