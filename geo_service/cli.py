@@ -65,7 +65,7 @@ def run_worker(settings: ServiceSettings, log_level: str) -> None:
 def supervise(settings: ServiceSettings, log_level: str) -> int:
     """Run settings.workers worker processes; restart one that dies; stop all on SIGINT/SIGTERM."""
     ctx = mp.get_context("spawn")
-    stopping = False
+    stopping: int | None = None  # the signal that asked to stop
 
     def start(i: int) -> Any:
         proc = ctx.Process(target=run_worker, args=(replace(settings, worker_id=i), log_level), name=f"geo-service-{i}")
@@ -74,10 +74,10 @@ def supervise(settings: ServiceSettings, log_level: str) -> int:
 
     def stop(signum: int, _frame: Any) -> None:
         nonlocal stopping
-        stopping = True
+        stopping = signal.SIGINT if signum == signal.SIGINT else signal.SIGTERM
         for p in procs:
             if p.is_alive():
-                os.kill(p.pid, signal.SIGTERM if signum != signal.SIGINT else signal.SIGINT)
+                os.kill(p.pid, stopping)
 
     def forward_hup(_signum: int, _frame: Any) -> None:
         for p in procs:
@@ -88,16 +88,28 @@ def supervise(settings: ServiceSettings, log_level: str) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGHUP, forward_hup)
-    while not stopping:
+    while stopping is None:
         for i, p in enumerate(procs):
-            if not p.is_alive() and not stopping:
+            if not p.is_alive() and stopping is None:
                 log.error("worker died; restarting it", extra={"worker": i, "exitcode": p.exitcode})
                 time.sleep(0.5)  # no hot restart loop if a worker dies at start-up
                 procs[i] = start(i)
+                if stopping is not None:  # the stop came while it started, and passed it by
+                    os.kill(procs[i].pid, stopping)
         time.sleep(0.2)
-    for p in procs:
-        p.join(timeout=settings.shutdown_timeout_s + 5)
+    reap(procs, settings.shutdown_timeout_s + 5)
     return 0
+
+
+def reap(procs: list[Any], grace_s: float) -> None:
+    """Wait for stopping workers; kill one still running past `grace_s`: left, it would hold the port, and this
+    process's exit would wait on it for good (multiprocessing joins its children at exit)."""
+    for p in procs:
+        p.join(timeout=grace_s)
+        if p.is_alive():
+            log.error("worker did not stop; killing it", extra={"pid": p.pid})
+            p.kill()
+            p.join()
 
 
 def parser() -> argparse.ArgumentParser:

@@ -12,6 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import orjson
+import pytest
 
 
 def _free_port() -> int:
@@ -90,6 +91,26 @@ def test_a_killed_worker_is_restarted_while_the_other_serves(sample_snapshots: P
         proc.wait(timeout=30)
     log = proc.stderr.read() if proc.stderr else b""
     assert b"worker died; restarting it" in log and b"Traceback" not in log
+
+
+@pytest.mark.parametrize("after_s", [0.3, 0.6, 0.9])
+def test_a_stop_that_comes_while_a_worker_restarts_stops_it_too(sample_snapshots: Path, tmp_path: Path,
+                                                                 after_s: float) -> None:
+    """SIGTERM within a second of a worker's death, while the supervisor starts its replacement: every worker
+    stops, the supervisor exits in its grace period, and nothing is left holding the port."""
+    port = _free_port()
+    cmd = [sys.executable, "-m", "geo_service", "serve", "--snapshots", str(sample_snapshots), "--port", str(port),
+           "--workers", "2", "--data-dir", str(tmp_path)]
+    proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
+    try:
+        before = _workers(port)
+        os.kill(before[1], signal.SIGKILL)
+        time.sleep(after_s)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)  # shutdown_timeout_s + 5 at most, then a worker that did not stop is killed
+    with pytest.raises(OSError):  # no worker of it answers any more
+        _get(f"http://127.0.0.1:{port}/healthz")
 
 
 def _is_zombie(pid: int) -> bool:
