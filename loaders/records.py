@@ -203,9 +203,12 @@ def parse_stagger(row: Row) -> dict[str, int]:
 
 def parse_prize(row: Row) -> Prize:
     rate = None if _missing(row.get("rate_per_s")) else parse_number(row, "rate_per_s", 0.0, MAX_RATE_PER_S)
+    prize_type = parse_text(row, "prize_type")
+    if not prize_type.isprintable():  # a tab or newline would split the ledger's records of it (Redis keeps text)
+        raise FieldError("prize_type", f"control characters in {prize_type[:40]!r}")
     return Prize(
         task_id=parse_int(row, "task_id", 1),
-        prize_type=parse_text(row, "prize_type"),
+        prize_type=prize_type,
         quota=parse_int(row, "quota", 0),
         weight=parse_number(row, "weight", 0.0),
         rate_per_s=rate,

@@ -179,8 +179,8 @@ class RedisLedger:
             try:
                 outcome = await self._claim(r, draw, Caps(win_cap, player_cap, place.arg), max_speed_mps)
             except (ClaimIdTaken, LedgerRefusal):
-                if place.arg.isdigit():  # nothing written: the place goes back, unless a retry of this claim took it on
-                    await confirm(self, r.user_id, r.claim_id, "", f"{place.arg}\t{r.task_id}")
+                if place.new_hold:  # nothing written: the place goes back, unless a retry of this claim took it on
+                    await confirm(self, r.user_id, r.claim_id, "", place.new_hold)
                 raise
             if outcome is not None:
                 break
@@ -393,5 +393,6 @@ def _outcome(claim_id: str, raw: str) -> Outcome:
     an event cap by "\n<wins left>" and, on player_cap_reached, "\n<claim_id>\t<task>\t<prize>" per win."""
     stored, *extra = raw.split("\n")
     outcome, prize = stored.split("\t", 2)[:2]
+    # A retried refusal is answered from its stored outcome, with no wins listed: not known then, not none.
     wins = wins_of([part for line in extra[1:] for part in line.split("\t", 1)]) if outcome == "player_cap_reached" else None
     return replace(Outcome.of(claim_id, outcome, prize or None, int(extra[0]) if extra else None), wins=wins)

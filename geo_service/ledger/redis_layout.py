@@ -20,7 +20,7 @@ bucket carries its hash tag, so one claim touches one slot and buckets spread ov
                                          it may have seen, with no binding left, is looked up in the record database
     gd:{b<j>}:p:<user>             hash  the player's wins in the event (player_win_cap): w:<claim_id> "<task>\t<prize>"
                                          per win, and
-                                         on a cluster h:<claim_id> "<deadline ms>\t<task>" per claim that holds a
+                                         on a cluster h:<claim_id> "<deadline ms>\t<task>\t<poi>" per claim holding a
                                          place while it settles on its task's node (reserve.lua); j = id_bucket(user)
     gd:{u:<user>}:pos              hash  the player's last claimed position (the movement check)
     gd:tasks (zset of task ids, the complete read), gd:flags (disabled tasks), gd:change_seq, gd:layout
@@ -110,7 +110,7 @@ MOVE_ARGS = ("lat", "lng", "at_s", "max_speed_mps", "position_ttl_s")
 BIND_ARGS = ("claim_id", "claim_of", "checked", "filter_bits")
 CLAIM_ARGS = ("claim_id", "user_id", "task_id", "poi_id", "win_cap", "plausible", "bound", "checked", "filter_bits",
               "flow_max", "player_cap", "player", *MOVE_ARGS)
-RESERVE_ARGS = ("claim_id", "task_id", "player_cap", "lease_ms", "stale_ms")
+RESERVE_ARGS = ("claim_id", "task_id", "poi_id", "player_cap", "lease_ms", "stale_ms")
 # A cluster's claim holds its place under the player's event cap for HOLD_LEASE_MS: its task's node settles it only
 # before then (by that node's clock), and a hold left (its process killed) is looked up and resolved once
 # HOLD_STALE_MS more have passed (by the player's node's clock): node clocks must agree within HOLD_STALE_MS.

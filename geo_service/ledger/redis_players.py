@@ -14,7 +14,7 @@ import asyncio
 import random
 from typing import Any, NamedTuple
 
-from geo_service.ledger.interface import ClaimRequest, LedgerRefusal
+from geo_service.ledger.interface import ClaimIdTaken, ClaimRequest, LedgerRefusal
 from geo_service.ledger.redis_layout import (
     HOLD_LEASE_MS,
     HOLD_STALE_MS,
@@ -40,18 +40,20 @@ class Caps(NamedTuple):
 
 class Place(NamedTuple):
     """hold_place's answer: the claim script's `player` argument (the hold's deadline in ms, 'counted': the claim won
-    already, or 'capped'), and when capped, the player's wins (Outcome.wins)."""
+    already, or 'capped'); when capped, the player's wins (Outcome.wins); when held, the hold's value if this call
+    made it (one it moved on from an earlier call of the claim is never given back: that call may still settle)."""
 
     arg: str
     wins: tuple[tuple[str, int, str], ...] | None = None
+    new_hold: str = ""
 
 
 async def hold_place(ledger: Calls, r: ClaimRequest, cap: int) -> Place:
     """Hold the claim's place under the player's event cap on a cluster. Raise LedgerRefusal when the player's
     bucket lost its state."""
     key = player_key(r.user_id)
-    values = {"claim_id": r.claim_id, "task_id": r.task_id, "player_cap": cap, "lease_ms": HOLD_LEASE_MS,
-              "stale_ms": HOLD_STALE_MS}
+    values = {"claim_id": r.claim_id, "task_id": r.task_id, "poi_id": r.poi_id, "player_cap": cap,
+              "lease_ms": HOLD_LEASE_MS, "stale_ms": HOLD_STALE_MS}
     for attempt in range(_ROUNDS):
         answer: Any = await ledger.call(lambda c: ledger.run_script(c, "reserve", [key, epoch_key(id_bucket(r.user_id))],
                                                                    [values[arg] for arg in RESERVE_ARGS]))
@@ -59,7 +61,9 @@ async def hold_place(ledger: Calls, r: ClaimRequest, cap: int) -> Place:
             raise LedgerRefusal("the ledger's state of this player's wins was lost (its Redis node was emptied); their "
                                 "claims wait for `geo-service ledger reconcile --repair`")
         if answer[0] == "held":
-            return Place(str(answer[1]))
+            return Place(str(answer[1]), new_hold=f"{answer[1]}\t{r.task_id}\t{r.poi_id}" if answer[2] == "new" else "")
+        if answer[0] == "claim_id_taken":
+            raise ClaimIdTaken(r.claim_id)
         if answer[0] == "capped":
             return Place("capped", wins_of(answer[1:]))
         if answer[0] == "busy":  # another claim of the player holds the last place for a few milliseconds more
@@ -74,9 +78,16 @@ async def hold_place(ledger: Calls, r: ClaimRequest, cap: int) -> Place:
                         "this one shortly")
 
 
-def wins_of(flat: list[str]) -> tuple[tuple[str, int, str], ...]:
-    """Return (claim_id, task_id, prize_type) of each win from [claim_id, "<task>\t<prize>", ...]."""
-    return tuple((c, int(w.split("\t")[0]), w.split("\t", 1)[1]) for c, w in zip(flat[::2], flat[1::2]))
+def wins_of(flat: list[str]) -> tuple[tuple[str, int, str], ...] | None:
+    """Return (claim_id, task_id, prize_type) of each win from [claim_id, "<task>\t<prize>", ...]; None for none, or
+    for a value not of that form (then the wins are not known)."""
+    wins = []
+    for claim_id, win in zip(flat[::2], flat[1::2]):
+        task, tab, prize = win.partition("\t")
+        if not (tab and task.isdigit()):
+            return None
+        wins.append((claim_id, int(task), prize))
+    return tuple(wins) or None
 
 
 async def confirm(ledger: Calls, user_id: str, claim_id: str, win: str, hold: str = "") -> int:

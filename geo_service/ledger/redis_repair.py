@@ -44,7 +44,7 @@ from geo_service.ledger.redis_layout import (
     task_key,
     wins_key,
 )
-from geo_service.ledger.redis_state import Client, bucket_epochs, mark_buckets
+from geo_service.ledger.redis_state import MAX_CLOCK_SKEW_S, Client, bucket_epochs, mark_buckets
 from geo_service.ledger.ship import remember
 
 log = logging.getLogger("geodrop.ledger")
@@ -185,10 +185,11 @@ async def _player_wins(ledger: RedisLedger, store: RecordStore, lost: set[int]) 
     record's, and those still in the live buckets' flow streams. On a cluster a claim that took its place on a lost
     node may settle on its task's node until its hold's deadline: the streams are read after that has passed."""
     if ledger.kind == "redis+cluster":
-        await asyncio.sleep(HOLD_LEASE_MS / 1000 + 1)
+        await asyncio.sleep(HOLD_LEASE_MS / 1000 + MAX_CLOCK_SKEW_S + 1)
+    # The streams first, then the record: a win shipped and trimmed meanwhile is then in the record.
+    streamed = await ledger.call(lambda r: _stream_wins(r, [math.inf] * REDIS_BUCKETS))
     wins = await store.player_wins(sorted(lost), REDIS_BUCKETS)
     recorded = {claim_id for _, claim_id, _, _ in wins}
-    streamed = await ledger.call(lambda r: _stream_wins(r, [math.inf] * REDIS_BUCKETS))
     return wins + [(f["user_id"], f["claim_id"], int(f["task_id"]), f["prize_type"]) for f in streamed
                    if id_bucket(f["user_id"]) in lost and f["claim_id"] not in recorded]
 

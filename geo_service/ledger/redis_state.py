@@ -144,13 +144,18 @@ async def config_problems(r: Client, where: str) -> list[str]:
 
 
 async def _clock_problems(r: RedisCluster, primaries: list[Any]) -> list[str]:
-    """Return the primaries whose clocks are off the first one's by more than MAX_CLOCK_SKEW_S: a claim's hold on a
-    player's place is set by one node's clock and enforced by another's (redis_players.py)."""
+    """Return the primaries off the middle one's clock when their clocks spread over more than MAX_CLOCK_SKEW_S: a
+    claim's hold on a player's place is set by one node's clock and enforced by another's (redis_players.py)."""
     readings = []
     for node in primaries:
         before = time.time()
         sec, usec = await r.time(target_nodes=node)
         readings.append((node.name, sec + usec / 1e6 - (before + time.time()) / 2))  # its offset from ours
-    return [f"{name}: its clock is {offset - readings[0][1]:+.1f} s off {readings[0][0]}'s, beyond the "
-            f"{MAX_CLOCK_SKEW_S:g} s the event's win cap allows; sync the nodes' clocks (NTP)"
-            for name, offset in readings[1:] if abs(offset - readings[0][1]) > MAX_CLOCK_SKEW_S]
+    offsets = sorted(offset for _, offset in readings)
+    middle = offsets[len(offsets) // 2]
+    spread = offsets[-1] - offsets[0] if offsets else 0.0
+    if spread <= MAX_CLOCK_SKEW_S:
+        return []
+    return [f"{name}: the primaries' clocks are {spread:.1f} s apart, beyond the {MAX_CLOCK_SKEW_S:g} s the event's "
+            f"win cap allows; this one is {offset - middle:+.1f} s off the middle one; sync them (NTP)"
+            for name, offset in readings if abs(offset - middle) > MAX_CLOCK_SKEW_S / 2]

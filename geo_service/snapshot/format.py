@@ -312,9 +312,11 @@ def _check_values(where: str, tasks: list[TaskRow]) -> None:
         for p in task["prizes"]:
             rate = p["rate_per_s"]
             if (p["quota"] < 0 or not (math.isfinite(p["weight"]) and p["weight"] >= 0) or types.count(p["prize_type"]) > 1
+                    or not p["prize_type"].isprintable()
                     or (rate is not None and not (math.isfinite(rate) and 0 <= rate <= MAX_RATE_PER_S))):
                 raise SnapshotError(f"{where}: task {task['task_id']}, prize {p['prize_type'][:40]!r}: quota below 0, "
-                                    f"weight or rate_per_s out of range (rate at most {MAX_RATE_PER_S:g}/s), or given twice")
+                                    f"weight or rate_per_s out of range (rate at most {MAX_RATE_PER_S:g}/s), given "
+                                    "twice, or a type with control characters")
 
 
 _NONE = type(None)

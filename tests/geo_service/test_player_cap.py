@@ -250,3 +250,33 @@ async def test_a_claim_refused_before_it_settles_gives_its_place_back(cluster: t
         await ledger.claim(claim("alices", "bob", 1), ["cash"], TASK_CAP, 1e9, 1)
     assert holds(dsn, "bob") == {}
     assert (await ledger.claim(claim("bobs", "bob", 2), ["cash"], TASK_CAP, 1e9, 1)).outcome == "won"
+
+
+async def test_a_claim_id_holding_a_place_for_one_task_is_refused_for_another(
+        cluster: tuple[RedisLedger, str, str]) -> None:
+    ledger, dsn, _ = cluster
+    first = claim("same-id", "dave", 1)
+    place = await redis_players.hold_place(ledger, first, 1)
+    with pytest.raises(ClaimIdTaken):  # the same id for task 2 neither takes nor moves task 1's hold
+        await ledger.claim(claim("same-id", "dave", 2), ["cash"], TASK_CAP, 1e9, 1)
+    assert holds(dsn, "dave") == {"h:same-id": place.new_hold}
+    assert (await ledger.claim(first, ["cash"], TASK_CAP, 1e9, 1)).outcome == "won"  # its own retry settles it
+
+
+@pytest.mark.parametrize("any_ledger_dsn", LEDGER_KINDS, indirect=True)
+async def test_only_a_refusal_settled_now_lists_the_wins_a_worker_may_answer_from(any_ledger_dsn: str,
+                                                                                  request: pytest.FixtureRequest,
+                                                                                  tmp_path: Path) -> None:
+    record_db = fresh_ledger("mysql", request, tmp_path) if any_ledger_dsn.startswith("redis") else ""
+    ledger = open_ledger(any_ledger_dsn, record_db)
+    try:
+        await ledger.seed([(t, "cash", 1000, -1) for t in TASKS])
+        await ledger.init()
+        assert (await ledger.claim(claim("w", "erin", 1), ["cash"], TASK_CAP, 1e9, 1)).outcome == "won"
+        refused = await ledger.claim(claim("r", "erin", 2), ["cash"], TASK_CAP, 1e9, 1)
+        assert (refused.outcome, refused.wins) == ("player_cap_reached", (("w", 1, "cash"),))
+        # A retry gets its first outcome, and never an empty list of wins (a worker would learn "no wins" from it).
+        again = await ledger.claim(claim("r", "erin", 2), ["cash"], TASK_CAP, 1e9, 1)
+        assert again.outcome == "player_cap_reached" and again.wins in (None, (("w", 1, "cash"),))
+    finally:
+        await ledger.close()

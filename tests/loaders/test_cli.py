@@ -47,6 +47,8 @@ CASES: list[tuple[str, Edit, str]] = [
     ("unknown district", lambda d: set_csv_field(d / "tasks.csv", 8, "district_code", "110101"),
      "tasks.csv:8: district_code: unknown district 110101"),
     ("bad quota", lambda d: set_csv_field(d / "task_prizes.csv", 3, "quota", "-5"), "task_prizes.csv:3: quota: -5 is outside"),
+    ("tab in prize type", lambda d: set_csv_field(d / "task_prizes.csv", 4, "prize_type", "cash\tback"),
+     "task_prizes.csv:4: prize_type: control characters in 'cash\\tback'"),
     ("invalid polygon", lambda d: set_feature_geometry(d / "districts.geojson", 2, BOWTIE),
      "districts.geojson:2: geometry: invalid polygon: Self-intersection"),
     ("invalid zone", lambda d: set_feature_geometry(d / "exclusions.geojson", 1, {"type": "Point", "coordinates": [1, 2]}),
