@@ -31,11 +31,13 @@ run: export GEODROP_SERVICE_TOKEN_SECRET = $(DEMO_SECRET)
 run: export GEODROP_COLLECTOR_ADMIN_TOKEN = $(DEMO_ADMIN)
 run: export GEODROP_CHANNEL_WALLET_SECRET = $(DEMO_PARTNER)
 run: export GEODROP_CHANNEL_COUPONS_SECRET = $(DEMO_PARTNER)
+run: export GEODROP_SERVICE_PLAYER_WIN_CAP ?= 5
 run: $(BIN)/geo-snapshot
 	$(BIN)/geo-snapshot build --source data/sample --out $(SNAPSHOTS) --channels $(CHANNELS)
 	@echo "nearby:    curl 'http://127.0.0.1:$(SERVICE_PORT)/v1/nearby?lat=22.5329&lng=113.9305'"
 	@echo "claims:    TOKEN=\$$(make -s demo-token)"
 	@echo "prizes:    curl -H \"Authorization: Bearer \$$TOKEN\" http://127.0.0.1:$(SERVICE_PORT)/v1/me/prizes"
+	@echo "player:    http://127.0.0.1:$(SERVICE_PORT)/play   (its token: make -s demo-token)"
 	@echo "dashboard: http://127.0.0.1:$(COLLECTOR_PORT)/   (admin token: DEMO_ADMIN in the Makefile; Ctrl-C stops)"
 	@$(BIN)/geo-collector run --snapshots $(SNAPSHOTS) --port $(COLLECTOR_PORT) \
 	  --ledger sqlite:///$(LEDGER) --service http://127.0.0.1:$(SERVICE_PORT) --channels $(CHANNELS) & collector=$$!; \
@@ -65,6 +67,7 @@ bench: $(BIN)/geo-snapshot
 	$(BIN)/python bench/hosts_bench.py --json bench/out/hosts.json
 	$(BIN)/python bench/faults_bench.py --json bench/out/faults.json
 	$(BIN)/python bench/delivery_bench.py --json bench/out/delivery.json
+	$(BIN)/python bench/play_bench.py --slow
 
 # docs/capacity.md's table, from the JSON the benchmarks above wrote.
 capacity: $(BIN)/geo-snapshot

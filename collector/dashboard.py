@@ -25,21 +25,13 @@ from geo_service.web.errors import InvalidParam, LedgerUnavailable, NotFound
 from geo_service.web.params import coordinate, id_param, json_object
 from geo_service.web.responses import etag_matches, json_response, not_modified
 from geo_service.web.routing import Route
+from geo_service.web.static import SHARED, StaticFiles
 
 log = logging.getLogger("geodrop.collector")
 STATIC = Path(str(resources.files("collector").joinpath("static")))
+# The dashboard's files beside the vendored libraries geo-service serves too, at content-hashed immutable names.
+FILES = StaticFiles(STATIC, SHARED)
 MAX_POIS = 20_000
-
-
-async def index(request: web.Request) -> web.StreamResponse:
-    return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
-
-
-async def static_file(request: web.Request) -> web.StreamResponse:
-    path = (STATIC / request.match_info["name"]).resolve()
-    if not path.is_relative_to(STATIC.resolve()) or not path.is_file():
-        raise NotFound(f"no file {request.match_info['name']!r}")
-    return web.FileResponse(path, headers={"Cache-Control": "max-age=3600"})
 
 
 async def outlines(request: web.Request) -> web.Response:
@@ -129,8 +121,8 @@ async def set_task(request: web.Request) -> web.Response:
 
 
 ROUTES: list[Route] = [
-    ("GET", "/", index),
-    ("GET", "/static/{name:.+}", static_file),
+    ("GET", "/", FILES.page("index.html")),
+    ("GET", "/static/{name:.+}", FILES.serve),
     ("GET", "/v1/districts.geojson", outlines),
     ("GET", "/v1/tasks/{task_id}/pois", task_pois),
     ("GET", "/v1/probe", probe),

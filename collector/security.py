@@ -21,20 +21,16 @@ from collector.keys import settings_key
 from geo_service.web.params import require_admin
 from geo_service.web.responses import json_response
 from geo_service.web.routing import Route
+from geo_service.web.static import CSP as CSP  # the pages' policy, geo-service's player page's too
+from geo_service.web.static import SECURE_HEADERS
 
 COOKIE = "geodrop_admin"
 SESSION_HEADER = "X-Geodrop-Session"
-# No inline script or style, nothing from another origin; connect-src 'self' covers fetch and the event stream.
-# Leaflet and uPlot position their nodes through element.style, which CSP leaves alone.
-CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
-       "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
-HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
-           "X-Frame-Options": "DENY", "Cross-Origin-Opener-Policy": "same-origin"}
 
 
 async def secure_headers(request: web.Request, response: web.StreamResponse) -> None:
-    """on_response_prepare: every answer of the collector, pages, JSON and errors alike, carries HEADERS."""
-    response.headers.update(HEADERS)
+    """on_response_prepare: every answer of the collector, pages, JSON and errors alike, carries SECURE_HEADERS."""
+    response.headers.update(SECURE_HEADERS)
 
 
 def _mac(token: str, expires: int) -> str:

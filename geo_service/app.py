@@ -9,11 +9,16 @@ import signal
 from collections.abc import AsyncIterator, Sequence
 from contextlib import suppress
 
+import aiohttp
 from aiohttp import web
 
-from geo_service.claims import ClaimRules
+from geo_service.claims import CappedPlayers, ClaimRules
 from geo_service.handlers import ROUTES
+from geo_service.jwt_tokens import verifier_of
 from geo_service.keys import (
+    capped_key,
+    http_key,
+    jwt_key,
     ledger_check_key,
     ledger_key,
     load_key,
@@ -109,6 +114,19 @@ async def status_ctx(app: web.Application) -> AsyncIterator[None]:
             await task
 
 
+async def http_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The app's one outgoing HTTP client. The JWKS is fetched now, unawaited (a JWKS that is down must not hold
+    serving back); a fetch in flight is stopped before the client closes."""
+    async with aiohttp.ClientSession() as session:
+        app[http_key] = session
+        verifier = app.get(jwt_key)
+        if verifier is not None:
+            verifier.warm(session)
+        yield
+        if verifier is not None:
+            await verifier.close()
+
+
 async def load_ctx(app: web.Application) -> AsyncIterator[None]:
     task = asyncio.create_task(app[load_key].probe_lag(), name="lag-probe")
     yield
@@ -130,7 +148,8 @@ def create_app(settings: ServiceSettings) -> web.Application:
         log.warning("ledger_unsafe_ok: claims settle even where the ledger's server lacks its guarantees; "
                     "a throwaway test box only", extra={"ledger": ledger.kind})
     app[rng_key] = random.Random()
-    app[rules_key] = ClaimRules(settings.catch_radius_m, settings.win_cap, settings.max_speed_mps)
+    app[rules_key] = ClaimRules(settings.catch_radius_m, settings.win_cap, settings.max_speed_mps, settings.player_win_cap)
+    app[capped_key] = CappedPlayers(settings.capped_players_max)
     app[watcher_key] = watcher = Watcher(holder, settings.snapshots, settings.stage_dir, settings.poll_interval_s,
                                          on_load=lambda lookup: seed_counters(ledger, lookup),
                                          levels=Levels(settings.level_few_below, settings.level_last_below))
@@ -141,6 +160,9 @@ def create_app(settings: ServiceSettings) -> web.Application:
     app[load_key] = load = LoadMonitor(settings)
     app[metrics_key] = metrics = Metrics()
     app[status_key] = StatusPoller(settings.collector.rstrip("/"), holder, settings.status_poll_s)
-    app.cleanup_ctx.extend([load_ctx, ledger_ctx, deliveries_ctx, snapshot_ctx, status_ctx])
+    verifier = verifier_of(settings)
+    if verifier is not None:
+        app[jwt_key] = verifier
+    app.cleanup_ctx.extend([http_ctx, load_ctx, ledger_ctx, deliveries_ctx, snapshot_ctx, status_ctx])
     add_guarded_routes(app.router, ROUTES, Guard(metrics, load, settings.max_query_bytes, _NEVER_SHED))
     return app

@@ -12,6 +12,8 @@ from geo_service import __version__
 from geo_service.auth import player
 from geo_service.claims import claim_body, process_claim
 from geo_service.keys import (
+    capped_key,
+    jwt_key,
     ledger_check_key,
     ledger_key,
     load_key,
@@ -27,8 +29,10 @@ from geo_service.keys import (
 from geo_service.ledger import ClaimIdTaken, LedgerError, LedgerRefusal
 from geo_service.nearby import encode_answer
 from geo_service.nearby.live import Live
+from geo_service.nearby.task_status import iso_utc
 from geo_service.openapi import openapi_spec
-from geo_service.prizes import ask_again, my_prizes
+from geo_service.play import play_page, static_file
+from geo_service.prizes import ask_again, me, my_prizes
 from geo_service.snapshot.grid import GridError, Window
 from geo_service.snapshot.pull import pull_metrics
 from geo_service.web.errors import (
@@ -100,7 +104,7 @@ def _answer(request: web.Request, live: Live, lat: float, lng: float, window: Wi
 async def claim(request: web.Request) -> web.Response:
     app = request.app
     settings = app[settings_key]
-    user_id = player(request)
+    user_id = await player(request)
     try:
         async with asyncio.timeout(settings.keepalive_timeout_s):
             raw = await request.read()
@@ -118,7 +122,7 @@ async def claim(request: web.Request) -> web.Response:
     try:
         async with asyncio.timeout(settings.claim_timeout_s):
             outcome = await process_claim(live.lookup, live.status, app[ledger_key], app[rng_key],
-                                          user_id, body, app[rules_key], now)
+                                          user_id, body, app[rules_key], now, app[capped_key])
     except ClaimIdTaken as exc:
         raise ClaimIdConflict(str(exc), field="claim_id") from None
     except LedgerRefusal as exc:
@@ -129,8 +133,11 @@ async def claim(request: web.Request) -> web.Response:
         app[ledger_check_key].failed(str(exc) or f"no answer within claim_timeout_s ({settings.claim_timeout_s:g} s)", now)
         raise LedgerUnavailable("the ledger is unreachable; retry with the same claim_id, which settles a claim once",
                                 headers={"Retry-After": "1"}) from exc
-    answer_body = {"claim_id": outcome.claim_id, "outcome": outcome.outcome}
-    answer_body |= {k: v for k, v in (("prize_type", outcome.prize_type), ("reason", outcome.reason)) if v is not None}
+    answer_body: dict[str, object] = {"claim_id": outcome.claim_id, "outcome": outcome.outcome}
+    answer_body |= {k: v for k, v in (("prize_type", outcome.prize_type), ("reason", outcome.reason),
+                                      ("wins_left", outcome.wins_left)) if v is not None}
+    if outcome.opens_at is not None:
+        answer_body["opens_at"] = iso_utc(outcome.opens_at)
     return json_response(answer_body)
 
 
@@ -160,6 +167,7 @@ def _health(app: web.Application) -> dict[str, object]:
         "snapshot_error": holder.last_error,
         "ledger": {**app[ledger_check_key].health(app[ledger_key].kind), "claims": app[ledger_check_key].claims()},
         "origin": app[puller_key].view() if puller_key in app else None,
+        "player_jwt": app[jwt_key].view() if jwt_key in app else None,
         "load": {"inflight": load.inflight, "lag_ms": round(load.lag_ms, 2), "next_poll_ms": load.next_poll_ms()},
     }
 
@@ -195,6 +203,8 @@ async def metrics(request: web.Request) -> web.Response:
         "inflight_requests": ("gauge", "Requests in flight.", load.inflight),
         "event_loop_lag_ms": ("gauge", "Smoothed event-loop lag.", load.lag_ms),
         "next_poll_ms": ("gauge", "Poll interval currently told to clients.", load.next_poll_ms()),
+        "claims_capped_locally_total": ("counter", "Claims of players known here to be at the event's win cap, "
+                                                   "answered without a ledger call.", app[capped_key].answered),
         "ledger_claim_failures_total": ("counter", "Claims answered 503 because the ledger failed or stalled.",
                                         app[ledger_check_key].failures),
         "ledger_config_problems": ("gauge", "Requirements of the ledger its server does not meet (see /healthz).",
@@ -231,7 +241,10 @@ ROUTES: list[Route] = [
     ("GET", "/metrics", metrics),
     ("GET", "/openapi.json", openapi),
     ("POST", "/v1/claims", claim),
+    ("GET", "/v1/me", me),
     ("GET", "/v1/me/prizes", my_prizes),
     ("POST", "/v1/me/prizes/{claim_id}/deliver", ask_again),
     ("POST", "/v1/admin/reload", admin_reload),
+    ("GET", "/play", play_page),
+    ("GET", "/static/{name:.+}", static_file),
 ]

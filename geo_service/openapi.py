@@ -46,6 +46,11 @@ NEARBY = {
                                              "properties": {
             "task_id": {"type": "integer"}, "name": {"type": "string"}, "district_code": {"type": "integer"},
             "status": {"type": "string", "enum": ["active"]}, "ends_at": {"type": "string", "format": "date-time"},
+            "stagger": {"type": "object", "required": ["groups", "step_s", "starts_at"],
+                        "description": "Staggered openings: the player's group g = FNV-1a 32-bit of the UTF-8 player id "
+                                       "mod groups opens at starts_at + g * step_s (README: staggered openings).",
+                        "properties": {"groups": {"type": "integer", "minimum": 2}, "step_s": {"type": "integer"},
+                                       "starts_at": {"type": "string", "format": "date-time"}}},
             "prizes": {"type": "array", "items": {"type": "object", "required": ["prize_type", "level"], "properties": {
                 "prize_type": {"type": "string"},
                 "level": {"enum": ["plenty", "few", "last", "none", None],
@@ -88,9 +93,14 @@ OUTCOME = {
     "type": "object",
     "required": ["claim_id", "outcome"],
     "properties": {"claim_id": {"type": "string"},
-                   "outcome": {"type": "string", "enum": ["won", "no_prize_left", "cap_reached", "too_far", "task_inactive",
-                                                          "implausible_movement"]},
-                   "prize_type": {"type": "string"}, "reason": {"type": "string"}},
+                   "outcome": {"type": "string", "enum": ["won", "no_prize_left", "cap_reached", "player_cap_reached",
+                                                          "too_far", "task_inactive", "not_yet", "implausible_movement"]},
+                   "prize_type": {"type": "string"}, "reason": {"type": "string"},
+                   "wins_left": {"type": "integer", "minimum": 0,
+                                 "description": "Wins the event still allows the player (with player_win_cap set; not on a "
+                                                "retried claim's replay): at 0 a client stops claiming."},
+                   "opens_at": {"type": "string", "format": "date-time",
+                                "description": "not_yet: when the task opens for the player's group."}},
 }
 PRIZE = {
     "type": "object",
@@ -158,6 +168,12 @@ def _answer(description: str) -> dict[str, Any]:
                         "lat": "$response.body#/pois/0/lat", "lng": "$response.body#/pois/0/lng"}}}}
 
 
+ME = {"type": "object", "required": ["user_id", "catch_radius_m", "win_cap", "player_win_cap"], "properties": {
+    "user_id": {"type": "string"}, "catch_radius_m": {"type": "number"},
+    "win_cap": {"type": "integer", "description": "Most wins from one task."},
+    "player_win_cap": {"type": ["integer", "null"], "description": "Most wins in the whole event (null: no limit)."}}}
+
+
 def openapi_spec() -> dict[str, Any]:
     """Return the service's OpenAPI document."""
     busy = error_spec("Overloaded (overloaded) or no snapshot loaded yet (snapshot_unavailable).", retry=True)
@@ -215,8 +231,9 @@ def openapi_spec() -> dict[str, Any]:
                 "security": [{"player": []}],
                 "requestBody": {"required": True, "content": {"application/json": {"schema": CLAIM}}},
                 "responses": {
-                    "200": json_ok("The outcome: won (with prize_type), no_prize_left, cap_reached, too_far, "
-                                   "task_inactive or implausible_movement (with reason). The same claim retried (same player, "
+                    "200": json_ok("The outcome: won (with prize_type), no_prize_left, cap_reached, player_cap_reached, "
+                                   "too_far, task_inactive, not_yet (with opens_at) or implausible_movement (with reason); "
+                                   "wins_left with player_win_cap. The same claim retried (same player, "
                                    "claim_id, task and POI) returns its first outcome.", OUTCOME),
                     "400": BAD_BODY,
                     "401": error_spec("No, forged or expired player token (invalid_token)."),
@@ -226,11 +243,20 @@ def openapi_spec() -> dict[str, Any]:
                                   "connection is closed."),
                     "409": error_spec("The claim_id was first used by another player, or for another task or POI "
                                       "(claim_id_conflict): nothing changed; send each claim with a fresh random id."),
-                    "503": error_spec("Claims off: no token secret (claims_disabled); the ledger unreachable or silent for "
+                    "503": error_spec("Claims off: no token_secret, jwt_secret or jwt_jwks_url (claims_disabled); a JWT's "
+                                      "key set unreachable (jwks_unavailable); the ledger unreachable or silent for "
                                   "claim_timeout_s, or its server short of the ledger's requirements (ledger_unavailable, "
                                   "retry with the same claim_id); no snapshot; "
                                   "overloaded.",
                                   retry=True)}}},
+            "/v1/me": {"get": {
+                "operationId": "me",
+                "summary": "Who the token names and the rules a client obeys for them (no ledger call).",
+                "security": [{"player": []}],
+                "responses": {
+                    "200": json_ok("The player and the rules.", ME),
+                    "401": error_spec("No, forged or expired player token (invalid_token)."),
+                    "503": error_spec("Player routes off (claims_disabled).", retry=True)}}},
             "/v1/me/prizes": {"get": {
                 "operationId": "myPrizes",
                 "summary": "The player's won prizes, newest first (up to 200), each with its delivery state and ETA.",
@@ -270,11 +296,29 @@ def openapi_spec() -> dict[str, Any]:
                     "200": json_ok("{seq, swapped, error: null}."),
                     "401": error_spec("Missing or wrong bearer token, or admin routes off: no admin_token (invalid_token)."),
                     "409": error_spec("The snapshot failed verification and was refused (snapshot_refused).")}}},
+            "/play": {"get": {
+                "summary": "The player page (no-cache; its files at content-hashed, immutable /static/ URLs).",
+                "responses": {"200": text_ok("The page.", "text/html")}}},
+            "/static/{name}": {"get": {
+                "summary": "The player page's files, the reference client (geodrop-client.js, .d.ts) and vendored "
+                           "libraries: at a content-hashed name (name.<12 hex>.ext) immutable for a year, at the plain "
+                           "name no-cache (ETag).",
+                "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"},
+                                "example": "geodrop-client.js"}],
+                "responses": {"200": {"description": "The file.", "content": {"*/*": {"schema": {"type": "string"}}}},
+                              "404": error_spec("No such file (not_found).")}}},
         },
         "webhooks": WEBHOOKS,
         "components": {
             "schemas": {"Error": ERROR},
             "securitySchemes": {"admin": {"type": "http", "scheme": "bearer", "description": "the admin_token setting"},
-                                "player": {"type": "http", "scheme": "bearer", "description": "geo-service token"}},
+                                "player": {"type": "http", "scheme": "bearer", "description":
+                                           "A player token of either kind: the service's own (`geo-service token`, "
+                                           "HMAC with token_secret; two dot-separated parts), or a JWT from the app's "
+                                           "own login (three parts): HS256 with jwt_secret, or RS256 / EdDSA (Ed25519) "
+                                           "with a key of the jwt_jwks_url key set by its kid; checked for iss, aud, "
+                                           "exp, iat, nbf and lifetime, the player id in the jwt_player_claim claim. "
+                                           "A bad token is a 401 invalid_token; a JWT whose key set cannot be fetched "
+                                           "now is a 503 jwks_unavailable with Retry-After."}},
         },
     }

@@ -70,15 +70,23 @@ async def _ledger_call(request: web.Request, work: Any) -> Any:
         raise LedgerUnavailable("the record database is unreachable; try again shortly", headers={"Retry-After": "1"}) from None
 
 
+async def me(request: web.Request) -> web.Response:
+    """Who the token names, and the rules a client obeys for them (read once at start: no ledger call)."""
+    user_id = await player(request)
+    settings = request.app[settings_key]
+    return json_response({"user_id": user_id, "catch_radius_m": settings.catch_radius_m, "win_cap": settings.win_cap,
+                          "player_win_cap": settings.player_win_cap or None})
+
+
 async def my_prizes(request: web.Request) -> web.Response:
-    user_id = player(request)
+    user_id = await player(request)
     rows = await _ledger_call(request, _store(request).prizes(user_id, MAX_PRIZES))
     etas = _etas(request)
     return json_response({"user_id": user_id, "prizes": [_shown(r, etas) for r in rows]})
 
 
 async def ask_again(request: web.Request) -> web.Response:
-    user_id = player(request)
+    user_id = await player(request)
     claim_id = claim_id_param(request.match_info["claim_id"])
     every_s = request.app[settings_key].ask_again_every_s
     prize, wait = await _ledger_call(request, _store(request).ask_again(user_id, claim_id, every_s))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from geo_service.config import (
     SettingsError,
@@ -62,10 +63,42 @@ class ServiceSettings:
                                           "claim id past its binding from there, gives a new ledger its epoch against "
                                           "it, and `ledger reconcile` reads the claims there (a Redis ledger only)."))
     token_secret: str = field(default="", repr=False,
-                              metadata=help_text("HMAC secret of player tokens; empty disables POST /v1/claims."))
+                              metadata=help_text("HMAC secret of the service's own player tokens (`geo-service token`); "
+                                                 "with jwt_secret and jwt_jwks_url empty too, player routes are off."))
     token_ttl_s: int = field(default=86400, metadata=help_text("Lifetime of tokens minted by `geo-service token`."))
+    jwt_secret: str = field(default="", repr=False, metadata=help_text(
+        "HS256 secret of player JWTs minted by your app's login (empty: HS256 tokens are refused)."))
+    jwt_jwks_url: str = field(default="", repr=False, metadata=help_text(
+        "URL of the JWKS whose RSA and Ed25519 keys sign player JWTs (RS256, EdDSA), e.g. "
+        "https://login.example.com/.well-known/jwks.json; a user:password@ in it is sent as Basic auth and never "
+        "shown (empty: RS256 and EdDSA tokens are refused)."))
+    jwt_issuer: str = field(default="", metadata=help_text(
+        "The `iss` every player JWT must carry (required with jwt_secret or jwt_jwks_url)."))
+    jwt_audience: str = field(default="", metadata=help_text(
+        "The audience every player JWT's `aud` must name, alone or in a list (required with jwt_secret or "
+        "jwt_jwks_url)."))
+    jwt_player_claim: str = field(default="sub", metadata=help_text(
+        "The JWT claim holding the player id: 1-64 characters of A-Z a-z 0-9 _ . @ : + - and the vertical bar "
+        "(else 401)."))
+    jwt_leeway_s: int = field(default=30, metadata=help_text("Clock skew allowed in a JWT's `exp`, `nbf` and `iat`."))
+    jwt_max_lifetime_s: int = field(default=86400, metadata=help_text(
+        "Longest lifetime (`exp` - `iat`) of a player JWT; a longer-lived one is refused."))
+    jwks_refresh_s: float = field(default=300.0, metadata=help_text(
+        "Age at which the JWKS is fetched again, in the background on the next JWT (a token naming a key not held "
+        "fetches it at once)."))
+    jwks_min_refresh_s: float = field(default=1.0, metadata=help_text(
+        "Least time between two JWKS fetches; a JWT naming a key not held that comes sooner waits for the next "
+        "fetch (at most this long) rather than failing (64 such waits at once per worker; more answer 503)."))
+    jwks_timeout_s: float = field(default=5.0, metadata=help_text(
+        "Seconds a JWKS fetch may take in all (a failed fetch keeps the last good keys)."))
     catch_radius_m: float = field(default=50.0, metadata=help_text("How close (great-circle) a player must be to a POI."))
     win_cap: int = field(default=5, metadata=help_text("Most wins one player may take from one task."))
+    player_win_cap: int = field(default=0, metadata=help_text(
+        "Most wins one player may take in the whole event, across tasks (0: no such limit); claim answers tell "
+        "the player's `wins_left` so a client can stop claiming."))
+    capped_players_max: int = field(default=100_000, metadata=help_text(
+        "Players each worker remembers as having reached player_win_cap, whose claims it answers without a ledger "
+        "call (the oldest forgotten first; ~100 bytes each)."))
     max_speed_mps: float = field(default=30.0,
                                  metadata=help_text("Fastest plausible movement between a player's claims, m/s."))
     admin_token: str = field(default="", repr=False,
@@ -104,10 +137,13 @@ class ServiceSettings:
             problems.append("busy_inflight: must be positive and below shed_inflight")
         if not 0 < self.busy_lag_ms < self.shed_lag_ms:
             problems.append("busy_lag_ms: must be positive and below shed_lag_ms")
-        if self.catch_radius_m <= 0 or self.win_cap < 1 or self.max_speed_mps <= 0:
-            problems.append("catch_radius_m, win_cap and max_speed_mps: must be positive")
+        if min(self.catch_radius_m, self.win_cap, self.max_speed_mps, self.capped_players_max) <= 0 or self.player_win_cap < 0:
+            problems.append("catch_radius_m, win_cap, max_speed_mps and capped_players_max: must be positive; "
+                            "player_win_cap: 0 (no limit) or more")
         problems += ledger_problems(self.ledger, self.record_db)
-        problems += secret_problems(self.host, {"token_secret": self.token_secret, "admin_token": self.admin_token})
+        problems += secret_problems(self.host, {"token_secret": self.token_secret, "admin_token": self.admin_token,
+                                                "jwt_secret": self.jwt_secret})
+        problems += self._jwt_problems()
         if self.poll_interval_s <= 0 or self.origin_poll_s <= 0:
             problems.append("poll_interval_s and origin_poll_s: must be positive")
         problems += origin_problems(self.origin_timeout_s, self.origin_max_bytes) + url_problems("origin", self.origin)
@@ -115,6 +151,28 @@ class ServiceSettings:
             problems.append("claim_timeout_s and keepalive_timeout_s: must be positive; ask_again_every_s: 0 or more")
         if problems:
             raise SettingsError(problems)
+
+    def _jwt_problems(self) -> list[str]:
+        problems = []
+        if (self.jwt_secret or self.jwt_jwks_url) and not (self.jwt_issuer and self.jwt_audience):
+            problems.append("jwt_issuer and jwt_audience: required with jwt_secret or jwt_jwks_url (every JWT is checked "
+                            "against both)")
+        try:
+            host = urlsplit(self.jwt_jwks_url).hostname
+        except ValueError:  # a bracketed host that is no IPv6 address, say; the message must not echo the URL
+            host = None
+        if self.jwt_jwks_url and not (self.jwt_jwks_url.startswith(("http://", "https://")) and host):
+            problems.append("jwt_jwks_url: must be an http(s):// URL with a host")
+        else:
+            problems += url_problems("jwt_jwks_url", self.jwt_jwks_url)
+        if not self.jwt_player_claim:
+            problems.append("jwt_player_claim: must name a claim")
+        if self.jwt_leeway_s < 0 or self.jwt_max_lifetime_s <= 0:
+            problems.append("jwt_leeway_s: must be 0 or more; jwt_max_lifetime_s: must be positive")
+        if not 0 < self.jwks_min_refresh_s <= self.jwks_refresh_s or self.jwks_timeout_s <= 0:
+            problems.append("jwks_min_refresh_s: must be positive and at most jwks_refresh_s; jwks_timeout_s: must be "
+                            "positive")
+        return problems
 
     @property
     def ledger_dsn(self) -> str:

@@ -75,6 +75,10 @@ class ClaimsDisabled(ApiError):
     status, code = 503, "claims_disabled"
 
 
+class JwksUnavailable(ApiError):
+    status, code = 503, "jwks_unavailable"  # the key set could not be fetched: the token may be good, so not a 401
+
+
 class LedgerUnavailable(ApiError):
     status, code = 503, "ledger_unavailable"
 
