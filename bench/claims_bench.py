@@ -87,7 +87,7 @@ def ship_rate(ledger: str, mysql: str) -> float:
 
 
 def scenario(backend: str, dsn: str, redis: Any, tasks: int, seconds: int, connections: int,
-             mysql: str) -> dict[str, Any]:
+             mysql: str, player_win_cap: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         data, snaps = Path(tmp) / "data", Path(tmp) / "snaps"
         write_claims_data(data, {"cash": 10**9, "coupon": 10**9}, pois=POIS_PER_TASK, tasks=tasks)
@@ -100,7 +100,7 @@ def scenario(backend: str, dsn: str, redis: Any, tasks: int, seconds: int, conne
         port = free_port()
         server = subprocess.Popen([PY, "-m", "geo_service", "serve", "--snapshots", str(snaps), "--port", str(port),
                                    "--workers", "2", "--token-secret", SECRET, "--ledger", ledger, "--win-cap", "1000000",
-                                   "--data-dir", tmp, "--log-level", "error"])
+                                   "--player-win-cap", str(player_win_cap), "--data-dir", tmp, "--log-level", "error"])
         try:
             wait_ready(f"http://127.0.0.1:{port}/healthz")
             run_wrk(port, wrk_script(Path(tmp), tasks, "warm"), 2, connections)
@@ -141,15 +141,20 @@ def main() -> None:
     ap.add_argument("--backends", nargs="*", default=["sqlite", "mysql", "redis", "redis+cluster"],
                     help="Which ledgers to measure.")
     ap.add_argument("--json", type=Path, help="Also write the figures here, for docs/capacity.md's script.")
+    ap.add_argument("--player-win-cap", type=int, default=0,
+                    help="The service's event-wide cap per player (0: none); one far out of reach (10^6) makes every "
+                         "claim pay for counting it (on a cluster: a hold and its confirmation, two more calls).")
     args = ap.parse_args()
-    print(f"claims benchmark: wrk -t2 -c{args.connections}, {args.seconds} s per scenario, geo-service --workers 2")
+    print(f"claims benchmark: wrk -t2 -c{args.connections}, {args.seconds} s per scenario, geo-service --workers 2, "
+          f"player_win_cap {args.player_win_cap}")
     results = []
     for backend in args.backends:
         redis = start_redis(cluster=backend == "redis+cluster") if backend.startswith("redis") else None
         try:
             dsn = redis.dsn if redis is not None else args.mysql
             for tasks in (1, 1000):
-                results.append(scenario(backend, dsn, redis, tasks, args.seconds, args.connections, args.mysql))
+                results.append(scenario(backend, dsn, redis, tasks, args.seconds, args.connections, args.mysql,
+                                        args.player_win_cap))
         finally:
             if redis is not None:
                 redis.close()

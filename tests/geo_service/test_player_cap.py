@@ -6,6 +6,7 @@ settled. Checked from the claim records and what the claimers were told, never f
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import signal
@@ -37,18 +38,27 @@ def claim(claim_id: str, player: str, task: int, i: int = 0) -> ClaimRequest:
     return ClaimRequest(claim_id, player, task, poi, lat, lng, time.time())
 
 
-@pytest.fixture(params=LEDGER_KINDS)
-async def world(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[tuple[Ledger, str, str]]:
-    """(an open ledger of each kind seeded with TASKS' cash prizes, its DSN, its record database or '')."""
-    dsn = fresh_ledger(request.param, request, tmp_path)
+SEEDS = [(t, "cash", 1000, -1) for t in TASKS]
+
+
+@contextlib.asynccontextmanager
+async def seeded(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[tuple[Ledger, str, str]]:
+    """(a fresh ledger of this kind, open and seeded with TASKS' cash prizes, its DSN, its record database or '')."""
+    dsn = fresh_ledger(kind, request, tmp_path)
     record_db = fresh_ledger("mysql", request, tmp_path) if dsn.startswith("redis") else ""
     ledger = open_ledger(dsn, record_db)
     try:
-        await ledger.seed([(t, "cash", 1000, -1) for t in TASKS])
+        await ledger.seed(SEEDS)
         await ledger.init()
         yield ledger, dsn, record_db
     finally:
         await ledger.close()
+
+
+@pytest.fixture(params=LEDGER_KINDS)
+async def world(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[tuple[Ledger, str, str]]:
+    async with seeded(request.param, request, tmp_path) as opened:
+        yield opened
 
 
 async def test_a_storm_of_claims_over_three_tasks_wins_each_player_exactly_the_event_cap(
@@ -88,16 +98,9 @@ async def cluster(request: pytest.FixtureRequest, tmp_path: Path,
     """A cluster ledger whose holds run out after 300 ms and go stale 300 ms later."""
     monkeypatch.setattr(redis_players, "HOLD_LEASE_MS", 300)
     monkeypatch.setattr(redis_players, "HOLD_STALE_MS", 300)
-    dsn = fresh_ledger("redis+cluster", request, tmp_path)
-    record_db = fresh_ledger("mysql", request, tmp_path)
-    ledger = open_ledger(dsn, record_db)
-    assert isinstance(ledger, RedisLedger)
-    try:
-        await ledger.seed([(t, "cash", 1000, -1) for t in TASKS])
-        await ledger.init()
+    async with seeded("redis+cluster", request, tmp_path) as (ledger, dsn, record_db):
+        assert isinstance(ledger, RedisLedger)
         yield ledger, dsn, record_db
-    finally:
-        await ledger.close()
 
 
 def holds(dsn: str, player: str) -> dict[str, str]:
@@ -153,29 +156,21 @@ async def test_a_node_that_lost_a_players_wins_refuses_their_claims_until_the_re
         kind: str, shipped: bool, request: pytest.FixtureRequest, tmp_path: Path) -> None:
     """The player's wins hash is lost with its node; their one win is in the record, or (unshipped) still in the
     flow stream of its task's node, which lives on."""
-    dsn = fresh_ledger(kind, request, tmp_path)
-    record_db = fresh_ledger("mysql", request, tmp_path)
     deployment = request.getfixturevalue("redis_cluster" if kind == "redis+cluster" else "redis_single")
     # On the cluster, a player whose wins live on another node than task 1's keys.
     user = next(u for u in (f"carol{i}" for i in range(100))
                 if not deployment.cluster or deployment.node_of(player_key(u)).port != deployment.node_of(task_key(1)).port)
-    seeds = [(t, "cash", 1000, -1) for t in TASKS]
-    ledger = open_ledger(dsn, record_db)
-    try:
-        await ledger.seed(seeds)
-        await ledger.init()
+    async with seeded(kind, request, tmp_path) as (ledger, dsn, record_db):
         assert (await ledger.claim(claim("once", user, 1), ["cash"], TASK_CAP, 1e9, 1)).outcome == "won"
         if shipped:
             await ship_all(dsn, record_db)
         lose(deployment, player_key(user), restart=False)
         with pytest.raises(LedgerRefusal):  # the bucket keeping the player's wins has no epoch: it settles nothing
             await ledger.claim(claim("lost", user, 2), ["cash"], TASK_CAP, 1e9, 1)
-        await ledger.reconcile(repair=True, seeds=seeds)
+        await ledger.reconcile(repair=True, seeds=SEEDS)
         assert set(holds(dsn, user)) == {"w:once"}
         after = await ledger.claim(claim("after", user, 4), ["cash"], TASK_CAP, 1e9, 1)
         assert (after.outcome, after.wins_left) == ("player_cap_reached", 0)
-    finally:
-        await ledger.close()
 
 
 @pytest.fixture(params=LEDGER_KINDS)
@@ -263,20 +258,12 @@ async def test_a_claim_id_holding_a_place_for_one_task_is_refused_for_another(
     assert (await ledger.claim(first, ["cash"], TASK_CAP, 1e9, 1)).outcome == "won"  # its own retry settles it
 
 
-@pytest.mark.parametrize("any_ledger_dsn", LEDGER_KINDS, indirect=True)
-async def test_only_a_refusal_settled_now_lists_the_wins_a_worker_may_answer_from(any_ledger_dsn: str,
-                                                                                  request: pytest.FixtureRequest,
-                                                                                  tmp_path: Path) -> None:
-    record_db = fresh_ledger("mysql", request, tmp_path) if any_ledger_dsn.startswith("redis") else ""
-    ledger = open_ledger(any_ledger_dsn, record_db)
-    try:
-        await ledger.seed([(t, "cash", 1000, -1) for t in TASKS])
-        await ledger.init()
-        assert (await ledger.claim(claim("w", "erin", 1), ["cash"], TASK_CAP, 1e9, 1)).outcome == "won"
-        refused = await ledger.claim(claim("r", "erin", 2), ["cash"], TASK_CAP, 1e9, 1)
-        assert (refused.outcome, refused.wins) == ("player_cap_reached", (("w", 1, "cash"),))
-        # A retry gets its first outcome, and never an empty list of wins (a worker would learn "no wins" from it).
-        again = await ledger.claim(claim("r", "erin", 2), ["cash"], TASK_CAP, 1e9, 1)
-        assert again.outcome == "player_cap_reached" and again.wins in (None, (("w", 1, "cash"),))
-    finally:
-        await ledger.close()
+async def test_only_a_refusal_settled_now_lists_the_wins_a_worker_may_answer_from(
+        world: tuple[Ledger, str, str]) -> None:
+    ledger = world[0]
+    assert (await ledger.claim(claim("w", "erin", 1), ["cash"], TASK_CAP, 1e9, 1)).outcome == "won"
+    refused = await ledger.claim(claim("r", "erin", 2), ["cash"], TASK_CAP, 1e9, 1)
+    assert (refused.outcome, refused.wins) == ("player_cap_reached", (("w", 1, "cash"),))
+    # A retry gets its first outcome, and never an empty list of wins (a worker would learn "no wins" from it).
+    again = await ledger.claim(claim("r", "erin", 2), ["cash"], TASK_CAP, 1e9, 1)
+    assert again.outcome == "player_cap_reached" and again.wins in (None, (("w", 1, "cash"),))

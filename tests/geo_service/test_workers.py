@@ -101,14 +101,17 @@ def test_a_stop_that_comes_while_a_worker_restarts_stops_it_too(sample_snapshots
     port = _free_port()
     cmd = [sys.executable, "-m", "geo_service", "serve", "--snapshots", str(sample_snapshots), "--port", str(port),
            "--workers", "2", "--data-dir", str(tmp_path)]
-    proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         before = _workers(port)
         os.kill(before[1], signal.SIGKILL)
         time.sleep(after_s)
-    finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=20)  # shutdown_timeout_s + 5 at most, then a worker that did not stop is killed
+    finally:
+        if proc.poll() is None:  # failed: stop all of it, workers included
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
     with pytest.raises(OSError):  # no worker of it answers any more
         _get(f"http://127.0.0.1:{port}/healthz")
 

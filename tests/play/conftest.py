@@ -10,6 +10,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -30,16 +31,23 @@ def play_snapshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return snaps
 
 
+@dataclass
+class Site:
+    service: Process
+    ledger: str  # its DSN
+    snapshots: Path
+
+
 @contextmanager
-def running_service(snaps: Path, tmp: Path, *extra: str) -> Iterator[tuple[Process, str]]:
+def running_service(snaps: Path, tmp: Path, *extra: str) -> Iterator[Site]:
     """A geo-service (one worker) on the sample with a SQLite ledger, claims on and movement unchecked (the tests
-    walk faster than a player): yield it and its ledger's DSN."""
+    walk faster than a player)."""
     ledger = f"sqlite:///{tmp / 'ledger.sqlite3'}"
     svc = service(snaps, tmp / "var", "--ledger", ledger, "--token-secret", SECRET, "--max-speed-mps", "1000000000",
                   *extra, workers=1)
     try:
         svc.start().wait_ready()
-        yield svc, ledger
+        yield Site(svc, ledger, snaps)
     finally:
         svc.stop()
 

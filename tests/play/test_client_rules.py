@@ -13,7 +13,6 @@ import random
 import time
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,10 +26,9 @@ from geo_service.snapshot.folder import open_current
 from geo_service.snapshot.grid import SquareGrid
 from geo_service.stagger import fnv1a_32, group_of, opens_at
 from tests.geo_service.test_caching import _edge_points
-from tests.play.conftest import requests_total, running_service, token
+from tests.play.conftest import Site, requests_total, running_service, token
 from tests.support.http_proxy import HttpProxy
 from tests.support.ledgers import sql_rows
-from tests.support.processes import Process
 
 NEXT_POLL_MS = 300
 HERE = {"lat": 22.5329, "lng": 113.9305}  # Nanshan: envelopes all around
@@ -54,17 +52,10 @@ HARNESS = """async () => {
 }"""
 
 
-@dataclass
-class Site:
-    service: Process
-    ledger: str
-    snapshots: Path
-
-
 @pytest.fixture(scope="module")
 def site(play_snapshots: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    with running_service(play_snapshots, tmp_path_factory.mktemp("rules"), "--next-poll-ms", str(NEXT_POLL_MS)) as (svc, ledger):
-        yield Site(svc, ledger, play_snapshots)
+    with running_service(play_snapshots, tmp_path_factory.mktemp("rules"), "--next-poll-ms", str(NEXT_POLL_MS)) as site:
+        yield site
 
 
 def open_harness(page: Page, base: str) -> None:

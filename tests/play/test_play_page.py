@@ -8,7 +8,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,28 +19,20 @@ from geo_service.snapshot.folder import open_current
 from geo_service.snapshot.format import Snapshot
 from geo_service.snapshot.grid import M_PER_DEG, distance_m
 from geo_service.stagger import group_of
-from tests.play.conftest import requests_total, running_service, token
+from tests.play.conftest import Site, requests_total, running_service, token
 from tests.support.ledgers import sql_rows
 from tests.support.pageload import watch
-from tests.support.processes import Process
 
 PLAYER = "walker"
 PHONE = {"viewport": {"width": 390, "height": 844}, "is_mobile": True, "has_touch": True, "device_scale_factor": 2}
 FIRST_LOAD_MAX_BYTES = 300 * 1024  # the page and its files, before any map data
 
 
-@dataclass
-class Site:
-    service: Process
-    ledger: str
-    snapshot: Snapshot
-
-
 @pytest.fixture(scope="module")
 def site(play_snapshots: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     with running_service(play_snapshots, tmp_path_factory.mktemp("page"), "--player-win-cap", "2",
-                         "--next-poll-ms", "1000") as (svc, ledger):
-        yield Site(svc, ledger, open_current(play_snapshots))
+                         "--next-poll-ms", "1000") as site:
+        yield site
 
 
 Point = tuple[float, float]
@@ -89,7 +80,7 @@ def test_a_player_walks_catches_sees_the_prize_stops_at_the_limit_and_rides_out_
     errors: list[str] = []
     page.on("console", lambda m: _console(m, errors))
     page.on("pageerror", lambda e: errors.append(str(e)))
-    start, a, b = walking_route(site.snapshot)
+    start, a, b = walking_route(open_current(site.snapshots))
     context.grant_permissions(["geolocation"], origin=site.service.url)
     context.set_geolocation({"latitude": start[0], "longitude": start[1], "accuracy": 5})
 
@@ -212,7 +203,7 @@ def test_an_envelope_opens_for_the_player_at_their_groups_time(page: Page, conte
 
     page.route("**/v1/cells/*", staggered)
     page.route("**/v1/nearby*", staggered)
-    _, a, _ = walking_route(site.snapshot)
+    _, a, _ = walking_route(open_current(site.snapshots))
     context.grant_permissions(["geolocation"], origin=site.service.url)
     context.set_geolocation({"latitude": float(a["lat"]), "longitude": float(a["lng"]), "accuracy": 5})
     context.add_init_script(f"sessionStorage.setItem('geodrop.token', {token(player)!r});")
