@@ -3,6 +3,8 @@
 "use strict";
 
 const PALETTE = ["#b71c1c", "#e65100", "#f9a825", "#c0ca33", "#7cb342", "#2e7d32", "#1b5e20"];
+const NO_TASKS = "#eceff1";  // a district with no task at all: nothing to measure, not "0% left" in red
+const CHART_WINDOW_S = 900;  // the collector keeps 15 minutes of ticks
 const MEASURES = {
   remaining: { label: "remaining / quota", value: (d) => ratio(d), classes: [0, 0.05, 0.2, 0.4, 0.6, 0.8, 0.95], format: pct },
   active: { label: "active tasks", value: (d) => d.tasks.active, classes: [0, 1, 2, 4, 6, 8, 10], format: String },
@@ -34,8 +36,10 @@ async function getJSON(url, options) {
   return body;
 }
 
+function hasTasks(d) { return Object.values(d.tasks).some((n) => n > 0); }
 function colour(d) {
   if (!d) return "#cfd8dc";
+  if (!hasTasks(d)) return NO_TASKS;
   const m = MEASURES[state.measure];
   const v = m.value(d);
   let k = 0;
@@ -51,6 +55,7 @@ function restyle(code) {
 function tooltip(code) {
   const d = state.districts.get(code);
   if (!d) return el("span", {}, String(code));
+  if (!hasTasks(d)) return el("span", {}, el("b", {}, d.name), ` (${code})`, el("br"), "no tasks");
   const left = Object.entries(d.remaining).map(([p, n]) => `${p} ${n.toLocaleString()}`).join(", ") || "nothing";
   return el("span", {}, el("b", {}, d.name), ` (${code})`, el("br"), `left: ${left}`, el("br"),
     `${pct(ratio(d))} of quota · ${d.tasks.active} active tasks`, el("br"), `${d.claims_last_minute} claims in the last minute`);
@@ -64,6 +69,7 @@ function drawLegend(map) {
     const m = MEASURES[state.measure];
     const box = el("div", { class: "legend" }, el("b", {}, m.label));
     m.classes.forEach((c, i) => box.append(el("br"), el("i", { style: { background: PALETTE[i] } }), `≥ ${m.format(c)}`));
+    box.append(el("br"), el("i", { style: { background: NO_TASKS } }), "no tasks");
     return box;
   };
   legend.addTo(map);
@@ -206,6 +212,7 @@ async function refreshHealth() {
   } catch (e) { document.getElementById("h-seq").textContent = "collector unreachable"; return null; }
 }
 
+function clockTime(s) { return new Date(s * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", hour12: false }); }
 let chart;
 async function refreshChart() {
   let s;
@@ -216,9 +223,11 @@ async function refreshChart() {
   if (!chart || chart.series.length !== prizes.length + 1) {
     if (chart) chart.destroy();
     const colours = ["#1565c0", "#2e7d32", "#ef6c00", "#6a1b9a", "#c62828"];
+    // The whole window, ending now, on clock time: a few seconds of data would otherwise fill the axis in milliseconds.
     chart = new uPlot({ width: box.clientWidth - 10, height: 170, title: "issues per second by prize type (15 min)",
       series: [{}, ...prizes.map((p, i) => ({ label: p, stroke: colours[i % colours.length], width: 1.5 }))],
-      axes: [{}, { label: "/s" }] }, data, box);
+      scales: { x: { time: true, range: () => { const now = Date.now() / 1000; return [now - CHART_WINDOW_S, now]; } } },
+      axes: [{ values: (u, splits) => splits.map(clockTime) }, { label: "/s" }] }, data, box);
   } else {
     chart.setData(data);
   }

@@ -4,12 +4,14 @@ service on the sample: districts drawn, figures moving live, the kill switch, th
 from __future__ import annotations
 
 import csv
+import re
 import shutil
 import subprocess
 import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ from tests.support.processes import Process, collector, get_json, running_pair, 
 
 SECRET, ADMIN = "dash-secret", "dash-admin"
 DISTRICT = 440305
+TASKLESS = 440307
 
 
 @dataclass
@@ -35,17 +38,42 @@ class Site:
     snapshot: Snapshot
 
 
-@pytest.fixture
-def site(tmp_path: Path) -> Iterator[Site]:
+@contextmanager
+def running_site(source: Path, tmp_path: Path) -> Iterator[Site]:
     snaps, ledger = tmp_path / "snaps", f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
     # A process of its own: Playwright's sync API runs an event loop in this thread, which asyncio.run refuses.
-    subprocess.run([sys.executable, "-m", "loaders", "build", "--source", str(SAMPLE), "--out", str(snaps), "--quiet"],
+    subprocess.run([sys.executable, "-m", "loaders", "build", "--source", str(source), "--out", str(snaps), "--quiet"],
                    check=True, timeout=120)
     svc = service(snaps, tmp_path / "var", "--ledger", ledger, "--token-secret", SECRET, "--status-poll-s", "0.2",
                   "--max-speed-mps", "1000000000", workers=1)
     col = collector(snaps, ledger, "--admin-token", ADMIN, "--service", svc.url, "--tick-floor-s", "0.3")
     with running_pair(svc, col):
         yield Site(svc, col, open_current(snaps))
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Iterator[Site]:
+    with running_site(SAMPLE, tmp_path) as site:
+        yield site
+
+
+@pytest.fixture
+def taskless_district(tmp_path: Path) -> Iterator[Site]:
+    """The sample with no task in Longgang (440307)."""
+    data = tmp_path / "data"
+    shutil.copytree(SAMPLE, data)
+    with (data / "tasks.csv").open(newline="", encoding="utf-8") as f:
+        tasks = list(csv.DictReader(f))
+    gone = {t["task_id"] for t in tasks if t["district_code"] == str(TASKLESS)}
+    for name in ("tasks.csv", "task_prizes.csv"):
+        with (data / name).open(newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        with (data / name).open("w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, list(rows[0]))
+            writer.writeheader()
+            writer.writerows(r for r in rows if r["task_id"] not in gone)
+    with running_site(data, tmp_path) as site:
+        yield site
 
 
 def open_page(page: Page, collector_url: str, errors: list[str]) -> None:
@@ -104,6 +132,23 @@ def test_the_page_loads_clean_shows_every_district_and_moves_live_with_claims(pa
     assert left(page) == before - won  # no reload: the stream moved it
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "dashboard.png"))
+    assert errors == []
+
+
+def test_a_district_without_tasks_reads_as_such_and_the_chart_reads_clock_time(page: Page,
+                                                                               taskless_district: Site) -> None:
+    errors: list[str] = []
+    open_page(page, taskless_district.collector.url, errors)
+    fill = page.locator(f"path.district[data-code='{TASKLESS}']").get_attribute("fill")
+    others = {page.locator(f"path.district[data-code='{d['code']}']").get_attribute("fill")
+              for d in taskless_district.snapshot.districts if d["code"] != TASKLESS}
+    assert fill == "#eceff1" and fill not in others  # not "0% left" in red, as a district with tasks all gone reads
+    assert "no tasks" in page.inner_text(".legend")
+    page.wait_for_function("typeof chart !== 'undefined' && chart !== undefined", timeout=10_000)
+    labels = page.evaluate("chart.axes[0].values(chart, [chart.scales.x.min, chart.scales.x.max], 0, 0, 0)")
+    span = page.evaluate("chart.scales.x.max - chart.scales.x.min")
+    assert all(re.fullmatch(r"\d{2}:\d{2}", label) for label in labels), labels
+    assert abs(span - 900) < 1  # the whole 15 minutes, however little the collector has seen yet
     assert errors == []
 
 
