@@ -37,6 +37,7 @@ from geo_service.snapshot.grid import GridError, Window
 from geo_service.snapshot.pull import pull_metrics
 from geo_service.web.errors import (
     ClaimIdConflict,
+    GridChanged,
     LedgerUnavailable,
     NotFound,
     RequestTimeout,
@@ -57,6 +58,10 @@ async def cell(request: web.Request) -> web.Response:
     """/v1/nearby by cell: the answer every point of the cell gets, one cache entry for all of them."""
     cell_id = cell_param(request.match_info["cell"])
     live = _live(request)
+    named = request.query.get("grid")
+    if named is not None and named != live.lookup.grid_key:
+        raise GridChanged(f"the grid is now {live.lookup.grid_key}, not {named[:16]!r}: GET /v1/grid, then the cell again",
+                          field="grid", headers={"Cache-Control": "no-store"})
     try:
         window = live.lookup.grid.cell_window(cell_id)
     except GridError as exc:

@@ -65,10 +65,12 @@ NEARBY = {
 }
 GRID = {
     "type": "object",
-    "required": ["seq", "kind", "radius"],
+    "required": ["seq", "key", "kind", "radius"],
     "description": "What a client computes cell ids from (README: the client code); fields by kind.",
     "properties": {
-        "seq": {"type": "integer"}, "kind": {"enum": ["square", "h3"]}, "radius": {"type": "integer", "minimum": 1},
+        "seq": {"type": "integer"}, "key": {"type": "string", "description": "The grid's key, the same while the grid "
+                                                                              "is: name it in ?grid= of cell polls."},
+        "kind": {"enum": ["square", "h3"]}, "radius": {"type": "integer", "minimum": 1},
         "cell_m": {"type": "number"}, "band_rows": {"type": "integer", "minimum": 1},
         "row_height_deg": {"type": "number"}, "n_rows": {"type": "integer"}, "max_cols": {"type": "integer"},
         "band_cols": {"type": "array", "items": {"type": "integer", "minimum": 1}, "description": "Columns of each band."},
@@ -208,12 +210,17 @@ def openapi_spec() -> dict[str, Any]:
                 "parameters": [
                     {"name": "cell", "in": "path", "required": True, "example": EXAMPLE_CELL,
                      "schema": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
-                     "description": "A cell id of the grid (GET /v1/grid; README: computing it)."}, IF_NONE_MATCH],
+                     "description": "A cell id of the grid (GET /v1/grid; README: computing it)."},
+                    {"name": "grid", "in": "query", "required": False, "schema": {"type": "string", "maxLength": 64},
+                     "description": "The key of the grid the cell id was computed on (GET /v1/grid's `key`): an edge "
+                                    "cache keys on it, and a key that is not the live grid's is a 409."}, IF_NONE_MATCH],
                 "responses": {
                     "200": _answer("The answer, as /v1/nearby gives it at any point of the cell."),
                     "304": NOT_MODIFIED,
                     "400": error_spec("Not a decimal cell id (invalid_param)."),
                     "404": error_spec("A number that is no cell of the grid, or one beyond the served band (not_found)."),
+                    "409": error_spec("`grid` names a grid the live snapshot does not have (grid_changed): get the grid "
+                                      "again and compute the cell anew."),
                     "503": busy}}},
             "/v1/grid": {"get": {
                 "operationId": "grid",

@@ -71,7 +71,11 @@ class Lookup:
         self.coarse = np.ascontiguousarray(snapshot.cells[::COARSE_STRIDE])
         # GET /v1/grid's body, ready: a client computes cell ids from it (a 100 m grid's column counts
         # are ~170 KB of JSON, ~65 KB gzipped).
-        self.grid_json = orjson.dumps({"seq": self.seq, **self.grid.client_params()})
+        params = self.grid.client_params()
+        # The grid's own key, the same from snapshot to snapshot while the grid is: a client names it when it polls a
+        # cell (?grid=), so an edge cache keys cell answers on it and a cell id of another grid is refused (409).
+        self.grid_key = f"{zlib.crc32(orjson.dumps(params)):08x}"
+        self.grid_json = orjson.dumps({"seq": self.seq, "key": self.grid_key, **params})
         self.grid_gzip = gzip.compress(self.grid_json, mtime=0)
         self.grid_tag = zlib.crc32(self.grid_json)
         self._out = np.empty(0, np.uint8)

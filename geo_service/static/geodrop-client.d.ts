@@ -4,9 +4,9 @@ export declare const VERSION: string;
 
 /** GET /v1/grid's answer. */
 export type Grid =
-  | { seq: number; kind: "square"; cell_m: number; radius: number; band_rows: number; row_height_deg: number;
+  | { seq: number; key: string; kind: "square"; cell_m: number; radius: number; band_rows: number; row_height_deg: number;
       n_rows: number; max_cols: number; band_cols: number[] }
-  | { seq: number; kind: "h3"; h3_res: number; radius: number };
+  | { seq: number; key: string; kind: "h3"; h3_res: number; radius: number };
 
 export interface Stagger { groups: number; step_s: number; starts_at: string }
 export interface Prize { prize_type: string; level: "plenty" | "few" | "last" | "none" | null }

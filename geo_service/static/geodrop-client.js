@@ -304,7 +304,9 @@ export class GeodropClient extends EventTarget {
     const { lat, lng } = this.position;
     const cell = this.#cell(this.position);
     // Without a square grid (not loaded yet, or H3, whose ids JavaScript numbers cannot hold) ask by position.
-    const path = cell === null ? `/v1/nearby?lat=${lat.toFixed(6)}&lng=${lng.toFixed(6)}` : `/v1/cells/${cell}`;
+    // A cell names the grid it was computed on: an edge cache keys on it, and the service refuses another grid's (409).
+    const path = cell === null ? `/v1/nearby?lat=${lat.toFixed(6)}&lng=${lng.toFixed(6)}`
+      : `/v1/cells/${cell}${this.grid && this.grid.key ? `?grid=${encodeURIComponent(this.grid.key)}` : ""}`;
     // An ETag names the window and what it shows, so the last answer's tag is right to send after a move too:
     // another window's answer cannot match it.
     const headers = this.#etag ? { "If-None-Match": this.#etag } : {};
@@ -332,11 +334,13 @@ export class GeodropClient extends EventTarget {
     this.polls.failed += 1;
     const error = await errorOf(response);
     this.#emit("poll", { path, status: response.status, error });
-    if (response.status === 404 && cell !== null) {
-      this.grid = null; // a cell the grid no longer has: a new snapshot changed the grid
+    if ((response.status === 404 || response.status === 409) && cell !== null) {
+      this.grid = null; // a cell of a grid the service no longer has: a new snapshot changed the grid
       this.#loadGrid(signal);
     }
-    if (!retryable(response.status)) this.#emit("error", { error: new ApiError(response.status, error), path });
+    if (!retryable(response.status) && response.status !== 409) {  // a grid that moved on is no error: it is reloaded
+      this.#emit("error", { error: new ApiError(response.status, error), path });
+    }
     return this.#pollBackOff({ what: "poll", path, status: response.status, error }, retryAfterMs(response), []);
   }
 

@@ -67,6 +67,10 @@ class ClaimIdConflict(ApiError):
     status, code = 409, "claim_id_conflict"  # the claim_id was first used by another player, task or POI
 
 
+class GridChanged(ApiError):
+    status, code = 409, "grid_changed"  # a cell id computed on a grid the live snapshot no longer has
+
+
 class QuotaBelowIssued(ApiError):
     status, code = 409, "quota_below_issued"
 

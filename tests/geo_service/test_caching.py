@@ -114,6 +114,30 @@ async def test_what_is_no_cell_is_refused_with_the_error_shape(make_client: Make
     assert resp.status == status and body["error"]["status"] == status and body["error"]["field"] == field
 
 
+@pytest.fixture
+def rebuilt(tmp_path: Path) -> Path:
+    """The sample built twice into one folder: its live snapshot is seq 2, on the same grid as seq 1."""
+    for _ in range(2):
+        build_into(SAMPLE, tmp_path / "rebuilt")
+    return tmp_path / "rebuilt"
+
+
+async def test_a_cell_named_with_another_grids_key_is_refused_and_the_key_outlives_a_snapshot(
+        make_client: MakeClient, sample_snapshots: Path, rebuilt: Path) -> None:
+    client = await make_client(sample_snapshots)
+    grid = await (await client.get("/v1/grid")).json()
+    cell = (await (await client.get("/v1/nearby", params={"lat": "22.5329", "lng": "113.9305"})).json())["center_cell"]
+    named = await client.get(f"/v1/cells/{cell}", params={"grid": grid["key"]})
+    assert named.status == 200
+    for other in ("0" * 8, "x" * 64):
+        resp = await client.get(f"/v1/cells/{cell}", params={"grid": other})
+        body = await resp.json()
+        assert (resp.status, body["error"]["code"], body["error"]["field"]) == (409, "grid_changed", "grid")
+        assert resp.headers["Cache-Control"] == "no-store"  # an edge must not keep the refusal
+    later = await (await (await make_client(rebuilt)).get("/v1/grid")).json()
+    assert (later["seq"], later["key"]) == (2, grid["key"]) and grid["seq"] == 1  # a new snapshot, the same grid
+
+
 def _readme_cell_code() -> Any:
     """The client code the README shows, run as it is written."""
     readme = (REPO / "README.md").read_text(encoding="utf-8")

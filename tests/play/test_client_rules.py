@@ -146,6 +146,8 @@ def test_a_standing_player_revalidates_and_waits_what_the_service_says(page: Pag
     assert statuses[0] == 200 and set(statuses[1:]) == {304} and len(statuses) >= 7, statuses
     assert requests_total(site.service.url, route, "304") - before == len(statuses) - 1
     assert all(tag for _, tag in sent[1:])  # every poll after the first carried the answer's ETag
+    key = orjson.loads(urllib.request.urlopen(f"{site.service.url}/v1/grid", timeout=5).read())["key"]
+    assert {url.partition("?")[2] for url, _ in sent} == {f"grid={key}"}  # and named its grid (the edge keys on it)
     gaps = np.diff([e["at"] for e in polls])
     assert gaps.min() >= NEXT_POLL_MS * 0.9 and gaps.max() < NEXT_POLL_MS * 3, gaps
 
