@@ -92,9 +92,6 @@ class CappedPlayers:
             return Outcome.of(body.claim_id, "won", won[1], wins_left=0)
         return Outcome.of(body.claim_id, "player_cap_reached", wins_left=0)
 
-    def __len__(self) -> int:
-        return len(self._players)
-
 
 def check_claim(lookup: Lookup, status: StatusView, body: ClaimBody, rules: ClaimRules) -> tuple[int, str | None]:
     """Return (task position, rejection outcome or None) from the snapshot alone; raise for bad ids."""
