@@ -1,6 +1,6 @@
 // The operators' dashboard: the districts are the map, coloured by a measure; the stream moves the
 // figures live; a click opens a district's tasks (with the kill switch) or probes what a phone gets.
-"use strict";
+import { el, getJSON } from "/static/dom.js";
 
 const PALETTE = ["#b71c1c", "#e65100", "#f9a825", "#c0ca33", "#7cb342", "#2e7d32", "#1b5e20"];
 const NO_TASKS = "#eceff1";  // a district with no task at all: nothing to measure, not "0% left" in red
@@ -19,23 +19,6 @@ function ratio(d) {
   return quota ? left / quota : 0;
 }
 function pct(x) { return `${Math.round(x * 100)}%`; }
-// Every node of the page is made here, from text: nothing the data holds is ever parsed as markup. A style is set
-// through the CSSOM, which the page's CSP (no inline style) allows.
-function el(tag, attrs = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) {
-    if (k === "class") node.className = v; else if (k === "style") Object.assign(node.style, v); else node.setAttribute(k, v);
-  }
-  for (const c of children) node.append(c);
-  return node;
-}
-async function getJSON(url, options) {
-  const resp = await fetch(url, options);
-  const body = await resp.json();
-  if (!resp.ok) throw Object.assign(new Error(body.error ? body.error.message : resp.statusText), { status: resp.status });
-  return body;
-}
-
 function hasTasks(d) { return Object.values(d.tasks).some((n) => n > 0); }
 function colour(d) {
   if (!d) return "#cfd8dc";
@@ -228,6 +211,7 @@ async function refreshChart() {
       series: [{}, ...prizes.map((p, i) => ({ label: p, stroke: colours[i % colours.length], width: 1.5 }))],
       scales: { x: { time: true, range: () => { const now = Date.now() / 1000; return [now - CHART_WINDOW_S, now]; } } },
       axes: [{ values: (u, splits) => splits.map(clockTime) }, { label: "/s" }] }, data, box);
+    box.uplot = chart;  // a module's names are its own: tooling (and the browser test) reads the chart off its element
   } else {
     chart.setData(data);
   }

@@ -144,9 +144,10 @@ def test_a_district_without_tasks_reads_as_such_and_the_chart_reads_clock_time(p
               for d in taskless_district.snapshot.districts if d["code"] != TASKLESS}
     assert fill == "#eceff1" and fill not in others  # not "0% left" in red, as a district with tasks all gone reads
     assert "no tasks" in page.inner_text(".legend")
-    page.wait_for_function("typeof chart !== 'undefined' && chart !== undefined", timeout=10_000)
-    labels = page.evaluate("chart.axes[0].values(chart, [chart.scales.x.min, chart.scales.x.max], 0, 0, 0)")
-    span = page.evaluate("chart.scales.x.max - chart.scales.x.min")
+    page.wait_for_function("document.getElementById('chart').uplot !== undefined", timeout=10_000)
+    chart = "document.getElementById('chart').uplot"
+    labels = page.evaluate(f"(c => c.axes[0].values(c, [c.scales.x.min, c.scales.x.max], 0, 0, 0))({chart})")
+    span = page.evaluate(f"(c => c.scales.x.max - c.scales.x.min)({chart})")
     assert all(re.fullmatch(r"\d{2}:\d{2}", label) for label in labels), labels
     assert abs(span - 900) < 1  # the whole 15 minutes, however little the collector has seen yet
     assert errors == []
