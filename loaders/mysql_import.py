@@ -61,7 +61,7 @@ async def _check_widths(source: FolderSource, errors: ErrorLog) -> None:
                     errors.add(RowError(row.source, row.row, field, f"{len(text)} characters; the MySQL column holds {width}"))
 
 
-async def _small_tables(source: FolderSource, errors: ErrorLog) -> dict[str, list[list[Any]]]:
+async def small_tables(source: FolderSource, errors: ErrorLog) -> dict[str, list[list[Any]]]:
     tables = await read_tables(source, errors)
     # Each geometry goes from its parsed record (the shape the build uses), never looked up again by a raw id:
     # a numeric zone id looked up as text once found nothing and stored null.
@@ -85,7 +85,7 @@ async def import_folder(folder: Path, dsn: str, batch: int, progress: Callable[[
         raise SourceError(f"--mysql: {exc}") from None
     source = FolderSource.at(str(folder))
     errors = ErrorLog()
-    small = await _small_tables(source, errors)
+    small = await small_tables(source, errors)
     errors.raise_if_any()
     conn = await connect(settings)
     counts = {table: len(rows) for table, rows in small.items()} | {"pois": 0}

@@ -28,14 +28,22 @@ def inside(geometry: BaseGeometry, lat: FloatArray, lng: FloatArray) -> Mask:
     return mask
 
 
+def zone_index(zones: list[Zone], lat: FloatArray, lng: FloatArray) -> npt.NDArray[np.int32]:
+    """Return, for each point, the index of the first zone listed that holds it, or -1 (the console shows which)."""
+    which = np.full(len(lat), -1, dtype=np.int32)
+    for i, zone in enumerate(zones):
+        which[inside(zone.geometry, lat, lng) & (which < 0)] = i
+    return which
+
+
 def excluded(zones: list[Zone], lat: FloatArray, lng: FloatArray, counts: dict[str, int]) -> Mask:
     """Return which points fall in any exclusion zone; add each zone's catch to `counts`.
 
     A point in several zones is counted once, for the first zone listed.
     """
-    out = np.zeros(len(lat), dtype=np.bool_)
-    for zone in zones:
-        hit = inside(zone.geometry, lat, lng) & ~out
-        counts[zone.zone_id] = counts.get(zone.zone_id, 0) + int(hit.sum())
-        out |= hit
-    return out
+    which = zone_index(zones, lat, lng)
+    caught = np.bincount(which + 1, minlength=len(zones) + 1)[1:]
+    for zone, n in zip(zones, caught.tolist()):
+        counts[zone.zone_id] = counts.get(zone.zone_id, 0) + n
+    mask: Mask = which >= 0
+    return mask
