@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("geo_service", "loaders", "collector", "delivery")
+PACKAGES = ("geo_service", "loaders", "collector", "delivery", "placement")
 MAX_LINES = 400
 
 
@@ -112,7 +112,10 @@ ARROWS: dict[str, tuple[str, ...]] = {
     "collector": ("collector", "geo_service.web", "geo_service.snapshot", "geo_service.ledger", "geo_service.dsn",
                   "geo_service.config", "geo_service.nearby", "loaders.errors", "loaders.sources", "delivery.channels"),
     "delivery": ("delivery", "geo_service.ledger", "geo_service.web", "geo_service.dsn", "geo_service.config"),
-    "delivery.channels": ("geo_service.config",),  # near a leaf: the build and the collector read channels files too
+    "delivery.channels": ("geo_service.config",),
+    # The console edits the source the loaders read and builds with their code; it serves pages as the others do.
+    "placement": ("placement", "loaders", "geo_service.web", "geo_service.snapshot", "geo_service.dsn", "geo_service.config",
+                  "delivery.channels"),  # near a leaf: the build and the collector read channels files too
 }
 
 

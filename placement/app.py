@@ -1,0 +1,67 @@
+"""create_app for the placement console: wiring only; the draft is opened (and seeded) as the app starts."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator
+from contextlib import suppress
+from pathlib import Path
+
+from aiohttp import web
+
+from delivery.channels import ChannelsError, load_channels
+from geo_service.web.metrics import Metrics
+from geo_service.web.routing import QUERY_LIMIT_BYTES, Guard, add_guarded_routes
+from geo_service.web.static import SECURE_HEADERS
+from loaders.display import district_outlines
+from loaders.errors import LoaderError
+from placement import store
+from placement.auth import OperatorBook
+from placement.db import Db
+from placement.folders import seed
+from placement.handlers import ROUTES as DRAFT_ROUTES
+from placement.keys import DraftState, book_key, db_key, settings_key, state_key
+from placement.routes import ROUTES
+from placement.settings import ConsoleSettings
+
+
+async def draft_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Open the draft (creating its tables, filling an empty one from the seed folder), read its districts once,
+    and stop running jobs at exit."""
+    settings, db, state = app[settings_key], app[db_key], app[state_key]
+    await db.create_tables()
+    if settings.seed:
+        await seed(db, Path(settings.seed))
+    state.districts = await db.read(store.districts)
+    state.outlines = await asyncio.to_thread(district_outlines, state.districts) if state.districts else b'{"type": ' \
+        b'"FeatureCollection", "features": []}'
+    state.outlines_etag = f'"{hashlib.sha256(state.outlines).hexdigest()[:16]}"'
+    if settings.channels:
+        try:
+            state.channels = load_channels(settings.channels)
+        except ChannelsError as exc:
+            raise LoaderError(str(exc)) from None
+    yield
+    for task in state.tasks:
+        task.cancel()
+    for task in state.tasks:
+        with suppress(asyncio.CancelledError):
+            await task
+
+
+async def secure_headers(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers.update(SECURE_HEADERS)
+
+
+def create_app(settings: ConsoleSettings) -> web.Application:
+    """Return the console application; nothing is opened until it starts."""
+    app = web.Application(client_max_size=settings.max_upload_bytes)
+    app[settings_key] = settings
+    app[db_key] = Db(settings.draft)
+    app[book_key] = OperatorBook(settings.operators)
+    app[state_key] = DraftState()
+    app.cleanup_ctx.append(draft_ctx)
+    app.on_response_prepare.append(secure_headers)
+    add_guarded_routes(app.router, DRAFT_ROUTES + ROUTES, Guard(Metrics(), None, QUERY_LIMIT_BYTES))
+    return app

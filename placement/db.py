@@ -1,0 +1,156 @@
+"""The draft's database: the source tables (loaders/schema.sql) plus the console's own, in SQLite or MySQL.
+
+A MySQL draft is the production source itself: the build reads the same tables the console writes. A SQLite
+draft is the embedded default's, filled once from a data folder. The console's traffic is a few operators, so
+each operation opens its own DB-API connection in a thread (pymysql, which aiomysql is built on, or sqlite3),
+and one SQL text serves both (written with %s, turned into ? for SQLite). Every write runs in one transaction
+under one lock for the whole draft (MySQL GET_LOCK, SQLite BEGIN IMMEDIATE): a save is all or nothing, and two
+consoles on one database never interleave.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sqlite3
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pymysql
+
+from geo_service.dsn import MySQLSettings
+from geo_service.web.errors import ApiError
+from loaders.errors import SourceError
+from loaders.mysql_import import schema_statements
+
+T = TypeVar("T")
+LOCK_NAME = "geodrop_console"
+LOCK_WAIT_S = 10
+CONSOLE_TABLES = [
+    "CREATE TABLE IF NOT EXISTS console_versions (target VARCHAR(80) NOT NULL PRIMARY KEY, version BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS console_audit (id {autoincrement}, at DOUBLE NOT NULL, who VARCHAR(64) NOT NULL, "
+    "action VARCHAR(32) NOT NULL, target VARCHAR(80) NOT NULL, version BIGINT NOT NULL, detail LONGTEXT NOT NULL)",
+]
+_AUTOINCREMENT = {"mysql": "BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY", "sqlite": "INTEGER PRIMARY KEY AUTOINCREMENT"}
+_MYSQL_ONLY = re.compile(r",\s*KEY \w+ \([^)]*\)|\)\s*ENGINE=[^;]*$")
+
+
+class DraftError(SourceError, ApiError):
+    """The draft's database cannot be reached or refused a statement: the CLI's exit 2, the API's 503."""
+
+    status, code = 503, "draft_unavailable"
+
+
+class Cursor:
+    """What a unit of work sees: execute with %s parameters, fetch rows as tuples."""
+
+    def __init__(self, raw: Any, dialect: str) -> None:
+        self._raw = raw
+        self.dialect = dialect
+
+    def _sql(self, sql: str) -> str:
+        return sql.replace("%s", "?") if self.dialect == "sqlite" else sql
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
+        self._raw.execute(self._sql(sql), tuple(params))
+        return self
+
+    def many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if rows:
+            self._raw.executemany(self._sql(sql), [tuple(r) for r in rows])
+
+    def all(self) -> list[tuple[Any, ...]]:
+        return [tuple(r) for r in self._raw.fetchall()]
+
+    def fetch(self, n: int) -> list[tuple[Any, ...]]:
+        return [tuple(r) for r in self._raw.fetchmany(n)]
+
+    def one(self) -> tuple[Any, ...] | None:
+        row = self._raw.fetchone()
+        return None if row is None else tuple(row)
+
+    @property
+    def lastrowid(self) -> int:
+        return int(self._raw.lastrowid)
+
+
+def _for_sqlite(statement: str) -> str:
+    """A CREATE TABLE of schema.sql in SQLite's words: no secondary KEY clauses, no ENGINE options."""
+    return _MYSQL_ONLY.sub(lambda m: ")" if m[0].lstrip().startswith(")") else "", statement)
+
+
+@dataclass(frozen=True, slots=True)
+class Db:
+    """A draft database named by a DSN: sqlite:///PATH or mysql://user:pass@host:port/db."""
+
+    dsn: str
+
+    @property
+    def dialect(self) -> str:
+        return "mysql" if self.dsn.startswith("mysql://") else "sqlite"
+
+    @property
+    def name(self) -> str:
+        """The database, safe to show (no password)."""
+        return MySQLSettings.from_dsn(self.dsn).redacted if self.dialect == "mysql" else self.dsn
+
+    def check(self) -> None:
+        """Raise ValueError naming what is wrong with the DSN."""
+        if self.dialect == "mysql":
+            MySQLSettings.from_dsn(self.dsn)
+        elif not self.dsn.startswith("sqlite:///") or len(self.dsn) == len("sqlite:///"):
+            raise ValueError("the draft must be sqlite:///PATH or mysql://user:pass@host:port/db")
+
+    def _connect(self) -> Any:
+        if self.dialect == "mysql":
+            s = MySQLSettings.from_dsn(self.dsn)
+            return pymysql.connect(host=s.host, port=s.port, user=s.user, password=s.password, database=s.database,
+                                   connect_timeout=5, autocommit=False, charset="utf8mb4")
+        path = Path(self.dsn.removeprefix("sqlite:///"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return sqlite3.connect(path, timeout=LOCK_WAIT_S, isolation_level=None)
+
+    def _run(self, work: Callable[[Cursor], T], write: bool) -> T:
+        try:
+            conn = self._connect()
+        except (pymysql.err.MySQLError, sqlite3.Error, OSError) as exc:
+            raise DraftError(f"{self.name}: cannot open the draft: {exc}") from None
+        try:
+            raw = conn.cursor()
+            cur = Cursor(raw, self.dialect)
+            if self.dialect == "sqlite":
+                cur.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            elif write and cur.execute("SELECT GET_LOCK(%s, %s)", (LOCK_NAME, LOCK_WAIT_S)).one() != (1,):
+                raise DraftError(f"{self.name}: another console held the draft for {LOCK_WAIT_S} s; nothing changed")
+            try:
+                result = work(cur)
+                cur.execute("COMMIT") if self.dialect == "sqlite" else conn.commit()
+                return result
+            except BaseException:
+                cur.execute("ROLLBACK") if self.dialect == "sqlite" else conn.rollback()
+                raise
+        except (pymysql.err.MySQLError, sqlite3.Error) as exc:
+            raise DraftError(f"{self.name}: {exc}") from None
+        finally:
+            conn.close()  # a MySQL connection's end releases its GET_LOCK too
+
+    async def read(self, work: Callable[[Cursor], T]) -> T:
+        """Run `work` in one read transaction, in a thread."""
+        return await asyncio.to_thread(self._run, work, False)
+
+    async def write(self, work: Callable[[Cursor], T]) -> T:
+        """Run `work` in one transaction under the draft's lock, in a thread: all of it is kept, or none."""
+        return await asyncio.to_thread(self._run, work, True)
+
+    async def create_tables(self) -> None:
+        """Create the source tables and the console's, where missing."""
+        def create(cur: Cursor) -> None:
+            for statement in schema_statements():
+                cur.execute(_for_sqlite(statement) if self.dialect == "sqlite" else statement)
+            for statement in CONSOLE_TABLES:
+                cur.execute(statement.format(autoincrement=_AUTOINCREMENT[self.dialect]))
+            if self.dialect == "sqlite":  # schema.sql's KEY clause, which SQLite writes apart
+                cur.execute("CREATE INDEX IF NOT EXISTS pois_set ON pois (poi_set_id)")
+        await self.write(create)
