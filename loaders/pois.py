@@ -59,6 +59,8 @@ def _numeric(arr: pa.Array, integer: bool) -> tuple[np.ndarray, Mask]:
     if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
         trimmed = pc.utf8_trim_whitespace(arr)
         valid = pc.fill_null(pc.match_substring_regex(trimmed, _INT_PATTERN if integer else _FLOAT_PATTERN), False)
+        if integer:  # the pattern takes "+2" as the CSV cell it is; arrow's integer cast does not (its float cast does)
+            trimmed = pc.utf8_ltrim(trimmed, "+")
         values = pc.cast(pc.if_else(valid, trimmed, "0"), target)
     else:
         valid = arr.is_valid()

@@ -10,12 +10,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import orjson
 import pytest
 
+from geo_service.snapshot.folder import open_current
 from loaders.cli import main
 from loaders.synth import write_synthetic
-from tests.support.builders import folder_state, set_csv_field, set_feature_geometry
+from tests.support.builders import csv_records, folder_state, set_csv_field, set_feature_geometry
 
 BOWTIE = {"type": "Polygon", "coordinates": [[[114.0, 22.5], [114.1, 22.6], [114.1, 22.5], [114.0, 22.6], [114.0, 22.5]]]}
 
@@ -164,3 +166,13 @@ def test_a_unicode_digit_in_a_number_flag_is_exit_2_with_a_message(argv: list[st
     # str.isdigit() takes '²' and int() refuses it: these were tracebacks.
     done = subprocess.run([sys.executable, "-m", *argv], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "Traceback" not in done.stderr and "'²'" in done.stderr
+
+
+def test_an_explicit_plus_sign_on_an_id_is_read_as_the_number(sample_data: Path, tmp_path: Path,
+                                                              sample_snapshots: Path) -> None:
+    """'+10001857' passes the id pattern as the CSV cell it is: it builds the sample's snapshot (once a traceback)."""
+    first = csv_records(sample_data / "pois.csv")[0]
+    set_csv_field(sample_data / "pois.csv", 2, "poi_id", f"+{first['poi_id']}")
+    set_csv_field(sample_data / "pois.csv", 2, "poi_set_id", f" +{first['poi_set_id']}")
+    assert main(["build", "--source", str(sample_data), "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    assert np.array_equal(open_current(tmp_path / "out").poi_ids, open_current(sample_snapshots).poi_ids)
