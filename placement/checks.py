@@ -50,8 +50,18 @@ def _width(problems: Problems, row: str, values: Mapping[str, Any], kind: str) -
             problems.add(row, name, f"{len(text)} characters; the source column holds {width}")
 
 
+def _scalars(where: str, values: Mapping[str, Any], names: tuple[str, ...], problems: Problems) -> bool:
+    """Whether every field is what a CSV cell or a MySQL column can hold: text, a number, a boolean or nothing."""
+    bad = [n for n in names if isinstance(values.get(n), dict | list)]
+    for name in bad:
+        problems.add(where, name, "must be text, a number or a boolean")
+    return not bad
+
+
 def check_task(fields: Mapping[str, Any], districts: Mapping[int, District], problems: Problems) -> Task | None:
     """Return the task the fields make (task_id and poi_set_id are the store's), or None with its problems."""
+    if not _scalars("task", fields, TASK_FIELDS, problems):
+        return None
     row = {**{k: _text(fields.get(k)) for k in TASK_FIELDS}, "task_id": 1, "poi_set_id": 1}
     _width(problems, "task", row, "tasks")
     try:
@@ -72,6 +82,8 @@ def check_prizes(items: Sequence[Any], channels: Channels | None, problems: Prob
         where = f"prizes[{i}]"
         if not isinstance(item, Mapping):
             problems.add(where, "prize_type", "each prize must be an object")
+            continue
+        if not _scalars(where, item, PRIZE_FIELDS, problems):
             continue
         row = {**{k: _text(item.get(k)) for k in PRIZE_FIELDS}, "task_id": 1}
         _width(problems, where, row, "prizes")

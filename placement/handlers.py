@@ -1,5 +1,6 @@
 """The console's draft routes: read the draft, check a task as the build would, upload points, save and delete
-tasks and exclusion zones (optimistic versions, audited), and the audit list."""
+tasks and exclusion zones (optimistic versions, audited), and the audit list. A route reads its path and query
+before asking who calls: a malformed id is a 400 for anyone, and tells nothing about the draft."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
-from geo_service.web.errors import ApiError, InvalidParam, NotFound
+from geo_service.web.errors import ApiError, InvalidParam, MissingParam, NotFound
 from geo_service.web.params import id_param, integer_of, json_object, one_value
 from geo_service.web.responses import etag_matches, json_response, not_modified
 from geo_service.web.routing import Route
@@ -32,7 +33,7 @@ class VersionConflict(ApiError):
 
 def _invalid(problems: Problems, screening: dict[str, Any] | None = None) -> Invalid:
     first = problems.listed[0]
-    return Invalid(f"{problems.count} problem(s); nothing was saved. First: {first['row']}: {first['field']}: "
+    return Invalid(f"{problems.count} problem(s); nothing was kept. First: {first['row']}: {first['field']}: "
                    f"{first['reason']}", field=first["field"],
                    details={"problems": problems.listed, "count": problems.count, "screening": screening})
 
@@ -69,6 +70,8 @@ def _checked(request: web.Request, body: Mapping[str, Any], zones: list[Any]) ->
     if set_id is not None and (isinstance(set_id, bool) or not isinstance(set_id, int) or not 0 < set_id < 2**63):
         problems.add("task", "poi_set_id", "must be a positive integer (an existing POI set) or absent")
         set_id = None
+    if set_id is not None and body.get("points") is not None:  # points would replace that set's, another task's maybe
+        problems.add("task", "poi_set_id", "give points (this task's own set) or poi_set_id (an existing set), not both")
     screening = None
     if points is not None and task is not None:
         screening = screen(points, zones, state.districts.get(task.district_code))
@@ -99,8 +102,8 @@ async def outlines(request: web.Request) -> web.Response:
 
 
 async def task_detail(request: web.Request) -> web.Response:
-    operator(request, request.app[book_key])
     task_id = id_param(request.match_info["task_id"], "task_id")
+    operator(request, request.app[book_key])
     try:
         detail = await request.app[db_key].read(lambda cur: store.task_detail(cur, task_id))
     except store.Missing as exc:
@@ -113,12 +116,16 @@ async def task_detail(request: web.Request) -> web.Response:
 
 
 async def check(request: web.Request) -> web.Response:
-    """What the build would say of a task as the page holds it: problems by row and field, and the screening."""
+    """A save's dry run: 200 with the screening of its points if the task would build, else 422 with every problem
+    by row and field (and the screening), exactly as the save would answer; nothing is written."""
     operator(request, request.app[book_key])
     body = json_object(await request.read())
+    _based_on(body)
     zones = await request.app[db_key].read(store.zones)
     _, problems, screening = _checked(request, body, zones)
-    return json_response({"problems": problems.listed, "count": problems.count, "screening": screening})
+    if problems.count:
+        raise _invalid(problems, screening)
+    return json_response({"problems": [], "count": 0, "screening": screening})
 
 
 async def upload(request: web.Request) -> web.Response:
@@ -127,14 +134,19 @@ async def upload(request: web.Request) -> web.Response:
     kind = one_value(request.query, "format") if "format" in request.query else "csv"
     if kind not in ("csv", "geojson"):
         raise InvalidParam("format must be csv or geojson", field="format")
+    raw = await request.read()
+    if not raw:
+        raise MissingParam("the body must hold the file", field="file")
     problems = Problems()
-    label, first, rows = upload_rows(await request.read(), kind, problems)
+    label, first, rows = upload_rows(raw, kind, problems)
     if len(rows) > MAX_POINTS:
         raise InvalidParam(f"{len(rows):,} points; at most {MAX_POINTS:,} in one upload", field="file")
     columns = check_points(label, first, rows, problems)
+    if problems.count:  # a file is taken whole or not at all: the operator fixes those lines and uploads it again
+        raise _invalid(problems)
     points = [{"poi_id": int(i) or None, "lat": a, "lng": b}
               for i, a, b in zip(columns.poi_id.tolist(), columns.lat.tolist(), columns.lng.tolist())]
-    return json_response({"points": points, "rows": len(rows), "problems": problems.listed, "count": problems.count})
+    return json_response({"points": points, "rows": len(rows)})
 
 
 async def _save(request: web.Request, task_id: int | None) -> web.Response:
@@ -176,9 +188,8 @@ def _query_version(request: web.Request) -> int:
 
 
 async def delete_task(request: web.Request) -> web.Response:
+    task_id, based_on = id_param(request.match_info["task_id"], "task_id"), _query_version(request)
     who = operator(request, request.app[book_key], "admin").name
-    task_id = id_param(request.match_info["task_id"], "task_id")
-    based_on = _query_version(request)
     try:
         await request.app[db_key].write(lambda cur: store.delete_task(cur, who, task_id, based_on))
     except store.Conflict as exc:
@@ -189,9 +200,13 @@ async def delete_task(request: web.Request) -> web.Response:
 
 
 def _zone_id(request: web.Request) -> str:
+    """A zone id as exclusions.geojson holds it: 1-64 printable characters, no space at either end (the build
+    strips them, so the id saved would not be the one asked for)."""
     zone_id = request.match_info["zone_id"]
-    if not zone_id.strip() or len(zone_id) > 64 or not zone_id.isprintable():
-        raise InvalidParam("a zone id is 1-64 printable characters", field="zone_id")
+    if not (0 < len(zone_id) <= 64 and zone_id.isprintable() and zone_id == zone_id.strip()):
+        problems = Problems()
+        problems.add("zone", "id", "1-64 printable characters, no space at either end")
+        raise _invalid(problems)
     return zone_id
 
 
@@ -212,8 +227,8 @@ async def put_zone(request: web.Request) -> web.Response:
 
 
 async def delete_zone(request: web.Request) -> web.Response:
-    who = operator(request, request.app[book_key], "admin").name
     zone_id, based_on = _zone_id(request), _query_version(request)
+    who = operator(request, request.app[book_key], "admin").name
     try:
         await request.app[db_key].write(lambda cur: store.save_zone(cur, who, None, zone_id, based_on))
     except store.Conflict as exc:
@@ -244,9 +259,9 @@ async def zone_drops(request: web.Request) -> web.Response:
 
 
 async def audit(request: web.Request) -> web.Response:
-    operator(request, request.app[book_key])
     target = one_value(request.query, "target") if "target" in request.query else None
     limit = id_param(request.query.get("limit", "200"), "limit", 4)
+    operator(request, request.app[book_key])
     entries = await request.app[db_key].read(lambda cur: store.audit(cur, target=target, limit=max(1, min(limit, 1000))))
     return json_response({"entries": entries}, headers={"Cache-Control": "no-store"})
 

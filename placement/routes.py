@@ -15,6 +15,8 @@ import aiohttp
 from aiohttp import web
 
 from geo_service.snapshot.folder import current_seq, list_seqs
+from geo_service.snapshot.format import SnapshotError
+from geo_service.snapshot.origin import OriginError
 from geo_service.web.errors import ApiError, InvalidParam, NotFound, Unauthorized
 from geo_service.web.params import id_param, integer_of, json_object
 from geo_service.web.responses import json_response
@@ -25,6 +27,7 @@ from placement import store
 from placement.auth import COOKIE, from_bearer, operator, session_value
 from placement.db import Cursor
 from placement.keys import book_key, db_key, settings_key, state_key
+from placement.openapi import openapi_spec
 from placement.publish import Job, preview, run_publish, run_rollback
 
 log = logging.getLogger("geodrop.console")
@@ -42,6 +45,14 @@ class DraftChanged(ApiError):
 
 class BuildRefused(ApiError):
     status, code = 422, "build_refused"  # the build found bad rows; nothing was published
+
+
+class NothingToRollBack(ApiError):
+    status, code = 409, "nothing_to_roll_back"
+
+
+class LiveOff(ApiError):
+    status, code = 404, "live_off"  # no collector is configured: this console has no live routes
 
 
 class LiveUnavailable(ApiError):
@@ -107,7 +118,7 @@ def _start(request: web.Request, who: str, action: str, work: Any) -> Job:
             try:
                 await work(job)
                 final = "served" if job.phase == "served" else "published"
-            except (LoaderError, TimeoutError, OSError, aiohttp.ClientError) as exc:
+            except (LoaderError, SnapshotError, OriginError, TimeoutError, OSError, aiohttp.ClientError) as exc:
                 final, error = "failed", str(exc)
             except Exception as exc:  # noqa: BLE001 - a job's failure is shown on its page, and logged
                 log.exception("console job failed")
@@ -147,7 +158,11 @@ async def do_rollback(request: web.Request) -> web.Response:
     if app[state_key].building.locked():
         raise Busy("a build is running")
     settings, db = app[settings_key], app[db_key]
-    before = current_seq(settings.snapshots)
+    before, seqs = await asyncio.to_thread(lambda: (current_seq(settings.snapshots), list_seqs(settings.snapshots)))
+    if to is not None and to not in seqs:
+        raise NotFound(f"no snapshot {to}; the snapshots folder has {seqs}", field="to")
+    if to is None and not any(s < (before or 0) for s in seqs):
+        raise NothingToRollBack(f"no snapshot older than {before} to roll back to")
 
     async def work(job: Job) -> None:
         await run_rollback(settings, job, to)
@@ -179,7 +194,7 @@ async def live(request: web.Request) -> web.Response:
 async def _collector(request: web.Request, path: str, body: dict[str, Any]) -> Any:
     settings = request.app[settings_key]
     if not (settings.collector and settings.collector_admin_token):
-        raise LiveUnavailable("live changes are off: set collector and collector_admin_token")
+        raise LiveOff("live changes are off: set collector and collector_admin_token")
     headers = {"Authorization": f"Bearer {settings.collector_admin_token}"}
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=LIVE_TIMEOUT_S)) as http:
@@ -244,8 +259,13 @@ async def healthz(request: web.Request) -> web.Response:
                           "building": app[state_key].building.locked()})
 
 
+async def openapi(request: web.Request) -> web.Response:
+    return json_response(openapi_spec())
+
+
 ROUTES: list[Route] = [
     ("GET", "/", FILES.page("console.html")),
+    ("GET", "/openapi.json", openapi),
     ("GET", "/static/{name:.+}", FILES.serve),
     ("GET", "/healthz", healthz),
     ("GET", "/v1/session", session_state),

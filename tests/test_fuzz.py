@@ -1,10 +1,11 @@
-"""Schemathesis against both services on the sample, every check and phase on (schemathesis.toml):
+"""Schemathesis against the services and the placement console on the sample, every check and phase on (schemathesis.toml):
 the published contracts say what the services do, and no generated request gets a 5xx. Its examples also hold
 ids of Unicode digits and past int64 (tests/support/fuzz_hooks.py)."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from geo_service.tokens import mint
+from placement.auth import add_operator
 from tests.conftest import REPO, SAMPLE
 from tests.support.processes import Process, collector, running_pair, service
 
@@ -26,6 +28,7 @@ HOOKS = REPO / "tests" / "support" / "fuzz_hooks.py"  # ids of Unicode digits an
 class Site:
     service: Process
     collector: Process
+    console: Process
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +39,19 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
                    check=True, timeout=120)
     svc = service(snaps, tmp / "var", "--ledger", ledger, "--token-secret", SECRET, "--admin-token", ADMIN, workers=1)
     col = collector(snaps, ledger, "--admin-token", ADMIN, "--service", svc.url, "--stream-max-s", "0.3")
+    # The console publishes into snapshots of its own: its fuzzing must not change what the others answer.
+    shutil.copytree(snaps, tmp / "console-snaps")
+    add_operator(tmp / "operators.json", "fuzzer", "admin", ADMIN)
+    console = Process("placement", ["serve", "--draft", f"sqlite:///{tmp / 'draft.sqlite3'}", "--seed", str(SAMPLE),
+                                    "--snapshots", str(tmp / "console-snaps"), "--operators", str(tmp / "operators.json"),
+                                    "--work-dir", str(tmp / "console-work")])
     with running_pair(svc, col):
-        yield Site(svc, col)
+        console.start()
+        try:
+            console.wait_ready()
+            yield Site(svc, col, console)
+        finally:
+            console.stop()
 
 
 def fuzz(url: str, examples: int) -> subprocess.CompletedProcess[str]:
@@ -48,7 +62,7 @@ def fuzz(url: str, examples: int) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, capture_output=True, text=True, timeout=1800, env=env, cwd=REPO)
 
 
-@pytest.mark.parametrize("which", ["service", "collector"])
+@pytest.mark.parametrize("which", ["service", "collector", "console"])
 def test_schemathesis_finds_nothing(site: Site, which: str) -> None:
     done = fuzz(getattr(site, which).url, 100)
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
@@ -56,7 +70,7 @@ def test_schemathesis_finds_nothing(site: Site, which: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("which", ["service", "collector"])
+@pytest.mark.parametrize("which", ["service", "collector", "console"])
 def test_schemathesis_finds_nothing_in_2000_examples_an_operation(site: Site, which: str) -> None:
     done = fuzz(getattr(site, which).url, 2000)
     print(done.stdout[-3000:])

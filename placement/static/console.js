@@ -205,13 +205,16 @@ function drawPoints() {
 async function uploadPoints(file) {
   if (!file) return;
   const format = /\.(geo)?json$/i.test(file.name) ? "geojson" : "csv";
-  const answer = await api(`/v1/uploads/points?format=${format}`, "POST", file);
-  $("upload-problems").replaceChildren(...answer.problems.map((p) => el("li", {}, `${p.row}: ${p.field}: ${p.reason}`)),
-    answer.count > answer.problems.length ? el("li", {}, `… ${answer.count - answer.problems.length} more`) : "");
-  if (answer.count) {
-    $("upload-problems").prepend(el("li", {}, `${file.name}: ${answer.count} bad line(s); nothing was added. Fix the file and upload it again.`));
+  let answer;
+  try { answer = await api(`/v1/uploads/points?format=${format}`, "POST", file); } catch (e) {
+    const problems = (e.details && e.details.problems) || [];
+    $("upload-problems").replaceChildren(
+      el("li", {}, `${file.name}: ${e.details ? `${e.details.count} bad line(s); nothing was added. Fix them and upload the file again.` : e.message}`),
+      ...problems.map((p) => el("li", { class: "bad-line" }, `${p.row}: ${p.field}: ${p.reason}`)),
+      e.details && e.details.count > problems.length ? el("li", {}, `… ${e.details.count - problems.length} more`) : "");
     return;
   }
+  $("upload-problems").replaceChildren();
   state.editor.points.push(...answer.points);
   state.editor.dirtyPoints = true;
   drawPoints();
@@ -237,7 +240,10 @@ async function runCheck() {
   const b = body();
   b.points = state.editor.points;  // screening is shown for the points on the map, sent or not
   let answer;
-  try { answer = await api("/v1/check", "POST", b); } catch (e) { return; }
+  try { answer = await api("/v1/check", "POST", b); } catch (e) {
+    if (e.status !== 422 || !state.editor) return;
+    answer = e.details;  // the problems by row and field, and the screening of the points that parsed
+  }
   showProblems(answer.problems);
   state.editor.screening = answer.screening;
   drawPoints();

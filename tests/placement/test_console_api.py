@@ -86,15 +86,16 @@ async def test_an_upload_names_its_bad_lines_and_keeps_nothing(console: Client) 
     for line_no, text in sorted(bad.items()):
         lines.insert(line_no - 2, text)
     body = ("lat,lng\n" + "\n".join(lines) + "\n").encode()
-    answer = await _json(await console.post("/v1/uploads/points?format=csv", data=body, headers=auth("vic")), 200)
-    assert sorted({int(p["row"].split()[1]) for p in answer["problems"]}) == sorted(bad)
-    assert len(answer["points"]) == 10
+    error = (await _json(await console.post("/v1/uploads/points?format=csv", data=body, headers=auth("vic")), 422))["error"]
+    assert sorted({int(p["row"].split()[1]) for p in error["details"]["problems"]}) == sorted(bad)
+    good_only = ("lat,lng\n" + good).encode()
+    assert len((await _json(await console.post("/v1/uploads/points", data=good_only, headers=auth("vic")), 200))["points"]) == 10
     geo = {"type": "FeatureCollection", "features": [
         {"type": "Feature", "geometry": {"type": "Point", "coordinates": [113.93, 22.53]}, "properties": {}},
         {"type": "Feature", "geometry": {"type": "LineString", "coordinates": [[1, 2], [3, 4]]}, "properties": {}}]}
-    answer = await _json(await console.post("/v1/uploads/points?format=geojson", data=orjson.dumps(geo),
-                                            headers=auth("vic")), 200)
-    assert {p["row"] for p in answer["problems"]} == {"feature 2"} and len(answer["points"]) == 1
+    error = (await _json(await console.post("/v1/uploads/points?format=geojson", data=orjson.dumps(geo),
+                                            headers=auth("vic")), 422))["error"]
+    assert {p["row"] for p in error["details"]["problems"]} == {"feature 2"}
     assert (await _draft(console))["revision"] == 0
 
 
