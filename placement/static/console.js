@@ -66,7 +66,7 @@ async function loadOutlines() {
 async function loadDraft() {
   state.draft = await api("/v1/draft");
   drawZones();
-  renderTasks();
+  if (!state.editor) renderTasks();  // an open editor stays; it lists the tasks again when it closes
 }
 function districtName(code) { return (state.draft.districts.find((d) => d.code === code) || {}).name || "?"; }
 function renderTasks() {
@@ -163,6 +163,7 @@ function pointControls(t) {
     state.placing = !state.placing;
     place.classList.toggle("on", state.placing);
     if (state.placing) state.map.pm.enableDraw("Marker", { continueDrawing: true }); else state.map.pm.disableDraw();
+    drawPoints();  // while placing, the points let clicks through to the map
   };
   const set = input("f-set", { type: "number", min: "1", placeholder: "POI set id" });
   set.onchange = () => { state.editor.poiSet = set.value ? Number(set.value) : null; scheduleCheck(); };
@@ -192,10 +193,12 @@ function drawPoints() {
     const why = ed.screening && i < ed.screening.zone.length
       ? (ed.screening.zone[i] ? `dropped: inside exclusion zone ${ed.screening.zone[i]}` : ed.screening.outside[i] ? "outside the task's district" : "kept") : "";
     if (ed.points.length > MAX_MARKERS) {
-      state.points.addLayer(L.circleMarker([p.lat, p.lng], { radius: 3, className: pointClass(i), pmIgnore: true }));
+      state.points.addLayer(L.circleMarker([p.lat, p.lng], { radius: 3, className: pointClass(i), pmIgnore: true,
+        interactive: false }));
       return;
     }
-    const marker = L.marker([p.lat, p.lng], { draggable: state.me.role === "admin", pmIgnore: true,
+    const marker = L.marker([p.lat, p.lng], { draggable: state.me.role === "admin" && !state.placing,
+      interactive: !state.placing, pmIgnore: true,
       icon: L.divIcon({ className: pointClass(i), iconSize: [10, 10] }) });
     marker.bindTooltip(el("span", {}, `${p.poi_id ? `POI ${p.poi_id}` : "new point"} ${why}`));
     marker.on("dragend", () => { const at = marker.getLatLng(); p.lat = +at.lat.toFixed(6); p.lng = +at.lng.toFixed(6); ed.dirtyPoints = true; scheduleCheck(); });
@@ -236,14 +239,16 @@ function body() {
 let checkTimer = null;
 function scheduleCheck() { clearTimeout(checkTimer); checkTimer = setTimeout(runCheck, 300); }
 async function runCheck() {
-  if (!state.editor || !$("editor")) return;
+  const ed = state.editor;
+  if (!ed || !$("editor")) return;
   const b = body();
-  b.points = state.editor.points;  // screening is shown for the points on the map, sent or not
+  b.points = ed.points;  // screening is shown for the points on the map, sent or not
   let answer;
   try { answer = await api("/v1/check", "POST", b); } catch (e) {
-    if (e.status !== 422 || !state.editor) return;
+    if (e.status !== 422) return;
     answer = e.details;  // the problems by row and field, and the screening of the points that parsed
   }
+  if (state.editor !== ed || !$("editor")) return;  // the editor closed or moved to another task meanwhile
   showProblems(answer.problems);
   state.editor.screening = answer.screening;
   drawPoints();
@@ -296,7 +301,10 @@ async function removeTask() {
     $("save-result").replaceChildren(e.code === "version_conflict" ? conflictView(e.details) : el("p", { class: "error" }, e.message));
     return;
   }
-  state.editor = null; state.points.clearLayers(); await loadDraft(); refreshAudit();
+  state.editor = null;
+  state.points.clearLayers();
+  await loadDraft();
+  refreshAudit();
 }
 function liveControls(t) {
   const box = el("div", { id: "live-controls" }, el("h3", {}, "live (no rebuild)"),
@@ -316,8 +324,11 @@ function liveControls(t) {
   return box;
 }
 async function liveCall(url, payload, say) {
-  try { await api(url, "POST", payload); say.replaceChildren(el("span", { class: "ok" }, "applied live, no rebuild")); await loadDraft(); refreshAudit(); }
-  catch (e) { say.replaceChildren(el("span", { class: "error" }, e.message)); }
+  try { await api(url, "POST", payload); } catch (e) { say.replaceChildren(el("span", { class: "error" }, e.message)); return; }
+  await loadDraft();
+  await openEditor(state.editor.id);  // the draft followed the change: its new version is the one to edit from
+  $("live-result").replaceChildren(el("span", { class: "ok" }, "applied live, no rebuild"));
+  refreshAudit();
 }
 
 // -- exclusion zones ----------------------------------------------------------------------------------------------
@@ -430,6 +441,7 @@ function showTab(name) {
   document.querySelectorAll("nav button").forEach((b) => b.classList.toggle("on", b.dataset.tab === name));
   for (const tab of ["tasks", "zones", "publish", "audit"]) $(`tab-${tab}`).hidden = tab !== name;
   if (name === "zones") renderZones();
+  if (name === "audit") refreshAudit();
 }
 
 async function start() {
