@@ -30,7 +30,8 @@ class SettingsError(ValueError):
 
 
 # The published demo secrets (the Makefile's `make run`): anyone can read them, so they guard a laptop only.
-DEMO_SECRETS = frozenset({"geodrop-demo-only", "geodrop-demo-admin", "geodrop-demo-partner-secret"})
+DEMO_SECRETS = frozenset({"geodrop-demo-only", "geodrop-demo-admin", "geodrop-demo-partner-secret",
+                          "geodrop-demo-console"})
 MIN_SECRET_BYTES = 32
 
 

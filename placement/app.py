@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import hashlib
 from collections.abc import AsyncIterator
 from contextlib import suppress
@@ -34,9 +35,9 @@ async def draft_ctx(app: web.Application) -> AsyncIterator[None]:
     if settings.seed:
         await seed(db, Path(settings.seed))
     state.districts = await db.read(store.districts)
-    state.outlines = await asyncio.to_thread(district_outlines, state.districts) if state.districts else b'{"type": ' \
-        b'"FeatureCollection", "features": []}'
-    state.outlines_etag = f'"{hashlib.sha256(state.outlines).hexdigest()[:16]}"'
+    outlines = await asyncio.to_thread(district_outlines, state.districts)
+    state.outlines = await asyncio.to_thread(gzip.compress, outlines, 6, mtime=0)
+    state.outlines_etag = f'"{hashlib.sha256(outlines).hexdigest()[:16]}"'
     if settings.channels:
         try:
             state.channels = load_channels(settings.channels)

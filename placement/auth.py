@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from geo_service.config import DEMO_SECRETS, is_loopback
 from geo_service.web.errors import ApiError, Unauthorized
 
 COOKIE = "geodrop_console"
@@ -99,6 +100,16 @@ class OperatorBook:
         if stamp != self._stamp:
             self._ops, self._stamp = read_operators(self.path), stamp
         return self._ops
+
+
+def demo_problems(ops: Operators, host: str) -> list[str]:
+    """Why the operators must not guard a console listening on `host`: off loopback, a published demo token (the
+    Makefile's) would let anyone in. The file keeps hashes, so the published tokens are recognised by theirs."""
+    if is_loopback(host):
+        return []
+    demo = {token_hash(t) for t in DEMO_SECRETS}
+    return [f"operator {op.name}: a console listening on {host} needs a token of their own (the demo tokens are "
+            "published); give one with geo-console operator add" for op in ops.by_name.values() if op.token_sha256 in demo]
 
 
 def _mac(ops: Operators, op: Operator, expires: int) -> str:

@@ -18,7 +18,7 @@ from geo_service.web.logs import configure_logging
 from geo_service.web.routing import MAX_LINE_BYTES
 from loaders.errors import LoaderError
 from placement.app import create_app
-from placement.auth import ROLES, add_operator
+from placement.auth import ROLES, OperatorBook, add_operator, demo_problems
 from placement.db import Db
 from placement.folders import export
 from placement.settings import ConsoleSettings
@@ -82,6 +82,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_export(args)
         settings = cli_settings(ConsoleSettings, ENV_PREFIX, args, "geo-console")
         if settings is None:
+            return 2
+        problems = demo_problems(OperatorBook(settings.operators).current(), settings.host)
+        for problem in problems:
+            print(f"geo-console: {problem}", file=sys.stderr)
+        if problems:
             return 2
         configure_logging(args.log_level)
         logging.getLogger("geodrop.console").info("console serving", extra={"port": settings.port})

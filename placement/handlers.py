@@ -4,6 +4,8 @@ before asking who calls: a malformed id is a 400 for anyone, and tells nothing a
 
 from __future__ import annotations
 
+import asyncio
+import gzip
 from collections.abc import Mapping
 from typing import Any
 
@@ -95,10 +97,14 @@ async def draft(request: web.Request) -> web.Response:
 async def outlines(request: web.Request) -> web.Response:
     operator(request, request.app[book_key])
     state = request.app[state_key]
+    headers = {"ETag": state.outlines_etag, "Cache-Control": "private, no-cache", "Vary": "Accept-Encoding"}
     if etag_matches(request, state.outlines_etag):
-        return not_modified(state.outlines_etag, {"Cache-Control": "private, no-cache"})
-    return web.Response(body=state.outlines, content_type="application/geo+json",
-                        headers={"ETag": state.outlines_etag, "Cache-Control": "private, no-cache"})
+        return not_modified(state.outlines_etag, headers)
+    if "gzip" in request.headers.get("Accept-Encoding", ""):
+        return web.Response(body=state.outlines, content_type="application/geo+json",
+                            headers={**headers, "Content-Encoding": "gzip"})
+    plain = await asyncio.to_thread(gzip.decompress, state.outlines)
+    return web.Response(body=plain, content_type="application/geo+json", headers=headers)
 
 
 async def task_detail(request: web.Request) -> web.Response:

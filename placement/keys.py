@@ -21,7 +21,7 @@ class DraftState:
     China's counties take seconds to parse), their outlines for the map, and the publish jobs."""
 
     districts: dict[int, District] = field(default_factory=dict)
-    outlines: bytes = b""
+    outlines: bytes = b""  # gzipped: China's counties are megabytes of text, and every browser takes gzip
     outlines_etag: str = ""
     channels: Channels | None = None
     jobs: dict[int, Job] = field(default_factory=dict)

@@ -11,11 +11,12 @@ from collector.settings import CollectorSettings
 from delivery.settings import DeliverySettings
 from geo_service.config import documented
 from geo_service.settings import ServiceSettings
+from placement.settings import ConsoleSettings
 from tests.conftest import REPO
 
 
 @pytest.mark.parametrize(("cls", "prefix"), [(ServiceSettings, "GEODROP_SERVICE_"), (CollectorSettings, "GEODROP_COLLECTOR_"),
-                                             (DeliverySettings, "GEODROP_DELIVER_")])
+                                             (DeliverySettings, "GEODROP_DELIVER_"), (ConsoleSettings, "GEODROP_CONSOLE_")])
 def test_every_setting_is_in_the_readme_with_env_and_default(cls: type, prefix: str) -> None:
     readme = (REPO / "README.md").read_text()
     for name, default, help_text in documented(cls):
@@ -27,12 +28,13 @@ def test_every_setting_is_in_the_readme_with_env_and_default(cls: type, prefix: 
 
 
 # `path` or `path:name` in backticks: a file of the repository, and a name it defines.
-_REFERENCE = re.compile(r"`((?:geo_service|loaders|collector|delivery|tests|bench|docs|deploy)/[\w/.<>]+?)(?::(\w+))?`")
+_REFERENCE = re.compile(r"`((?:geo_service|loaders|collector|delivery|placement|tests|bench|docs|deploy)/[\w/.<>]+?)(?::(\w+))?`")
 
 
 def _defines(path: Path, name: str) -> bool:
     text = path.read_text()
-    return re.search(rf"^\s*(?:async def|def|class|const|let|function)\s+{name}\b|^\s*{name}\s*[:=(]", text, re.M) is not None
+    defined = rf"^\s*(?:async def|def|class|const|let|async function|function)\s+{name}\b|^\s*{name}\s*[:=(]"
+    return re.search(defined, text, re.M) is not None
 
 
 def test_the_architecture_names_only_files_and_names_that_exist() -> None:

@@ -5,6 +5,7 @@ against plain bounding boxes, roles and sessions, and preview, publish and rollb
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -12,6 +13,8 @@ import shapely
 from aiohttp.test_utils import TestClient
 
 from geo_service.snapshot.folder import open_current
+from placement.auth import add_operator, demo_problems, read_operators
+from placement.cli import main
 from placement.keys import settings_key
 from tests.conftest import SAMPLE
 from tests.placement.conftest import DISTRICT, TOKENS, auth, points, task_body
@@ -181,3 +184,11 @@ async def test_preview_then_publish_then_roll_back(console: Client) -> None:
     assert job["seq"] == 1 and (await _json(await console.get("/v1/live", headers=auth("vic")), 200))["current"] == 1
     actions = [e["action"] for e in (await _json(await console.get("/v1/audit", headers=auth("vic")), 200))["entries"]]
     assert actions[:4] == ["rollback", "publish", "update_task", "create_task"]
+
+
+def test_a_published_demo_token_is_refused_off_loopback(tmp_path: Path) -> None:
+    add_operator(tmp_path / "ops.json", "demo", "admin", "geodrop-demo-console")
+    args = ["serve", "--operators", str(tmp_path / "ops.json"), "--draft", f"sqlite:///{tmp_path / 'd.sqlite3'}"]
+    assert main([*args, "--host", "0.0.0.0"]) == 2
+    add_operator(tmp_path / "ops.json", "demo", "admin", "a-token-of-our-own-0123456789abcdef")
+    assert demo_problems(read_operators(tmp_path / "ops.json"), "0.0.0.0") == []
