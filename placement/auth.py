@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import os
 import re
 import secrets
@@ -25,10 +26,12 @@ from aiohttp import web
 from geo_service.config import DEMO_SECRETS, is_loopback
 from geo_service.web.errors import ApiError, Unauthorized
 
+log = logging.getLogger("geodrop.console")
 COOKIE = "geodrop_console"
 SESSION_HEADER = "X-Geodrop-Session"
 ROLES = ("admin", "viewer")
 NAME = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
+MIN_TOKEN_BYTES = 16  # what a guess must find; generated ones are 43
 
 
 class Forbidden(ApiError):
@@ -52,14 +55,23 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode(errors="surrogateescape")).hexdigest()
 
 
+class OperatorsFileError(ValueError):
+    """An operators file that cannot be read or is not the shape `operator add` writes."""
+
+
 def read_operators(path: Path) -> Operators:
     """Read the operators file; a missing one has nobody (every request is refused)."""
     try:
         doc = orjson.loads(path.read_bytes())
+        ops = {o["name"]: Operator(o["name"], o["role"], o["token_sha256"]) for o in doc.get("operators", [])}
+        key = bytes.fromhex(doc["session_key"])
     except FileNotFoundError:
         return Operators(b"", {})
-    ops = {o["name"]: Operator(o["name"], o["role"], o["token_sha256"]) for o in doc.get("operators", [])}
-    return Operators(bytes.fromhex(doc["session_key"]), ops)
+    except (OSError, orjson.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise OperatorsFileError(f"{path}: not an operators file ({type(exc).__name__}: {exc})") from None
+    if any(op.role not in ROLES for op in ops.values()):
+        raise OperatorsFileError(f"{path}: a role other than {', '.join(ROLES)}")
+    return Operators(key, ops)
 
 
 def add_operator(path: Path, name: str, role: str, token: str | None) -> str:
@@ -68,6 +80,8 @@ def add_operator(path: Path, name: str, role: str, token: str | None) -> str:
     if not NAME.fullmatch(name) or role not in ROLES:
         raise ValueError(f"name must be 1-64 of A-Z a-z 0-9 _ . @ - and role one of {', '.join(ROLES)}")
     token = token or secrets.token_urlsafe(32)
+    if len(token.encode()) < MIN_TOKEN_BYTES:
+        raise ValueError(f"a token must be at least {MIN_TOKEN_BYTES} bytes")
     try:
         doc: dict[str, Any] = orjson.loads(path.read_bytes())
     except FileNotFoundError:
@@ -92,13 +106,18 @@ class OperatorBook:
         self._ops = Operators(b"", {})
 
     def current(self) -> Operators:
+        """The operators as the file says now; a file broken after start keeps the last good ones (and says so)."""
         try:
             st = self.path.stat()
             stamp = (st.st_mtime_ns, st.st_size)
         except FileNotFoundError:
             stamp = (0, 0)
         if stamp != self._stamp:
-            self._ops, self._stamp = read_operators(self.path), stamp
+            try:
+                self._ops = read_operators(self.path)
+            except OperatorsFileError as exc:
+                log.error("operators file not read; the last good one stays", extra={"problem": str(exc)})
+            self._stamp = stamp
         return self._ops
 
 

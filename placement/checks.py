@@ -21,6 +21,7 @@ from loaders.records import District, FieldError, Prize, Task, Zone, parse_prize
 from loaders.screening import inside, zone_index
 
 MAX_PROBLEMS = 200  # problems listed (all are counted): enough to fix a file by, not a second copy of it
+MAX_PRIZES = 50  # prize types of one task
 TASK_FIELDS = ("name", "district_code", "starts_at", "ends_at", "enabled", "stagger_s", "stagger_groups")
 PRIZE_FIELDS = ("prize_type", "quota", "weight", "rate_per_s")
 
@@ -78,6 +79,9 @@ def check_task(fields: Mapping[str, Any], districts: Mapping[int, District], pro
 def check_prizes(items: Sequence[Any], channels: Channels | None, problems: Problems) -> list[Prize]:
     """Return the prizes that parse; each bad one adds its problem (row: prizes[i])."""
     prizes, seen = [], set()
+    if len(items) > MAX_PRIZES:
+        problems.add("prizes", "prizes", f"{len(items)} prizes; a task has at most {MAX_PRIZES}")
+        return []
     for i, item in enumerate(items):
         where = f"prizes[{i}]"
         if not isinstance(item, Mapping):
@@ -102,6 +106,8 @@ def check_prizes(items: Sequence[Any], channels: Channels | None, problems: Prob
 
 
 def check_zone(zone_id: str, fields: Mapping[str, Any], problems: Problems) -> Zone | None:
+    if not _scalars("zone", fields, ("reason",), problems):
+        return None
     row = {"id": zone_id, "reason": _text(fields.get("reason"))}
     _width(problems, "zone", row, "zones")
     try:
@@ -161,11 +167,15 @@ def upload_rows(body: bytes, kind: str, problems: Problems) -> tuple[str, int, l
     if kind == "geojson":
         return "feature", 1, _geojson_points(text, problems)
     reader = csv.DictReader(io.StringIO(text, newline=""))
-    missing = {"lat", "lng"} - set(reader.fieldnames or ())
-    if missing:
-        problems.add("line 1", "header", f"needs columns lat and lng (optional poi_id); missing {', '.join(sorted(missing))}")
+    try:
+        missing = {"lat", "lng"} - set(reader.fieldnames or ())
+        if missing:
+            problems.add("line 1", "header", f"needs columns lat and lng (optional poi_id); missing {', '.join(sorted(missing))}")
+            return "line", 2, []
+        rows = [{"lat": r.get("lat"), "lng": r.get("lng"), "poi_id": r.get("poi_id")} for r in reader]
+    except csv.Error as exc:  # a field past the csv module's limit, a NUL byte
+        problems.add(f"line {reader.line_num}", "file", f"not readable as CSV: {exc}")
         return "line", 2, []
-    rows = [{"lat": r.get("lat"), "lng": r.get("lng"), "poi_id": r.get("poi_id")} for r in reader]
     return "line", 2, rows
 
 

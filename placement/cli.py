@@ -18,7 +18,7 @@ from geo_service.web.logs import configure_logging
 from geo_service.web.routing import MAX_LINE_BYTES
 from loaders.errors import LoaderError
 from placement.app import create_app
-from placement.auth import ROLES, OperatorBook, add_operator, demo_problems
+from placement.auth import ROLES, OperatorsFileError, add_operator, demo_problems, read_operators
 from placement.db import Db
 from placement.folders import export
 from placement.settings import ConsoleSettings
@@ -46,7 +46,9 @@ def parser() -> argparse.ArgumentParser:
     op.add_argument("--role", required=True, choices=ROLES, help="admin: edit, publish, roll back; viewer: read and preview.")
     op.add_argument("--operators", default="var/operators.json", help="The operators file (default var/operators.json).")
     ex = sub.add_parser("export", help="Write a draft out as a data folder (what geo-snapshot build --source reads).")
-    ex.add_argument("--draft", required=True, help="The draft: sqlite:///PATH or mysql://user:pass@host:port/db.")
+    ex.add_argument("--draft", default=os.environ.get(f"{ENV_PREFIX}DRAFT"),
+                    help=f"The draft: sqlite:///PATH or mysql://user:pass@host:port/db (default {ENV_PREFIX}DRAFT: a "
+                         "password in a flag shows in process lists).")
     ex.add_argument("--out", required=True, help="The folder to write (created; its data files are replaced).")
     return top
 
@@ -62,6 +64,9 @@ def cmd_operator(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    if not args.draft:
+        print(f"geo-console export: give --draft or {ENV_PREFIX}DRAFT", file=sys.stderr)
+        return 2
     db = Db(args.draft)
     try:
         db.check()
@@ -83,7 +88,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = cli_settings(ConsoleSettings, ENV_PREFIX, args, "geo-console")
         if settings is None:
             return 2
-        problems = demo_problems(OperatorBook(settings.operators).current(), settings.host)
+        try:
+            problems = demo_problems(read_operators(settings.operators), settings.host)
+        except OperatorsFileError as exc:
+            problems = [str(exc)]
         for problem in problems:
             print(f"geo-console: {problem}", file=sys.stderr)
         if problems:

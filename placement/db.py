@@ -11,10 +11,12 @@ consoles on one database never interleave.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
 import sqlite3
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,7 +28,6 @@ from loaders.errors import SourceError
 from loaders.mysql_import import schema_statements
 
 T = TypeVar("T")
-LOCK_NAME = "geodrop_console"
 LOCK_WAIT_S = 10
 CONSOLE_TABLES = [
     "CREATE TABLE IF NOT EXISTS console_versions (target VARCHAR(80) NOT NULL PRIMARY KEY, version BIGINT NOT NULL)",
@@ -85,7 +86,7 @@ def _for_sqlite(statement: str) -> str:
 class Db:
     """A draft database named by a DSN: sqlite:///PATH or mysql://user:pass@host:port/db."""
 
-    dsn: str
+    dsn: str = field(repr=False)
 
     @property
     def dialect(self) -> str:
@@ -102,6 +103,11 @@ class Db:
             MySQLSettings.from_dsn(self.dsn)
         elif not self.dsn.startswith("sqlite:///") or len(self.dsn) == len("sqlite:///"):
             raise ValueError("the draft must be sqlite:///PATH or mysql://user:pass@host:port/db")
+
+    @property
+    def lock_name(self) -> str:
+        """The draft's MySQL lock: one per database (GET_LOCK names are server-wide, and at most 64 characters)."""
+        return "geodrop_console:" + hashlib.sha256(MySQLSettings.from_dsn(self.dsn).database.encode()).hexdigest()[:32]
 
     def _connect(self) -> Any:
         if self.dialect == "mysql":
@@ -122,8 +128,8 @@ class Db:
             cur = Cursor(raw, self.dialect)
             if self.dialect == "sqlite":
                 cur.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-            elif write and cur.execute("SELECT GET_LOCK(%s, %s)", (LOCK_NAME, LOCK_WAIT_S)).one() != (1,):
-                raise DraftError(f"{self.name}: another console held the draft for {LOCK_WAIT_S} s; nothing changed")
+            elif write:
+                self._lock(cur)
             try:
                 result = work(cur)
                 cur.execute("COMMIT") if self.dialect == "sqlite" else conn.commit()
@@ -135,6 +141,36 @@ class Db:
             raise DraftError(f"{self.name}: {exc}") from None
         finally:
             conn.close()  # a MySQL connection's end releases its GET_LOCK too
+
+    def _lock(self, cur: Cursor) -> None:
+        if cur.execute("SELECT GET_LOCK(%s, %s)", (self.lock_name, LOCK_WAIT_S)).one() != (1,):
+            raise DraftError(f"{self.name}: the draft was busy for {LOCK_WAIT_S} s (another save, or a publish reading "
+                             "it); nothing changed, try again")
+
+    def _locked_connection(self) -> Any:
+        try:
+            conn = self._connect()
+        except (pymysql.err.MySQLError, OSError) as exc:
+            raise DraftError(f"{self.name}: cannot open the draft: {exc}") from None
+        try:
+            self._lock(Cursor(conn.cursor(), self.dialect))
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    @asynccontextmanager
+    async def hold(self) -> AsyncIterator[None]:
+        """Keep saves out of a MySQL draft while a build reads it (they wait, then fail with DraftError): what is
+        built is one revision of the draft. A SQLite draft is exported in one read transaction instead."""
+        if self.dialect != "mysql":
+            yield
+            return
+        conn = await asyncio.to_thread(self._locked_connection)
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(conn.close)  # the connection's end releases the lock
 
     async def read(self, work: Callable[[Cursor], T]) -> T:
         """Run `work` in one read transaction, in a thread."""

@@ -7,22 +7,26 @@ from __future__ import annotations
 import asyncio
 import gzip
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
+from geo_service.snapshot.folder import current_seq
+from geo_service.snapshot.format import SnapshotError, read_tables
 from geo_service.web.errors import ApiError, InvalidParam, MissingParam, NotFound
 from geo_service.web.params import id_param, integer_of, json_object, one_value
 from geo_service.web.responses import etag_matches, json_response, not_modified
 from geo_service.web.routing import Route
 from loaders.pois import PoiColumns
+from placement import points as point_sets
 from placement import store
 from placement.auth import operator
 from placement.checks import Problems, check_points, check_prizes, check_task, check_zone, points_of_body, screen, upload_rows
 from placement.db import Cursor
-from placement.keys import book_key, db_key, state_key
+from placement.keys import book_key, db_key, settings_key, state_key
 
-MAX_POINTS = 1_000_000  # points in one save: a set of a million is a build's business, not one request's
+MAX_POINTS = 200_000  # points in one save or upload: bigger sets are the import's (geo-snapshot import) business
 
 
 class Invalid(ApiError):
@@ -82,6 +86,26 @@ def _checked(request: web.Request, body: Mapping[str, Any], zones: list[Any]) ->
     return store.TaskSave(task, prizes, points, set_id), problems, screening
 
 
+def _read_live(snapshots: Path, seq: int | None) -> store.Live:
+    if seq is None:
+        return store.Live()
+    try:
+        tasks, _ = read_tables(snapshots / str(seq), check=False)
+    except (SnapshotError, OSError, ValueError):
+        return store.Live()  # a snapshot that cannot be read publishes nothing the console must protect
+    ids = [int(t["task_id"]) for t in tasks]
+    return store.Live(frozenset(ids), max(ids, default=0))
+
+
+async def live_tasks(request: web.Request) -> store.Live:
+    """The live snapshot's tasks, read again when CURRENT moves."""
+    state, snapshots = request.app[state_key], request.app[settings_key].snapshots
+    seq = await asyncio.to_thread(current_seq, snapshots)
+    if state.live is None or state.live[0] != seq:
+        state.live = (seq, await asyncio.to_thread(_read_live, snapshots, seq))
+    return state.live[1]
+
+
 def _based_on(body: Mapping[str, Any]) -> int:
     based_on = integer_of(dict(body), "version")
     if based_on < 0:
@@ -115,9 +139,13 @@ async def task_detail(request: web.Request) -> web.Response:
     except store.Missing as exc:
         raise NotFound(str(exc), field="task_id") from None
     zones = await request.app[db_key].read(store.zones)
+    detail["published"] = task_id in (await live_tasks(request)).published  # its quotas, rates and switch are live
+    if len(detail["points"]) > MAX_POINTS:  # shown in part; its points are edited by import, not on the map
+        detail["points"], detail["points_total"] = detail["points"][:MAX_POINTS], len(detail["points"])
     ids, lats, lngs = zip(*detail["points"]) if detail["points"] else ((), (), ())
-    columns = check_points("points", 0, [{"poi_id": i, "lat": a, "lng": b} for i, a, b in zip(ids, lats, lngs)], Problems())
-    detail["screening"] = screen(columns, zones, request.app[state_key].districts.get(detail["district_code"]))
+    rows = [{"poi_id": i, "lat": a, "lng": b} for i, a, b in zip(ids, lats, lngs)]
+    district = request.app[state_key].districts.get(detail["district_code"])
+    detail["screening"] = await asyncio.to_thread(lambda: screen(check_points("points", 0, rows, Problems()), zones, district))
     return json_response(detail, headers={"Cache-Control": "no-store"})
 
 
@@ -128,7 +156,7 @@ async def check(request: web.Request) -> web.Response:
     body = json_object(await request.read())
     _based_on(body)
     zones = await request.app[db_key].read(store.zones)
-    _, problems, screening = _checked(request, body, zones)
+    _, problems, screening = await asyncio.to_thread(_checked, request, body, zones)
     if problems.count:
         raise _invalid(problems, screening)
     return json_response({"problems": [], "count": 0, "screening": screening})
@@ -143,6 +171,8 @@ async def upload(request: web.Request) -> web.Response:
     raw = await request.read()
     if not raw:
         raise MissingParam("the body must hold the file", field="file")
+    if raw.count(b"\n") > MAX_POINTS + 1:  # counted before anything is parsed: a file of tiny lines is no cheaper
+        raise InvalidParam(f"more than {MAX_POINTS:,} lines; at most {MAX_POINTS:,} points in one upload", field="file")
     problems = Problems()
     label, first, rows = upload_rows(raw, kind, problems)
     if len(rows) > MAX_POINTS:
@@ -161,12 +191,13 @@ async def _save(request: web.Request, task_id: int | None) -> web.Response:
     based_on = _based_on(body)
     db = request.app[db_key]
     zones = await db.read(store.zones)
-    save, problems, screening = _checked(request, body, zones)
+    save, problems, screening = await asyncio.to_thread(_checked, request, body, zones)
     if save is None:
         raise _invalid(problems, screening)
+    live = await live_tasks(request)
 
     def work(cur: Cursor) -> dict[str, Any]:
-        return store.save_task(cur, who, task_id, based_on, save)
+        return store.save_task(cur, who, task_id, based_on, save, live)
 
     try:
         detail = await db.write(work)
@@ -174,8 +205,8 @@ async def _save(request: web.Request, task_id: int | None) -> web.Response:
         raise _conflict(exc) from None
     except store.Missing as exc:
         raise NotFound(str(exc), field="task_id") from None
-    except store.Refused as exc:  # a poi_id of another set, a set with no points: nothing was written
-        problems.add("points", exc.field, str(exc))
+    except point_sets.Refused as exc:  # a poi_id of another set, a live field changed: nothing was written
+        problems.add(exc.row, exc.field, str(exc))
         raise _invalid(problems, screening) from None
     return json_response({**detail, "screening": screening}, status=201 if task_id is None else 200)
 
@@ -249,19 +280,7 @@ async def zone_drops(request: web.Request) -> web.Response:
     operator(request, request.app[book_key])
     db = request.app[db_key]
     zones = await db.read(store.zones)
-    tasks, points = await db.read(store.all_points)
-    found = screen(points, zones, None)["zone"]
-    users: dict[int, list[int]] = {}
-    for task_id, set_id in tasks:
-        users.setdefault(set_id, []).append(task_id)
-    drops: dict[str, dict[int, int]] = {z.zone_id: {} for z in zones}
-    for zone_id, set_id in zip(found, points.poi_set_id.tolist()):
-        if zone_id is not None:
-            for task_id in users.get(set_id, ()):
-                drops[zone_id][task_id] = drops[zone_id].get(task_id, 0) + 1
-    return json_response({"zones": [{"id": z, "pois": sum(by_task.values()),
-                                     "tasks": [{"task_id": t, "pois": n} for t, n in sorted(by_task.items())]}
-                                    for z, by_task in drops.items()]})
+    return json_response({"zones": await db.read(lambda cur: point_sets.zone_drops(cur, zones))})
 
 
 async def audit(request: web.Request) -> web.Response:

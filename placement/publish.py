@@ -8,7 +8,7 @@ import asyncio
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,10 +18,12 @@ import aiohttp
 from geo_service.snapshot.folder import current_seq, open_current, rollback
 from geo_service.snapshot.format import Snapshot, open_snapshot
 from geo_service.snapshot.grid import Grid, SquareGrid
-from geo_service.snapshot.origin import open_origin, publish, rollback_origin
+from geo_service.snapshot.origin import Origin, open_origin, publish, rollback_origin
 from loaders.build import BuildSettings, build
+from loaders.errors import LoaderError
 from loaders.sources import open_source
-from placement.db import Db
+from placement import store
+from placement.db import Cursor, Db
 from placement.diff import compare
 from placement.folders import export
 from placement.settings import ConsoleSettings
@@ -64,34 +66,57 @@ def live_grid(snapshots: Path) -> Grid:
         return SquareGrid(cell_m=100.0, radius=2)
 
 
-async def _build(settings: ConsoleSettings, db: Db, out: Path, scratch: Path,
-                 progress: Callable[[str, int], None]) -> dict[str, Any]:
-    """Build the draft into `out`: a MySQL draft straight from its tables, a SQLite one through a data folder."""
-    if db.dialect == "mysql":
-        spec = db.dsn
-    else:
-        progress("export", 0)
-        await db.read(lambda cur: export(cur, scratch / "data"))
-        spec = str(scratch / "data")
-    grid = await asyncio.to_thread(live_grid, settings.snapshots)
-    build_settings = BuildSettings(source=spec, out=out, grid=grid, keep=settings.keep, memory_mb=settings.memory_mb,
-                                   channels=Path(settings.channels) if settings.channels else None)
-    source = open_source(spec)
-    try:
-        return await build(build_settings, source, progress)
-    finally:
-        await source.close()
+class DraftMoved(LoaderError):
+    """The draft was edited after the preview a publish was asked from: nothing is built."""
+
+
+def _run_build(build_settings: BuildSettings, spec: str, progress: Callable[[str, int], None]) -> dict[str, Any]:
+    """The build, on an event loop of its own in a worker thread: minutes of sorting at 10^8 rows must not stall the
+    console's loop (the page's job polls, a live kill switch)."""
+    async def run() -> dict[str, Any]:
+        source = open_source(spec)
+        try:
+            return await build(build_settings, source, progress)
+        finally:
+            await source.close()
+
+    return asyncio.run(run())
+
+
+async def _build(settings: ConsoleSettings, db: Db, out: Path, scratch: Path, progress: Callable[[str, int], None],
+                 revision: int | None) -> tuple[dict[str, Any], int]:
+    """Build one revision of the draft into `out` (the one given, or refuse: DraftMoved); return the manifest and
+    the revision built. A MySQL draft is built from its tables, saves held off meanwhile; a SQLite one is
+    exported in one read transaction, its revision read in the same one."""
+    def export_at(cur: Cursor) -> int:
+        now = store.revision(cur)
+        if revision is None or now == revision:
+            export(cur, scratch / "data")
+        return now
+
+    async with db.hold():
+        if db.dialect == "mysql":
+            built, spec = await db.read(store.revision), db.dsn
+        else:
+            progress("export", 0)
+            built, spec = await db.read(export_at), str(scratch / "data")
+        if revision is not None and built != revision:
+            raise DraftMoved(f"the draft is at revision {built}, not the {revision} previewed: preview again")
+        grid = await asyncio.to_thread(live_grid, settings.snapshots)
+        build_settings = BuildSettings(source=spec, out=out, grid=grid, keep=settings.keep, memory_mb=settings.memory_mb,
+                                       channels=Path(settings.channels) if settings.channels else None)
+        return await asyncio.to_thread(_run_build, build_settings, spec, progress), built
 
 
 async def preview(settings: ConsoleSettings, db: Db) -> dict[str, Any]:
-    """A dry-run build of the draft and what it would change against the live snapshot."""
+    """A dry-run build of the draft and what it would change against the live snapshot, with the revision built."""
     settings.work_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="preview-", dir=settings.work_dir) as tmp:
         scratch = Path(tmp)
-        manifest = await _build(settings, db, scratch / "snaps", scratch, lambda stage, done: None)
+        manifest, revision = await _build(settings, db, scratch / "snaps", scratch, lambda stage, done: None, None)
         new = await asyncio.to_thread(open_snapshot, scratch / "snaps" / str(manifest["seq"]))
         live = await asyncio.to_thread(_live, settings.snapshots)
-        return {"live_seq": live.seq if live else None, "counts": manifest["counts"],
+        return {"revision": revision, "live_seq": live.seq if live else None, "counts": manifest["counts"],
                 "screening": manifest["screening"], **await asyncio.to_thread(compare, live, new)}
 
 
@@ -99,36 +124,44 @@ def _live(snapshots: Path) -> Snapshot | None:
     return open_current(snapshots) if current_seq(snapshots) is not None else None
 
 
-async def run_publish(settings: ConsoleSettings, db: Db, job: Job) -> None:
-    """Build the draft into the snapshots folder, upload it to the origin if there is one, wait until served."""
+async def run_publish(settings: ConsoleSettings, db: Db, job: Job, revision: int) -> None:
+    """Build the previewed revision of the draft into the snapshots folder, upload it to the origin if there is one
+    (if that fails, CURRENT here goes back: it must say what the hosts serve), wait until served."""
     settings.work_dir.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="publish-", dir=settings.work_dir))
+    before = await asyncio.to_thread(current_seq, settings.snapshots)
     try:
-        manifest = await _build(settings, db, settings.snapshots, scratch, job.step)
+        manifest, _ = await _build(settings, db, settings.snapshots, scratch, job.step, revision)
         job.seq = int(manifest["seq"])
         if settings.origin:
             job.step("upload")
-            origin = open_origin(settings.origin, settings.origin_endpoint)
             try:
-                await publish(origin, settings.snapshots / str(job.seq), manifest)
-            finally:
-                await origin.close()
+                await _with_origin(settings, lambda origin: publish(origin, settings.snapshots / str(job.seq), manifest))
+            except BaseException:
+                if before is not None:
+                    await asyncio.to_thread(rollback, settings.snapshots, before)
+                raise
         await _wait_served(settings, job)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-async def run_rollback(settings: ConsoleSettings, job: Job, to: int | None) -> None:
-    """Point CURRENT (here, and at the origin if there is one) back at an older snapshot; wait until served."""
+async def run_rollback(settings: ConsoleSettings, job: Job, to: int) -> None:
+    """Point CURRENT back at an older snapshot: the origin's first (what the hosts pull; if it refuses, nothing here
+    moved), then here; wait until served."""
     job.step("rollback")
-    job.seq = await asyncio.to_thread(rollback, settings.snapshots, to)
     if settings.origin:
-        origin = open_origin(settings.origin, settings.origin_endpoint)
-        try:
-            await rollback_origin(origin, job.seq)
-        finally:
-            await origin.close()
+        await _with_origin(settings, lambda origin: rollback_origin(origin, to))
+    job.seq = await asyncio.to_thread(rollback, settings.snapshots, to)
     await _wait_served(settings, job)
+
+
+async def _with_origin(settings: ConsoleSettings, work: Callable[[Origin], Awaitable[Any]]) -> None:
+    origin = open_origin(settings.origin, settings.origin_endpoint)
+    try:
+        await work(origin)
+    finally:
+        await origin.close()
 
 
 async def _wait_served(settings: ConsoleSettings, job: Job) -> None:

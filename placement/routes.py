@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from geo_service.web.static import SHARED, StaticFiles
 from loaders.errors import LoaderError
 from placement import store
 from placement.auth import COOKIE, from_bearer, operator, session_value
-from placement.db import Cursor
+from placement.db import DraftError
 from placement.keys import book_key, db_key, settings_key, state_key
 from placement.openapi import openapi_spec
 from placement.publish import Job, preview, run_publish, run_rollback
@@ -33,6 +34,7 @@ from placement.publish import Job, preview, run_publish, run_rollback
 log = logging.getLogger("geodrop.console")
 FILES = StaticFiles(Path(str(resources.files("placement").joinpath("static"))), SHARED)
 LIVE_TIMEOUT_S = 10
+KEPT_JOBS = 50  # the newest jobs the page can still look up
 
 
 class Busy(ApiError):
@@ -49,6 +51,10 @@ class BuildRefused(ApiError):
 
 class NothingToRollBack(ApiError):
     status, code = 409, "nothing_to_roll_back"
+
+
+class DraftBehind(ApiError):
+    status, code = 503, "draft_behind"  # the live change was made; the draft did not follow (said, and logged)
 
 
 class LiveOff(ApiError):
@@ -92,84 +98,111 @@ async def close_session(request: web.Request) -> web.Response:
 
 # -- preview, publish, rollback --------------------------------------------------------------------------------
 
-async def do_preview(request: web.Request) -> web.Response:
-    operator(request, request.app[book_key])
-    app = request.app
-    if app[state_key].building.locked():
-        raise Busy("a build is running; preview when it is done")
-    async with app[state_key].building:
-        revision = await app[db_key].read(store.revision)
-        try:
-            result = await preview(app[settings_key], app[db_key])
-        except LoaderError as exc:
-            raise BuildRefused(f"the build refuses the draft: {exc}") from None
-    return json_response({"revision": revision, **result}, headers={"Cache-Control": "no-store"})
-
-
-def _start(request: web.Request, who: str, action: str, work: Any) -> Job:
-    """Run a job in the background under the build lock; the page polls /v1/jobs/{id}."""
+def _claim(request: web.Request, who: str, action: str) -> Job:
+    """Take the console's one job slot before anything is awaited, so a second click gets 409, not a second build
+    (and a rollback cannot queue behind a publish and undo it)."""
     state = request.app[state_key]
-    job = Job(id=len(state.jobs) + 1, who=who, action=action)
+    if state.job is not None or state.building.locked():
+        running = state.job.action if state.job else "preview"
+        raise Busy(f"a {running} is running; try again when it is done")
+    state.job = Job(id=state.next_job_id, who=who, action=action)
+    state.next_job_id += 1
+    return state.job
+
+
+def _release(request: web.Request, job: Job) -> None:
+    state = request.app[state_key]
+    if state.job is job:
+        state.job = None
+
+
+async def do_preview(request: web.Request) -> web.Response:
+    who = operator(request, request.app[book_key], "admin").name  # a build: an admin's to ask for
+    app = request.app
+    job = _claim(request, who, "preview")
+    try:
+        async with app[state_key].building:
+            result = await preview(app[settings_key], app[db_key])
+    except LoaderError as exc:
+        raise BuildRefused(f"the build refuses the draft: {exc}") from None
+    finally:
+        _release(request, job)
+    return json_response(result, headers={"Cache-Control": "no-store"})
+
+
+def _start(request: web.Request, job: Job, work: Callable[[Job], Awaitable[None]], detail: dict[str, Any]) -> Job:
+    """Run a claimed job in the background; the page polls /v1/jobs/{id}. Its audit entry is written however it
+    ends, once CURRENT may have moved (a failure names its phase), even when the console is stopping."""
+    state, db = request.app[state_key], request.app[db_key]
     state.jobs[job.id] = job
+    for old in sorted(state.jobs)[:-KEPT_JOBS]:
+        del state.jobs[old]
 
     async def run() -> None:
-        final, error = "published", None
-        async with state.building:
-            try:
+        final, error = "failed", "stopped"  # as the job is left if the console stops under it
+        try:
+            async with state.building:
                 await work(job)
-                final = "served" if job.phase == "served" else "published"
-            except (LoaderError, SnapshotError, OriginError, TimeoutError, OSError, aiohttp.ClientError) as exc:
-                final, error = "failed", str(exc)
-            except Exception as exc:  # noqa: BLE001 - a job's failure is shown on its page, and logged
-                log.exception("console job failed")
-                final, error = "failed", f"internal error: {type(exc).__name__}"
-        job.state, job.error = final, error  # only now: the next job may start as soon as the page sees this one end
-        log.info("console job", extra={"audit": action, "operator": who, **job.view()})
+            final, error = ("served" if job.phase == "served" else "published"), ""
+        except (LoaderError, SnapshotError, OriginError, TimeoutError, OSError, aiohttp.ClientError) as exc:
+            error = str(exc)
+        except Exception as exc:  # noqa: BLE001 - a job's failure is shown on its page, and logged
+            log.exception("console job failed")
+            error = f"internal error: {type(exc).__name__}"
+        finally:
+            entry = {**detail, "seq": job.seq, "state": final, "error": error, "phase": job.phase, "phases": job.phases}
+            try:
+                await asyncio.shield(db.write(lambda cur: store.record(cur, job.who, job.action, f"snapshot:{job.seq}",
+                                                                       job.seq or 0, entry)))
+            except (DraftError, asyncio.CancelledError):
+                log.error("console job not audited in the draft", extra={"audit": job.action, **entry})
+            job.state, job.error = final, error or None  # only now: the next job may start as the page sees this one end
+            _release(request, job)
+            log.info("console job", extra={"audit": job.action, "operator": job.who, **job.view()})
 
-    state.tasks.add(asyncio.create_task(run(), name=f"console-{action}-{job.id}"))
+    task = asyncio.create_task(run(), name=f"console-{job.action}-{job.id}")
+    state.tasks.add(task)
+    task.add_done_callback(state.tasks.discard)
     return job
 
 
 async def do_publish(request: web.Request) -> web.Response:
     who = operator(request, request.app[book_key], "admin").name
-    body = json_object(await request.read())
-    revision = integer_of(body, "revision")
     app = request.app
-    if app[state_key].building.locked():
-        raise Busy("a build is running")
-    now = await app[db_key].read(store.revision)
-    if now != revision:
-        raise DraftChanged(f"the draft is at revision {now}, not {revision}: preview again", field="revision")
     settings, db = app[settings_key], app[db_key]
-
-    async def work(job: Job) -> None:
-        await run_publish(settings, db, job)
-        await db.write(lambda cur: store.record(cur, who, "publish", f"snapshot:{job.seq}", revision,
-                                                {"seq": job.seq, "revision": revision, "phases": job.phases}))
-
-    return json_response(_start(request, who, "publish", work).view(), status=202)
+    job = _claim(request, who, "publish")
+    try:
+        revision = integer_of(json_object(await request.read()), "revision")
+        now = await db.read(store.revision)
+        if now != revision:
+            raise DraftChanged(f"the draft is at revision {now}, not {revision}: preview again", field="revision")
+    except BaseException:
+        _release(request, job)
+        raise
+    started = _start(request, job, lambda job: run_publish(settings, db, job, revision), {"revision": revision})
+    return json_response(started.view(), status=202)
 
 
 async def do_rollback(request: web.Request) -> web.Response:
     who = operator(request, request.app[book_key], "admin").name
-    body = json_object(await request.read())
-    to = integer_of(body, "to") if body.get("to") is not None else None
     app = request.app
-    if app[state_key].building.locked():
-        raise Busy("a build is running")
-    settings, db = app[settings_key], app[db_key]
-    before, seqs = await asyncio.to_thread(lambda: (current_seq(settings.snapshots), list_seqs(settings.snapshots)))
-    if to is not None and to not in seqs:
-        raise NotFound(f"no snapshot {to}; the snapshots folder has {seqs}", field="to")
-    if to is None and not any(s < (before or 0) for s in seqs):
-        raise NothingToRollBack(f"no snapshot older than {before} to roll back to")
-
-    async def work(job: Job) -> None:
-        await run_rollback(settings, job, to)
-        await db.write(lambda cur: store.record(cur, who, "rollback", f"snapshot:{job.seq}", job.seq or 0,
-                                                {"from": before, "to": job.seq}))
-
-    return json_response(_start(request, who, "rollback", work).view(), status=202)
+    settings = app[settings_key]
+    job = _claim(request, who, "rollback")
+    try:
+        body = json_object(await request.read())
+        to = integer_of(body, "to") if body.get("to") is not None else None
+        before, seqs = await asyncio.to_thread(lambda: (current_seq(settings.snapshots), list_seqs(settings.snapshots)))
+        if to is not None and to not in seqs:
+            raise NotFound(f"no snapshot {to}; the snapshots folder has {seqs}", field="to")
+        older = [s for s in seqs if s < (before or 0)]
+        if to is None and not older:
+            raise NothingToRollBack(f"no snapshot older than {before} to roll back to")
+        target = to if to is not None else older[-1]  # decided now, not when the job runs
+    except BaseException:
+        _release(request, job)
+        raise
+    started = _start(request, job, lambda job: run_rollback(settings, job, target), {"from": before, "to": target})
+    return json_response(started.view(), status=202)
 
 
 async def job_state(request: web.Request) -> web.Response:
@@ -204,7 +237,8 @@ async def _collector(request: web.Request, path: str, body: dict[str, Any]) -> A
         raise LiveUnavailable(f"the collector did not answer ({type(exc).__name__}); nothing changed") from None
     if resp.status == 200:
         return answer
-    error = answer.get("error", {}) if isinstance(answer, dict) else {}
+    error = answer.get("error") if isinstance(answer, dict) else None
+    error = error if isinstance(error, dict) else {}
     if not 400 <= resp.status < 500:
         raise LiveUnavailable(f"the collector answered {resp.status}; nothing changed")
     refused = ApiError(f"the collector refused: {error.get('message', resp.status)}", field=error.get("field"))
@@ -212,43 +246,40 @@ async def _collector(request: web.Request, path: str, body: dict[str, Any]) -> A
     raise refused
 
 
+async def _apply_live(request: web.Request, who: str, task_id: int, path: str, body: dict[str, Any], action: str,
+                      changes: dict[str, Any]) -> web.Response:
+    """Make a live change through the collector, then have the draft follow it. The ledger is changed first (it is
+    what players meet); if the draft then cannot follow, the answer says so and the log keeps the change."""
+    answer = await _collector(request, path, body)
+    try:
+        await request.app[db_key].write(lambda cur: store.live_follow(cur, who, task_id, action, dict(changes), answer))
+    except (DraftError, store.Missing) as exc:
+        log.error("live change not followed by the draft", extra={"audit": action, "operator": who, "task_id": task_id,
+                                                                  "changes": changes, "ledger": answer})
+        raise DraftBehind(f"applied live (the ledger holds it), but the draft did not follow: {exc}") from None
+    return json_response({"applied": "live, no rebuild", "ledger": answer})
+
+
 async def live_prize(request: web.Request) -> web.Response:
     """Change a prize's quota and/or rate now (the collector's live route); the draft follows."""
-    who = operator(request, request.app[book_key], "admin").name
     task_id, prize_type = id_param(request.match_info["task_id"], "task_id"), request.match_info["prize_type"]
+    who = operator(request, request.app[book_key], "admin").name
     body = json_object(await request.read())
     if set(body) - {"quota", "rate_per_s"} or not body:
         raise InvalidParam("give quota and/or rate_per_s", field="quota")
-    answer = await _collector(request, f"/v1/admin/prizes/{task_id}/{quote(prize_type, safe='')}", body)
-
-    def follow(cur: Cursor) -> None:
-        sets = {k: body[k] for k in ("quota", "rate_per_s") if k in body}
-        for column, value in sets.items():
-            cur.execute(f"UPDATE task_prizes SET {column} = %s WHERE task_id = %s AND prize_type = %s",
-                        (value, task_id, prize_type))
-        store.record(cur, who, "live_prize", f"task:{task_id}", 0, {"prize_type": prize_type, "after": sets,
-                                                                     "ledger": answer})
-
-    await request.app[db_key].write(follow)
-    return json_response({"applied": "live, no rebuild", "ledger": answer})
+    return await _apply_live(request, who, task_id, f"/v1/admin/prizes/{task_id}/{quote(prize_type, safe='')}", body,
+                             "live_prize", {"prize_type": prize_type, **body})
 
 
 async def live_enabled(request: web.Request) -> web.Response:
     """The kill switch, now (the collector's live route); the draft follows."""
-    who = operator(request, request.app[book_key], "admin").name
     task_id = id_param(request.match_info["task_id"], "task_id")
+    who = operator(request, request.app[book_key], "admin").name
     body = json_object(await request.read())
     if not isinstance(body.get("enabled"), bool):
         raise InvalidParam("enabled must be true or false", field="enabled")
-    answer = await _collector(request, f"/v1/admin/tasks/{task_id}", {"enabled": body["enabled"]})
-
-    def follow(cur: Cursor) -> None:
-        cur.execute("UPDATE tasks SET enabled = %s WHERE task_id = %s", (int(body["enabled"]), task_id))
-        store.record(cur, who, "live_enabled", f"task:{task_id}", 0, {"after": {"enabled": body["enabled"]},
-                                                                       "ledger": answer})
-
-    await request.app[db_key].write(follow)
-    return json_response({"applied": "live, no rebuild", "ledger": answer})
+    return await _apply_live(request, who, task_id, f"/v1/admin/tasks/{task_id}", {"enabled": body["enabled"]},
+                             "live_enabled", {"enabled": int(body["enabled"])})
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -20,7 +20,7 @@ from placement.auth import add_operator
 from tests.conftest import REPO, SAMPLE
 from tests.support.processes import Process, collector, running_pair, service
 
-SECRET, ADMIN = "fuzz-secret", "fuzz-admin"
+SECRET, ADMIN = "fuzz-secret", "fuzz-admin-token-0123"
 HOOKS = REPO / "tests" / "support" / "fuzz_hooks.py"  # ids of Unicode digits and past int64 in every operation's examples
 
 

@@ -102,7 +102,7 @@ async function openEditor(taskId) {
     stagger_s: 0, stagger_groups: 1, prizes: [{ prize_type: "", quota: 0, weight: 1, rate_per_s: null }], points: [] }
     : await api(`/v1/tasks/${taskId}`);
   state.editor = { id: t.task_id, version: t.version, points: t.points.map(([poi_id, lat, lng]) => ({ poi_id, lat, lng })),
-    poiSet: null, screening: null, dirtyPoints: false, original: t };
+    poiSet: null, screening: t.screening || null, dirtyPoints: false, original: t };
   const district = el("select", { id: "f-district" }, ...state.draft.districts.map((d) =>
     el("option", { value: d.code }, `${d.name} (${d.code})`)));
   district.value = String(t.district_code);
@@ -116,9 +116,11 @@ async function openEditor(taskId) {
     field("starts", "starts_at", input("f-starts", { type: "datetime-local", value: toLocalInput(t.starts_at) })),
     field("ends", "ends_at", input("f-ends", { type: "datetime-local", value: toLocalInput(t.ends_at) })),
     field("enabled", "enabled", enabled),
+    t.published ? el("p", { class: "muted", id: "live-note" }, "Published: its prizes' quotas and rates and its kill " +
+      "switch are the ledger's; change them in “live” below (no rebuild).") : "",
     field("stagger (s)", "stagger_s", input("f-stagger-s", { type: "number", min: "0", value: t.stagger_s })),
     field("groups", "stagger_groups", input("f-stagger-groups", { type: "number", min: "1", value: t.stagger_groups })),
-    el("h3", {}, "prizes"), prizeTable(t.prizes),
+    el("h3", {}, "prizes"), prizeTable(t.prizes, t.published),
     el("h3", {}, "points"), pointControls(t),
     el("p", {}, el("button", { type: "submit", id: "save" }, "save"), " ",
       t.task_id === null ? "" : el("button", { type: "button", id: "delete" }, "delete"), " ",
@@ -131,13 +133,19 @@ async function openEditor(taskId) {
   $("close").onclick = () => { state.editor = null; state.points.clearLayers(); renderTasks(); };
   if ($("delete")) $("delete").onclick = () => removeTask();
   if (state.me.role !== "admin") form.querySelectorAll("input, select, button[type=submit]").forEach((n) => { n.disabled = true; });
+  if (t.published) $("f-enabled").disabled = true;
+  if (t.points_total) {  // a set this big is edited by import: the page holds only part of it
+    ["f-upload", "place-points"].forEach((id) => { $(id).disabled = true; });
+    $("points-summary").textContent = `${t.points_total.toLocaleString()} points; the map shows the first ` +
+      `${t.points.length.toLocaleString()}; edit a set this big with geo-snapshot import`;
+  }
   drawPoints();
   if (state.editor.points.length) state.map.fitBounds(state.points.getBounds(), { maxZoom: 16 });
   scheduleCheck();
 }
-function prizeTable(prizes) {
+function prizeTable(prizes, published) {
   const body = el("tbody", { id: "prize-rows" });
-  const addRow = (p) => {
+  const addRow = (p, live) => {
     const row = el("tr", { class: "prize" },
       el("td", {}, el("input", { class: "type", value: p.prize_type, placeholder: "type" })),
       el("td", {}, el("input", { class: "quota", type: "number", min: "0", value: p.quota })),
@@ -146,11 +154,12 @@ function prizeTable(prizes) {
       el("td", {}, el("button", { type: "button", class: "remove-prize" }, "×")),
       el("td", { class: "error prize-error" }));
     row.querySelector(".remove-prize").onclick = () => { row.remove(); scheduleCheck(); };
+    if (live) row.querySelectorAll(".type, .quota, .rate").forEach((n) => { n.readOnly = true; });
     body.append(row);
   };
-  prizes.forEach(addRow);
+  prizes.forEach((p) => addRow(p, published));
   const add = el("button", { type: "button", id: "add-prize" }, "add prize");
-  add.onclick = () => { addRow({ prize_type: "", quota: 0, weight: 1, rate_per_s: null }); };
+  add.onclick = () => { addRow({ prize_type: "", quota: 0, weight: 1, rate_per_s: null }, false); };
   return el("div", {}, el("table", { class: "prizes" },
     el("thead", {}, el("tr", {}, ...["type", "quota", "weight", "rate/s"].map((h) => el("th", {}, h)))), body), add,
     el("span", { class: "error", "data-field": "prizes" }));
@@ -241,8 +250,7 @@ function scheduleCheck() { clearTimeout(checkTimer); checkTimer = setTimeout(run
 async function runCheck() {
   const ed = state.editor;
   if (!ed || !$("editor")) return;
-  const b = body();
-  b.points = ed.points;  // screening is shown for the points on the map, sent or not
+  const b = body();  // points only when they changed: the task's own came screened with it
   let answer;
   try { answer = await api("/v1/check", "POST", b); } catch (e) {
     if (e.status !== 422) return;
@@ -250,9 +258,9 @@ async function runCheck() {
   }
   if (state.editor !== ed || !$("editor")) return;  // the editor closed or moved to another task meanwhile
   showProblems(answer.problems);
-  state.editor.screening = answer.screening;
-  drawPoints();
-  const s = answer.screening;
+  if (b.points) { ed.screening = answer.screening; drawPoints(); }
+  if (ed.original.points_total) return;
+  const s = ed.screening;
   $("points-summary").textContent = s ? `${state.editor.points.length} points: ${s.zone.filter(Boolean).length} dropped by ` +
     `exclusion zones, ${s.outside_count} outside the district` : `${state.editor.points.length} points`;
 }
@@ -388,7 +396,8 @@ async function renderPublish() {
   const rollback = el("button", { type: "button", id: "rollback" }, "roll back");
   rollback.onclick = () => runJob("/v1/rollback", { to: Number(to.value) || null });
   if (!older.length) rollback.disabled = true;
-  box.replaceChildren(el("p", {}, previewButton, " ", state.me.role === "admin" ? publish : ""), el("div", { id: "diff" }),
+  box.replaceChildren(state.me.role === "admin" ? el("p", {}, previewButton, " ", publish)
+    : el("p", { class: "muted" }, "Preview and publish are an admin's."), el("div", { id: "diff" }),
     el("progress", { id: "progress", max: PHASES.length, value: 0 }), el("p", { id: "job-state" }),
     state.me.role === "admin" ? el("p", {}, "roll back to ", to, " ", rollback) : "");
 }

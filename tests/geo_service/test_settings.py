@@ -81,7 +81,7 @@ def test_the_makefiles_demo_secrets_are_the_ones_refused_off_loopback() -> None:
 
     makefile = (Path(__file__).resolve().parents[2] / "Makefile").read_text()
     demo = {line.split("?=")[1].strip() for line in makefile.splitlines()
-            if line.startswith(("DEMO_SECRET", "DEMO_ADMIN", "DEMO_PARTNER"))}
+            if line.startswith(("DEMO_SECRET", "DEMO_ADMIN", "DEMO_PARTNER", "DEMO_CONSOLE"))}
     assert demo == DEMO_SECRETS
     assert "--token-secret" not in makefile and "--admin-token" not in makefile  # a process list shows flags
 

@@ -13,7 +13,7 @@ import shapely
 from aiohttp.test_utils import TestClient
 
 from geo_service.snapshot.folder import open_current
-from placement.auth import add_operator, demo_problems, read_operators
+from placement.auth import OperatorBook, add_operator, demo_problems, read_operators
 from placement.cli import main
 from placement.keys import settings_key
 from tests.conftest import SAMPLE
@@ -99,6 +99,11 @@ async def test_an_upload_names_its_bad_lines_and_keeps_nothing(console: Client) 
     error = (await _json(await console.post("/v1/uploads/points?format=geojson", data=orjson.dumps(geo),
                                             headers=auth("vic")), 422))["error"]
     assert {p["row"] for p in error["details"]["problems"]} == {"feature 2"}
+    huge_field = b"lat,lng\n22.5,\"" + b"1" * 200_000 + b"\"\n"  # past the csv module's field limit
+    assert (await console.post("/v1/uploads/points", data=huge_field, headers=auth("vic"))).status == 422
+    many = b"lat,lng\n" + b"1,1\n" * 200_002  # counted before parsing
+    error = (await _json(await console.post("/v1/uploads/points", data=many, headers=auth("vic")), 400))["error"]
+    assert error["field"] == "file"
     assert (await _draft(console))["revision"] == 0
 
 
@@ -162,14 +167,20 @@ async def _wait_job(console: Client, job_id: int) -> dict[str, Any]:
 async def test_preview_then_publish_then_roll_back(console: Client) -> None:
     task = await _json(await console.post("/v1/tasks", json=task_body(pts=points(50)), headers=auth("alice")), 201)
     first = (await _draft(console))["tasks"][0]
-    body = {"version": first["version"], "task": {k: first[k] for k in ("name", "district_code", "starts_at", "ends_at",
-                                                                         "enabled")},
-            "prizes": [{**p, "quota": p["quota"] + 1} for p in first["prizes"]]}
+    fields = {k: first[k] for k in ("name", "district_code", "starts_at", "ends_at", "enabled")}
+    # A published task's quotas are the ledger's: an ordinary save may not change them (a publish would not).
+    body = {"version": first["version"], "task": fields, "prizes": [{**p, "quota": p["quota"] + 1} for p in first["prizes"]]}
+    error = (await _json(await console.put(f"/v1/tasks/{first['task_id']}", json=body, headers=auth("bob")), 422))["error"]
+    assert (error["details"]["problems"][0]["row"], error["field"]) == ("prizes[0]", "quota")
+    body = {"version": first["version"], "task": {**fields, "name": "renamed"},
+            "prizes": [*first["prizes"], {"prize_type": "voucher", "quota": 7, "weight": 1}]}
     await _json(await console.put(f"/v1/tasks/{first['task_id']}", json=body, headers=auth("bob")), 200)
-    preview = await _json(await console.post("/v1/preview", headers=auth("vic")), 200)
+    assert (await console.post("/v1/preview", headers=auth("vic"))).status == 403  # a build is an admin's to ask for
+    preview = await _json(await console.post("/v1/preview", headers=auth("alice")), 200)
     assert [t["task_id"] for t in preview["tasks_added"]] == [task["task_id"]] and preview["totals"]["pois_added"] == 50
     [changed] = preview["tasks_changed"]
-    assert changed["task_id"] == first["task_id"] and all(b == a + 1 for a, b in changed["quotas"].values())
+    assert changed["task_id"] == first["task_id"] and changed["fields"] == {"name": [first["name"], "renamed"]}
+    assert changed["quotas"] == {"voucher": [None, 7]}
     stale = await console.post("/v1/publish", json={"revision": preview["revision"] - 1}, headers=auth("alice"))
     assert stale.status == 409
     assert (await console.post("/v1/publish", json={"revision": preview["revision"]}, headers=auth("vic"))).status == 403
@@ -184,6 +195,16 @@ async def test_preview_then_publish_then_roll_back(console: Client) -> None:
     assert job["seq"] == 1 and (await _json(await console.get("/v1/live", headers=auth("vic")), 200))["current"] == 1
     actions = [e["action"] for e in (await _json(await console.get("/v1/audit", headers=auth("vic")), 200))["entries"]]
     assert actions[:4] == ["rollback", "publish", "update_task", "create_task"]
+
+
+def test_an_operators_file_broken_after_start_keeps_the_last_good_one(tmp_path: Path) -> None:
+    path = tmp_path / "ops.json"
+    add_operator(path, "alice", "admin", TOKENS["alice"])
+    book = OperatorBook(path)
+    assert set(book.current().by_name) == {"alice"}
+    path.write_text("{not json")
+    assert set(book.current().by_name) == {"alice"}
+    assert main(["serve", "--operators", str(path), "--draft", f"sqlite:///{tmp_path / 'd.sqlite3'}"]) == 2
 
 
 def test_a_published_demo_token_is_refused_off_loopback(tmp_path: Path) -> None:
