@@ -89,7 +89,7 @@ async def test_editing_a_shared_sets_points_splits_it_off_and_leaves_the_other_t
 
 
 async def test_new_ids_never_collide_with_ids_given_in_the_same_save(console: Client) -> None:
-    top = await console.app[db_key].read(lambda cur: cur.execute("SELECT MAX(poi_id) FROM pois").one()[0])  # type: ignore[index]
+    top = await console.app[db_key].read(lambda cur: cur.execute("SELECT MAX(poi_id) FROM pois").one()[0])
     pts = [{"poi_id": top + 1, "lat": 22.53, "lng": 113.93}, {"lat": 22.531, "lng": 113.931}]
     saved = await _json(await console.post("/v1/tasks", json=task_body(pts=pts), headers=auth("alice")), 201)
     assert sorted(p[0] for p in saved["points"]) == [top + 1, top + 2]
