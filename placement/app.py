@@ -12,6 +12,8 @@ from pathlib import Path
 from aiohttp import web
 
 from delivery.channels import ChannelsError, load_channels
+from geo_service.snapshot.folder import current_seq
+from geo_service.snapshot.format import read_tables
 from geo_service.web.metrics import Metrics
 from geo_service.web.routing import QUERY_LIMIT_BYTES, Guard, add_guarded_routes
 from geo_service.web.static import SECURE_HEADERS
@@ -34,6 +36,10 @@ async def draft_ctx(app: web.Application) -> AsyncIterator[None]:
     await db.create_tables()
     if settings.seed:
         await seed(db, Path(settings.seed))
+    live = await asyncio.to_thread(current_seq, settings.snapshots)
+    if live is not None:  # what was published before the console knew: the ledger may hold it all
+        tasks, _ = await asyncio.to_thread(read_tables, settings.snapshots / str(live))
+        await db.write(lambda cur: store.mark_published(cur, tasks))
     state.districts = await db.read(store.districts)
     outlines = await asyncio.to_thread(district_outlines, state.districts)
     state.outlines = await asyncio.to_thread(gzip.compress, outlines, 6, mtime=0)
@@ -44,11 +50,23 @@ async def draft_ctx(app: web.Application) -> AsyncIterator[None]:
         except ChannelsError as exc:
             raise LoaderError(str(exc)) from None
     yield
-    for task in state.tasks:
+    await stop_jobs(state)
+
+
+async def stop_jobs(state: DraftState) -> None:
+    """Ask a running job to stop (a build gives up at its next step, publishing nothing) and wait for it to audit
+    itself; one that does not end within STOP_WAIT_S is cancelled."""
+    if state.job is not None:
+        state.job.stopping = True
+    if state.tasks:
+        await asyncio.wait(state.tasks, timeout=STOP_WAIT_S)
+    for task in list(state.tasks):
         task.cancel()
-    for task in state.tasks:
         with suppress(asyncio.CancelledError):
             await task
+
+
+STOP_WAIT_S = 60
 
 
 async def secure_headers(request: web.Request, response: web.StreamResponse) -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pymysql
+import pymysql.cursors
 
 from geo_service.dsn import MySQLSettings
 from geo_service.web.errors import ApiError
@@ -33,7 +34,10 @@ CONSOLE_TABLES = [
     "CREATE TABLE IF NOT EXISTS console_versions (target VARCHAR(80) NOT NULL PRIMARY KEY, version BIGINT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS console_audit (id {autoincrement}, at DOUBLE NOT NULL, who VARCHAR(64) NOT NULL, "
     "action VARCHAR(32) NOT NULL, target VARCHAR(80) NOT NULL, version BIGINT NOT NULL, detail LONGTEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS console_published (task_id BIGINT NOT NULL, prize_type VARCHAR(40) NOT NULL, "
+    "PRIMARY KEY (task_id, prize_type))",
 ]
+QUERY_TIMEOUT_S = 600  # a MySQL read or write that takes longer: the server is gone, not busy
 _AUTOINCREMENT = {"mysql": "BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY", "sqlite": "INTEGER PRIMARY KEY AUTOINCREMENT"}
 _MYSQL_ONLY = re.compile(r",\s*KEY \w+ \([^)]*\)|\)\s*ENGINE=[^;]*$")
 
@@ -113,18 +117,20 @@ class Db:
         if self.dialect == "mysql":
             s = MySQLSettings.from_dsn(self.dsn)
             return pymysql.connect(host=s.host, port=s.port, user=s.user, password=s.password, database=s.database,
-                                   connect_timeout=5, autocommit=False, charset="utf8mb4")
+                                   connect_timeout=5, read_timeout=QUERY_TIMEOUT_S, write_timeout=QUERY_TIMEOUT_S,
+                                   autocommit=False, charset="utf8mb4")
         path = Path(self.dsn.removeprefix("sqlite:///"))
         path.parent.mkdir(parents=True, exist_ok=True)
         return sqlite3.connect(path, timeout=LOCK_WAIT_S, isolation_level=None)
 
-    def _run(self, work: Callable[[Cursor], T], write: bool) -> T:
+    def _run(self, work: Callable[[Cursor], T], write: bool, stream: bool = False) -> T:
         try:
             conn = self._connect()
         except (pymysql.err.MySQLError, sqlite3.Error, OSError) as exc:
             raise DraftError(f"{self.name}: cannot open the draft: {exc}") from None
         try:
-            raw = conn.cursor()
+            # pymysql's default cursor reads a whole result at execute(); a streamed read (all the POIs) must not
+            raw = conn.cursor(pymysql.cursors.SSCursor) if stream and self.dialect == "mysql" else conn.cursor()
             cur = Cursor(raw, self.dialect)
             if self.dialect == "sqlite":
                 cur.execute("BEGIN IMMEDIATE" if write else "BEGIN")
@@ -172,13 +178,21 @@ class Db:
         finally:
             await asyncio.to_thread(conn.close)  # the connection's end releases the lock
 
-    async def read(self, work: Callable[[Cursor], T]) -> T:
-        """Run `work` in one read transaction, in a thread."""
-        return await asyncio.to_thread(self._run, work, False)
+    async def read(self, work: Callable[[Cursor], T], stream: bool = False) -> T:
+        """Run `work` in one read transaction, in a thread; with `stream`, a MySQL result comes as it is fetched
+        (finish one result before the next query)."""
+        return await asyncio.to_thread(self._run, work, False, stream)
 
     async def write(self, work: Callable[[Cursor], T]) -> T:
         """Run `work` in one transaction under the draft's lock, in a thread: all of it is kept, or none."""
         return await asyncio.to_thread(self._run, work, True)
+
+    def _wal(self) -> None:
+        conn = self._connect()
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+        finally:
+            conn.close()
 
     async def create_tables(self) -> None:
         """Create the source tables and the console's, where missing."""
@@ -189,4 +203,6 @@ class Db:
                 cur.execute(statement.format(autoincrement=_AUTOINCREMENT[self.dialect]))
             if self.dialect == "sqlite":  # schema.sql's KEY clause, which SQLite writes apart
                 cur.execute("CREATE INDEX IF NOT EXISTS pois_set ON pois (poi_set_id)")
+        if self.dialect == "sqlite":  # readers (an export, the zone counts) then never hold a save up
+            await asyncio.to_thread(self._wal)
         await self.write(create)

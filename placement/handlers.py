@@ -7,13 +7,10 @@ from __future__ import annotations
 import asyncio
 import gzip
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from geo_service.snapshot.folder import current_seq
-from geo_service.snapshot.format import SnapshotError, read_tables
 from geo_service.web.errors import ApiError, InvalidParam, MissingParam, NotFound
 from geo_service.web.params import id_param, integer_of, json_object, one_value
 from geo_service.web.responses import etag_matches, json_response, not_modified
@@ -24,7 +21,7 @@ from placement import store
 from placement.auth import operator
 from placement.checks import Problems, check_points, check_prizes, check_task, check_zone, points_of_body, screen, upload_rows
 from placement.db import Cursor
-from placement.keys import book_key, db_key, settings_key, state_key
+from placement.keys import book_key, db_key, state_key
 
 MAX_POINTS = 200_000  # points in one save or upload: bigger sets are the import's (geo-snapshot import) business
 
@@ -86,26 +83,6 @@ def _checked(request: web.Request, body: Mapping[str, Any], zones: list[Any]) ->
     return store.TaskSave(task, prizes, points, set_id), problems, screening
 
 
-def _read_live(snapshots: Path, seq: int | None) -> store.Live:
-    if seq is None:
-        return store.Live()
-    try:
-        tasks, _ = read_tables(snapshots / str(seq), check=False)
-    except (SnapshotError, OSError, ValueError):
-        return store.Live()  # a snapshot that cannot be read publishes nothing the console must protect
-    ids = [int(t["task_id"]) for t in tasks]
-    return store.Live(frozenset(ids), max(ids, default=0))
-
-
-async def live_tasks(request: web.Request) -> store.Live:
-    """The live snapshot's tasks, read again when CURRENT moves."""
-    state, snapshots = request.app[state_key], request.app[settings_key].snapshots
-    seq = await asyncio.to_thread(current_seq, snapshots)
-    if state.live is None or state.live[0] != seq:
-        state.live = (seq, await asyncio.to_thread(_read_live, snapshots, seq))
-    return state.live[1]
-
-
 def _based_on(body: Mapping[str, Any]) -> int:
     based_on = integer_of(dict(body), "version")
     if based_on < 0:
@@ -134,14 +111,11 @@ async def outlines(request: web.Request) -> web.Response:
 async def task_detail(request: web.Request) -> web.Response:
     task_id = id_param(request.match_info["task_id"], "task_id")
     operator(request, request.app[book_key])
-    try:
-        detail = await request.app[db_key].read(lambda cur: store.task_detail(cur, task_id))
+    try:  # a set past MAX_POINTS is shown in part: its points are edited by import, not on the map
+        detail = await request.app[db_key].read(lambda cur: store.task_detail(cur, task_id, MAX_POINTS))
     except store.Missing as exc:
         raise NotFound(str(exc), field="task_id") from None
     zones = await request.app[db_key].read(store.zones)
-    detail["published"] = task_id in (await live_tasks(request)).published  # its quotas, rates and switch are live
-    if len(detail["points"]) > MAX_POINTS:  # shown in part; its points are edited by import, not on the map
-        detail["points"], detail["points_total"] = detail["points"][:MAX_POINTS], len(detail["points"])
     ids, lats, lngs = zip(*detail["points"]) if detail["points"] else ((), (), ())
     rows = [{"poi_id": i, "lat": a, "lng": b} for i, a, b in zip(ids, lats, lngs)]
     district = request.app[state_key].districts.get(detail["district_code"])
@@ -151,8 +125,9 @@ async def task_detail(request: web.Request) -> web.Response:
 
 async def check(request: web.Request) -> web.Response:
     """A save's dry run: 200 with the screening of its points if the task would build, else 422 with every problem
-    by row and field (and the screening), exactly as the save would answer; nothing is written."""
-    operator(request, request.app[book_key])
+    by row and field (and the screening), exactly as the save would answer; nothing is written. An admin's, as
+    saves are (bodies of 200,000 points are not for anyone who can read)."""
+    operator(request, request.app[book_key], "admin")
     body = json_object(await request.read())
     _based_on(body)
     zones = await request.app[db_key].read(store.zones)
@@ -164,25 +139,29 @@ async def check(request: web.Request) -> web.Response:
 
 async def upload(request: web.Request) -> web.Response:
     """Parse an uploaded CSV or GeoJSON of points: the good ones, and every bad line; nothing is stored."""
-    operator(request, request.app[book_key])
+    operator(request, request.app[book_key], "admin")
     kind = one_value(request.query, "format") if "format" in request.query else "csv"
     if kind not in ("csv", "geojson"):
         raise InvalidParam("format must be csv or geojson", field="format")
     raw = await request.read()
     if not raw:
         raise MissingParam("the body must hold the file", field="file")
-    if raw.count(b"\n") > MAX_POINTS + 1:  # counted before anything is parsed: a file of tiny lines is no cheaper
-        raise InvalidParam(f"more than {MAX_POINTS:,} lines; at most {MAX_POINTS:,} points in one upload", field="file")
+    # Counted before anything is parsed: records end in \n or \r (both CSV's), a GeoJSON point names its coordinates.
+    records = raw.count(b"coordinates") if kind == "geojson" else max(raw.count(b"\n"), raw.count(b"\r"))
+    if records > MAX_POINTS + 1:
+        raise InvalidParam(f"more than {MAX_POINTS:,} records; at most {MAX_POINTS:,} points in one upload", field="file")
     problems = Problems()
-    label, first, rows = upload_rows(raw, kind, problems)
-    if len(rows) > MAX_POINTS:
-        raise InvalidParam(f"{len(rows):,} points; at most {MAX_POINTS:,} in one upload", field="file")
-    columns = check_points(label, first, rows, problems)
+
+    def parse() -> tuple[int, PoiColumns]:
+        label, first, rows = upload_rows(raw, kind, problems)
+        return len(rows), check_points(label, first, rows, problems)
+
+    count, columns = await asyncio.to_thread(parse)
     if problems.count:  # a file is taken whole or not at all: the operator fixes those lines and uploads it again
         raise _invalid(problems)
     points = [{"poi_id": int(i) or None, "lat": a, "lng": b}
               for i, a, b in zip(columns.poi_id.tolist(), columns.lat.tolist(), columns.lng.tolist())]
-    return json_response({"points": points, "rows": len(rows)})
+    return json_response({"points": points, "rows": count})
 
 
 async def _save(request: web.Request, task_id: int | None) -> web.Response:
@@ -194,10 +173,9 @@ async def _save(request: web.Request, task_id: int | None) -> web.Response:
     save, problems, screening = await asyncio.to_thread(_checked, request, body, zones)
     if save is None:
         raise _invalid(problems, screening)
-    live = await live_tasks(request)
 
     def work(cur: Cursor) -> dict[str, Any]:
-        return store.save_task(cur, who, task_id, based_on, save, live)
+        return store.save_task(cur, who, task_id, based_on, save, MAX_POINTS)
 
     try:
         detail = await db.write(work)
@@ -255,12 +233,12 @@ async def put_zone(request: web.Request) -> web.Response:
     if zone is None:
         raise _invalid(problems)
     try:
-        await request.app[db_key].write(lambda cur: store.save_zone(cur, who, zone, zone_id, based_on))
+        saved = await request.app[db_key].write(lambda cur: store.save_zone(cur, who, zone, zone_id, based_on))
     except store.Conflict as exc:
         raise _conflict(exc) from None
     except store.Missing as exc:
         raise NotFound(str(exc), field="zone_id") from None
-    return json_response({"id": zone_id, "version": based_on + 1})
+    return json_response({"id": zone_id, "version": saved})
 
 
 async def delete_zone(request: web.Request) -> web.Response:
@@ -280,7 +258,7 @@ async def zone_drops(request: web.Request) -> web.Response:
     operator(request, request.app[book_key])
     db = request.app[db_key]
     zones = await db.read(store.zones)
-    return json_response({"zones": await db.read(lambda cur: point_sets.zone_drops(cur, zones))})
+    return json_response({"zones": await db.read(lambda cur: point_sets.zone_drops(cur, zones), stream=True)})
 
 
 async def audit(request: web.Request) -> web.Response:

@@ -13,7 +13,6 @@ from placement.auth import OperatorBook
 from placement.db import Db
 from placement.publish import Job
 from placement.settings import ConsoleSettings
-from placement.store import Live
 
 
 @dataclass(slots=True)
@@ -30,7 +29,6 @@ class DraftState:
     tasks: set[asyncio.Task[None]] = field(default_factory=set)  # the jobs running, stopped with the app
     job: Job | None = None  # the preview, publish or rollback taken on, from its request's first line to its end
     next_job_id: int = 1
-    live: tuple[int | None, Live] | None = None  # the live snapshot's seq and what the saves must know of it
 
 
 settings_key = web.AppKey("settings_key", ConsoleSettings)

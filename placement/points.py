@@ -18,6 +18,7 @@ from loaders.screening import zone_index
 from placement.db import Cursor
 
 BATCH = 5000  # rows a statement
+MAX_POI_ID = 10**18 - 1  # the build reads ids of up to 18 digits
 CHUNK = 200_000  # POIs screened at a time: the drop counts stream over any draft in bounded memory
 
 
@@ -84,6 +85,9 @@ def replace_points(cur: Cursor, set_id: int, points: PoiColumns, copied_from: in
         raise Refused("poi_id", f"poi_id {poi_id} belongs to POI set {other}; leave it empty for a new id")
     fresh = np.flatnonzero(ids == 0)
     first = max(next_value(cur, "SELECT MAX(poi_id) FROM pois"), int(ids.max(initial=0)) + 1)
+    if len(fresh) and first + len(fresh) - 1 > MAX_POI_ID:
+        raise Refused("poi_id", f"no room for {len(fresh)} new ids above {first - 1}: the build reads ids of up to 18 "
+                                "digits; give smaller ids")
     ids[fresh] = np.arange(len(fresh), dtype=np.int64) + first
     old = _positions(cur, set_id)
     new = dict(zip(ids.tolist(), zip(points.lat.tolist(), points.lng.tolist())))

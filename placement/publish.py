@@ -30,6 +30,7 @@ from placement.settings import ConsoleSettings
 
 SERVED_CHECKS = 4  # answers in a row that must name the seq: a service's workers each load it in their own time
 SERVED_WAIT_S = 120.0
+WAITING = "waiting for the services"
 
 
 @dataclass(slots=True)
@@ -46,8 +47,12 @@ class Job:
     seq: int | None = None
     error: str | None = None
     phases: list[dict[str, Any]] = field(default_factory=list)  # each phase and when it began, seconds from the start
+    stopping: bool = False  # the console is stopping: the build gives up at its next step, publishing nothing
 
     def step(self, phase: str, done: int = 0) -> None:
+        """The build's progress callback (run in its thread) and the job's own phases."""
+        if self.stopping and phase != "published":
+            raise JobStopped("the console stopped; nothing more was published")
         if phase != self.phase:
             self.phases.append({"phase": phase, "at_s": round(time.time() - self.started_at, 3)})
         self.phase, self.done = phase, done
@@ -64,6 +69,10 @@ def live_grid(snapshots: Path) -> Grid:
         return open_current(snapshots, verify=False).grid
     except Exception:  # noqa: BLE001 - no live snapshot yet, or an unreadable one: the build's default grid
         return SquareGrid(cell_m=100.0, radius=2)
+
+
+class JobStopped(LoaderError):
+    """The console is stopping under a job."""
 
 
 class DraftMoved(LoaderError):
@@ -99,7 +108,7 @@ async def _build(settings: ConsoleSettings, db: Db, out: Path, scratch: Path, pr
             built, spec = await db.read(store.revision), db.dsn
         else:
             progress("export", 0)
-            built, spec = await db.read(export_at), str(scratch / "data")
+            built, spec = await db.read(export_at, stream=True), str(scratch / "data")
         if revision is not None and built != revision:
             raise DraftMoved(f"the draft is at revision {built}, not the {revision} previewed: preview again")
         grid = await asyncio.to_thread(live_grid, settings.snapshots)
@@ -131,6 +140,12 @@ async def run_publish(settings: ConsoleSettings, db: Db, job: Job, revision: int
     scratch = Path(tempfile.mkdtemp(prefix="publish-", dir=settings.work_dir))
     before = await asyncio.to_thread(current_seq, settings.snapshots)
     try:
+        def mark(cur: Cursor) -> None:
+            if store.revision(cur) != revision:
+                raise DraftMoved(f"the draft moved on from the revision {revision} previewed: preview again")
+            store.mark_draft_published(cur)  # the ledger holds what is built from here on
+
+        await db.write(mark)
         manifest, _ = await _build(settings, db, settings.snapshots, scratch, job.step, revision)
         job.seq = int(manifest["seq"])
         if settings.origin:
@@ -168,11 +183,13 @@ async def _wait_served(settings: ConsoleSettings, job: Job) -> None:
     if not settings.service:
         job.step("published")
         return
-    job.step("waiting for the services")
+    job.step(WAITING)
     in_a_row = 0
     deadline = time.monotonic() + SERVED_WAIT_S
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
         while time.monotonic() < deadline:
+            if job.stopping:  # the console is stopping: published, not confirmed (the job says so)
+                return
             in_a_row = in_a_row + 1 if await _serving(http, settings.service) == job.seq else 0
             if in_a_row >= SERVED_CHECKS:
                 job.step("served")

@@ -29,12 +29,13 @@ from placement.auth import COOKIE, from_bearer, operator, session_value
 from placement.db import DraftError
 from placement.keys import book_key, db_key, settings_key, state_key
 from placement.openapi import openapi_spec
-from placement.publish import Job, preview, run_publish, run_rollback
+from placement.publish import WAITING, Job, preview, run_publish, run_rollback
 
 log = logging.getLogger("geodrop.console")
 FILES = StaticFiles(Path(str(resources.files("placement").joinpath("static"))), SHARED)
 LIVE_TIMEOUT_S = 10
 KEPT_JOBS = 50  # the newest jobs the page can still look up
+AUDIT_WAIT_S = 30  # a draft that takes longer to write the job's audit entry: the log keeps it instead
 
 
 class Busy(ApiError):
@@ -123,6 +124,8 @@ async def do_preview(request: web.Request) -> web.Response:
     try:
         async with app[state_key].building:
             result = await preview(app[settings_key], app[db_key])
+    except DraftError:
+        raise  # the draft was busy or unreachable: a 503, not the draft's fault
     except LoaderError as exc:
         raise BuildRefused(f"the build refuses the draft: {exc}") from None
     finally:
@@ -144,21 +147,28 @@ def _start(request: web.Request, job: Job, work: Callable[[Job], Awaitable[None]
             async with state.building:
                 await work(job)
             final, error = ("served" if job.phase == "served" else "published"), ""
+            if job.phase == WAITING:  # it returned while still waiting: the console is stopping
+                error = "not confirmed served: the console stopped while waiting for the services"
         except (LoaderError, SnapshotError, OriginError, TimeoutError, OSError, aiohttp.ClientError) as exc:
             error = str(exc)
+        except asyncio.CancelledError:  # a rollback overtaking it, or the console stopping: CURRENT may have moved
+            if job.phase == WAITING:
+                final, error = "published", "not confirmed served: stopped while waiting for the services"
         except Exception as exc:  # noqa: BLE001 - a job's failure is shown on its page, and logged
             log.exception("console job failed")
             error = f"internal error: {type(exc).__name__}"
         finally:
             entry = {**detail, "seq": job.seq, "state": final, "error": error, "phase": job.phase, "phases": job.phases}
             try:
-                await asyncio.shield(db.write(lambda cur: store.record(cur, job.who, job.action, f"snapshot:{job.seq}",
-                                                                       job.seq or 0, entry)))
-            except (DraftError, asyncio.CancelledError):
+                audit = db.write(lambda cur: store.record(cur, job.who, job.action, f"snapshot:{job.seq}", job.seq or 0,
+                                                          entry))
+                await asyncio.wait_for(asyncio.shield(audit), AUDIT_WAIT_S)
+            except (DraftError, TimeoutError, asyncio.CancelledError):
                 log.error("console job not audited in the draft", extra={"audit": job.action, **entry})
-            job.state, job.error = final, error or None  # only now: the next job may start as the page sees this one end
-            _release(request, job)
-            log.info("console job", extra={"audit": job.action, "operator": job.who, **job.view()})
+            finally:  # whatever became of the audit, the slot is free again
+                job.state, job.error = final, error or None  # only now: the next job may start as the page sees it
+                _release(request, job)
+                log.info("console job", extra={"audit": job.action, "operator": job.who, **job.view()})
 
     task = asyncio.create_task(run(), name=f"console-{job.action}-{job.id}")
     state.tasks.add(task)
@@ -170,9 +180,9 @@ async def do_publish(request: web.Request) -> web.Response:
     who = operator(request, request.app[book_key], "admin").name
     app = request.app
     settings, db = app[settings_key], app[db_key]
+    revision = integer_of(json_object(await request.read()), "revision")
     job = _claim(request, who, "publish")
     try:
-        revision = integer_of(json_object(await request.read()), "revision")
         now = await db.read(store.revision)
         if now != revision:
             raise DraftChanged(f"the draft is at revision {now}, not {revision}: preview again", field="revision")
@@ -187,10 +197,11 @@ async def do_rollback(request: web.Request) -> web.Response:
     who = operator(request, request.app[book_key], "admin").name
     app = request.app
     settings = app[settings_key]
+    body = json_object(await request.read())
+    to = integer_of(body, "to") if body.get("to") is not None else None
+    await _stop_waiting_publish(request)
     job = _claim(request, who, "rollback")
     try:
-        body = json_object(await request.read())
-        to = integer_of(body, "to") if body.get("to") is not None else None
         before, seqs = await asyncio.to_thread(lambda: (current_seq(settings.snapshots), list_seqs(settings.snapshots)))
         if to is not None and to not in seqs:
             raise NotFound(f"no snapshot {to}; the snapshots folder has {seqs}", field="to")
@@ -203,6 +214,18 @@ async def do_rollback(request: web.Request) -> web.Response:
         raise
     started = _start(request, job, lambda job: run_rollback(settings, job, target), {"from": before, "to": target})
     return json_response(started.view(), status=202)
+
+
+async def _stop_waiting_publish(request: web.Request) -> None:
+    """A rollback must not wait behind a publish that has moved CURRENT and only waits for the services to serve it
+    (the rollback is what an operator reaches for when they should not): that publish ends as published, unconfirmed."""
+    state = request.app[state_key]
+    job = state.job
+    if job is None or job.action != "publish" or job.phase != WAITING:
+        return
+    for task in [t for t in state.tasks if t.get_name() == f"console-publish-{job.id}"]:
+        task.cancel()
+        await asyncio.wait([task], timeout=AUDIT_WAIT_S)
 
 
 async def job_state(request: web.Request) -> web.Response:
@@ -251,6 +274,9 @@ async def _apply_live(request: web.Request, who: str, task_id: int, path: str, b
     """Make a live change through the collector, then have the draft follow it. The ledger is changed first (it is
     what players meet); if the draft then cannot follow, the answer says so and the log keeps the change."""
     answer = await _collector(request, path, body)
+    # The ledger's own values where it says them (it keeps rates in thousandths); the draft follows those.
+    said = answer if isinstance(answer, dict) else {}
+    changes = {k: said[k] if k in said and k != "prize_type" else v for k, v in changes.items()}
     try:
         await request.app[db_key].write(lambda cur: store.live_follow(cur, who, task_id, action, dict(changes), answer))
     except (DraftError, store.Missing) as exc:

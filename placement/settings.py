@@ -48,7 +48,8 @@ class ConsoleSettings:
         "Scratch space for previews and publishes (exports of a SQLite draft, dry-run snapshots)."))
     keep: int = field(default=5, metadata=help_text("Snapshots kept for rollback by a publish."))
     memory_mb: int = field(default=2048, metadata=help_text("The build's working memory, as geo-snapshot build's."))
-    max_upload_bytes: int = field(default=64 << 20, metadata=help_text("Largest request body (a POI upload)."))
+    max_upload_bytes: int = field(default=24 << 20, metadata=help_text(
+        "Largest request body: an upload or a save of 200,000 points (the most one holds) fits."))
     host: str = field(default="127.0.0.1", metadata=help_text("Address to listen on."))
     port: int = field(default=8084, metadata=help_text("TCP port of the console."))
 

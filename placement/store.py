@@ -21,12 +21,14 @@ from typing import Any
 import orjson
 import shapely
 
+from geo_service.snapshot.format import TaskRow
 from loaders.pois import PoiColumns
 from loaders.records import District, FieldError, Prize, Task, Zone, parse_district, parse_zone
 from placement.db import Cursor
 from placement.points import Refused, digest, drop_if_unused, next_value, replace_points, set_for, set_points
 
 log = logging.getLogger("geodrop.console")
+
 TASK_COLUMNS = "task_id, name, district_code, poi_set_id, starts_at, ends_at, enabled, stagger_s, stagger_groups"
 
 
@@ -53,13 +55,28 @@ class TaskSave:
     poi_set_id: int | None
 
 
-@dataclass(frozen=True, slots=True)
-class Live:
-    """What the live snapshot says of the tasks: which are published (their live fields are the ledger's) and the
-    largest task id it has served (a new task never takes an id the ledger may hold counters of)."""
+def mark_published(cur: Cursor, tasks: list[TaskRow]) -> None:
+    """Remember every task and prize a snapshot carried: the ledger holds their counters and switches from then
+    on, whatever later snapshots say (a prize_type of '' stands for the task itself)."""
+    ignore = "INSERT OR IGNORE" if cur.dialect == "sqlite" else "INSERT IGNORE"
+    rows = [(t["task_id"], p) for t in tasks for p in ["", *(prize["prize_type"] for prize in t["prizes"])]]
+    for start in range(0, len(rows), 5000):
+        cur.many(f"{ignore} INTO console_published (task_id, prize_type) VALUES (%s, %s)", rows[start:start + 5000])
 
-    published: frozenset[int] = frozenset()
-    max_task_id: int = 0
+
+def mark_draft_published(cur: Cursor) -> None:
+    """Mark every task and prize of the draft as published: done, in the transaction that checks the revision,
+    before a publish builds that revision, so no save can slip a live field past the rule meanwhile (if the build
+    then fails, they stay marked: the safe side)."""
+    ignore = "INSERT OR IGNORE" if cur.dialect == "sqlite" else "INSERT IGNORE"
+    cur.execute(f"{ignore} INTO console_published (task_id, prize_type) SELECT task_id, '' FROM tasks")
+    cur.execute(f"{ignore} INTO console_published (task_id, prize_type) SELECT task_id, prize_type FROM task_prizes")
+
+
+def published(cur: Cursor, task_id: int) -> set[str] | None:
+    """The prize types of a task that a snapshot ever carried (None: the task was never published)."""
+    types = {p for (p,) in cur.execute("SELECT prize_type FROM console_published WHERE task_id = %s", (task_id,)).all()}
+    return None if "" not in types else types - {""}
 
 
 def version(cur: Cursor, target: str) -> int:
@@ -117,16 +134,21 @@ def districts(cur: Cursor) -> dict[int, District]:
     return found
 
 
-def zones(cur: Cursor) -> list[Zone]:
-    """The exclusion zones that parse (one that does not is logged and left out of the screening; it can still be
-    replaced or deleted)."""
-    found = []
+def _parsed_zones(cur: Cursor) -> list[tuple[str, str, Zone | None, str]]:
+    """Every zone row: its id, reason, the zone if it parses, else the problem."""
+    found: list[tuple[str, str, Zone | None, str]] = []
     for i, r, g in cur.execute("SELECT id, reason, geojson FROM exclusion_zones ORDER BY id").all():
         try:
-            found.append(parse_zone({"id": i, "reason": r}, g))
+            found.append((i, r or "", parse_zone({"id": i, "reason": r}, g), ""))
         except FieldError as exc:
-            log.warning("exclusion zone left out", extra={"zone": i, "problem": str(exc)})
+            found.append((i, r or "", None, str(exc)))
     return found
+
+
+def zones(cur: Cursor) -> list[Zone]:
+    """The exclusion zones that parse (one that does not is listed with its problem by overview, to be replaced or
+    deleted; the build refuses it)."""
+    return [z for _, _, z, _ in _parsed_zones(cur) if z is not None]
 
 
 def _task_json(row: tuple[Any, ...], prizes: list[dict[str, Any]]) -> dict[str, Any]:
@@ -159,22 +181,30 @@ def overview(cur: Cursor) -> dict[str, Any]:
         "revision": revision(cur),
         "districts": [{"code": c, "name": n} for c, n in cur.execute("SELECT code, name FROM districts ORDER BY code").all()],
         "tasks": tasks,
-        "zones": [{**_zone_json(z), "version": versions.get(f"zone:{z.zone_id}", 0)} for z in zones(cur)],
+        "zones": [{**({"id": i, "reason": r, "geometry": None, "problem": problem} if z is None else _zone_json(z)),
+                   "version": versions.get(f"zone:{i}", 0)} for i, r, z, problem in _parsed_zones(cur)],
         "poi_sets": {str(k): int(v) for k, v in sets.items()},
     }
 
 
-def task_detail(cur: Cursor, task_id: int) -> dict[str, Any]:
-    """One task with its prizes, version and every point of its set ([poi_id, lat, lng])."""
+def task_detail(cur: Cursor, task_id: int, limit: int = 10**9) -> dict[str, Any]:
+    """One task with its prizes, version, published prize types (null: never published) and the first `limit`
+    points of its set ([poi_id, lat, lng]; points_total when there are more)."""
     row = cur.execute(f"SELECT {TASK_COLUMNS} FROM tasks WHERE task_id = %s", (task_id,)).one()
     if row is None:
         raise Missing(f"no task {task_id} in the draft")
     task = _task_json(row, _prizes(cur).get(task_id, []))
-    points = cur.execute("SELECT poi_id, lat, lng FROM pois WHERE poi_set_id = %s ORDER BY poi_id", (task["poi_set_id"],)).all()
+    points = cur.execute(f"SELECT poi_id, lat, lng FROM pois WHERE poi_set_id = %s ORDER BY poi_id LIMIT {int(limit) + 1}",
+                         (task["poi_set_id"],)).all()
     users = [t for (t,) in cur.execute("SELECT task_id FROM tasks WHERE poi_set_id = %s AND task_id <> %s",
                                        (task["poi_set_id"], task_id)).all()]
-    return {**task, "version": version(cur, f"task:{task_id}"), "points": [list(p) for p in points],
-            "set_shared_with": users}
+    types = published(cur, task_id)
+    detail = {**task, "version": version(cur, f"task:{task_id}"), "points": [list(p) for p in points[:limit]],
+              "set_shared_with": users, "published": None if types is None else sorted(types)}
+    if len(points) > limit:
+        total = cur.execute("SELECT COUNT(*) FROM pois WHERE poi_set_id = %s", (task["poi_set_id"],)).one()
+        detail["points_total"] = int(total[0]) if total else len(points)
+    return detail
 
 
 def _summary(cur: Cursor, task_id: int) -> dict[str, Any] | None:
@@ -187,37 +217,51 @@ def _summary(cur: Cursor, task_id: int) -> dict[str, Any] | None:
     return {**task, "points": {"count": len(ids), "digest": digest(ids, lats, lngs)}}
 
 
-def _new_task_id(cur: Cursor, live: Live) -> int:
-    """Above every task the draft has, has had (a deleted one keeps its version) and the live snapshot serves."""
+def _new_task_id(cur: Cursor) -> int:
+    """Above every task the draft has, has had (a deleted one keeps its version) and any snapshot carried: a new
+    task never takes an id the ledger may hold counters of."""
     versioned = [int(t.removeprefix("task:")) for (t,) in
                  cur.execute("SELECT target FROM console_versions WHERE target LIKE %s", ("task:%",)).all()]
-    return max(next_value(cur, "SELECT MAX(task_id) FROM tasks"), max(versioned, default=0) + 1, live.max_task_id + 1)
+    return max(next_value(cur, "SELECT MAX(task_id) FROM tasks"), max(versioned, default=0) + 1,
+               next_value(cur, "SELECT MAX(task_id) FROM console_published"))
 
 
-def _live_fields(before: dict[str, Any], save: TaskSave) -> None:
-    """Refuse a change to a published task's live fields: the ledger keeps its own from the first snapshot on."""
+def _live_fields(before: dict[str, Any], save: TaskSave, types: set[str]) -> None:
+    """Refuse a change to a published task's live fields, its kill switch and the quota and rate of each prize a
+    snapshot carried: the ledger keeps those from the first snapshot on, so a save (and a publish) could not change
+    them; such a prize stays in the task (removed, or renamed, it would come back later with the ledger's values)."""
     how = "is live: change it with the live controls (no rebuild); a publish would not change the ledger's"
     if save.task.enabled != before["enabled"]:
         raise Refused("enabled", f"the kill switch of a published task {how}", row="task")
     was = {p["prize_type"]: (p["quota"], p["rate_per_s"]) for p in before["prizes"]}
-    for i, p in enumerate(save.prizes):
-        if p.prize_type in was and (p.quota, p.rate_per_s) != was[p.prize_type]:
-            field = "quota" if p.quota != was[p.prize_type][0] else "rate_per_s"
-            raise Refused(field, f"the {field} of {p.prize_type!r} {how}", row=f"prizes[{i}]")
+    given = {p.prize_type: (i, p) for i, p in enumerate(save.prizes)}
+    for prize_type in sorted(types):
+        if prize_type not in given:
+            raise Refused("prize_type", f"{prize_type!r} was published: it stays in the task (end it with a live quota "
+                                        "of what is issued)", row="prizes")
+        i, p = given[prize_type]
+        if prize_type not in was:
+            raise Refused("prize_type", f"{prize_type!r} was published and left the draft: the ledger still holds its "
+                                        "counter; bring it back with the live controls", row=f"prizes[{i}]")
+        if (p.quota, p.rate_per_s) != was[prize_type]:
+            field = "quota" if p.quota != was[prize_type][0] else "rate_per_s"
+            raise Refused(field, f"the {field} of {prize_type!r} {how}", row=f"prizes[{i}]")
 
 
-def save_task(cur: Cursor, who: str, task_id: int | None, based_on: int, save: TaskSave, live: Live) -> dict[str, Any]:
-    """Create (task_id None) or update a task, its prizes and, when given, its points; return its new detail."""
-    if task_id is None:
-        task_id = _new_task_id(cur, live)
+def save_task(cur: Cursor, who: str, task_id: int | None, based_on: int, save: TaskSave,
+              limit: int = 10**9) -> dict[str, Any]:
+    """Create (task_id None: a new id) or update a task, its prizes and, when given, its points; return its detail."""
+    creating = task_id is None
+    task_id = _new_task_id(cur) if task_id is None else task_id
     before = _summary(cur, task_id)
-    if before is None and based_on:
-        raise Missing(f"no task {task_id} in the draft (it was deleted)")
+    if before is None and not creating:
+        raise Missing(f"no task {task_id} in the draft (a new task is POSTed; this one may have been deleted)")
     if save.points is None and save.poi_set_id is None and before is None:
         raise Refused("points", "a new task needs points or an existing poi_set_id")
     new_version = _bump(cur, f"task:{task_id}", based_on)  # a stale save is told what changed, before anything else
-    if before is not None and task_id in live.published:
-        _live_fields(before, save)
+    types = published(cur, task_id)
+    if before is not None and types is not None:
+        _live_fields(before, save, types)
     current = before["poi_set_id"] if before else None
     set_id = set_for(cur, task_id, current, save.poi_set_id, save.points is not None)
     moved = {"pois_added": 0, "pois_removed": 0, "pois_moved": 0}
@@ -239,7 +283,7 @@ def save_task(cur: Cursor, who: str, task_id: int | None, based_on: int, save: T
     changed = [k for k in after if before is None or before.get(k) != after[k]]
     record(cur, who, "create_task" if before is None else "update_task", f"task:{task_id}", new_version,
            {"before": before, "after": after, "changed": changed, **moved})
-    return task_detail(cur, task_id)
+    return task_detail(cur, task_id, limit)
 
 
 def live_follow(cur: Cursor, who: str, task_id: int, action: str, changes: dict[str, Any], answer: Any) -> None:
@@ -249,6 +293,8 @@ def live_follow(cur: Cursor, who: str, task_id: int, action: str, changes: dict[
     if before is None:
         raise Missing(f"no task {task_id} in the draft")
     prize = changes.pop("prize_type", None)
+    if prize is not None and not any(p["prize_type"] == prize for p in before["prizes"]):
+        raise Missing(f"task {task_id} has no prize {prize!r} in the draft")
     for column, value in changes.items():
         if prize is None:
             cur.execute(f"UPDATE tasks SET {column} = %s WHERE task_id = %s", (value, task_id))
@@ -283,7 +329,7 @@ def _zone_row(cur: Cursor, zone_id: str) -> dict[str, Any] | None:
     return None if row is None else {"id": zone_id, "reason": row[0] or "", "geojson": str(row[1])[:100_000]}
 
 
-def save_zone(cur: Cursor, who: str, zone: Zone | None, zone_id: str, based_on: int) -> None:
+def save_zone(cur: Cursor, who: str, zone: Zone | None, zone_id: str, based_on: int) -> int:
     """Create or replace an exclusion zone (zone None: delete it). A zone deleted before is created anew from
     version 0, as the page sends for a new one."""
     before = _zone_row(cur, zone_id)
@@ -299,3 +345,4 @@ def save_zone(cur: Cursor, who: str, zone: Zone | None, zone_id: str, based_on: 
     action = "delete_zone" if zone is None else ("create_zone" if before is None else "update_zone")
     record(cur, who, action, f"zone:{zone_id}", new_version,
            {"before": before, "after": None if zone is None else _zone_json(zone)})
+    return new_version

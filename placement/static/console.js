@@ -120,7 +120,7 @@ async function openEditor(taskId) {
       "switch are the ledger's; change them in “live” below (no rebuild).") : "",
     field("stagger (s)", "stagger_s", input("f-stagger-s", { type: "number", min: "0", value: t.stagger_s })),
     field("groups", "stagger_groups", input("f-stagger-groups", { type: "number", min: "1", value: t.stagger_groups })),
-    el("h3", {}, "prizes"), prizeTable(t.prizes, t.published),
+    el("h3", {}, "prizes"), prizeTable(t.prizes, new Set(t.published || [])),
     el("h3", {}, "points"), pointControls(t),
     el("p", {}, el("button", { type: "submit", id: "save" }, "save"), " ",
       t.task_id === null ? "" : el("button", { type: "button", id: "delete" }, "delete"), " ",
@@ -143,7 +143,7 @@ async function openEditor(taskId) {
   if (state.editor.points.length) state.map.fitBounds(state.points.getBounds(), { maxZoom: 16 });
   scheduleCheck();
 }
-function prizeTable(prizes, published) {
+function prizeTable(prizes, published) {  // published: the prize types whose quota and rate the ledger holds
   const body = el("tbody", { id: "prize-rows" });
   const addRow = (p, live) => {
     const row = el("tr", { class: "prize" },
@@ -154,10 +154,13 @@ function prizeTable(prizes, published) {
       el("td", {}, el("button", { type: "button", class: "remove-prize" }, "×")),
       el("td", { class: "error prize-error" }));
     row.querySelector(".remove-prize").onclick = () => { row.remove(); scheduleCheck(); };
-    if (live) row.querySelectorAll(".type, .quota, .rate").forEach((n) => { n.readOnly = true; });
+    if (live) {
+      row.querySelectorAll(".type, .quota, .rate").forEach((n) => { n.readOnly = true; });
+      row.querySelector(".remove-prize").disabled = true;
+    }
     body.append(row);
   };
-  prizes.forEach((p) => addRow(p, published));
+  prizes.forEach((p) => addRow(p, published.has(p.prize_type)));
   const add = el("button", { type: "button", id: "add-prize" }, "add prize");
   add.onclick = () => { addRow({ prize_type: "", quota: 0, weight: 1, rate_per_s: null }, false); };
   return el("div", {}, el("table", { class: "prizes" },
@@ -249,8 +252,9 @@ let checkTimer = null;
 function scheduleCheck() { clearTimeout(checkTimer); checkTimer = setTimeout(runCheck, 300); }
 async function runCheck() {
   const ed = state.editor;
-  if (!ed || !$("editor")) return;
-  const b = body();  // points only when they changed: the task's own came screened with it
+  if (!ed || !$("editor") || state.me.role !== "admin") return;  // checks are a save's: an admin's
+  const b = body();  // points only when they changed (the task's own came screened), or the district did
+  if (!b.points && !b.poi_set_id && b.task.district_code !== String(ed.original.district_code)) b.points = ed.points;
   let answer;
   try { answer = await api("/v1/check", "POST", b); } catch (e) {
     if (e.status !== 422) return;
@@ -342,7 +346,7 @@ async function liveCall(url, payload, say) {
 // -- exclusion zones ----------------------------------------------------------------------------------------------
 function drawZones() {
   state.zones.clearLayers();
-  for (const z of state.draft.zones) {
+  for (const z of state.draft.zones.filter((zone) => zone.geometry)) {
     const layer = L.geoJSON(z.geometry, { style: { color: "#c62828", weight: 2, fillOpacity: 0.15 }, pmIgnore: true });
     layer.bindTooltip(el("span", {}, `exclusion zone ${z.id}: ${z.reason}`));
     state.zones.addLayer(layer);
@@ -363,7 +367,9 @@ async function renderZones() {
     const d = byId.get(z.id) || { pois: 0, tasks: [] };
     const del = el("button", { type: "button" }, "delete");
     del.onclick = async () => { try { await api(`/v1/zones/${encodeURIComponent(z.id)}?version=${z.version}`, "DELETE"); await loadDraft(); renderZones(); } catch (e) { box.append(el("p", { class: "error" }, e.message)); } };
-    return el("div", { class: "task-row" }, el("b", {}, z.id), ` ${z.reason} · drops ${d.pois} POIs of ${d.tasks.length} tasks `,
+    return el("div", { class: "task-row" }, el("b", {}, z.id),
+      z.problem ? el("span", { class: "error" }, ` cannot be built (${z.problem}): replace or delete it `) : "",
+      ` ${z.reason} · drops ${d.pois} POIs of ${d.tasks.length} tasks `,
       state.me.role === "admin" ? del : "", el("div", { class: "muted" }, d.tasks.slice(0, 8).map((t) => `#${t.task_id}: ${t.pois}`).join(", ")));
   });
   box.replaceChildren(state.me.role === "admin" ? el("p", {}, draw, " or upload a GeoJSON polygon: ", upload) : "", el("div", { id: "zone-form" }), ...rows);

@@ -50,10 +50,10 @@ async def _edit(db: Db) -> None:
                                                            [113.92, 22.525], [113.92, 22.52]]]})
 
     def work(cur: Cursor) -> None:
-        store.save_task(cur, "test", None, 0, store.TaskSave(task, prizes, columns, None), store.Live())
+        store.save_task(cur, "test", None, 0, store.TaskSave(task, prizes, columns, None))
         old = store.task_detail(cur, 44030300)
         changed = parse_task({**old, "name": "renamed", "poi_set_id": 1, "enabled": "0"})
-        store.save_task(cur, "test", 44030300, 0, store.TaskSave(changed, prizes[:1], None, None), store.Live())
+        store.save_task(cur, "test", 44030300, 0, store.TaskSave(changed, prizes[:1], None, None))
         store.save_zone(cur, "test", zone, "console-zone", 0)
 
     await db.write(work)

@@ -89,20 +89,21 @@ async def test_an_upload_names_its_bad_lines_and_keeps_nothing(console: Client) 
     for line_no, text in sorted(bad.items()):
         lines.insert(line_no - 2, text)
     body = ("lat,lng\n" + "\n".join(lines) + "\n").encode()
-    error = (await _json(await console.post("/v1/uploads/points?format=csv", data=body, headers=auth("vic")), 422))["error"]
+    error = (await _json(await console.post("/v1/uploads/points?format=csv", data=body, headers=auth("alice")), 422))["error"]
     assert sorted({int(p["row"].split()[1]) for p in error["details"]["problems"]}) == sorted(bad)
     good_only = ("lat,lng\n" + good).encode()
-    assert len((await _json(await console.post("/v1/uploads/points", data=good_only, headers=auth("vic")), 200))["points"]) == 10
+    answer = await _json(await console.post("/v1/uploads/points", data=good_only, headers=auth("alice")), 200)
+    assert len(answer["points"]) == 10
     geo = {"type": "FeatureCollection", "features": [
         {"type": "Feature", "geometry": {"type": "Point", "coordinates": [113.93, 22.53]}, "properties": {}},
         {"type": "Feature", "geometry": {"type": "LineString", "coordinates": [[1, 2], [3, 4]]}, "properties": {}}]}
     error = (await _json(await console.post("/v1/uploads/points?format=geojson", data=orjson.dumps(geo),
-                                            headers=auth("vic")), 422))["error"]
+                                            headers=auth("alice")), 422))["error"]
     assert {p["row"] for p in error["details"]["problems"]} == {"feature 2"}
     huge_field = b"lat,lng\n22.5,\"" + b"1" * 200_000 + b"\"\n"  # past the csv module's field limit
-    assert (await console.post("/v1/uploads/points", data=huge_field, headers=auth("vic"))).status == 422
+    assert (await console.post("/v1/uploads/points", data=huge_field, headers=auth("alice"))).status == 422
     many = b"lat,lng\n" + b"1,1\n" * 200_002  # counted before parsing
-    error = (await _json(await console.post("/v1/uploads/points", data=many, headers=auth("vic")), 400))["error"]
+    error = (await _json(await console.post("/v1/uploads/points", data=many, headers=auth("alice")), 400))["error"]
     assert error["field"] == "file"
     assert (await _draft(console))["revision"] == 0
 
@@ -114,7 +115,7 @@ async def test_screening_flags_match_plain_bounding_boxes(console: Client) -> No
     boxes = {zid: g.bounds for zid, g in zones.items() if g.area == shapely.box(*g.bounds).area}
     assert boxes, "the sample should hold rectangular zones"
     probe = [{"lat": (b[1] + b[3]) / 2, "lng": (b[0] + b[2]) / 2} for b in boxes.values()] + points(5)
-    answer = await _json(await console.post("/v1/check", json=task_body(pts=probe), headers=auth("vic")), 200)
+    answer = await _json(await console.post("/v1/check", json=task_body(pts=probe), headers=auth("alice")), 200)
     expected = [next((z for z, b in boxes.items() if b[0] <= p["lng"] <= b[2] and b[1] <= p["lat"] <= b[3]), None)
                 for p in probe]
     assert answer["screening"]["zone"] == expected and expected.count(None) == 5
@@ -125,7 +126,8 @@ async def test_screening_flags_match_plain_bounding_boxes(console: Client) -> No
 async def test_roles_and_sessions(console: Client) -> None:
     assert (await console.get("/v1/draft")).status == 401
     assert (await console.get("/v1/draft", headers={"Authorization": "Bearer nope"})).status == 401
-    assert (await console.post("/v1/tasks", json=task_body(pts=points(2)), headers=auth("vic"))).status == 403
+    for path in ("/v1/tasks", "/v1/check", "/v1/uploads/points", "/v1/preview"):  # a viewer reads; checks are a save's
+        assert (await console.post(path, json=task_body(pts=points(2)), headers=auth("vic"))).status == 403
     session = await _json(await console.post("/v1/session", headers=auth("vic")), 200)
     assert session["name"] == "vic" and TOKENS["vic"] not in str(session)
     # The cookie alone is not enough: the page's header must come with it (no other origin can send that).

@@ -4,6 +4,7 @@ publish a revision nobody previewed."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from pathlib import Path
 from typing import Any
@@ -149,3 +150,60 @@ async def test_a_live_change_moves_the_tasks_version_on_so_an_older_editor_canno
     finally:
         await _close(console)
 
+
+
+async def test_a_published_prize_stays_and_an_unpublished_one_is_free(console: Client) -> None:
+    published = await _task(console, 44030300)
+    assert published["published"] == ["cash", "coupon"]
+    dropped = {**_save_body(published), "prizes": published["prizes"][1:]}  # without cash
+    error = (await _json(await console.put("/v1/tasks/44030300", json=dropped, headers=auth("alice")), 422))["error"]
+    assert error["field"] == "prize_type" and "'cash' was published" in error["message"]
+    renamed = {**_save_body(published), "prizes": [{**published["prizes"][0], "prize_type": "CASH"}, *published["prizes"][1:]]}
+    assert (await console.put("/v1/tasks/44030300", json=renamed, headers=auth("alice"))).status == 422
+    added = {**_save_body(published), "prizes": [*published["prizes"], {"prize_type": "voucher", "quota": 5, "weight": 1}]}
+    saved = await _json(await console.put("/v1/tasks/44030300", json=added, headers=auth("alice")), 200)
+    changed = {**_save_body(saved), "prizes": [{**p, "quota": 9} if p["prize_type"] == "voucher" else p
+                                               for p in saved["prizes"]]}
+    saved = await _json(await console.put("/v1/tasks/44030300", json=changed, headers=auth("alice")), 200)
+    assert {p["prize_type"]: p["quota"] for p in saved["prizes"]}["voucher"] == 9  # never published: still the draft's
+    assert (await console.put("/v1/tasks/999999", json=task_body(1, pts=points(2)), headers=auth("alice"))).status == 404
+
+
+async def test_no_new_poi_id_goes_past_what_the_build_reads(console: Client) -> None:
+    pts = [{"poi_id": 10**18 - 1, "lat": 22.53, "lng": 113.93}, {"lat": 22.531, "lng": 113.931}]
+    error = (await _json(await console.post("/v1/tasks", json=task_body(pts=pts), headers=auth("alice")), 422))["error"]
+    assert error["field"] == "poi_id" and "18" in error["message"]
+
+
+async def test_a_rollback_overtakes_a_publish_waiting_for_a_service_that_never_answers(
+        tmp_path: Path, sample_snapshots: Path) -> None:
+    snaps = tmp_path / "snaps"
+    shutil.copytree(sample_snapshots, snaps)
+    settings = load_settings(ConsoleSettings, "GEODROP_CONSOLE_", None, {}, {
+        "draft": f"sqlite:///{tmp_path / 'draft.sqlite3'}", "seed": str(SAMPLE), "snapshots": snaps,
+        "operators": operators_file(tmp_path), "work_dir": tmp_path / "work", "service": "http://127.0.0.1:9"})
+    console = await _serve(create_app(settings), [])
+    try:
+        await _json(await console.post("/v1/tasks", json=task_body(pts=points(3)), headers=auth("alice")), 201)
+        preview = await _json(await console.post("/v1/preview", headers=auth("alice")), 200)
+        job = await _json(await console.post("/v1/publish", json={"revision": preview["revision"]},
+                                             headers=auth("alice")), 202)
+        for _ in range(200):  # bounded: 20 s
+            job = await _json(await console.get(f"/v1/jobs/{job['id']}", headers=auth("vic")), 200)
+            if job["phase"] == "waiting for the services":
+                break
+            await asyncio.sleep(0.1)
+        assert job["phase"] == "waiting for the services" and job["seq"] == 2
+        rolled = await _json(await console.post("/v1/rollback", json={}, headers=auth("bob")), 202)
+        published = await _json(await console.get(f"/v1/jobs/{job['id']}", headers=auth("vic")), 200)
+        assert published["state"] == "published" and "not confirmed" in published["error"]
+        for _ in range(200):  # bounded: 20 s; the rollback then waits for the service too, and is overtaken by nothing
+            rolled = await _json(await console.get(f"/v1/jobs/{rolled['id']}", headers=auth("vic")), 200)
+            if rolled["phase"] == "waiting for the services":
+                break
+            await asyncio.sleep(0.1)
+        assert rolled["seq"] == 1 and open_current(snaps).seq == 1
+        entries = (await _json(await console.get("/v1/audit", headers=auth("vic")), 200))["entries"]
+        assert [(e["action"], e["state"]) for e in entries if e["action"] == "publish"] == [("publish", "published")]
+    finally:
+        await _close(console)
