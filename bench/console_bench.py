@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ import pymysql
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from dashboard_bench import write_data  # noqa: E402
+from dashboard_bench import measure, summary, write_data  # noqa: E402
 from harness import free_port, wait_ready  # noqa: E402
 
 from placement.auth import add_operator  # noqa: E402
@@ -51,28 +51,28 @@ def _call(base: str, method: str, path: str, body: Any = None) -> Any:
         return orjson.loads(resp.read())
 
 
-def _console(tmp: Path, draft: str, seed: Path, snaps: Path, service: str = "") -> subprocess.Popen[bytes]:
+@dataclass
+class Console:
+    proc: subprocess.Popen[bytes]
+    base: str
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=60)
+
+
+def _console(tmp: Path, draft: str, seed: Path, snaps: Path, service: str = "") -> Console:
     add_operator(tmp / "operators.json", "bench", "admin", TOKEN)
     port = free_port()
     args = [PY, "-m", "placement", "serve", "--draft", draft, "--seed", str(seed), "--snapshots", str(snaps),
             "--operators", str(tmp / "operators.json"), "--work-dir", str(tmp / "work"), "--port", str(port),
             "--log-level", "error"] + (["--service", service] if service else [])
-    proc = subprocess.Popen(args)
-    proc.base = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
-    wait_ready(f"{proc.base}/healthz", timeout_s=1800)  # type: ignore[attr-defined]
-    return proc
-
-
-MEASURE = """() => {
-  const nav = performance.getEntriesByType('navigation')[0];
-  const bytes = [nav, ...performance.getEntriesByType('resource')].reduce((a, e) => a + (e.transferSize || 0), 0);
-  return {bytes, interactive_ms: window.readyAt - nav.startTime};
-}"""
+    console = Console(subprocess.Popen(args), f"http://127.0.0.1:{port}")
+    wait_ready(f"{console.base}/healthz", timeout_s=1800)
+    return console
 
 
 def first_load(runs: int) -> None:
-    from playwright.sync_api import sync_playwright
-
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         n = write_data(tmp / "data")
@@ -81,31 +81,12 @@ def first_load(runs: int) -> None:
         started = time.monotonic()
         console = _console(tmp, f"sqlite:///{tmp / 'draft.sqlite3'}", tmp / "data", tmp / "snaps")
         print(f"console on {n:,} counties: seeded and serving after {time.monotonic() - started:.1f} s")
-        results = []
         try:
-            with sync_playwright() as p:
-                browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
-                for _ in range(runs):
-                    context = browser.new_context(viewport={"width": 1400, "height": 900})  # a cold cache each run
-                    context.request.post(f"{console.base}/v1/session",  # type: ignore[attr-defined]
-                                         headers={"Authorization": f"Bearer {TOKEN}"})
-                    page = context.new_page()
-                    page.add_init_script("new MutationObserver(() => { if (document.body && document.body.dataset.ready) "
-                                         "window.readyAt = window.readyAt || performance.now(); })"
-                                         ".observe(document, {attributes: true, subtree: true});")
-                    page.goto(console.base)  # type: ignore[attr-defined]
-                    page.wait_for_selector("body[data-ready=true]", timeout=120_000)
-                    results.append(page.evaluate(MEASURE))
-                    context.close()
-                browser.close()
+            results = measure(console.base, runs, lambda context: context.request.post(
+                f"{console.base}/v1/session", headers={"Authorization": f"Bearer {TOKEN}"}))
         finally:
-            console.terminate()
-            console.wait(timeout=60)
-    mb = [r["bytes"] / 1e6 for r in results]
-    seconds = [r["interactive_ms"] / 1000 for r in results]
-    print(f"console first load, {n:,} county polygons: transfers median {statistics.median(mb):.2f} MB "
-          f"(max {max(mb):.2f}); interactive after median {statistics.median(seconds):.2f} s "
-          f"(max {max(seconds):.2f}) over {len(results)} cold loads")
+            console.stop()
+    print(f"console first load, {n:,} county polygons: {summary(results)}")
 
 
 def _mysql_draft() -> str:
@@ -136,11 +117,9 @@ def publish_to_served(pois: int, draft_kind: str) -> None:
             console = _console(tmp, draft, tmp / "data", tmp / "snaps", service)
             seeded = time.monotonic() - started
             try:
-                print(f"{pois:,} POIs, {draft_kind} draft: seeded in {seeded:.1f} s; "
-                      + _publish_once(console.base, service))  # type: ignore[attr-defined]
+                print(f"{pois:,} POIs, {draft_kind} draft: seeded in {seeded:.1f} s; " + _publish_once(console.base, service))
             finally:
-                console.terminate()
-                console.wait(timeout=60)
+                console.stop()
         finally:
             svc.terminate()
             svc.wait(timeout=60)
