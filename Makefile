@@ -79,6 +79,7 @@ bench: $(BIN)/geo-snapshot
 	$(BIN)/python bench/hosts_bench.py --json bench/out/hosts.json
 	$(BIN)/python bench/faults_bench.py --json bench/out/faults.json
 	$(BIN)/python bench/delivery_bench.py --json bench/out/delivery.json
+	$(BIN)/python bench/edge_bench.py --json bench/out/edge.json
 	$(BIN)/python bench/play_bench.py --slow
 
 # docs/capacity.md's table, from the JSON the benchmarks above wrote.

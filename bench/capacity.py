@@ -4,6 +4,7 @@
                                        [--collector bench/out/collector.json] [--polls 1000000] [--claims-per-s 50000]
                                        [--pois 100000000] [--bytes-per-row 44]
                                        [--delivery bench/out/delivery.json] [--partner-per-s 40000]
+                                       [--edge bench/out/edge.json] [--busy-cells 100000] [--edge-instances 4]
 
 Each JSON file is written by its benchmark's --json option (`make capacity` runs them all). The
 per-core figures come from this machine, where load generator and servers share two cores, so they
@@ -67,6 +68,28 @@ def plan(hosts: dict[str, Any], claims: list[dict[str, Any]], collector: list[di
     ]
 
 
+def edge_plan(edge: dict[str, Any], polls_per_s: float, busy_cells: int, instances: int, max_age_s: float,
+              poll_core: float | None) -> list[tuple[str, str, str]]:
+    """Return (quantity, figure, how it is derived) rows for cell polls answered by nginx's cell cache."""
+    through, direct = edge["medians"]["edge"], edge["medians"]["direct"]
+    nginx_core = through["rps"] / 2  # wrk, nginx and the service shared the two cores: a floor for one nginx core
+    host_core = poll_core or direct["rps"] / 2
+    nginx_cores = math.ceil(polls_per_s / (nginx_core * HEADROOM))
+    upstream = busy_cells * instances / max_age_s  # at most one miss or revalidation per cell, instance and max-age
+    return [
+        ("polls through the edge / direct, same two cores", f"{through['rps'] / direct['rps']:.2f}x",
+         f"bench/edge_bench.py: {through['rps']:,.0f} against {direct['rps']:,.0f} polls/s, p99 {through['p99_ms']:.1f} "
+         f"against {direct['p99_ms']:.1f} ms"),
+        ("polls answered at the edge", f"{through['edge_share']:.1%}", "standing phones, Zipf(1.1) over the sample's cells"),
+        ("polls an nginx core answers from the cache", f"{nginx_core:,.0f}/s", "half the two cores' figure (a floor)"),
+        (f"nginx cores for {polls_per_s:,.0f} cell polls/s", f"{nginx_cores:,}", f"at {HEADROOM:.0%} of measured"),
+        (f"requests reaching the hosts, {busy_cells:,} busy cells, {instances} nginx instances", f"{upstream:,.0f}/s at most",
+         f"one a cell, instance and max-age ({max_age_s:g} s)"),
+        ("service cores behind the edge", f"{math.ceil(upstream / (host_core * HEADROOM)):,}",
+         f"at {HEADROOM:.0%} of {host_core:,.0f} polls a core"),
+    ]
+
+
 def delivery_plan(delivery: dict[str, Any], partner_per_s: float) -> list[tuple[str, str, str]]:
     """Return the rows of what one partner's channel at partner_per_s needs: dispatchers, writes, connections."""
     push = delivery["mysql"]["push"]
@@ -94,17 +117,30 @@ def main() -> None:
     ap.add_argument("--claims", type=Path, default=out / "claims.json", help="bench/claims_bench.py --json output.")
     ap.add_argument("--collector", type=Path, default=out / "collector.json", help="bench/collector_bench.py --json output.")
     ap.add_argument("--delivery", type=Path, default=out / "delivery.json", help="bench/delivery_bench.py --json output.")
+    ap.add_argument("--edge", type=Path, default=out / "edge.json", help="bench/edge_bench.py --json output.")
+    ap.add_argument("--busy-cells", type=int, default=100_000, help="Cells with phones in them at the peak (edge table).")
+    ap.add_argument("--edge-instances", type=int, default=4, help="nginx instances, each with its own cell cache.")
+    ap.add_argument("--max-age-s", type=float, default=5, help="The cell answers' max-age (the service's next_poll_ms).")
     ap.add_argument("--partner-per-s", type=float, default=40_000, help="A partner's capacity to plan a channel for.")
     ap.add_argument("--polls", type=float, default=1_000_000, help="Peak polls a second to plan for.")
     ap.add_argument("--claims-per-s", type=float, default=50_000, help="Peak claims a second to plan for.")
     ap.add_argument("--pois", type=int, default=100_000_000, help="POIs in the snapshot.")
     ap.add_argument("--bytes-per-row", type=float, default=32, help="Snapshot bytes a row (see geo-snapshot inspect).")
     args = ap.parse_args()
-    rows = plan(load(args.hosts), load(args.claims), load(args.collector), args.polls, args.claims_per_s, args.pois,
-                args.bytes_per_row)
-    print("| quantity | figure | from |\n|---|---|---|")
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
+    missing = [str(p) for p in (args.hosts, args.claims, args.collector) if not p.exists()]
+    if missing:
+        print(f"(no main table: run `make bench` for {', '.join(missing)})")
+    else:
+        rows = plan(load(args.hosts), load(args.claims), load(args.collector), args.polls, args.claims_per_s, args.pois,
+                    args.bytes_per_row)
+        print("| quantity | figure | from |\n|---|---|---|")
+        for row in rows:
+            print("| " + " | ".join(row) + " |")
+    if args.edge.exists():
+        core = next(r for r in load(args.hosts)["polls"] if r["path"] == "direct, 1 host")["rps"] if not missing else None
+        print("\n| edge | figure | from |\n|---|---|---|")
+        for row in edge_plan(load(args.edge), args.polls, args.busy_cells, args.edge_instances, args.max_age_s, core):
+            print("| " + " | ".join(row) + " |")
     if args.delivery.exists():
         print("\n| delivery | figure | from |\n|---|---|---|")
         for row in delivery_plan(load(args.delivery), args.partner_per_s):
