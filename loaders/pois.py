@@ -59,9 +59,11 @@ def _numeric(arr: pa.Array, integer: bool) -> tuple[np.ndarray, Mask]:
     if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
         trimmed = pc.utf8_trim_whitespace(arr)
         valid = pc.fill_null(pc.match_substring_regex(trimmed, _INT_PATTERN if integer else _FLOAT_PATTERN), False)
-        if integer:  # the pattern takes "+2" as the CSV cell it is; arrow's integer cast does not (its float cast does)
-            trimmed = pc.utf8_ltrim(trimmed, "+")
-        values = pc.cast(pc.if_else(valid, trimmed, "0"), target)
+        cells = pc.if_else(valid, trimmed, "0")
+        try:
+            values = pc.cast(cells, target)
+        except pa.ArrowInvalid:  # "+2" passes the pattern but not arrow's integer cast: only then a second pass
+            values = pc.cast(pc.utf8_ltrim(cells, "+"), target)
     else:
         valid = arr.is_valid()
         values = pc.cast(pc.fill_null(arr, 0), target)
