@@ -55,6 +55,11 @@ class Cursor:
         self._raw = raw
         self.dialect = dialect
 
+    @property
+    def insert_ignore(self) -> str:
+        """INSERT that skips rows whose key is there already, in this dialect's words."""
+        return "INSERT OR IGNORE" if self.dialect == "sqlite" else "INSERT IGNORE"
+
     def _sql(self, sql: str) -> str:
         return sql.replace("%s", "?") if self.dialect == "sqlite" else sql
 

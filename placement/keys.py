@@ -25,9 +25,8 @@ class DraftState:
     outlines_etag: str = ""
     channels: Channels | None = None
     jobs: dict[int, Job] = field(default_factory=dict)
-    building: asyncio.Lock = field(default_factory=asyncio.Lock)  # one build (preview or publish) at a time
     tasks: set[asyncio.Task[None]] = field(default_factory=set)  # the jobs running, stopped with the app
-    job: Job | None = None  # the preview, publish or rollback taken on, from its request's first line to its end
+    job: Job | None = None  # the one preview, publish or rollback at a time, from its claim to its end
     next_job_id: int = 1
 
 

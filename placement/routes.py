@@ -103,9 +103,8 @@ def _claim(request: web.Request, who: str, action: str) -> Job:
     """Take the console's one job slot before anything is awaited, so a second click gets 409, not a second build
     (and a rollback cannot queue behind a publish and undo it)."""
     state = request.app[state_key]
-    if state.job is not None or state.building.locked():
-        running = state.job.action if state.job else "preview"
-        raise Busy(f"a {running} is running; try again when it is done")
+    if state.job is not None:
+        raise Busy(f"a {state.job.action} is running; try again when it is done")
     state.job = Job(id=state.next_job_id, who=who, action=action)
     state.next_job_id += 1
     return state.job
@@ -122,8 +121,7 @@ async def do_preview(request: web.Request) -> web.Response:
     app = request.app
     job = _claim(request, who, "preview")
     try:
-        async with app[state_key].building:
-            result = await preview(app[settings_key], app[db_key])
+        result = await preview(app[settings_key], app[db_key])
     except DraftError:
         raise  # the draft was busy or unreachable: a 503, not the draft's fault
     except LoaderError as exc:
@@ -144,8 +142,7 @@ def _start(request: web.Request, job: Job, work: Callable[[Job], Awaitable[None]
     async def run() -> None:
         final, error = "failed", "stopped"  # as the job is left if the console stops under it
         try:
-            async with state.building:
-                await work(job)
+            await work(job)
             final, error = ("served" if job.phase == "served" else "published"), ""
             if job.phase == WAITING:  # it returned while still waiting: the console is stopping
                 error = "not confirmed served: the console stopped while waiting for the services"
@@ -313,7 +310,7 @@ async def healthz(request: web.Request) -> web.Response:
     revision = await app[db_key].read(store.revision)
     return json_response({"ok": True, "draft": app[db_key].dialect, "revision": revision,
                           "live_seq": current_seq(app[settings_key].snapshots),
-                          "building": app[state_key].building.locked()})
+                          "building": app[state_key].job is not None})
 
 
 async def openapi(request: web.Request) -> web.Response:

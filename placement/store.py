@@ -58,19 +58,17 @@ class TaskSave:
 def mark_published(cur: Cursor, tasks: list[TaskRow]) -> None:
     """Remember every task and prize a snapshot carried: the ledger holds their counters and switches from then
     on, whatever later snapshots say (a prize_type of '' stands for the task itself)."""
-    ignore = "INSERT OR IGNORE" if cur.dialect == "sqlite" else "INSERT IGNORE"
     rows = [(t["task_id"], p) for t in tasks for p in ["", *(prize["prize_type"] for prize in t["prizes"])]]
     for start in range(0, len(rows), 5000):
-        cur.many(f"{ignore} INTO console_published (task_id, prize_type) VALUES (%s, %s)", rows[start:start + 5000])
+        cur.many(f"{cur.insert_ignore} INTO console_published (task_id, prize_type) VALUES (%s, %s)", rows[start:start + 5000])
 
 
 def mark_draft_published(cur: Cursor) -> None:
     """Mark every task and prize of the draft as published: done, in the transaction that checks the revision,
     before a publish builds that revision, so no save can slip a live field past the rule meanwhile (if the build
     then fails, they stay marked: the safe side)."""
-    ignore = "INSERT OR IGNORE" if cur.dialect == "sqlite" else "INSERT IGNORE"
-    cur.execute(f"{ignore} INTO console_published (task_id, prize_type) SELECT task_id, '' FROM tasks")
-    cur.execute(f"{ignore} INTO console_published (task_id, prize_type) SELECT task_id, prize_type FROM task_prizes")
+    for select in ("SELECT task_id, '' FROM tasks", "SELECT task_id, prize_type FROM task_prizes"):
+        cur.execute(f"{cur.insert_ignore} INTO console_published (task_id, prize_type) {select}")
 
 
 def published(cur: Cursor, task_id: int) -> set[str] | None:
