@@ -112,7 +112,7 @@ def holds(dsn: str, player: str) -> dict[str, str]:
 
 
 async def test_a_hold_left_by_a_process_killed_after_its_claim_won_counts_as_that_win(
-        cluster: tuple[RedisLedger, str, str]) -> None:
+        cluster: tuple[RedisLedger, str, str], monkeypatch: pytest.MonkeyPatch) -> None:
     ledger, dsn, record_db = cluster
     first = claim("first", "alice", 1)
     place = await redis_players.hold_place(ledger, first, 1)
@@ -121,8 +121,13 @@ async def test_a_hold_left_by_a_process_killed_after_its_claim_won_counts_as_tha
     won = await ledger._claim(first, ["cash"], redis_players.Caps(TASK_CAP, 1, place.arg), 1e9)
     assert won is not None and won.outcome == "won"
     assert set(holds(dsn, "alice")) == {"h:first"}
-    # Before the hold is stale, the player's place is taken: refused, nothing won.
-    assert (await ledger.claim(claim("second", "alice", 2), ["cash"], TASK_CAP, 1e9, 1)).outcome == "player_cap_reached"
+    # Before the hold is stale, the player's place is taken: told to retry, nothing won. One round, so the claim's
+    # own waiting (up to a second) cannot outlast the hold's 600 ms and settle it by the stale path instead.
+    with monkeypatch.context() as one_round:
+        one_round.setattr(redis_players, "_ROUNDS", 1)
+        with pytest.raises(LedgerRefusal, match="retry"):
+            await ledger.claim(claim("second", "alice", 2), ["cash"], TASK_CAP, 1e9, 1)
+    assert set(holds(dsn, "alice")) == {"h:first"}
     await asyncio.sleep(0.7)
     # Stale: looked up on the task's node, it won, so it is the player's one win, told with the refusal.
     third = await ledger.claim(claim("third", "alice", 4), ["cash"], TASK_CAP, 1e9, 1)
