@@ -14,10 +14,12 @@ import fcntl
 import shutil
 import tempfile
 from collections.abc import Iterator
+from concurrent import futures
+from concurrent.futures import Executor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -26,6 +28,7 @@ from geo_service.snapshot.folder import TMP_PREFIX
 Columns = dict[str, np.ndarray]
 SPILL_PREFIX = f"{TMP_PREFIX}build-"
 LOCK = ".lock"
+T = TypeVar("T")
 _SAMPLES = 20_000  # keys sampled across all runs to place the range bounds (a few pages of each run read)
 
 
@@ -100,6 +103,17 @@ class NpyAppender:
         return self.path
 
 
+def ahead(items: Iterator[T], pool: Executor) -> Iterator[T]:
+    """Yield what `items` yields, each next one made in `pool` while the caller works on this one."""
+    coming = pool.submit(next, items, None)
+    try:
+        while (item := coming.result()) is not None:
+            coming = pool.submit(next, items, None)
+            yield item
+    finally:  # a caller that stops early waits for the one in flight: nothing runs on after the build
+        futures.wait([coming])
+
+
 def _read(values: np.ndarray, start: int, stop: int) -> np.ndarray:
     """values[start:stop] as a private array. A spilled run is read from its file, not through its mapping:
     pages touched through a mapping would stay in the process's resident set (and its peak RSS) until the
@@ -109,14 +123,55 @@ def _read(values: np.ndarray, start: int, stop: int) -> np.ndarray:
     return np.fromfile(values.filename, values.dtype, stop - start, offset=values.offset + start * values.itemsize)
 
 
+def stable_order(keys: list[np.ndarray]) -> np.ndarray:
+    """Return np.lexsort's permutation for integer `keys` given most significant first (ties keep their order).
+
+    numpy sorts plain int64 values several times faster than it argsorts them, and far faster than lexsort's
+    stable passes, so each key is packed into one int64 with what orders the rows so far: the first with the
+    row's position, each next one between its row's group of equal keys so far and its place in that group.
+    A key whose range does not fit beside them (an 18-digit poi_id, an H3 cell) is left to lexsort with the
+    groups found so far, which gives the same order.
+    """
+    n = len(keys[0])
+    if n < 2:
+        return np.arange(n)
+    perm = np.arange(n)  # the rows in order of the keys so far
+    starts = np.zeros(1, np.int64)  # where each group of rows equal in the keys so far starts, in perm's order
+    groups = np.zeros(n, np.int64)
+    for i, key in enumerate(keys):
+        values = key[perm] if i else key
+        low = int(values.min())
+        key_bits = (int(values.max()) - low).bit_length()
+        within = np.arange(n, dtype=np.int64)  # a row's place in its group
+        if i:
+            within -= starts[groups]
+        within_bits = int(np.diff(starts, append=n).max() - 1).bit_length()
+        group_bits = (len(starts) - 1).bit_length()
+        if group_bits + key_bits + within_bits > 63:
+            rest = [values, *(k[perm] for k in keys[i + 1 :])]
+            return perm[np.lexsort((*reversed(rest), groups))]
+        packed = (values - low).astype(np.int64) << within_bits
+        packed |= within
+        packed |= groups << (key_bits + within_bits)
+        del values, within
+        packed.sort()
+        at = starts[packed >> (key_bits + within_bits)] + (packed & ((1 << within_bits) - 1))
+        perm = perm[at] if i else at
+        del at
+        if i < len(keys) - 1:
+            packed >>= within_bits  # (group, key): equal values make the next groups
+            change = np.empty(n, np.bool_)
+            change[0] = True
+            np.not_equal(packed[1:], packed[:-1], out=change[1:])
+            starts = np.flatnonzero(change)
+            groups = np.cumsum(change, dtype=np.int64) - 1
+    return perm
+
+
 def sort_columns(columns: Columns, keys: tuple[str, ...], tail_in_order: bool = False) -> Columns:
     """Return the columns sorted by `keys`, most significant first. With `tail_in_order` the rows already
     come in order of the last key, so a stable sort by the others gives the same order, cheaper."""
-    by = keys[:-1] if tail_in_order else keys
-    if len(by) == 1:
-        perm = np.argsort(columns[by[0]], kind="stable")
-    else:
-        perm = np.lexsort(tuple(columns[k] for k in reversed(by)))
+    perm = stable_order([columns[k] for k in (keys[:-1] if tail_in_order else keys)])
     return {name: column[perm] for name, column in columns.items()}
 
 
@@ -140,14 +195,21 @@ class Runs:
 
     def add(self, columns: Columns, spill: bool) -> None:
         """Sort `columns` into a new run, written to disk when `spill` (and mapped back read-only)."""
+        self.runs.append(self._run(columns, len(self.runs), spill))
+
+    def add_many(self, parts: list[Columns], spill: bool, pool: Executor) -> None:
+        """Add each part as a run, sorted (and written) side by side in `pool`; the runs keep the parts' order."""
+        first = len(self.runs)
+        self.runs.extend(pool.map(lambda numbered: self._run(numbered[1], first + numbered[0], spill), enumerate(parts)))
+
+    def _run(self, columns: Columns, number: int, spill: bool) -> Columns:
         run = sort_columns(columns, self.keys, self.tail_in_order)
         if spill:
-            number = len(self.runs)
             for column, values in run.items():
                 path = self.folder / f"{self.name}-{number:05d}-{column}.npy"
                 np.save(path, values, allow_pickle=False)
                 run[column] = np.load(path, mmap_mode="r")
-        self.runs.append(run)
+        return run
 
     def ranges(self, max_rows: int) -> Iterator[Columns]:
         """Yield every row once, sorted, in consecutive ranges of key values of about `max_rows` rows (a
