@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -87,9 +88,16 @@ def summary(manifest: dict[str, Any], out: Path, seconds: float) -> str:
         f"tasks      {c['tasks']:,} in {c['districts']:,} districts; "
         f"{len(outside)} with POIs outside their district ({sum(outside.values()):,} rows)",
         f"skipped    {s['skipped_problems']:,} bad field(s)",
+        f"phases     {_phases(manifest['build'], seconds)}",
     ]
     lines += [f"           {e}" for e in s["skipped_examples"][:10]]
     return "\n".join(lines)
+
+
+def _phases(build: dict[str, Any], seconds: float) -> str:
+    """Return each phase's wall time; the publish is what the whole build took beyond the phases."""
+    phases = {**build["phases_s"], "publish": max(seconds - sum(build["phases_s"].values()), 0.0)}
+    return ", ".join(f"{name} {s:.1f} s" for name, s in phases.items()) + f" ({build['workers']} workers)"
 
 
 def _largest_zones(by_zone: dict[str, int], shown: int = 3) -> str:
@@ -118,7 +126,7 @@ def _channels_file(source: str, given: str | None) -> Path | None:
 def cmd_build(args: argparse.Namespace) -> int:
     settings = BuildSettings(
         source=args.source, out=Path(args.out), grid=_grid(args), skip_bad_rows=args.skip_bad_rows, keep=args.keep,
-        memory_mb=args.memory_mb, channels=_channels_file(args.source, args.channels),
+        memory_mb=args.memory_mb, workers=args.workers, channels=_channels_file(args.source, args.channels),
     )
     progress = TerminalProgress(sys.stderr, not args.quiet)
     try:
@@ -247,6 +255,9 @@ def parser() -> argparse.ArgumentParser:
                    help="Working memory for the POI rows, in MiB (default 2048). A build with more rows sorts them in "
                         "runs of this size, spilled to a temp folder inside OUT (about 70 bytes of disk a row, beside "
                         "the snapshot's 32; checked before the first run is written), then merges them in one pass.")
+    p.add_argument("--workers", type=_positive_int, default=len(os.sched_getaffinity(0)),
+                   help="Threads that parse, screen and sort the POIs (default: one per core this process may use, "
+                        f"{len(os.sched_getaffinity(0))} here). The snapshot is the same for any number.")
     p.add_argument("--skip-bad-rows", action="store_true",
                    help="Drop bad rows (reported in the summary and manifest) instead of failing the build.")
     p.add_argument("--channels", help="The delivery channels file (JSON; README: Delivery): every prize type must have a "

@@ -119,8 +119,10 @@ class ChunkWork:
                 "lat": np.rint(cols.lat[pos] * MICRO).astype(np.int32),
                 "lng": np.rint(cols.lng[pos] * MICRO).astype(np.int32), "src_row": cols.row[pos]}
         kind = np.where(zone, KIND_EXCLUDED, np.where(counts > 0, KIND_USED, KIND_UNUSED)).astype(np.int8)
-        ids: Columns = {"poi_id": cols.poi_id, "src_row": cols.row, "kind": kind, "n_rows": np.where(zone, 0, counts).astype(np.int32)}
-        return ChunkRows(chunk.source, len(chunk), rows, ids, errors, changed, np.unique(cols.poi_set_id), by_zone)
+        ids: Columns = {"poi_id": cols.poi_id, "src_row": cols.row, "kind": kind,
+                        "n_rows": np.where(zone, 0, counts).astype(np.int32)}
+        sets = np.unique(cols.poi_set_id)
+        return ChunkRows(chunk.source, len(chunk), rows, ids, errors, changed, sets, by_zone)
 
 
 @dataclass(slots=True)

@@ -29,7 +29,7 @@ Columns = dict[str, np.ndarray]
 SPILL_PREFIX = f"{TMP_PREFIX}build-"
 LOCK = ".lock"
 T = TypeVar("T")
-_SAMPLES = 20_000  # keys sampled across all runs to place the range bounds (a few pages of each run read)
+INDEX_STRIDE = 64  # a run keeps every 64th key in memory (1/8 byte a row) to find where a range starts in it
 
 
 @dataclass
@@ -37,7 +37,7 @@ class SpillFolder:
     """A build's temp folder and what it has mapped from there."""
 
     path: Path
-    mapped: list[dict[str, Any] | list[Columns]] = field(default_factory=list)
+    mapped: list[dict[str, Any] | list[Any]] = field(default_factory=list)
 
     def runs(self, name: str, keys: tuple[str, ...], tail_in_order: bool = False) -> Runs:
         """A new table of sorted runs whose files live here."""
@@ -114,13 +114,26 @@ def ahead(items: Iterator[T], pool: Executor) -> Iterator[T]:
         futures.wait([coming])
 
 
-def _read(values: np.ndarray, start: int, stop: int) -> np.ndarray:
-    """values[start:stop] as a private array. A spilled run is read from its file, not through its mapping:
-    pages touched through a mapping would stay in the process's resident set (and its peak RSS) until the
-    run is dropped, however long ago they were used."""
-    if not isinstance(values, np.memmap) or values.filename is None:
-        return values[start:stop]
-    return np.fromfile(values.filename, values.dtype, stop - start, offset=values.offset + start * values.itemsize)
+@dataclass(frozen=True, slots=True)
+class OnDisk:
+    """A spilled run's column: a raw file read by ranges, never mapped. Pages touched through a mapping, and the
+    cached neighbours the kernel maps around each fault, would stay in the process's resident set (and its
+    peak RSS) until the run is dropped: a strided sample through a mapping brings in the whole column."""
+
+    path: Path
+    dtype: np.dtype[Any]
+    length: int
+
+    def __len__(self) -> int:
+        return self.length
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        return np.fromfile(self.path, self.dtype, stop - start, offset=start * self.dtype.itemsize)
+
+
+def _read(values: np.ndarray | OnDisk, start: int, stop: int) -> np.ndarray:
+    """values[start:stop] as an array of its own."""
+    return values.read(start, stop) if isinstance(values, OnDisk) else values[start:stop]
 
 
 def stable_order(keys: list[np.ndarray]) -> np.ndarray:
@@ -177,13 +190,15 @@ def sort_columns(columns: Columns, keys: tuple[str, ...], tail_in_order: bool = 
 
 @dataclass
 class Runs:
-    """The sorted runs of one table, on disk (memory-mapped) or, for a table that fits, in memory."""
+    """The sorted runs of one table, on disk or, for a table that fits, in memory; each with its key column at
+    every INDEX_STRIDE-th row, in memory, to cut ranges by."""
 
     folder: Path
     name: str
     keys: tuple[str, ...]  # the sort order; keys[0] is what ranges are cut by
     tail_in_order: bool = False  # rows are added in order of the last key (a source row, a position)
-    runs: list[Columns] = field(default_factory=list)
+    runs: list[dict[str, np.ndarray | OnDisk]] = field(default_factory=list)
+    index: list[np.ndarray] = field(default_factory=list)
 
     @property
     def rows(self) -> int:
@@ -191,43 +206,58 @@ class Runs:
 
     @property
     def spilled(self) -> int:
-        return sum(isinstance(run[self.keys[0]], np.memmap) for run in self.runs)
+        return sum(isinstance(run[self.keys[0]], OnDisk) for run in self.runs)
 
     def add(self, columns: Columns, spill: bool) -> None:
-        """Sort `columns` into a new run, written to disk when `spill` (and mapped back read-only)."""
-        self.runs.append(self._run(columns, len(self.runs), spill))
+        """Sort `columns` into a new run, written to disk when `spill`."""
+        self._keep([self._run(columns, len(self.runs), spill)])
 
     def add_many(self, parts: list[Columns], spill: bool, pool: Executor) -> None:
         """Add each part as a run, sorted (and written) side by side in `pool`; the runs keep the parts' order."""
         first = len(self.runs)
-        self.runs.extend(pool.map(lambda numbered: self._run(numbered[1], first + numbered[0], spill), enumerate(parts)))
+        self._keep(list(pool.map(lambda numbered: self._run(numbered[1], first + numbered[0], spill), enumerate(parts))))
 
-    def _run(self, columns: Columns, number: int, spill: bool) -> Columns:
-        run = sort_columns(columns, self.keys, self.tail_in_order)
-        if spill:
-            for column, values in run.items():
-                path = self.folder / f"{self.name}-{number:05d}-{column}.npy"
-                np.save(path, values, allow_pickle=False)
-                run[column] = np.load(path, mmap_mode="r")
-        return run
+    def _keep(self, made: list[tuple[dict[str, np.ndarray | OnDisk], np.ndarray]]) -> None:
+        for run, index in made:
+            self.runs.append(run)
+            self.index.append(index)
+
+    def _run(self, columns: Columns, number: int, spill: bool) -> tuple[dict[str, np.ndarray | OnDisk], np.ndarray]:
+        ordered = sort_columns(columns, self.keys, self.tail_in_order)
+        index = ordered[self.keys[0]][::INDEX_STRIDE].copy()
+        if not spill:
+            return dict(ordered), index
+        run: dict[str, np.ndarray | OnDisk] = {}
+        for column, values in ordered.items():
+            path = self.folder / f"{self.name}-{number:05d}-{column}"
+            values.tofile(path)
+            run[column] = OnDisk(path, values.dtype, len(values))
+        return run, index
+
+    def _position(self, number: int, bound: int) -> int:
+        """Return the first row of a run whose key is at least `bound`: between two keys of its index, one
+        block of the key column read."""
+        column, index = self.runs[number][self.keys[0]], self.index[number]
+        at = int(np.searchsorted(index, bound, "left"))  # index[at - 1] < bound <= index[at]
+        lo, hi = max(at - 1, 0) * INDEX_STRIDE, min(at * INDEX_STRIDE, len(column))
+        return lo + int(np.searchsorted(_read(column, lo, hi), bound, "left"))
 
     def ranges(self, max_rows: int) -> Iterator[Columns]:
         """Yield every row once, sorted, in consecutive ranges of key values of about `max_rows` rows (a
         range holds every row of its key values, so one key held by more rows makes a larger range)."""
         if len(self.runs) == 1 and not self.spilled:  # one run in memory is sorted already: a build that fits sorts once
-            yield dict(self.runs[0])
+            yield {name: _read(values, 0, len(values)) for name, values in self.runs[0].items()}
             return
         if not self.runs:
             return
-        key = self.keys[0]
-        stride = max(1, self.rows // _SAMPLES)
-        sample = np.sort(np.concatenate([run[key][::stride] for run in self.runs]))
-        step = max(1, max_rows // stride)
+        sample = np.sort(np.concatenate(self.index))  # each key stands for INDEX_STRIDE rows
+        step = max(1, max_rows // INDEX_STRIDE)
         bounds = np.unique(sample[step::step]).tolist()
         starts = [0] * len(self.runs)
         # The runs are looked up at each step, never held here: SpillFolder.release can let them go.
         for bound in [*bounds, None]:
-            ends = [len(run[key]) if bound is None else int(np.searchsorted(run[key], bound, "left")) for run in self.runs]
+            ends = [len(run[self.keys[0]]) if bound is None else self._position(number, bound)
+                    for number, run in enumerate(self.runs)]
             # Runs are concatenated in the order they were added, which keeps the last key in order.
             yield sort_columns({column: np.concatenate([_read(run[column], a, b) for run, a, b in zip(self.runs, starts, ends)])
                                 for column in self.runs[0]}, self.keys, self.tail_in_order)
