@@ -154,6 +154,17 @@ def _storage(out: Path) -> Iterator[None]:
         raise storage_error(out, "the build's sorted runs or rows", exc) from exc
 
 
+@contextmanager
+def _workers(count: int) -> Iterator[Executor]:
+    """The build's threads; a failed build drops the work queued for them and waits for what runs, so nothing
+    writes into the spill folder once it is being removed."""
+    pool = ThreadPoolExecutor(count, thread_name_prefix="build")
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def _in_sorted(values: npt.NDArray[np.int64], sorted_set: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
     at = np.minimum(np.searchsorted(sorted_set, values), len(sorted_set) - 1)
     return sorted_set[at] == values  # type: ignore[no-any-return]
@@ -192,8 +203,7 @@ async def build(settings: BuildSettings, source: Source, progress: Progress) -> 
     tables = await read_tables(source, errors, channels)
     progress("tables", len(tables.tasks))
     phases.done("tables")
-    with (ThreadPoolExecutor(settings.workers, thread_name_prefix="build") as pool, spill_folder(settings.out) as folder,
-          _storage(settings.out)):
+    with spill_folder(settings.out) as folder, _storage(settings.out), _workers(settings.workers) as pool:
         found = await read_pois(source, tables, settings.grid, folder, memory, errors, pool, settings.workers, progress)
         phases.done("pois")
         repeats = find_repeats(found.ids, found.label, max(memory // RUN_POI_BYTES, 1), pool, errors)

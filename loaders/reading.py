@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,13 +28,13 @@ from loaders.tables import Tables
 
 Progress = Callable[[str, int], None]
 MIB = 2**20
-# Bytes of memory a buffered row and a buffered POI take while their run is sorted (the buffers, their
-# concatenation, the sort's permutation and the sorted copy).
-RUN_ROW_BYTES, RUN_POI_BYTES = 110, 50
+# Bytes of memory a buffered row and a buffered POI take while their run is sorted: the buffers, their
+# concatenation, stable_order's packed values, groups and permutation, and the sorted copy.
+RUN_ROW_BYTES, RUN_POI_BYTES = 130, 70
 # Disk a row needs beyond the snapshot's 32 bytes: its spilled run and its poi_order run; a POI: its
 # duplicate-check run.
 SPILL_ROW_BYTES, SPILL_POI_BYTES = 36 + 16, 21
-DENSE_SETS = 1 << 22  # set ids spanning at most this many numbers are looked up in a table (64 MiB at most)
+DENSE_SETS = 1 << 20  # set ids spanning at most this many numbers are looked up in a table (16 MiB at most)
 ROW_KEYS = ("cells", "task", "poi_id")  # the snapshot's row order
 KIND_EXCLUDED, KIND_UNUSED, KIND_USED = 0, 1, 2  # what became of a POI (its duplicate-check run keeps it)
 
@@ -105,12 +106,23 @@ class ChunkWork:
     zones: list[Zone]
     grid: Grid
     error_limit: int
+    mine: threading.local = field(default_factory=threading.local)
+
+    def own_zones(self) -> list[Zone]:
+        """This thread's own copy of the zones: GEOS builds a prepared polygon's index lazily, and not safely for
+        two threads at once (libgeos/geos#825)."""
+        zones: list[Zone] | None = getattr(self.mine, "zones", None)
+        if zones is None:
+            copies = shapely.from_wkb(shapely.to_wkb([z.geometry for z in self.zones]))
+            shapely.prepare(copies)
+            zones = self.mine.zones = [replace(z, geometry=g) for z, g in zip(self.zones, copies)]
+        return zones
 
     def __call__(self, chunk: PoiChunk) -> ChunkRows:
         errors = ErrorLog(self.error_limit)  # the chunk's own: merged into the build's in stream order
         cols, changed = to_micro(parse_poi_chunk(chunk, errors))
         by_zone: dict[str, int] = {}
-        zone = excluded(self.zones, cols.lat, cols.lng, by_zone)
+        zone = excluded(self.own_zones(), cols.lat, cols.lng, by_zone)
         pos, task, counts = self.task_sets.expand(cols.poi_set_id)
         keep = ~zone[pos]
         pos, task = pos[keep], task[keep]
@@ -158,7 +170,6 @@ async def read_pois(source: Source, tables: Tables, grid: Grid, folder: SpillFol
     """Validate, round, screen and expand the POI stream chunk by chunk into rows, `workers` chunks at a time
     in `pool`, sorting them in runs that fit `memory_bytes`; the runs go to disk once the first one would not
     fit beside the rest."""
-    shapely.prepare([z.geometry for z in tables.zones])  # here, once: not by two workers at a time
     work = ChunkWork(TaskSets([t for _, t in tables.tasks]), tables.zones, grid, errors.limit)
     found = PoiPass(folder.runs("rows", ROW_KEYS, tail_in_order=True),
                     folder.runs("ids", ("poi_id", "src_row"), tail_in_order=True),

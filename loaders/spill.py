@@ -10,6 +10,7 @@ Equal keys always fall in one range.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import shutil
 import tempfile
@@ -127,8 +128,18 @@ class OnDisk:
     def __len__(self) -> int:
         return self.length
 
+    @classmethod
+    def write(cls, path: Path, values: np.ndarray) -> OnDisk:
+        """Write a column; a disk that refuses any of it is an OSError (numpy's tofile ignores a failed close)."""
+        with path.open("wb") as f:
+            f.write(np.ascontiguousarray(values).data)
+        return cls(path, values.dtype, len(values))
+
     def read(self, start: int, stop: int) -> np.ndarray:
-        return np.fromfile(self.path, self.dtype, stop - start, offset=start * self.dtype.itemsize)
+        values = np.fromfile(self.path, self.dtype, stop - start, offset=start * self.dtype.itemsize)
+        if len(values) != stop - start:
+            raise OSError(errno.EIO, f"{self.path}: {len(values)} rows read of {stop - start}")
+        return values
 
 
 def _read(values: np.ndarray | OnDisk, start: int, stop: int) -> np.ndarray:
@@ -148,36 +159,47 @@ def stable_order(keys: list[np.ndarray]) -> np.ndarray:
     n = len(keys[0])
     if n < 2:
         return np.arange(n)
-    perm = np.arange(n)  # the rows in order of the keys so far
+    perm: np.ndarray | None = None  # the rows in order of the keys so far (None: their own order)
     starts = np.zeros(1, np.int64)  # where each group of rows equal in the keys so far starts, in perm's order
-    groups = np.zeros(n, np.int64)
+    groups: np.ndarray | None = None  # each row's group, in perm's order (None: all in one)
     for i, key in enumerate(keys):
-        values = key[perm] if i else key
+        values = key if perm is None else key[perm]
         low = int(values.min())
         key_bits = (int(values.max()) - low).bit_length()
-        within = np.arange(n, dtype=np.int64)  # a row's place in its group
-        if i:
-            within -= starts[groups]
         within_bits = int(np.diff(starts, append=n).max() - 1).bit_length()
         group_bits = (len(starts) - 1).bit_length()
-        if group_bits + key_bits + within_bits > 63:
-            rest = [values, *(k[perm] for k in keys[i + 1 :])]
-            return perm[np.lexsort((*reversed(rest), groups))]
-        packed = (values - low).astype(np.int64) << within_bits
-        packed |= within
-        packed |= groups << (key_bits + within_bits)
-        del values, within
+        if group_bits + key_bits + within_bits > 63 or values.dtype == np.uint64:
+            rest = [values, *(k if perm is None else k[perm] for k in keys[i + 1 :])]
+            tail = np.lexsort((*reversed(rest), *(() if groups is None else (groups,))))
+            return tail if perm is None else perm[tail]
+        packed = values.astype(np.int64)  # a copy, in the widest type: a narrow key's range may not fit its own
+        del values
+        packed -= low
+        packed <<= within_bits
+        place = np.arange(n, dtype=np.int64)  # a row's place in its group
+        if groups is not None:
+            place -= starts[groups]
+            groups <<= key_bits + within_bits
+            packed |= groups
+        packed |= place
+        del place, groups
         packed.sort()
-        at = starts[packed >> (key_bits + within_bits)] + (packed & ((1 << within_bits) - 1))
-        perm = perm[at] if i else at
+        at = packed & ((1 << within_bits) - 1)
+        if i:
+            at += starts[packed >> (key_bits + within_bits)]
+        perm = at if perm is None else perm[at]
         del at
-        if i < len(keys) - 1:
-            packed >>= within_bits  # (group, key): equal values make the next groups
-            change = np.empty(n, np.bool_)
-            change[0] = True
-            np.not_equal(packed[1:], packed[:-1], out=change[1:])
-            starts = np.flatnonzero(change)
-            groups = np.cumsum(change, dtype=np.int64) - 1
+        if i == len(keys) - 1:
+            break
+        packed >>= within_bits  # (group, key): equal values make the next groups
+        change = np.empty(n, np.bool_)
+        change[0] = True
+        np.not_equal(packed[1:], packed[:-1], out=change[1:])
+        del packed
+        starts = np.flatnonzero(change)
+        groups = np.cumsum(change, dtype=np.int64)
+        groups -= 1
+    assert perm is not None
     return perm
 
 
@@ -229,9 +251,7 @@ class Runs:
             return dict(ordered), index
         run: dict[str, np.ndarray | OnDisk] = {}
         for column, values in ordered.items():
-            path = self.folder / f"{self.name}-{number:05d}-{column}"
-            values.tofile(path)
-            run[column] = OnDisk(path, values.dtype, len(values))
+            run[column] = OnDisk.write(self.folder / f"{self.name}-{number:05d}-{column}", values)
         return run, index
 
     def _position(self, number: int, bound: int) -> int:
