@@ -83,7 +83,7 @@ def test_a_build_killed_in_its_merge_publishes_nothing_and_the_next_one_cleans_u
         build.wait(timeout=30)
     assert folder_state(out)[0] == before[0] and not (out / "2").exists()  # nothing published
     left = [p for p in out.iterdir() if p.name.startswith(".tmp-build-")]
-    assert left and any(left[0].glob("rows-*.npy"))  # SIGKILL leaves the runs behind ...
+    assert left and any(left[0].glob("rows-*-cells"))  # SIGKILL leaves the runs behind ...
     build_into(synth_100k, out, "--memory-mb", "1")
     assert (out / "CURRENT").read_text().strip() == "2"
     assert sorted(p.name for p in out.iterdir()) == [".lock", "1", "2", "CURRENT"]  # ... and the next build removes them
