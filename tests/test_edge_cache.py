@@ -1,7 +1,7 @@
 """Polls answered at the edge: deploy/nginx.conf (Debian's nginx) caching cell answers in front of two service hosts
 and a collector on one ledger. A cell's answer is cached and served there; 200 phones polling one cell at once send
-one request upstream; a phone's If-None-Match is a 304 from the edge; a disabled task leaves the cached answers
-within the bound the README gives; with both hosts down the last answers are still served, flagged STALE. Upstream
+one request upstream; a phone's If-None-Match is a 304 from the edge; a task disabled or run out leaves the cached
+answers within the bound the README gives; with both hosts down the last answers are still served, flagged STALE. Upstream
 requests are counted from the hosts' own /metrics, not nginx's."""
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import pytest
 
 from tests.conftest import SAMPLE
 from tests.play.conftest import requests_total
+from tests.support.builders import csv_records
 from tests.support.nginx import Nginx, load_balancer, nginx_available
 from tests.support.parts import missing
 from tests.support.processes import Process, collector, service
@@ -97,26 +98,45 @@ def test_200_phones_on_one_cell_cost_one_upstream_request_and_their_revalidation
     assert upstream(edge) - before == 1  # answered at the edge
 
 
-def test_a_disabled_task_leaves_the_cached_answers_within_max_age_and_one_status_round(edge: Edge) -> None:
-    url = f"{edge.lb.url}/v1/cells/{a_cell(edge, 1)}"
-    status, headers, body = get(url)
+def collector_command(edge: Edge, *args: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "collector", *args, "--ledger", edge.ledger], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
+def quotas(task_id: int) -> dict[str, str]:
+    """The sample's quota of each of a task's prizes."""
+    return {row["prize_type"]: row["quota"] for row in csv_records(SAMPLE / "task_prizes.csv")
+            if int(row["task_id"]) == task_id}
+
+
+@pytest.mark.parametrize("change", ["disabled", "run out"])
+def test_a_task_disabled_or_run_out_leaves_the_cached_answers_within_max_age_and_one_status_round(
+        edge: Edge, change: str) -> None:
+    url = f"{edge.lb.url}/v1/cells/{a_cell(edge, 1 if change == 'disabled' else 3)}"
+    status, _, body = get(url)
     tasks = orjson.loads(body)["tasks"]
     assert status == 200 and tasks
     task_id = tasks[0]["task_id"]
     get(url)  # cached now
-    disabled = subprocess.run([sys.executable, "-m", "collector", "task", "disable", str(task_id), "--ledger", edge.ledger],
-                              capture_output=True, text=True, timeout=60)
-    assert disabled.returncode == 0, disabled.stderr
+    if change == "disabled":
+        collector_command(edge, "task", "disable", str(task_id))
+    else:  # every prize's quota down to what is issued: none left
+        for prize in quotas(task_id):
+            collector_command(edge, "prize", "set", str(task_id), prize, "--quota", "0")
     started, seen = time.monotonic(), True
     bound = NEXT_POLL_MS / 1000 + STATUS_POLL_S + TICK_S  # README: max-age + status_poll_s + the collector's tick
     while seen and time.monotonic() - started < bound + 3:  # bounded: past the bound and a margin, it has failed
         time.sleep(0.05)
         seen = any(t["task_id"] == task_id for t in orjson.loads(get(url)[2])["tasks"])
     gone_after = time.monotonic() - started
-    subprocess.run([sys.executable, "-m", "collector", "task", "enable", str(task_id), "--ledger", edge.ledger],
-                   check=True, capture_output=True, timeout=60)
-    assert not seen, f"task {task_id} still in the edge's answer {gone_after:.1f} s after it was disabled"
-    assert gone_after <= bound + 1.0, f"gone after {gone_after:.2f} s; the bound is {bound:.2f} s (+1 s: the disable's own run)"
+    if change == "disabled":
+        collector_command(edge, "task", "enable", str(task_id))
+    else:
+        for prize, quota in quotas(task_id).items():
+            collector_command(edge, "prize", "set", str(task_id), prize, "--quota", quota)
+    assert not seen, f"task {task_id} still in the edge's answer {gone_after:.1f} s after it was {change}"
+    assert gone_after <= bound + 1.0, f"gone after {gone_after:.2f} s; the bound is {bound:.2f} s (+1 s: the change's own run)"
 
 
 def test_with_every_host_down_the_edge_serves_the_last_answers_flagged_stale(edge: Edge) -> None:

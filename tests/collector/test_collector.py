@@ -170,7 +170,7 @@ async def test_readers_never_see_a_half_built_view(make_client: MakeClient, make
             checked += 1
 
     readers = [asyncio.create_task(read()) for _ in range(4)]
-    await _claims(service, sample_snapshots, 600, seed=2)
+    await _claims(service, sample_snapshots, 300, seed=2)
     stop.set()
     await asyncio.gather(*readers)
     assert checked > 50
