@@ -4,8 +4,10 @@
         [--baseline /path/to/an/older/checkout]
 
 In-process: `Lookup.find` (window, binary search, status filter, rows found) timed one call at a
-time over 20,000 positions near random POIs, five passes after a warm-up pass; median and p99 over
-all calls, the quietest pass's median, and calls/s.
+time over 20,000 positions near random POIs: first a cold pass with the snapshot's files dropped from the
+page cache (and how much of the snapshot those lookups paged in), then five warm passes; median and p99 over
+all calls, the quietest pass's median, and calls/s. `--sizes 100000000` measures a 10^8-POI snapshot
+(built once into bench/out, ~4 GB: two minutes here).
 HTTP (needs wrk: apt-get install wrk): `geo-service serve --workers 2` on the largest snapshot and
 bench/minimal_server.py (2 workers, a fixed body of the median answer size), each loaded by
 `wrk -t2 -c64` cycling through the same 20,000 positions, alternated for `--rounds` rounds;
@@ -73,13 +75,44 @@ def positions(lookup: Lookup, count: int, seed: int = 7) -> list[tuple[float, fl
     return list(zip(lats.tolist(), lngs.tolist()))
 
 
+def evict(folder: Path) -> None:
+    """Drop a snapshot's files from the page cache (clean pages of files nobody maps), so the first pass reads disk."""
+    for path in folder.iterdir():
+        with path.open("rb") as f:
+            os.fdatasync(f.fileno())  # a page not yet written back is not dropped
+            os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+
+
+def resident_mib(folder: Path) -> float:
+    """The pages of `folder`'s files this process has mapped and in memory (from /proc/self/smaps)."""
+    kib, counting = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()
+        if "-" in head[0] and len(head) >= 5:  # a mapping's first line: range, perms, offset, dev, inode[, path]
+            counting = len(head) >= 6 and head[5].startswith(str(folder.resolve()))
+        elif counting and head[0] == "Rss:":
+            kib += int(head[1])
+    return kib / 1024
+
+
 def bench_inprocess(n: int) -> tuple[Lookup, list[tuple[float, float]]]:
-    lookup = Lookup(open_current(ensure_snapshot(n)))
+    snaps = ensure_snapshot(n)
+    folder = snaps / (snaps / "CURRENT").read_text().strip()
+    evict(folder)
+    lookup = Lookup(open_current(snaps, verify=False))  # verifying reads every page: the lookups' own needs are the point
     status = lookup.table.status(int(time.time()))
     points = positions(lookup, 20_000)
     find, clock = lookup.find, time.perf_counter_ns
-    for lat, lng in points:  # warm-up: page in what the positions touch
+    cold = []
+    for lat, lng in points:  # the first pass pages in what the positions touch, from disk
+        t = clock()
         find(lat, lng, status, 300)
+        cold.append(clock() - t)
+    cold_us = np.array(cold) / 1000
+    arrays = sum(f.stat().st_size for f in folder.glob("*.npy"))
+    print(f"cold     {n:>12,} POIs  median {np.median(cold_us):6.1f} us  p99 {np.percentile(cold_us, 99):8.1f} us  "
+          f"(the snapshot evicted from the page cache first; {resident_mib(folder):,.0f} MiB of its "
+          f"{arrays / 2**20:,.0f} MiB of arrays paged in by {len(points):,} lookups)", flush=True)
     passes = []
     found = 0
     for _ in range(PASSES):
