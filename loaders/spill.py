@@ -1,9 +1,9 @@
 """Sorting more rows than memory holds: sorted runs spilled to a temp folder, read back by ranges of key values.
 
 A table is a set of equal-length columns. Each run is sorted by its key column first. Reading it back,
-the key's value space is cut into consecutive ranges of about `max_rows` rows each (from a sample of
-every run's keys); a range is the concatenation of one contiguous slice per run (a binary search on the
-sorted key), so every row is read once, and sorting each range in turn gives the whole table in order.
+the key's value space is cut into consecutive ranges of about `max_rows` rows each (from every run's
+index, its key at every INDEX_STRIDE-th row); a range is the concatenation of one contiguous slice per run
+(a binary search on the sorted key), so every row is read once, and sorting each range in turn gives the whole table in order.
 Equal keys always fall in one range.
 """
 
@@ -35,26 +35,26 @@ INDEX_STRIDE = 64  # a run keeps every 64th key in memory (1/8 byte a row) to fi
 
 @dataclass
 class SpillFolder:
-    """A build's temp folder and what it has mapped from there."""
+    """A build's temp folder, and the runs and open files it holds from there."""
 
     path: Path
-    mapped: list[dict[str, Any] | list[Any]] = field(default_factory=list)
+    held: list[dict[str, Any] | list[Any]] = field(default_factory=list)
 
     def runs(self, name: str, keys: tuple[str, ...], tail_in_order: bool = False) -> Runs:
         """A new table of sorted runs whose files live here."""
         runs = Runs(self.path, name, keys, tail_in_order)
-        self.mapped.append(runs.runs)
+        self.held.append(runs.runs)
         return runs
 
     def keep(self, files: dict[str, Any]) -> dict[str, Any]:
-        """Register arrays mapped from files here, or open files, to be let go with the folder."""
-        self.mapped.append(files)
+        """Register files open here, to be let go with the folder."""
+        self.held.append(files)
         return files
 
     def release(self) -> None:
-        """Close and drop every mapping and open file of the folder's, so their disk space is free once they
-        are removed, even while a traceback still holds the frames that used them."""
-        for held in self.mapped:
+        """Close and drop every open file and run of the folder's, so their disk space and memory are free once
+        they are removed, even while a traceback still holds the frames that used them."""
+        for held in self.held:
             for value in held.values() if isinstance(held, dict) else ():
                 if isinstance(value, NpyAppender):
                     value.abandon()
