@@ -128,16 +128,17 @@ def main() -> None:
     ap.add_argument("--bytes-per-row", type=float, default=32, help="Snapshot bytes a row (see geo-snapshot inspect).")
     args = ap.parse_args()
     missing = [str(p) for p in (args.hosts, args.claims, args.collector) if not p.exists()]
-    if missing:
+    hosts = None if missing else load(args.hosts)
+    if hosts is None:
         print(f"(no main table: run `make bench` for {', '.join(missing)})")
     else:
-        rows = plan(load(args.hosts), load(args.claims), load(args.collector), args.polls, args.claims_per_s, args.pois,
+        rows = plan(hosts, load(args.claims), load(args.collector), args.polls, args.claims_per_s, args.pois,
                     args.bytes_per_row)
         print("| quantity | figure | from |\n|---|---|---|")
         for row in rows:
             print("| " + " | ".join(row) + " |")
     if args.edge.exists():
-        core = next(r for r in load(args.hosts)["polls"] if r["path"] == "direct, 1 host")["rps"] if not missing else None
+        core = next(r for r in hosts["polls"] if r["path"] == "direct, 1 host")["rps"] if hosts else None
         print("\n| edge | figure | from |\n|---|---|---|")
         for row in edge_plan(load(args.edge), args.polls, args.busy_cells, args.edge_instances, args.max_age_s, core):
             print("| " + " | ".join(row) + " |")

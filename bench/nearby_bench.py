@@ -36,7 +36,7 @@ import orjson
 from harness import WRK_DONE, free_port, run_wrk, wait_ready
 
 from geo_service.nearby import Lookup, answer
-from geo_service.snapshot.folder import open_current
+from geo_service.snapshot.folder import current_seq, open_current
 
 PY = sys.executable
 # The machine is shared and noisy: several passes over the same positions, reported together and
@@ -97,7 +97,7 @@ def resident_mib(folder: Path) -> float:
 
 def bench_inprocess(n: int) -> tuple[Lookup, list[tuple[float, float]]]:
     snaps = ensure_snapshot(n)
-    folder = snaps / (snaps / "CURRENT").read_text().strip()
+    folder = snaps / str(current_seq(snaps))
     evict(folder)
     lookup = Lookup(open_current(snaps, verify=False))  # verifying reads every page: the lookups' own needs are the point
     status = lookup.table.status(int(time.time()))

@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import shapely
 
 from delivery.channels import Channels, ChannelsError, load_channels
 from geo_service.snapshot.folder import write_snapshot
@@ -29,6 +28,11 @@ from loaders.spill import Columns, NpyAppender, Runs, SpillFolder, ahead, spill_
 from loaders.tables import check_poi_sets, district_table, read_tables, task_table
 
 
+def default_workers() -> int:
+    """One build thread per core this process may use."""
+    return len(os.sched_getaffinity(0))
+
+
 @dataclass(frozen=True, slots=True)
 class BuildSettings:
     """One build: where from, where to, which grid, and how strict."""
@@ -40,12 +44,17 @@ class BuildSettings:
     keep: int = 5
     error_limit: int = 50
     memory_mb: int = 2048  # the build's working memory for POI rows; beyond it, sorted runs spill to disk
-    workers: int = field(default_factory=lambda: len(os.sched_getaffinity(0)))  # threads parsing and sorting
+    workers: int = field(default_factory=default_workers)  # threads parsing and sorting
     channels: Path | None = None  # the channels file every prize type must have a channel in (None: not checked)
 
 
 # Bytes of memory a row takes while a range of the merge is sorted and written.
 MERGE_ROW_BYTES = 180
+
+
+def _halved(max_rows: int) -> int:
+    """Rows a range may hold when two are held at once: one worked on, the next made in the pool (ahead)."""
+    return max(max_rows // 2, 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +72,7 @@ def find_repeats(ids: Runs, label: str, max_rows: int, pool: Executor, errors: E
     is read and sorted in `pool` while this one is checked, so each holds half of `max_rows`."""
     dropped: list[npt.NDArray[np.int64]] = []
     kept = unused = rows = 0
-    for part in ahead(ids.ranges(max(max_rows // 2, 1)), pool):
+    for part in ahead(ids.ranges(_halved(max_rows)), pool):
         poi_id, src_row = part["poi_id"], part["src_row"]
         repeat = np.zeros(len(poi_id), dtype=np.bool_)
         repeat[1:] = poi_id[1:] == poi_id[:-1]
@@ -100,11 +109,11 @@ def merge_rows(found: PoiPass, repeats: Repeats, remap: npt.NDArray[np.int32], d
                progress: Progress) -> Merged:
     """Write the rows in (cell, task, poi_id) order into `out`, range by range, without the repeated POIs;
     then poi_order, the row positions in poi_id order, the same way. The next range is read, sorted and
-    screened in `pool` while this one is written, so each holds half of `max_rows`."""
+    screened in `pool` while this one is written, so each holds half of `max_rows` (and only one thread at a
+    time screens: GEOS prepares the districts' indexes lazily, not safely for two)."""
     n_tasks = len(districts)
     pois, outside = np.zeros(n_tasks, np.int64), np.zeros(n_tasks, np.int64)
     by_code = {d.code: d for d in districts}
-    shapely.prepare([d.geometry for d in by_code.values()])  # here, once: not by two threads at a time
     codes, group_of = np.unique(np.array([d.code for d in districts], dtype=np.int64), return_inverse=True)
     # Small integers: numpy's stable sort of them is a radix sort, one pass over a range's rows.
     group_of = group_of.astype(np.uint16 if len(codes) < 2**16 else np.int64)
@@ -128,7 +137,7 @@ def merge_rows(found: PoiPass, repeats: Repeats, remap: npt.NDArray[np.int32], d
 
     by_poi = folder.runs("order", ("poi_id", "position"), tail_in_order=True)
     at = 0
-    for part, task, away in ahead(map(screened, found.rows.ranges(max(max_rows // 2, 1))), pool):
+    for part, task, away in ahead(map(screened, found.rows.ranges(_halved(max_rows))), pool):
         n = len(task)
         for name, column in (("cells", "cells"), ("task_index", "task"), ("poi_ids", "poi_id"), ("lats", "lat"),
                              ("lngs", "lng")):
@@ -139,7 +148,7 @@ def merge_rows(found: PoiPass, repeats: Repeats, remap: npt.NDArray[np.int32], d
                    spill=bool(found.rows.spilled))
         at += n
         progress("merge", at)
-    for part in ahead(by_poi.ranges(max(max_rows // 2, 1)), pool):
+    for part in ahead(by_poi.ranges(_halved(max_rows)), pool):
         out["poi_order"].append(part["position"])
     progress("poi order", out["poi_order"].written)
     return Merged(pois, outside)

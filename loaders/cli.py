@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -18,7 +17,7 @@ from geo_service.snapshot.folder import current_seq, list_seqs, open_current, ro
 from geo_service.snapshot.format import ROW_ARRAYS, SnapshotError, StorageError, open_snapshot, read_manifest
 from geo_service.snapshot.grid import Grid, GridError, H3Grid, SquareGrid, check_position
 from geo_service.snapshot.origin import Origin, OriginError, open_origin, publish, rollback_origin
-from loaders.build import BuildSettings, build
+from loaders.build import BuildSettings, build, default_workers
 from loaders.errors import LoaderError
 from loaders.mysql_import import import_folder
 from loaders.records import FieldError, parse_time
@@ -255,9 +254,9 @@ def parser() -> argparse.ArgumentParser:
                    help="Working memory for the POI rows, in MiB (default 2048). A build with more rows sorts them in "
                         "runs of this size, spilled to a temp folder inside OUT (about 70 bytes of disk a row, beside "
                         "the snapshot's 32; checked before the first run is written), then merges them in one pass.")
-    p.add_argument("--workers", type=_positive_int, default=len(os.sched_getaffinity(0)),
+    p.add_argument("--workers", type=_positive_int, default=default_workers(),
                    help="Threads that parse, screen and sort the POIs (default: one per core this process may use, "
-                        f"{len(os.sched_getaffinity(0))} here). The snapshot is the same for any number.")
+                        f"{default_workers()} here). The snapshot is the same for any number.")
     p.add_argument("--skip-bad-rows", action="store_true",
                    help="Drop bad rows (reported in the summary and manifest) instead of failing the build.")
     p.add_argument("--channels", help="The delivery channels file (JSON; README: Delivery): every prize type must have a "

@@ -153,8 +153,8 @@ def stable_order(keys: list[np.ndarray]) -> np.ndarray:
     numpy sorts plain int64 values several times faster than it argsorts them, and far faster than lexsort's
     stable passes, so each key is packed into one int64 with what orders the rows so far: the first with the
     row's position, each next one between its row's group of equal keys so far and its place in that group.
-    A key whose range does not fit beside them (an 18-digit poi_id, an H3 cell) is left to lexsort with the
-    groups found so far, which gives the same order.
+    A key whose range does not fit beside them (an 18-digit poi_id) is left to lexsort with the groups found so
+    far, which gives the same order.
     """
     n = len(keys[0])
     if n < 2:
